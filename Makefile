@@ -1,0 +1,63 @@
+# Lamina: the two commands a newcomer needs are `make demo` and `make test`.
+# Each sets everything up itself (virtualenv, install, jar fetch, stack start) from a fresh clone.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help prereqs setup demo test test-unit lint format typecheck stack-up stack-down \
+        stack-status bench constraints clean
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+prereqs: ## check Java 17, Maven and Python 3.11 are installed
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "error: $(PYTHON) is not Python 3.11"; exit 1; }
+	@command -v java >/dev/null || { echo "error: java not found: install OpenJDK 17 (apt-get install openjdk-17-jdk-headless)"; exit 1; }
+	@java -version 2>&1 | grep -qE 'version "17[."]' || { echo "error: java is not Java 17 (Cassandra 5.0 needs 17): set JAVA_HOME/PATH to a JDK 17"; exit 1; }
+	@command -v mvn >/dev/null || { echo "error: mvn not found: install Maven 3.8+ (apt-get install maven); it fetches the service jars once"; exit 1; }
+
+setup: prereqs $(STAMP) ## create .venv and install Lamina with pinned dependencies
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[airflow,dev]'
+	@touch $@
+
+demo: setup ## start the local stack and run the demo pipeline (add ARGS=--stop to stop it after)
+	$(BIN)/lamina demo $(ARGS)
+
+test: setup lint ## lint, then run every test tier against the real local stack
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup ## only the fast tests (no JVM, no services)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+lint: setup ## ruff lint + format check, mypy on the shared core
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+stack-up: setup ## start Kafka and Cassandra on 127.0.0.1
+	$(BIN)/lamina stack up
+stack-down: setup ## stop them
+	$(BIN)/lamina stack down
+stack-status: setup
+	$(BIN)/lamina stack status
+
+constraints: ## regenerate constraints.txt from a fresh resolve of setup.cfg
+	rm -rf .venv-freeze && $(PYTHON) -m venv .venv-freeze
+	.venv-freeze/bin/pip install -q '.[airflow,dev]'
+	{ head -2 constraints.txt; .venv-freeze/bin/pip freeze --exclude lamina; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .venv-freeze
+
+clean: ## remove the virtualenv (the stack's state and jar cache live outside the tree)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Lamina's batch layer: the master dataset, view recompute on Spark, versioned publish."""

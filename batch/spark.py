@@ -1,0 +1,45 @@
+"""Build the SparkSession every Lamina job uses (batch and speed alike) from settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from lamina.settings import Settings
+from lamina.stack.fetch import ensure_bundle, jars
+from lamina.stack.services import spark_connector_bundle
+
+
+def spark_session(settings: Settings, app_name: str, *, kafka: bool = True) -> SparkSession:
+    """Get or create the session for ``app_name``, configured from ``settings.spark``.
+
+    With ``kafka=True`` the Kafka connector jars (fetched once into the jar cache, for the
+    installed pyspark version) are put on the classpath through ``spark.jars``.
+    Local mode by default; any master URL works (the jars are shipped to executors).
+    """
+    # Executors must run the driver's interpreter (the project's virtualenv).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    sp = settings.spark
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(sp.master)
+        .config("spark.sql.shuffle.partitions", str(sp.shuffle_partitions))
+        .config("spark.default.parallelism", str(sp.shuffle_partitions))
+        .config("spark.driver.memory", sp.driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.streaming.stateStore.providerClass",
+                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+        .config("spark.sql.streaming.forceDeleteTempCheckpointLocation", "true")
+    )  # fmt: skip
+    if kafka:
+        bundle = ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir)
+        builder = builder.config("spark.jars", ",".join(str(j) for j in jars(bundle)))
+    for key, value in sp.conf.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session

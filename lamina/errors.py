@@ -1,0 +1,69 @@
+"""The one exception hierarchy of Lamina: every error a user can cause or meet."""
+
+from __future__ import annotations
+
+
+class LaminaError(Exception):
+    """Base of every error Lamina raises on purpose.
+
+    The message says what is wrong and how to fix it; the CLI prints it as one line and
+    exits non-zero, the HTTP API maps it to a status code (see ``http_status``).
+    """
+
+    http_status: int = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} ({hint})")
+
+
+class ConfigError(LaminaError, ValueError):
+    """A configuration file or environment override is invalid."""
+
+    http_status = 400
+
+
+class PrerequisiteError(LaminaError, RuntimeError):
+    """Something the machine must provide (Java 17, Maven, Python 3.11) is missing."""
+
+
+class FetchError(LaminaError, RuntimeError):
+    """Downloading the service jars failed."""
+
+
+class StackError(LaminaError, RuntimeError):
+    """A local service failed to start, stop or answer.
+
+    ``log`` is the path of the service's log file, when there is one.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, log: str | None = None) -> None:
+        self.log = log
+        if log is not None:
+            hint = f"{hint}; see {log}" if hint else f"see {log}"
+        super().__init__(message, hint=hint)
+
+
+class PortInUseError(StackError):
+    """A port the stack needs is taken by a process the stack did not start."""
+
+
+class ViewDefinitionError(ConfigError):
+    """A view or source definition is invalid; the message names the view, field and fix."""
+
+
+class QueryError(LaminaError, ValueError):
+    """A query is malformed (bad range, granularity, parameter): HTTP 400."""
+
+    http_status = 400
+
+
+class NotFoundError(LaminaError, LookupError):
+    """An unknown view, key or version: HTTP 404."""
+
+    http_status = 404
+
+
+class PublishError(LaminaError, RuntimeError):
+    """A batch could not be published (the published version is left untouched)."""

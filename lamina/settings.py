@@ -1,0 +1,192 @@
+"""Typed platform settings: one model, loaded from ``conf/lamina.toml``, overridden by env vars.
+
+Precedence, highest first: environment variables (``LAMINA_<SECTION>__<FIELD>``, e.g.
+``LAMINA_KAFKA__PORT=19092``), then the TOML file, then the defaults below. Unknown keys in
+the file or unknown sections are rejected with a message naming them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from lamina.errors import ConfigError
+
+CONFIG_ENV = "LAMINA_CONFIG"
+"""Environment variable naming the settings file to load instead of ``conf/lamina.toml``."""
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback) / "lamina"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_heap(value: str) -> str:
+    if not value or value[-1].lower() not in "mg" or not value[:-1].isdigit():
+        raise ValueError(f"heap must look like '512m' or '2g', got {value!r}")
+    return value
+
+
+class StackSettings(_Section):
+    """Where the local stack keeps its state and how long it waits."""
+
+    state_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state"))
+    """Data, logs and pid files of the local services (one sub-directory per service)."""
+    cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache"))
+    """Downloaded jars; shared by every checkout, never inside the work tree."""
+    start_timeout_s: float = Field(default=240.0, gt=0)
+    """How long ``stack up`` waits for a service to become ready, in seconds."""
+    stop_timeout_s: float = Field(default=60.0, gt=0)
+    """How long ``stack down`` waits after SIGTERM before it sends SIGKILL, in seconds."""
+
+    @field_validator("state_dir", "cache_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(value).expanduser().absolute()
+
+
+class KafkaSettings(_Section):
+    """A single-node Kafka in KRaft combined mode (broker + controller)."""
+
+    version: str = "4.2.0"
+    """``org.apache.kafka:kafka_2.13`` version fetched from Maven Central."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=9092, ge=1, le=65535)
+    """Client (PLAINTEXT) listener port."""
+    controller_port: int = Field(default=9093, ge=1, le=65535)
+    """KRaft controller listener port."""
+    heap: str = "512m"
+    """JVM heap (-Xms and -Xmx)."""
+    partitions: int = Field(default=2, ge=1)
+    """Default partition count for auto-created topics."""
+
+    _heap = field_validator("heap")(_check_heap)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class CassandraSettings(_Section):
+    """A single-node Cassandra and how Lamina talks to it."""
+
+    version: str = "5.0.8"
+    """``org.apache.cassandra:cassandra-all`` version fetched from Maven Central."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=9042, ge=1, le=65535)
+    """CQL native transport port."""
+    storage_port: int = Field(default=7000, ge=1, le=65535)
+    """Inter-node (gossip) port; bound even on one node."""
+    jmx_port: int = Field(default=7199, ge=1, le=65535)
+    """Local-only JMX port (nodetool)."""
+    heap: str = "1g"
+    """JVM heap (-Xms and -Xmx)."""
+    keyspace: str = "lamina"
+    replication_factor: int = Field(default=1, ge=1)
+    """SimpleStrategy replication factor; 3 on a real ring."""
+    consistency: str = "LOCAL_ONE"
+    """Read and write consistency level; LOCAL_QUORUM on a real ring."""
+
+    _heap = field_validator("heap")(_check_heap)
+
+    @field_validator("keyspace")
+    @classmethod
+    def _keyspace(cls, value: str) -> str:
+        if not value.isidentifier() or not value.islower():
+            raise ValueError(f"keyspace must be a lower-case identifier, got {value!r}")
+        return value
+
+
+class SparkSettings(_Section):
+    """How Lamina's Spark jobs run."""
+
+    master: str = "local[2]"
+    """Spark master URL: ``local[N]`` here, ``spark://``, ``yarn`` or ``k8s://`` on a cluster."""
+    shuffle_partitions: int = Field(default=2, ge=1)
+    """``spark.sql.shuffle.partitions``; the default 200 makes local micro-batches slow."""
+    driver_memory: str = "2g"
+    checkpoint_dir: Path | None = None
+    """Streaming checkpoints; defaults to ``<state_dir>/checkpoints``."""
+    conf: dict[str, str] = Field(default_factory=dict)
+    """Extra ``spark.*`` settings passed to every session."""
+
+
+class Settings(BaseSettings):
+    """All of Lamina's settings. Build with :func:`load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LAMINA_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    stack: StackSettings = Field(default_factory=StackSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init kwargs; env vars must win over them.
+        return (env_settings, init_settings)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.spark.checkpoint_dir or self.stack.state_dir / "checkpoints"
+
+
+def default_config_path() -> Path | None:
+    """The settings file to use: ``$LAMINA_CONFIG``, else ``./conf/lamina.toml`` if present."""
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit)
+    local = Path("conf/lamina.toml")
+    return local if local.is_file() else None
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown setting (check the spelling against conf/lamina.toml)")
+        else:
+            parts.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid settings in {source}: " + "; ".join(parts)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Load settings from ``path`` (or :func:`default_config_path`) plus env overrides.
+
+    Raises :class:`ConfigError` naming the file, the key and the problem.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    data: dict[str, Any] = {}
+    source = "defaults and LAMINA_* environment variables"
+    if path is not None:
+        source = f"{path} (or LAMINA_* environment variables)"
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"settings file {path} does not exist", hint=f"create it or unset {CONFIG_ENV}"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

@@ -1,0 +1,1 @@
+"""The local stack manager: fetch jars, start, probe and stop Kafka and Cassandra."""

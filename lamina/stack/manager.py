@@ -1,0 +1,173 @@
+"""``lamina stack up | down | status | logs``: the local stack as a whole.
+
+``up`` fetches jars (first run only), starts every service that is not already healthy,
+and waits until each answers a real request. ``down`` stops exactly the processes ``up``
+started, by pid file. Both are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.errors import PortInUseError, StackError
+from lamina.settings import Settings
+from lamina.stack import process
+from lamina.stack.services import SERVICES, Service, find_java
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What ``stack status`` reports for one service."""
+
+    name: str
+    state: str  # "healthy", "starting", "stopped" or "unhealthy: <reason>"
+    host: str
+    port: int
+    pid: int | None
+    version: str | None
+    log: Path
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "healthy"
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+class Stack:
+    """The set of local services named in ``names`` (default: all of :data:`SERVICES`)."""
+
+    def __init__(self, settings: Settings, names: Iterable[str] | None = None) -> None:
+        self.settings = settings
+        chosen = list(names) if names else list(SERVICES)
+        unknown = [n for n in chosen if n not in SERVICES]
+        if unknown:
+            raise StackError(
+                f"unknown service {', '.join(unknown)}",
+                hint=f"choose from {', '.join(SERVICES)}",
+            )
+        self.services: list[Service] = [SERVICES[n](settings) for n in chosen]
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise StackError(f"unknown service {name}", hint=f"choose from {', '.join(SERVICES)}")
+
+    # -- status -------------------------------------------------------------------------
+
+    def status_of(self, svc: Service) -> ServiceStatus:
+        pid = process.running_pid(svc.pid_file, svc.marker)
+        port = next(iter(svc.ports.values()))
+        version: str | None = None
+        if pid is None:
+            state = "stopped"
+        else:
+            try:
+                version = svc.probe()
+                state = "healthy"
+            except Exception as exc:  # any failure to answer means "not healthy yet"
+                state = f"unhealthy: {type(exc).__name__}: {exc}".strip()
+        return ServiceStatus(svc.name, state, svc.host, port, pid, version, svc.log_file)
+
+    def status(self) -> list[ServiceStatus]:
+        return [self.status_of(svc) for svc in self.services]
+
+    # -- up -----------------------------------------------------------------------------
+
+    def _check_ports(self, svc: Service) -> None:
+        for label, port in svc.ports.items():
+            if process.port_open(svc.host, port):
+                owner = process.port_owner(port) or "another process"
+                raise PortInUseError(
+                    f"cannot start {svc.name}: its {label} port {svc.host}:{port} is taken by"
+                    f" {owner}",
+                    hint=f"stop that process or set LAMINA_{svc.name.upper()}__"
+                    f"{'PORT' if label in ('client', 'native') else label.upper() + '_PORT'}",
+                )
+
+    def up(self, progress: Callable[[str], None] = log.info) -> list[ServiceStatus]:
+        """Start every service that is not running; wait until all are healthy.
+
+        Raises :class:`StackError` (with the log path) if a service dies or does not
+        become ready within ``stack.start_timeout_s``.
+        """
+        pending: list[Service] = []
+        for svc in self.services:
+            st = self.status_of(svc)
+            if st.pid is not None:
+                progress(f"{svc.name}: already running (pid {st.pid})")
+                pending.append(svc)
+                continue
+            self._check_ports(svc)
+            pending.append(svc)
+        to_start = [s for s in pending if process.running_pid(s.pid_file, s.marker) is None]
+        if to_start:
+            java = find_java()
+            for svc in to_start:
+                if not svc.fetched():
+                    progress(f"{svc.name}: fetching jars (first run only) ...")
+                t0 = time.monotonic()
+                dirs = svc.fetch()
+                if time.monotonic() - t0 > 1:
+                    progress(f"{svc.name}: jars fetched in {time.monotonic() - t0:.0f}s")
+                argv = svc.command(java, dirs)
+                pid = process.spawn(
+                    argv, log_file=svc.stdout_file, pid_file=svc.pid_file, env=svc.env()
+                )
+                progress(f"{svc.name}: started pid {pid}, log {svc.log_file}")
+        return [self._wait_ready(svc, progress) for svc in pending]
+
+    def _wait_ready(self, svc: Service, progress: Callable[[str], None]) -> ServiceStatus:
+        deadline = time.monotonic() + self.settings.stack.start_timeout_s
+        t0 = time.monotonic()
+        last_error = ""
+        while time.monotonic() < deadline:
+            pid = process.running_pid(svc.pid_file, svc.marker)
+            if pid is None:
+                raise StackError(
+                    f"{svc.name} exited during start-up: {_tail(svc.stdout_file, 3)}",
+                    log=str(svc.log_file if svc.log_file.exists() else svc.stdout_file),
+                )
+            try:
+                version = svc.probe()
+            except Exception as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                time.sleep(1.0)
+                continue
+            progress(f"{svc.name}: ready in {time.monotonic() - t0:.1f}s (version {version})")
+            port = next(iter(svc.ports.values()))
+            return ServiceStatus(svc.name, "healthy", svc.host, port, pid, version, svc.log_file)
+        raise StackError(
+            f"{svc.name} did not become ready within {self.settings.stack.start_timeout_s:.0f}s"
+            f" (last error: {last_error})",
+            log=str(svc.log_file),
+        )
+
+    # -- down ---------------------------------------------------------------------------
+
+    def down(self, progress: Callable[[str], None] = log.info) -> None:
+        """Stop the services this stack started: SIGTERM, then SIGKILL after the timeout."""
+        for svc in reversed(self.services):
+            pid = process.running_pid(svc.pid_file, svc.marker)
+            if pid is None:
+                progress(f"{svc.name}: not running")
+                svc.pid_file.unlink(missing_ok=True)
+                continue
+            t0 = time.monotonic()
+            graceful = process.terminate(pid, self.settings.stack.stop_timeout_s)
+            svc.pid_file.unlink(missing_ok=True)
+            how = "stopped" if graceful else "killed (did not stop after SIGTERM)"
+            progress(f"{svc.name}: {how} pid {pid} in {time.monotonic() - t0:.1f}s")

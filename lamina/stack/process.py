@@ -1,0 +1,151 @@
+"""Start, find and stop the stack's own background processes, by pid file.
+
+A process is "ours" only if its pid file exists *and* the live process's command line
+contains the service's marker (its own state directory), so a recycled pid is never killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc (``Z`` for a zombie), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def cmdline(pid: int, *, patience_s: float = 0.0) -> str | None:
+    """The process's command line, or ``None`` if it is gone, a zombie or shows none.
+
+    A live process can transiently show an empty command line (a starting JVM reserving its
+    heap holds the mm lock); with ``patience_s`` the read is retried for that long.
+    """
+    for _ in range(max(1, int(patience_s / 0.02))):
+        state = _state(pid)
+        if state is None or state == "Z":
+            return None
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        if raw:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        if patience_s:
+            time.sleep(0.02)
+    return None
+
+
+def running_pid(pid_file: Path, marker: str) -> int | None:
+    """The pid recorded in ``pid_file`` if that process is alive and is ours, else ``None``."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        return None
+    line = cmdline(pid, patience_s=2.0)
+    if line is None or marker not in line:
+        return None
+    return pid
+
+
+def spawn(
+    argv: Sequence[str], *, log_file: Path, pid_file: Path, env: Mapping[str, str] | None = None
+) -> int:
+    """Start ``argv`` detached (own session, stdin closed), output appended to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone, and is reaped if it is our child)."""
+    if _state(pid) in (None, "Z"):
+        # Reap it if it is our child, so it does not linger as a zombie.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return False
+    return True
+
+
+def terminate(pid: int, timeout_s: float) -> bool:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Returns True if it stopped gracefully."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    while alive(pid):
+        time.sleep(0.1)
+    return False
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True if something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def port_owner(port: int) -> str | None:
+    """Best-effort description (``pid command``) of the process listening on ``port``."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inode = fields[9]
+                break
+        if inode:
+            break
+    if not inode:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    line = cmdline(int(proc.name)) or "?"
+                    return f"pid {proc.name} ({line[:80]})"
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return None

@@ -1,0 +1,357 @@
+"""The local services Lamina's stack manager runs: how to fetch, configure, start and probe each.
+
+Each service lives in ``<state_dir>/<name>/`` (``conf/``, ``data/``, ``logs/``, ``pid``).
+Services are picked from :data:`SERVICES`, a table, not an if-chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import ClassVar
+
+from lamina.errors import PrerequisiteError, StackError
+from lamina.settings import Settings
+from lamina.stack.fetch import Bundle, classpath, ensure_bundle, is_fetched
+
+JAVA_MAJOR = 17
+"""Cassandra 5.0 runs on Java 11 or 17 only, Kafka 4 needs 17+: so exactly 17."""
+
+
+def find_java() -> str:
+    """Path of a Java 17 ``java`` (``$JAVA_HOME/bin/java`` first, then PATH).
+
+    Raises :class:`PrerequisiteError` if there is none or it is another major version.
+    """
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise PrerequisiteError(
+            "Java is not installed (no java on PATH or in $JAVA_HOME)",
+            hint="install OpenJDK 17 (apt-get install openjdk-17-jdk-headless)",
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):
+        major = int(match.group(2))
+    if major != JAVA_MAJOR:
+        raise PrerequisiteError(
+            f"{java} is Java {major or '?'}, but the stack needs Java {JAVA_MAJOR}"
+            " (Cassandra 5.0 does not run on 21+)",
+            hint="set JAVA_HOME to a Java 17 installation",
+        )
+    return java
+
+
+def render(template: str, target: Path, **values: object) -> Path:
+    """Write ``templates/<template>`` with ``${name}`` placeholders filled to ``target``."""
+    text = resources.files("lamina.stack").joinpath("templates", template).read_text()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(Template(text).substitute({k: str(v) for k, v in values.items()}))
+    return target
+
+
+class Service(ABC):
+    """One local service. Subclasses say what to fetch, how to start it and how to probe it."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.stack.state_dir / self.name
+
+    @property
+    def log_file(self) -> Path:
+        """The service's own log (what it writes through its logging framework)."""
+        return self.dir / "logs" / f"{self.name}.log"
+
+    @property
+    def stdout_file(self) -> Path:
+        """The JVM's stdout/stderr: crashes before logging starts end up here."""
+        return self.dir / "logs" / "stdout.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "pid"
+
+    @property
+    def marker(self) -> str:
+        """A string only this service's command line contains: its own state directory."""
+        return f"-Dlamina.service.dir={self.dir}"
+
+    @property
+    @abstractmethod
+    def version(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def ports(self) -> dict[str, int]:
+        """Named TCP ports the service binds on its host; the first is the one clients use."""
+
+    @property
+    @abstractmethod
+    def host(self) -> str: ...
+
+    @abstractmethod
+    def bundles(self) -> list[Bundle]: ...
+
+    @abstractmethod
+    def command(self, java: str, jar_dirs: list[Path]) -> list[str]:
+        """Write the service's config files (and format storage if new); return its argv."""
+
+    @abstractmethod
+    def probe(self) -> str:
+        """Ask the running service a real question; return its version, raise if not ready."""
+
+    def fetched(self) -> bool:
+        return all(is_fetched(b, self.settings.stack.cache_dir) for b in self.bundles())
+
+    def fetch(self) -> list[Path]:
+        return [ensure_bundle(b, self.settings.stack.cache_dir) for b in self.bundles()]
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+
+class KafkaService(Service):
+    """Kafka 4 in KRaft combined mode (one process is broker and controller)."""
+
+    name = "kafka"
+
+    @property
+    def version(self) -> str:
+        return self.settings.kafka.version
+
+    @property
+    def host(self) -> str:
+        return self.settings.kafka.host
+
+    @property
+    def ports(self) -> dict[str, int]:
+        k = self.settings.kafka
+        return {"client": k.port, "controller": k.controller_port}
+
+    def bundles(self) -> list[Bundle]:
+        return [
+            Bundle(
+                "kafka",
+                self.version,
+                (
+                    f"org.apache.kafka:kafka_2.13:{self.version}",
+                    "org.apache.logging.log4j:log4j-slf4j-impl:2.25.3",
+                ),
+            )
+        ]
+
+    def command(self, java: str, jar_dirs: list[Path]) -> list[str]:
+        k = self.settings.kafka
+        data = self.dir / "data"
+        conf = self.dir / "conf"
+        props = render(
+            "kafka.properties",
+            conf / "server.properties",
+            host=k.host,
+            port=k.port,
+            controller_port=k.controller_port,
+            data_dir=data,
+            partitions=k.partitions,
+        )
+        log4j = render("kafka-log4j2.yaml", conf / "log4j2.yaml", log_file=self.log_file)
+        base = [
+            java, f"-Xms{k.heap}", f"-Xmx{k.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            self.marker, f"-Dlog4j2.configurationFile={log4j}",
+            "-cp", classpath(jar_dirs),
+        ]  # fmt: skip
+        if not (data / "meta.properties").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+            fmt = [
+                *base, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                "-c", str(props), "--standalone", "--ignore-formatted",
+            ]  # fmt: skip
+            proc = subprocess.run(fmt, capture_output=True, text=True)
+            if proc.returncode != 0:
+                self.stdout_file.parent.mkdir(parents=True, exist_ok=True)
+                self.stdout_file.write_text(proc.stdout + proc.stderr)
+                raise StackError("formatting Kafka's storage failed", log=str(self.stdout_file))
+        return [*base, "kafka.Kafka", str(props)]
+
+    def probe(self) -> str:
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            request_timeout_ms=3000,
+        )
+        try:
+            cluster = admin.describe_cluster()
+        finally:
+            admin.close()
+        if not cluster.get("brokers"):
+            raise StackError("Kafka answered but has no live broker yet")
+        return self.version
+
+
+def spark_connector_bundle() -> Bundle:
+    """Spark's Kafka source for exactly the installed pyspark version.
+
+    Jars pyspark already ships (Hadoop client, Scala, compression codecs, SLF4J) are left
+    out so the driver never sees two versions of one library.
+    """
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    version = metadata.version("pyspark")
+    spec = find_spec("pyspark")  # locates the package without importing it
+    shipped: frozenset[str] = frozenset()
+    if spec is not None and spec.submodule_search_locations:
+        from lamina.stack.fetch import artifact_of
+
+        jars_dir = Path(next(iter(spec.submodule_search_locations))) / "jars"
+        shipped = frozenset(artifact_of(j) for j in jars_dir.glob("*.jar"))
+    return Bundle(
+        "spark-sql-kafka",
+        version,
+        (f"org.apache.spark:spark-sql-kafka-0-10_2.13:{version}",),
+        exclude_artifacts=shipped - {"kafka-clients", "commons-pool2"},
+    )
+
+
+# Cassandra 5.0's conf/jvm17-server.options (module access it needs on Java 17).
+_CASSANDRA_JVM17 = [
+    "--add-exports",
+    "java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports",
+    "java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports",
+    "java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports",
+    "java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports",
+    "java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports",
+    "java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
+    "--add-exports",
+    "jdk.attach/sun.tools.attach=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens",
+    "jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.io=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens",
+    "jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.lang=ALL-UNNAMED",
+    "--add-opens",
+    "java.base/java.util=ALL-UNNAMED",
+]
+
+
+class CassandraService(Service):
+    """A single Cassandra 5.0 node from ``cassandra-all`` and its Maven dependencies."""
+
+    name = "cassandra"
+
+    @property
+    def version(self) -> str:
+        return self.settings.cassandra.version
+
+    @property
+    def host(self) -> str:
+        return self.settings.cassandra.host
+
+    @property
+    def ports(self) -> dict[str, int]:
+        c = self.settings.cassandra
+        return {"native": c.port, "storage": c.storage_port, "jmx": c.jmx_port}
+
+    def bundles(self) -> list[Bundle]:
+        return [
+            Bundle(
+                "cassandra", self.version, (f"org.apache.cassandra:cassandra-all:{self.version}",)
+            )
+        ]
+
+    def command(self, java: str, jar_dirs: list[Path]) -> list[str]:
+        c = self.settings.cassandra
+        conf = self.dir / "conf"
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        (conf / "triggers").mkdir(parents=True, exist_ok=True)
+        yaml = render(
+            "cassandra.yaml", conf / "cassandra.yaml",
+            host=c.host, port=c.port, storage_port=c.storage_port, data_dir=data,
+        )  # fmt: skip
+        logback = render("cassandra-logback.xml", conf / "logback.xml", log_file=self.log_file)
+        jamm = next((j for d in jar_dirs for j in d.glob("jamm-*.jar")), None)
+        if jamm is None:
+            raise StackError(
+                "the Cassandra jar bundle has no jamm agent jar",
+                hint=f"delete {jar_dirs[0]} and run `lamina stack up` again to re-fetch it",
+            )
+        return [
+            java, "-ea", f"-Xms{c.heap}", f"-Xmx{c.heap}", "-Xss256k",
+            "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled", "-XX:MaxTenuringThreshold=1",
+            "-XX:MaxGCPauseMillis=300", "-XX:+HeapDumpOnOutOfMemoryError",
+            "-XX:+PerfDisableSharedMem", "-XX:+CrashOnOutOfMemoryError",
+            "-Djava.net.preferIPv4Stack=true", "-Djdk.attach.allowAttachSelf=true",
+            *_CASSANDRA_JVM17,
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            "-Dio.netty.allocator.useCacheForAllThreads=true",
+            "-Dio.netty.allocator.maxOrder=11",
+            f"-javaagent:{jamm}",
+            self.marker,
+            f"-Dcassandra.config=file://{yaml}",
+            f"-Dlogback.configurationFile=file://{logback}",
+            f"-Dcassandra.storagedir={data}",
+            f"-Dcassandra.logdir={self.log_file.parent}",
+            "-Dcassandra-foreground=yes",
+            f"-Dcassandra.jmx.local.port={c.jmx_port}",
+            # One node: nothing to gossip with, so do not wait for the ring to settle.
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.ring_delay_ms=1000",
+            "-Dcassandra.superuser_setup_delay_ms=0",
+            "-Dcassandra.shutdown_announce_in_ms=0",
+            f"-Dcassandra.triggers_dir={conf / 'triggers'}",
+            "-cp", f"{conf}:{classpath(jar_dirs)}",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]  # fmt: skip
+
+    def probe(self) -> str:
+        # The driver lives in the serving layer; the core only borrows it for this probe.
+        from serving.cassandra import release_version
+
+        return release_version(self.settings.cassandra)
+
+
+SERVICES: dict[str, type[Service]] = {"kafka": KafkaService, "cassandra": CassandraService}
+"""The services ``lamina stack`` manages, in start order."""

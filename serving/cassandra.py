@@ -1,0 +1,72 @@
+"""Connections to Cassandra, configured from :class:`lamina.settings.CassandraSettings`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from cassandra import ConsistencyLevel
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+from lamina.errors import ConfigError
+from lamina.settings import CassandraSettings
+
+PROTOCOL_VERSION = 5
+
+# The driver logs a warning per connection attempt while a node is starting; readiness
+# polling makes those noise, the caller reports the outcome.
+logging.getLogger("cassandra").setLevel(logging.ERROR)
+
+
+def _consistency(name: str) -> int:
+    try:
+        return int(ConsistencyLevel.name_to_value[name.upper()])
+    except KeyError:
+        raise ConfigError(
+            f"cassandra.consistency: unknown consistency level {name!r}",
+            hint="use one of " + ", ".join(sorted(ConsistencyLevel.name_to_value)),
+        ) from None
+
+
+def cluster(settings: CassandraSettings, *, timeout_s: float = 10.0) -> Cluster:
+    """A driver ``Cluster`` for the configured contact point (not yet connected)."""
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        consistency_level=_consistency(settings.consistency),
+        request_timeout=timeout_s,
+    )
+    return Cluster(
+        [settings.host],
+        port=settings.port,
+        protocol_version=PROTOCOL_VERSION,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=timeout_s,
+        control_connection_timeout=timeout_s,
+    )
+
+
+@contextmanager
+def session(settings: CassandraSettings, keyspace: str | None = None) -> Iterator[Session]:
+    """Connect, yield a session (optionally bound to ``keyspace``), always shut down."""
+    c = cluster(settings)
+    try:
+        yield c.connect(keyspace)
+    finally:
+        c.shutdown()
+
+
+def release_version(settings: CassandraSettings) -> str:
+    """Ask the node for its version with a real CQL query (the readiness probe)."""
+    with session(settings) as s:
+        row = s.execute("SELECT release_version FROM system.local").one()
+        return str(row.release_version)
+
+
+def ensure_keyspace(s: Session, settings: CassandraSettings) -> None:
+    """Create the configured keyspace if missing (SimpleStrategy, configured RF)."""
+    s.execute(
+        f"CREATE KEYSPACE IF NOT EXISTS {settings.keyspace} WITH replication = "
+        f"{{'class': 'SimpleStrategy', 'replication_factor': {settings.replication_factor}}}"
+    )

@@ -1,0 +1,1 @@
+"""Lamina's speed layer: Spark Structured Streaming jobs reading Kafka."""

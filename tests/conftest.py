@@ -1,0 +1,69 @@
+"""Test harness: tier markers by folder, the versions header, and the real local stack.
+
+The stack is started once per test session (or an already running, healthy one is reused)
+and only what this session started is stopped at the end. Service logs stay in the state
+directory either way; their paths are printed when a test failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from lamina.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TIERS = {"unit": "unit", "spark": "spark", "integration": "integration"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, TIERS[tier]))
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    return [
+        f"lamina stack: Kafka {s.kafka.version} (KRaft) at {s.kafka.bootstrap_servers}, "
+        f"Cassandra {s.cassandra.version} at {s.cassandra.host}:{s.cassandra.port}, "
+        f"Spark {_version('pyspark')} ({s.spark.master}), Airflow {_version('apache-airflow')}",
+        f"lamina state dir: {s.stack.state_dir}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings(ROOT / "conf" / "lamina.toml")
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """The real Kafka + Cassandra, healthy, for the whole session; yields the settings."""
+    from lamina.stack.manager import Stack
+
+    st = Stack(settings)
+    before = {s.name for s in st.status() if s.healthy}
+    statuses = st.up(progress=lambda m: print(f"[stack] {m}"))
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        versions = ", ".join(f"{s.name} {s.version} (pid {s.pid})" for s in statuses)
+        reporter.write_line(f"[stack] real services in use: {versions}")
+    yield settings
+    started = [s.name for s in st.services if s.name not in before]
+    if request.session.testsfailed:
+        for svc in st.services:
+            print(f"[stack] {svc.name} log kept: {svc.log_file}")
+    if started:
+        Stack(settings, started).down(progress=lambda m: print(f"[stack] {m}"))

@@ -1,0 +1,68 @@
+"""The CLI: conventional --help/--version and one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lamina.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "lamina.cli", *args],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("args", [["--help"], ["stack", "--help"], ["stack", "up", "--help"]])
+def test_help(args: list[str]) -> None:
+    out = run(*args)
+    assert out.returncode == 0
+    assert "usage: lamina" in out.stdout
+
+
+def test_bad_config_is_one_line() -> None:
+    out = run("stack", "status", env={"LAMINA_KAFKA__PORT": "x"})
+    assert out.returncode == 1
+    assert out.stderr.startswith("lamina: error: invalid settings")
+    assert "kafka.port" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_service(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stack", "status", "zookeeper"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown service zookeeper" in err
+    assert "choose from kafka, cassandra" in err
+
+
+def test_usage_error_exits_2() -> None:
+    out = run("stack", "sideways")
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr
+
+
+def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        out = run(
+            "stack", "up", "kafka", "--no-spark",
+            env={"LAMINA_STACK__STATE_DIR": str(tmp_path), "LAMINA_KAFKA__PORT": str(port)},
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert f"client port 127.0.0.1:{port} is taken by pid" in out.stderr
+    assert "LAMINA_KAFKA__PORT" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -1,0 +1,101 @@
+"""View definitions: the shipped examples load; every mistake gets a message with the fix."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lamina.errors import NotFoundError, ViewDefinitionError
+from lamina.views import load_views, parse_views
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = tomllib.loads((ROOT / "conf" / "views.toml").read_text())
+
+
+def test_examples_load() -> None:
+    cat = load_views(ROOT / "conf" / "views.toml")
+    assert set(cat.views) == {"web_pageviews", "iot_temperature", "cloud_metering"}
+    web = cat.view("web_pageviews")
+    assert web.keys == ("url",)
+    assert web.bucket.seconds == 3600
+    assert web.value_columns == [
+        ("pageviews", "bigint"),
+        ("visitors", "blob"),
+        ("load_ms_mean_sum", "double"),
+        ("load_ms_mean_count", "bigint"),
+    ]
+    assert web.accepts({"status": 200}) and not web.accepts({"status": 404})
+    assert not web.accepts({"status": None})  # null never matches
+
+
+def test_definition_hash_tracks_semantics_only() -> None:
+    a = parse_views(DOC).view("cloud_metering")
+    doc = copy.deepcopy(DOC)
+    doc["views"]["cloud_metering"]["retain_versions"] = 9
+    assert parse_views(doc).view("cloud_metering").definition_hash == a.definition_hash
+    doc["views"]["cloud_metering"]["bucket"] = "day"
+    assert parse_views(doc).view("cloud_metering").definition_hash != a.definition_hash
+
+
+def test_unknown_view_is_not_found() -> None:
+    with pytest.raises(NotFoundError, match="known views: web_pageviews"):
+        parse_views(DOC).view("nope")
+
+
+def mutate(path: list[str], value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(DOC)
+    node = doc
+    for p in path[:-1]:
+        node = node[p]
+    if value is None:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["views", "web_pageviews", "keys"], ["uri"],
+         r"view 'web_pageviews': key field 'uri' is not a field of source 'pageviews' \(fields: "),
+        (["views", "web_pageviews", "bucket"], "fortnight",
+         r"bad time bucket 'fortnight'.*use minute, hour or day"),
+        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "median"},
+         r"aggregation 'pageviews': unknown fn 'median'; use one of count, sum"),
+        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "sum", "field": "url"},
+         r"sum needs a numeric field \(long or double\), but 'url' is string"),
+        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "max"},
+         r"aggregation 'pageviews': max needs a field"),
+        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "sum", "field": "lod"},
+         r"field 'lod' is not a field of source 'pageviews'"),
+        (["views", "web_pageviews", "source"], "clicks",
+         r"unknown source 'clicks'; declared sources: pageviews, sensors, metering"),
+        (["views", "web_pageviews", "keys"], [], r"needs at least one key field"),
+        (["views", "web_pageviews", "retain_versions"], 0, r"retain_versions"),
+        (["views", "web_pageviews", "colour"], "red", r"colour: Extra inputs are not permitted"),
+        (["views", "web_pageviews", "filter"], [{"field": "stat", "op": "==", "value": 1}],
+         r"filter field 'stat'"),
+        (["sources", "pageviews", "event_time"], "when",
+         r"source 'pageviews': event_time field 'when' is not declared in fields"),
+        (["sources", "sensors", "event_time_format"], "iso8601",
+         r"event_time field 'ts_ms' is long, but event_time_format 'iso8601' needs string"),
+        (["sources", "pageviews", "fields", "url"], "text", r"source 'pageviews': fields.url"),
+    ],
+)  # fmt: skip
+def test_mistakes_name_view_field_and_fix(path: list[str], value: Any, message: str) -> None:
+    with pytest.raises(ViewDefinitionError, match=message):
+        parse_views(mutate(path, value))
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ViewDefinitionError, match="does not exist"):
+        load_views(tmp_path / "none.toml")
+    bad = tmp_path / "v.toml"
+    bad.write_text("[views.x]\nsource = 'nope'\n")
+    with pytest.raises(ViewDefinitionError, match=rf"{bad}: view 'x': unknown source 'nope'"):
+        load_views(bad)
