@@ -23,6 +23,9 @@ def spark_session(settings: Settings, app_name: str, *, kafka: bool = True) -> S
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     sp = settings.spark
+    if sp.master.startswith("local"):
+        # Stay on loopback: no network interface lookups, nothing exposed.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
         SparkSession.builder.appName(app_name)
         .master(sp.master)

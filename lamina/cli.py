@@ -175,8 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     # Client libraries narrate every connection at INFO; operators want Lamina's own lines.
-    for noisy in ("kafka", "cassandra", "py4j"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # The driver logs each refused connection of a readiness poll as an ERROR with a traceback.
+    for noisy, quiet in (("kafka", logging.WARNING), ("cassandra", logging.CRITICAL),
+                         ("py4j", logging.WARNING)):  # fmt: skip
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else quiet)
     try:
         settings = load_settings(args.config)
         return int(args.func(settings, args))

@@ -20,6 +20,7 @@ from typing import ClassVar
 from lamina.errors import PrerequisiteError, StackError
 from lamina.settings import Settings
 from lamina.stack.fetch import Bundle, classpath, ensure_bundle, is_fetched
+from lamina.stack.process import port_open as process_port_open
 
 JAVA_MAJOR = 17
 """Cassandra 5.0 runs on Java 11 or 17 only, Kafka 4 needs 17+: so exactly 17."""
@@ -187,6 +188,8 @@ class KafkaService(Service):
     def probe(self) -> str:
         from kafka import KafkaAdminClient
 
+        if not process_port_open(self.host, self.settings.kafka.port):
+            raise StackError("Kafka's client port is not open yet")
         admin = KafkaAdminClient(
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             request_timeout_ms=3000,
@@ -347,6 +350,8 @@ class CassandraService(Service):
         ]  # fmt: skip
 
     def probe(self) -> str:
+        if not process_port_open(self.host, self.settings.cassandra.port):
+            raise StackError("Cassandra's CQL port is not open yet")
         # The driver lives in the serving layer; the core only borrows it for this probe.
         from serving.cassandra import release_version
 
