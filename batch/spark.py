@@ -12,11 +12,12 @@ from lamina.stack.fetch import ensure_bundle, jars
 from lamina.stack.services import spark_connector_bundle
 
 
-def spark_session(settings: Settings, app_name: str, *, kafka: bool = True) -> SparkSession:
-    """Get or create the session for ``app_name``, configured from ``settings.spark``.
+def spark_session(settings: Settings, app_name: str) -> SparkSession:
+    """Get or create the process's session, configured from ``settings.spark``.
 
-    With ``kafka=True`` the Kafka connector jars (fetched once into the jar cache, for the
-    installed pyspark version) are put on the classpath through ``spark.jars``.
+    The Kafka connector jars (fetched once into the jar cache, for the installed pyspark
+    version) are always on the classpath through ``spark.jars``: a JVM's classpath is fixed
+    when the first session starts, and batch and streaming jobs share one process in tests.
     Local mode by default; any master URL works (the jars are shipped to executors).
     """
     # Executors must run the driver's interpreter (the project's virtualenv).
@@ -34,13 +35,14 @@ def spark_session(settings: Settings, app_name: str, *, kafka: bool = True) -> S
         .config("spark.driver.memory", sp.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.streaming.stateStore.providerClass",
-                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        )
         .config("spark.sql.streaming.forceDeleteTempCheckpointLocation", "true")
-    )  # fmt: skip
-    if kafka:
-        bundle = ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir)
-        builder = builder.config("spark.jars", ",".join(str(j) for j in jars(bundle)))
+    )
+    bundle = ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir)
+    builder = builder.config("spark.jars", ",".join(str(j) for j in jars(bundle)))
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -34,8 +34,12 @@ def lamina_smoke() -> None:
         print(f"lamina stack healthy: {line}")
         return line
 
-    report([probe.override(task_id="probe_kafka")("kafka"),
-            probe.override(task_id="probe_cassandra")("cassandra")])  # fmt: skip
+    report(
+        [
+            probe.override(task_id="probe_kafka")("kafka"),
+            probe.override(task_id="probe_cassandra")("cassandra"),
+        ]
+    )
 
 
 lamina_smoke()

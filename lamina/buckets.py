@@ -18,10 +18,17 @@ from lamina.errors import ConfigError
 
 _UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 _ALIASES = {
-    "m": "minute", "min": "minute", "minute": "minute", "minutes": "minute",
-    "h": "hour", "hour": "hour", "hours": "hour",
-    "d": "day", "day": "day", "days": "day",
-}  # fmt: skip
+    "m": "minute",
+    "min": "minute",
+    "minute": "minute",
+    "minutes": "minute",
+    "h": "hour",
+    "hour": "hour",
+    "hours": "hour",
+    "d": "day",
+    "day": "day",
+    "days": "day",
+}
 _PATTERN = re.compile(r"^\s*(\d*)\s*([a-z]+)\s*$")
 
 

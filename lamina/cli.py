@@ -13,10 +13,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lamina import __version__
-from lamina.errors import LaminaError
+from lamina.errors import ConfigError, LaminaError
 from lamina.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from lamina.views import ViewCatalog
 
 log = logging.getLogger("lamina")
 
@@ -84,9 +88,13 @@ def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
         for s in statuses:
             colour = "green" if s.healthy else ("red" if s.pid else "dim")
             table.add_row(
-                s.name, f"[{colour}]{s.state}[/]", f"{s.host}:{s.port}",
-                str(s.pid or "-"), s.version or "-", str(s.log),
-            )  # fmt: skip
+                s.name,
+                f"[{colour}]{s.state}[/]",
+                f"{s.host}:{s.port}",
+                str(s.pid or "-"),
+                s.version or "-",
+                str(s.log),
+            )
         Console().print(table)
     # Exit status tells scripts whether everything asked for is healthy.
     return 0 if all(s.healthy for s in statuses) else 3
@@ -109,6 +117,171 @@ def cmd_stack_logs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- views, master, batch, query, serve ---------------------------------------------------
+
+
+def _catalog(settings: Settings) -> ViewCatalog:
+    from lamina.views import load_views
+
+    return load_views(settings.pipeline.views_file)
+
+
+def cmd_views(settings: Settings, args: argparse.Namespace) -> int:
+    catalog = _catalog(settings)
+    for v in catalog.views.values():
+        aggs = ", ".join(f"{n}={a.fn}({a.field or '*'})" for n, a in v.aggregations.items())
+        print(
+            f"{v.name}: source {v.source.name} (topic {v.source.topic}), keys "
+            f"{', '.join(v.keys)}, per {v.bucket.label}: {aggs}"
+        )
+    return 0
+
+
+def cmd_master_import(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.master import import_files
+
+    catalog = _catalog(settings)
+    if args.source not in catalog.sources:
+        raise ConfigError(
+            f"unknown source {args.source!r}",
+            hint=f"declared sources: {', '.join(catalog.sources)}",
+        )
+    report = import_files(
+        settings,
+        catalog.sources[args.source],
+        args.paths,
+        on_progress=lambda ok, bad: _say(f"... {ok} accepted, {bad} rejected"),
+    )
+    _say(
+        f"imported {report.accepted} events into {settings.master_dir / args.source} "
+        f"(ingest epoch {report.epoch}); rejected {report.rejected}"
+    )
+    for reason, n in report.reasons.most_common():
+        _say(f"  rejected {n}: {reason}")
+    if report.deadletters:
+        _say(f"rejected rows with their reasons: {report.deadletters}")
+    return 0
+
+
+def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.run import run_batch
+    from batch.spark import spark_session
+
+    catalog = _catalog(settings)
+    for v in args.view or []:
+        catalog.view(v)  # unknown names fail before Spark starts
+    spark = spark_session(settings, "lamina-batch")
+    try:
+        results = run_batch(spark, settings, catalog, args.view, cutoff=args.cutoff, progress=_say)
+    finally:
+        spark.stop()
+    for r in results:
+        _say(
+            f"{r.view}: version {r.version} published (cutoff {r.cutoff}, {r.events} events "
+            f"-> {r.rows} rows, {r.timings['total_s']:.1f}s)"
+        )
+    return 0
+
+
+def _store(settings: Settings):  # type: ignore[no-untyped-def]
+    from serving.cassandra import session
+    from serving.store import Store
+
+    class _Ctx:
+        def __enter__(self) -> Store:
+            self._cm = session(settings.cassandra)
+            return Store(self._cm.__enter__(), settings.cassandra)
+
+        def __exit__(self, *exc: object) -> None:
+            self._cm.__exit__(None, None, None)
+
+    return _Ctx()
+
+
+def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:
+    view = _catalog(settings).view(args.view)
+    with _store(settings) as store:
+        pub = store.published(view)
+        versions = store.versions(view)
+    if not versions:
+        print(
+            f"view {view.name} has no batch versions yet: run `lamina batch run --view {view.name}`"
+        )
+        return 0
+    print(f"{'version':>7}  {'state':<10} {'cutoff (UTC)':<20} {'rows':>9} {'seconds':>8}  hash")
+    for v in versions:
+        mark = "*" if pub and pub.version == v.version else " "
+        cut = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.cutoff))
+        secs = v.timings.get("total_s", 0.0)
+        print(
+            f"{v.version:>6}{mark}  {v.state:<10} {cut:<20} {v.rows:>9} {secs:>8.1f}  "
+            f"{v.definition_hash}"
+        )
+    return 0
+
+
+def cmd_batch_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    view = _catalog(settings).view(args.view)
+    with _store(settings) as store:
+        pub = store.rollback(view, args.version)
+    _say(f"{view.name}: version {pub.version} (cutoff {pub.cutoff}) is published again")
+    return 0
+
+
+def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.query import QueryService
+
+    catalog = _catalog(settings)
+    with _store(settings) as store:
+        answer = QueryService(store, catalog, settings).query(
+            args.view, args.key, args.start, args.end, args.granularity, args.q
+        )
+    if args.format == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    prov = answer["provenance"]
+    title = (
+        f"{answer['view']} per {answer['granularity']} — batch version "
+        f"{prov['version'] or '-'} (cutoff {prov['cutoff_iso'] or 'none'})"
+    )
+    for res in answer["results"]:
+        table = Table(title=f"{title}\nkey {res['key']}")
+        names = list(catalog.view(args.view).aggregations)
+        for col in ("bucket", *names, "sources"):
+            table.add_column(col)
+        for b in res["buckets"]:
+            src = ("batch" if b["from_batch"] else "") + (
+                f"{' + ' if b['from_batch'] else ''}rt {len(b['realtime_epochs'])} epoch(s)"
+                if b["realtime_epochs"]
+                else ""
+            )
+            table.add_row(b["bucket"], *(_fmt(b["values"][n]) for n in names), src)
+        Console().print(table)
+    return 0
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.0f}"
+    return "null" if v is None else str(v)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving.api import create_app
+
+    app = create_app(settings, _catalog(settings))
+    host = args.host or settings.serving.host
+    port = args.port or settings.serving.port
+    _say(f"serving on http://{host}:{port} (OpenAPI docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------
 
 
@@ -128,9 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"lamina {__version__}")
     p.add_argument(
-        "-c", "--config", type=Path, metavar="PATH",
+        "-c",
+        "--config",
+        type=Path,
+        metavar="PATH",
         help="settings file (default: $LAMINA_CONFIG, else ./conf/lamina.toml)",
-    )  # fmt: skip
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -140,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = ssub.add_parser("up", help="fetch jars (first time), start services, wait until ready")
     up.add_argument("services", nargs="*", metavar="SERVICE", help=services_help)
     up.add_argument(
-        "--no-spark", dest="with_spark", action="store_false",
+        "--no-spark",
+        dest="with_spark",
+        action="store_false",
         help="do not fetch Spark's Kafka connector jars",
-    )  # fmt: skip
+    )
     up.set_defaults(func=cmd_stack_up)
     down = ssub.add_parser("down", help="stop the services this stack started")
     down.add_argument("services", nargs="*", metavar="SERVICE", help=services_help)
@@ -158,6 +336,50 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
     logs.add_argument("--stdout", action="store_true", help="show the JVM's stdout instead")
     logs.set_defaults(func=cmd_stack_logs)
+
+    views = sub.add_parser("views", help="list the views defined in the views file")
+    views.set_defaults(func=cmd_views)
+
+    master = sub.add_parser("master", help="the master dataset")
+    msub = master.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = msub.add_parser("import", help="append historical events from JSONL, CSV or Parquet")
+    imp.add_argument("source", help="source name from the views file")
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    imp.set_defaults(func=cmd_master_import)
+
+    batch = sub.add_parser("batch", help="batch views: recompute, versions, rollback")
+    bsub = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = bsub.add_parser("run", help="recompute views from the master dataset and publish")
+    run.add_argument("--view", action="append", metavar="VIEW", help="repeatable; default all")
+    run.add_argument(
+        "--cutoff",
+        type=int,
+        metavar="EPOCH_S",
+        help="ingest-epoch cutoff (default: the last complete epoch)",
+    )
+    run.set_defaults(func=cmd_batch_run)
+    ver = bsub.add_parser("versions", help="list a view's batch versions (* = published)")
+    ver.add_argument("view")
+    ver.set_defaults(func=cmd_batch_versions)
+    rb = bsub.add_parser("rollback", help="publish an older retained version again")
+    rb.add_argument("view")
+    rb.add_argument("version", type=int)
+    rb.set_defaults(func=cmd_batch_rollback)
+
+    query = sub.add_parser("query", help="merged batch + real-time answer for keys of a view")
+    query.add_argument("view")
+    query.add_argument("key", nargs="+", help="key value(s); multi-field keys as a,b")
+    query.add_argument("--from", dest="start", metavar="T", help="ISO-8601 or epoch seconds")
+    query.add_argument("--to", dest="end", metavar="T", help="ISO-8601 or epoch seconds")
+    query.add_argument("--granularity", metavar="G", help="view bucket or a multiple: day, 6h")
+    query.add_argument("--q", type=float, default=0.5, help="quantile to present (default 0.5)")
+    query.add_argument("--format", choices=("table", "json"), default="table")
+    query.set_defaults(func=cmd_query)
+
+    serve = sub.add_parser("serve", help="run the HTTP query API (OpenAPI at /docs)")
+    serve.add_argument("--host", help="default: serving.host")
+    serve.add_argument("--port", type=int, help="default: serving.port")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run the demo pipeline on the local stack")
     demo.add_argument("--events", type=int, default=20_000, help="events to produce")
@@ -176,8 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Client libraries narrate every connection at INFO; operators want Lamina's own lines.
     # The driver logs each refused connection of a readiness poll as an ERROR with a traceback.
-    for noisy, quiet in (("kafka", logging.WARNING), ("cassandra", logging.CRITICAL),
-                         ("py4j", logging.WARNING)):  # fmt: skip
+    for noisy, quiet in (
+        ("kafka", logging.WARNING),
+        ("cassandra", logging.CRITICAL),
+        ("py4j", logging.WARNING),
+    ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else quiet)
     try:
         settings = load_settings(args.config)

@@ -258,7 +258,10 @@ class Quantiles(Monoid):
             return None
         import datasketches as ds
 
-        return float(ds.kll_doubles_sketch.deserialize(bytes(state)).get_quantile(q))
+        sketch = ds.kll_doubles_sketch.deserialize(bytes(state))
+        if sketch.is_empty():  # only nulls were seen
+            return None
+        return float(sketch.get_quantile(q))
 
     def rank_error(self) -> float:
         """Normalized rank error of the sketch at this ``k`` (two-sided, ~99% confidence)."""

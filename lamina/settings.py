@@ -119,6 +119,31 @@ class SparkSettings(_Section):
     """Extra ``spark.*`` settings passed to every session."""
 
 
+class PipelineSettings(_Section):
+    """Where the data lives and how ingestion is cut into epochs."""
+
+    views_file: Path = Path("conf/views.toml")
+    """View and source definitions (relative paths are taken from the working directory)."""
+    master_dir: Path | None = None
+    """Root of the master dataset (Parquet); defaults to ``<state_dir>/master``. Any Hadoop
+    filesystem URL Spark understands works on a cluster."""
+    epoch_seconds: int = Field(default=60, ge=1)
+    """Length of an ingest epoch: the unit of batch/speed hand-over. Shorter = fresher batch
+    cutoffs, more real-time rows."""
+    write_concurrency: int = Field(default=64, ge=1)
+    """In-flight Cassandra writes per Spark task."""
+
+
+class ServingSettings(_Section):
+    """The HTTP query API (``lamina serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_buckets: int = Field(default=10_000, ge=1)
+    """Largest number of buckets one query may span (a bad range gets a 400, not a scan)."""
+    max_keys: int = Field(default=1000, ge=1)
+
+
 class Settings(BaseSettings):
     """All of Lamina's settings. Build with :func:`load_settings`, not directly."""
 
@@ -130,6 +155,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -146,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return self.spark.checkpoint_dir or self.stack.state_dir / "checkpoints"
+
+    @property
+    def master_dir(self) -> Path:
+        return self.pipeline.master_dir or self.stack.state_dir / "master"
 
 
 def default_config_path() -> Path | None:

@@ -23,7 +23,7 @@ from lamina.monoids import MONOIDS, NUMERIC, Monoid
 
 FieldType = Literal["string", "long", "double", "boolean"]
 TimeFormat = Literal["iso8601", "epoch_s", "epoch_ms"]
-_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "long": (int,),
@@ -36,7 +36,7 @@ def _ident(kind: str, name: str) -> str:
     if not _IDENT.match(name):
         raise ValueError(
             f"{kind} name {name!r} must be lower-case letters, digits and _ (a CQL identifier),"
-            " starting with a letter, at most 48 characters"
+            " starting with a letter, at most 40 characters"
         )
     return name
 
@@ -107,9 +107,15 @@ class Condition(_Model):
         if op == "not_in":
             return value not in ref
         return bool(
-            {"==": value == ref, "!=": value != ref, "<": value < ref, "<=": value <= ref,
-             ">": value > ref, ">=": value >= ref}[op]
-        )  # fmt: skip
+            {
+                "==": value == ref,
+                "!=": value != ref,
+                "<": value < ref,
+                "<=": value <= ref,
+                ">": value > ref,
+                ">=": value >= ref,
+            }[op]
+        )
 
 
 class Aggregation(_Model):
@@ -157,8 +163,9 @@ class View(_Model):
     @cached_property
     def definition_hash(self) -> str:
         """Hash of everything that affects results (recorded with each batch version)."""
-        payload = self.model_dump(mode="json", exclude={"retain_versions", "schedule",
-                                                        "max_staleness_s"})  # fmt: skip
+        payload = self.model_dump(
+            mode="json", exclude={"retain_versions", "schedule", "max_staleness_s"}
+        )
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def accepts(self, event: dict[str, Any]) -> bool:

@@ -7,9 +7,11 @@ directory either way; their paths are printed when a test failed.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +69,26 @@ def stack(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settin
             print(f"[stack] {svc.name} log kept: {svc.log_file}")
     if started:
         Stack(settings, started).down(progress=lambda m: print(f"[stack] {m}"))
+
+
+@pytest.fixture(scope="session")
+def spark(settings: Settings) -> Iterator[Any]:
+    """One local SparkSession for the whole test session (the JVM starts once)."""
+    from batch.spark import spark_session
+
+    session = spark_session(settings, "lamina-tests")
+    yield session
+    session.stop()
+
+
+def isolated(settings: Settings, tmp: Path) -> Settings:
+    """``settings`` with a private keyspace and master dataset (tests never share tables)."""
+    ks = f"t_{uuid.uuid4().hex[:10]}"
+    return settings.model_copy(
+        update={
+            "cassandra": settings.cassandra.model_copy(update={"keyspace": ks}),
+            "pipeline": settings.pipeline.model_copy(
+                update={"master_dir": tmp / "master", "views_file": ROOT / "conf" / "views.toml"}
+            ),
+        }
+    )

@@ -89,9 +89,15 @@ def ensure_bundle(bundle: Bundle, cache_dir: Path) -> Path:
         (work / "pom.xml").write_text(_pom(bundle))
         lib = work / "lib"
         cmd = [
-            mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-            f"-DoutputDirectory={lib}", "-DincludeScope=runtime",
-        ]  # fmt: skip
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(work / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+            "-DincludeScope=runtime",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             out = (proc.stdout + proc.stderr).strip().splitlines()

@@ -167,17 +167,30 @@ class KafkaService(Service):
         )
         log4j = render("kafka-log4j2.yaml", conf / "log4j2.yaml", log_file=self.log_file)
         base = [
-            java, f"-Xms{k.heap}", f"-Xmx{k.heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            self.marker, f"-Dlog4j2.configurationFile={log4j}",
-            "-cp", classpath(jar_dirs),
-        ]  # fmt: skip
+            java,
+            f"-Xms{k.heap}",
+            f"-Xmx{k.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            self.marker,
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath(jar_dirs),
+        ]
         if not (data / "meta.properties").exists():
             data.mkdir(parents=True, exist_ok=True)
             cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
             fmt = [
-                *base, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                "-c", str(props), "--standalone", "--ignore-formatted",
-            ]  # fmt: skip
+                *base,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+                "--standalone",
+                "--ignore-formatted",
+            ]
             proc = subprocess.run(fmt, capture_output=True, text=True)
             if proc.returncode != 0:
                 self.stdout_file.parent.mkdir(parents=True, exist_ok=True)
@@ -311,9 +324,13 @@ class CassandraService(Service):
         data.mkdir(parents=True, exist_ok=True)
         (conf / "triggers").mkdir(parents=True, exist_ok=True)
         yaml = render(
-            "cassandra.yaml", conf / "cassandra.yaml",
-            host=c.host, port=c.port, storage_port=c.storage_port, data_dir=data,
-        )  # fmt: skip
+            "cassandra.yaml",
+            conf / "cassandra.yaml",
+            host=c.host,
+            port=c.port,
+            storage_port=c.storage_port,
+            data_dir=data,
+        )
         logback = render("cassandra-logback.xml", conf / "logback.xml", log_file=self.log_file)
         jamm = next((j for d in jar_dirs for j in d.glob("jamm-*.jar")), None)
         if jamm is None:
@@ -322,11 +339,20 @@ class CassandraService(Service):
                 hint=f"delete {jar_dirs[0]} and run `lamina stack up` again to re-fetch it",
             )
         return [
-            java, "-ea", f"-Xms{c.heap}", f"-Xmx{c.heap}", "-Xss256k",
-            "-XX:+UseG1GC", "-XX:+ParallelRefProcEnabled", "-XX:MaxTenuringThreshold=1",
-            "-XX:MaxGCPauseMillis=300", "-XX:+HeapDumpOnOutOfMemoryError",
-            "-XX:+PerfDisableSharedMem", "-XX:+CrashOnOutOfMemoryError",
-            "-Djava.net.preferIPv4Stack=true", "-Djdk.attach.allowAttachSelf=true",
+            java,
+            "-ea",
+            f"-Xms{c.heap}",
+            f"-Xmx{c.heap}",
+            "-Xss256k",
+            "-XX:+UseG1GC",
+            "-XX:+ParallelRefProcEnabled",
+            "-XX:MaxTenuringThreshold=1",
+            "-XX:MaxGCPauseMillis=300",
+            "-XX:+HeapDumpOnOutOfMemoryError",
+            "-XX:+PerfDisableSharedMem",
+            "-XX:+CrashOnOutOfMemoryError",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Djdk.attach.allowAttachSelf=true",
             *_CASSANDRA_JVM17,
             "-Dio.netty.tryReflectionSetAccessible=true",
             "-Dio.netty.allocator.useCacheForAllThreads=true",
@@ -345,9 +371,10 @@ class CassandraService(Service):
             "-Dcassandra.superuser_setup_delay_ms=0",
             "-Dcassandra.shutdown_announce_in_ms=0",
             f"-Dcassandra.triggers_dir={conf / 'triggers'}",
-            "-cp", f"{conf}:{classpath(jar_dirs)}",
+            "-cp",
+            f"{conf}:{classpath(jar_dirs)}",
             "org.apache.cassandra.service.CassandraDaemon",
-        ]  # fmt: skip
+        ]
 
     def probe(self) -> str:
         if not process_port_open(self.host, self.settings.cassandra.port):

@@ -8,7 +8,7 @@ from lamina.settings import Settings
 def test_session_follows_settings(settings: Settings) -> None:
     from batch.spark import spark_session
 
-    spark = spark_session(settings, "lamina-test-session", kafka=False)
+    spark = spark_session(settings, "lamina-test-session")
     conf = spark.sparkContext.getConf()
     assert conf.get("spark.sql.shuffle.partitions") == str(settings.spark.shuffle_partitions)
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"

@@ -52,9 +52,15 @@ def test_starts_cover_range(b: Bucket, t: float, width: float) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds", "label"),
-    [("minute", 60, "minute"), ("hour", 3600, "hour"), ("1d", 86400, "day"),
-     ("15m", 900, "15m"), ("15 minutes", 900, "15m"), ("2H", 7200, "2h")],
-)  # fmt: skip
+    [
+        ("minute", 60, "minute"),
+        ("hour", 3600, "hour"),
+        ("1d", 86400, "day"),
+        ("15m", 900, "15m"),
+        ("15 minutes", 900, "15m"),
+        ("2H", 7200, "2h"),
+    ],
+)
 def test_parse(text: str, seconds: int, label: str) -> None:
     b = Bucket.parse(text)
     assert (b.seconds, b.label) == (seconds, label)

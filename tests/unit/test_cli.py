@@ -18,8 +18,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
     return subprocess.run(
         [sys.executable, "-m", "lamina.cli", *args],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize("args", [["--help"], ["stack", "--help"], ["stack", "up", "--help"]])
@@ -58,9 +61,12 @@ def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         out = run(
-            "stack", "up", "kafka", "--no-spark",
+            "stack",
+            "up",
+            "kafka",
+            "--no-spark",
             env={"LAMINA_STACK__STATE_DIR": str(tmp_path), "LAMINA_KAFKA__PORT": str(port)},
-        )  # fmt: skip
+        )
     assert out.returncode == 1
     assert f"client port 127.0.0.1:{port} is taken by pid" in out.stderr
     assert "LAMINA_KAFKA__PORT" in out.stderr

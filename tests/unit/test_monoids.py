@@ -49,8 +49,9 @@ def test_exact_aggregates_follow_sql(values: list[Any]) -> None:
     }
     for name, want in expect.items():
         m = MONOIDS[name]("long", field="x")
-        assert close(m.present(state_of(m, values)), want) or (want is None and m.present(
-            state_of(m, values)) is None)  # fmt: skip
+        assert close(m.present(state_of(m, values)), want) or (
+            want is None and m.present(state_of(m, values)) is None
+        )
     assert Count(None).present(state_of(Count(None), values)) == len(values)
     assert Count("long", field="x").present(state_of(Count("long", field="x"), values)) == len(
         present

@@ -61,32 +61,62 @@ def mutate(path: list[str], value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (["views", "web_pageviews", "keys"], ["uri"],
-         r"view 'web_pageviews': key field 'uri' is not a field of source 'pageviews' \(fields: "),
-        (["views", "web_pageviews", "bucket"], "fortnight",
-         r"bad time bucket 'fortnight'.*use minute, hour or day"),
-        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "median"},
-         r"aggregation 'pageviews': unknown fn 'median'; use one of count, sum"),
-        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "sum", "field": "url"},
-         r"sum needs a numeric field \(long or double\), but 'url' is string"),
-        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "max"},
-         r"aggregation 'pageviews': max needs a field"),
-        (["views", "web_pageviews", "aggregations", "pageviews"], {"fn": "sum", "field": "lod"},
-         r"field 'lod' is not a field of source 'pageviews'"),
-        (["views", "web_pageviews", "source"], "clicks",
-         r"unknown source 'clicks'; declared sources: pageviews, sensors, metering"),
+        (
+            ["views", "web_pageviews", "keys"],
+            ["uri"],
+            r"view 'web_pageviews': key field 'uri' is not a field of source 'pageviews'",
+        ),
+        (
+            ["views", "web_pageviews", "bucket"],
+            "fortnight",
+            r"bad time bucket 'fortnight'.*use minute, hour or day",
+        ),
+        (
+            ["views", "web_pageviews", "aggregations", "pageviews"],
+            {"fn": "median"},
+            r"aggregation 'pageviews': unknown fn 'median'; use one of count, sum",
+        ),
+        (
+            ["views", "web_pageviews", "aggregations", "pageviews"],
+            {"fn": "sum", "field": "url"},
+            r"sum needs a numeric field \(long or double\), but 'url' is string",
+        ),
+        (
+            ["views", "web_pageviews", "aggregations", "pageviews"],
+            {"fn": "max"},
+            r"aggregation 'pageviews': max needs a field",
+        ),
+        (
+            ["views", "web_pageviews", "aggregations", "pageviews"],
+            {"fn": "sum", "field": "lod"},
+            r"field 'lod' is not a field of source 'pageviews'",
+        ),
+        (
+            ["views", "web_pageviews", "source"],
+            "clicks",
+            r"unknown source 'clicks'; declared sources: pageviews, sensors, metering",
+        ),
         (["views", "web_pageviews", "keys"], [], r"needs at least one key field"),
         (["views", "web_pageviews", "retain_versions"], 0, r"retain_versions"),
         (["views", "web_pageviews", "colour"], "red", r"colour: Extra inputs are not permitted"),
-        (["views", "web_pageviews", "filter"], [{"field": "stat", "op": "==", "value": 1}],
-         r"filter field 'stat'"),
-        (["sources", "pageviews", "event_time"], "when",
-         r"source 'pageviews': event_time field 'when' is not declared in fields"),
-        (["sources", "sensors", "event_time_format"], "iso8601",
-         r"event_time field 'ts_ms' is long, but event_time_format 'iso8601' needs string"),
+        (
+            ["views", "web_pageviews", "filter"],
+            [{"field": "stat", "op": "==", "value": 1}],
+            r"filter field 'stat'",
+        ),
+        (
+            ["sources", "pageviews", "event_time"],
+            "when",
+            r"source 'pageviews': event_time field 'when' is not declared in fields",
+        ),
+        (
+            ["sources", "sensors", "event_time_format"],
+            "iso8601",
+            r"event_time field 'ts_ms' is long, but event_time_format 'iso8601' needs string",
+        ),
         (["sources", "pageviews", "fields", "url"], "text", r"source 'pageviews': fields.url"),
     ],
-)  # fmt: skip
+)
 def test_mistakes_name_view_field_and_fix(path: list[str], value: Any, message: str) -> None:
     with pytest.raises(ViewDefinitionError, match=message):
         parse_views(mutate(path, value))

@@ -1,0 +1,157 @@
+"""``lamina batch run``: recompute views from the master dataset and publish new versions.
+
+For each view: pick the cutoff (complete ingest epochs only), read the master dataset up to
+it, drop duplicate event ids, aggregate through :func:`batch.translate.aggregate`, write a
+new version table with concurrent prepared inserts from the Spark tasks, then publish it
+with one catalog write. A crash before the publish leaves the published version untouched
+(the half-built version stays ``building`` and is collected later).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from batch.master import complete_cutoff, source_dir
+from batch.translate import aggregate, event_schema, state_row
+from lamina.errors import PublishError
+from lamina.events import EVENT_TIME
+from lamina.settings import CassandraSettings, Settings
+from lamina.views import View, ViewCatalog
+from serving.cassandra import session
+from serving.store import Published, Store, batch_table, insert_cql, write_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    view: str
+    version: int
+    cutoff: int
+    rows: int
+    events: int
+    timings: dict[str, float]
+    published: Published
+
+
+def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
+    """Every event of the view's source with ingest epoch ``< cutoff``, one per event id."""
+    root = source_dir(settings, view.source)
+    epochs = [p for p in root.glob("ingest_epoch=*") if int(p.name.split("=")[1]) < cutoff]
+    if not epochs:
+        return spark.createDataFrame([], event_schema(view))
+    df = (
+        spark.read.option("basePath", str(root))
+        .parquet(*(str(p) for p in epochs))
+        .where(F.col("ingest_epoch") < F.lit(cutoff))
+    )
+    # Redeliveries of one event (producer retries, replays) carry the same id: keep one.
+    return df.dropDuplicates([view.source.event_id])
+
+
+def _partition_writer(
+    cass: CassandraSettings, view: View, table: str, concurrency: int
+) -> Callable[[Iterable[Any]], Iterable[int]]:
+    cql = insert_cql(view, table)
+    keys = view.keys
+
+    def write(rows: Iterable[Any]) -> Iterator[int]:
+        # Runs inside a Spark task: its own connection, prepared once per partition.
+        with session(cass, cass.keyspace) as s:
+            stmt = s.prepare(cql)
+            n = write_rows(
+                s,
+                stmt,
+                ((*(r[k] for k in keys), r["bucket"], *state_row(view, r)) for r in rows),
+                concurrency,
+            )
+        yield n
+
+    return write
+
+
+def resolve_cutoff(settings: Settings, view: View, cutoff: int | None) -> int:
+    if cutoff is not None:
+        return cutoff
+    found = complete_cutoff(settings, view.source)
+    if found is None:
+        raise PublishError(
+            f"view {view.name!r}: the master dataset has no complete epoch of source "
+            f"{view.source.name!r} yet",
+            hint="import history with `lamina master import` or start the archiver",
+        )
+    return found
+
+
+def run_view(
+    spark: SparkSession,
+    settings: Settings,
+    store: Store,
+    view: View,
+    *,
+    cutoff: int | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> BatchResult:
+    """Recompute and publish one view. Raises; the published version stays as it was."""
+    t0 = time.monotonic()
+    cut = resolve_cutoff(settings, view, cutoff)
+    version = store.begin_version(view, cut)
+    timings: dict[str, float] = {}
+    try:
+        events = read_master(spark, settings, view, cut).select(*view.source.fields, EVENT_TIME)
+        events.cache()
+        n_events = events.count()
+        timings["read_s"] = round(time.monotonic() - t0, 3)
+        progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}; aggregating")
+        agg = aggregate(events, view)
+        writer = _partition_writer(
+            settings.cassandra,
+            view,
+            batch_table(view, version),
+            settings.pipeline.write_concurrency,
+        )
+        t1 = time.monotonic()
+        rows = int(agg.rdd.mapPartitions(writer).sum())
+        events.unpersist()
+        timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
+    except BaseException:
+        store.finish_version(view, version, "failed", 0, timings)
+        raise
+    timings["total_s"] = round(time.monotonic() - t0, 3)
+    store.finish_version(view, version, "ready", rows, timings)
+    [built] = [v for v in store.versions(view) if v.version == version]
+    pub = store.publish(view, built)
+    progress(
+        f"{view.name} v{version}: published {rows} rows, cutoff {cut}, {timings['total_s']:.1f}s"
+    )
+    return BatchResult(view.name, version, cut, rows, n_events, timings, pub)
+
+
+def run_batch(
+    spark: SparkSession,
+    settings: Settings,
+    catalog: ViewCatalog,
+    views: list[str] | None = None,
+    *,
+    cutoff: int | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> list[BatchResult]:
+    """Recompute and publish each named view (all by default), then collect garbage."""
+    chosen = [catalog.view(v) for v in views] if views else list(catalog.views.values())
+    results = []
+    with session(settings.cassandra) as s:
+        store = Store(s, settings.cassandra)
+        store.ensure_schema(catalog)
+        for view in chosen:
+            results.append(run_view(spark, settings, store, view, cutoff=cutoff, progress=progress))
+            dropped = store.collect_garbage(view, view.retain_versions)
+            if dropped:
+                progress(f"{view.name}: collected versions {dropped}")
+    return results

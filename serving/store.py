@@ -1,0 +1,338 @@
+"""Lamina's Cassandra store: schema generated from view definitions, versions, publish.
+
+Tables, all in the configured keyspace (never hand-written per view):
+
+- ``catalog``: one row per view, the *published* batch version and its cutoff. Publishing is
+  one single-row write, hence atomic: a reader sees the old (version, cutoff) or the new.
+- ``versions``: every batch version of a view (state, cutoff, row count, timings, hash).
+- ``b_<view>_v<N>``: batch view version N; ``PRIMARY KEY ((keys...), bucket)`` so a key's
+  bucket range is one partition slice.
+- ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``.
+
+All statements on data paths are prepared.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.query import PreparedStatement
+
+from lamina.errors import NotFoundError, PublishError
+from lamina.settings import CassandraSettings
+from lamina.views import View, ViewCatalog
+from serving.cassandra import ensure_keyspace
+
+PUBLISHABLE = ("ready", "published", "superseded")
+"""Version states whose table is complete and may be (re-)published."""
+
+CQL_TYPES = {"string": "text", "long": "bigint", "double": "double", "boolean": "boolean"}
+
+
+def batch_table(view: View, version: int) -> str:
+    return f"b_{view.name}_v{version}"
+
+
+def realtime_table(view: View) -> str:
+    return f"rt_{view.name}"
+
+
+def _key_columns(view: View) -> str:
+    return ", ".join(f"{k} {CQL_TYPES[view.source.fields[k]]}" for k in view.keys)
+
+
+def _value_columns(view: View) -> str:
+    return ", ".join(f"{c} {t}" for c, t in view.value_columns)
+
+
+def batch_ddl(view: View, version: int, keyspace: str) -> str:
+    keys = ", ".join(view.keys)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{batch_table(view, version)} "
+        f"({_key_columns(view)}, bucket bigint, {_value_columns(view)}, "
+        f"PRIMARY KEY (({keys}), bucket))"
+    )
+
+
+def realtime_ddl(view: View, keyspace: str) -> str:
+    keys = ", ".join(view.keys)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{realtime_table(view)} "
+        f"({_key_columns(view)}, bucket bigint, ingest_epoch bigint, {_value_columns(view)}, "
+        f"PRIMARY KEY (({keys}), bucket, ingest_epoch))"
+    )
+
+
+def insert_cql(view: View, table: str, *, realtime: bool = False) -> str:
+    cols = [
+        *view.keys,
+        "bucket",
+        *(["ingest_epoch"] if realtime else []),
+        *(c for c, _ in view.value_columns),
+    ]
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+@dataclass(frozen=True)
+class Published:
+    """The catalog row of a view: what readers merge against."""
+
+    view: str
+    version: int
+    cutoff: int
+    rows: int
+    published_at: float
+    definition_hash: str
+
+
+@dataclass(frozen=True)
+class Version:
+    view: str
+    version: int
+    state: str  # building | ready | published | superseded | failed | collected
+    cutoff: int
+    rows: int
+    started_at: float
+    finished_at: float | None
+    definition_hash: str
+    timings: dict[str, float]
+
+
+def write_rows(
+    session: Session, statement: PreparedStatement, rows: Iterable[Sequence[Any]], concurrency: int
+) -> int:
+    """Execute ``statement`` for every row, ``concurrency`` in flight; raise on any failure."""
+    n = 0
+    chunk: list[Sequence[Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= 5000:
+            n += _flush(session, statement, chunk, concurrency)
+            chunk = []
+    if chunk:
+        n += _flush(session, statement, chunk, concurrency)
+    return n
+
+
+def _flush(
+    session: Session, statement: PreparedStatement, chunk: list[Sequence[Any]], concurrency: int
+) -> int:
+    for ok, result in execute_concurrent_with_args(
+        session, statement, chunk, concurrency=concurrency
+    ):
+        if not ok:
+            raise result
+    return len(chunk)
+
+
+class Store:
+    """Schema management, version bookkeeping and reads over one Cassandra session."""
+
+    def __init__(self, session: Session, settings: CassandraSettings) -> None:
+        self.session = session
+        self.ks = settings.keyspace
+        self.settings = settings
+        self._prepared: dict[str, PreparedStatement] = {}
+
+    def prepare(self, cql: str) -> PreparedStatement:
+        stmt = self._prepared.get(cql)
+        if stmt is None:
+            stmt = self._prepared[cql] = self.session.prepare(cql)
+        return stmt
+
+    # -- schema -------------------------------------------------------------------------
+
+    def ensure_schema(self, catalog: ViewCatalog) -> None:
+        """Create the keyspace, the catalog tables and every view's real-time table."""
+        s = self.session
+        ensure_keyspace(s, self.settings)
+        s.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.ks}.catalog (view_name text PRIMARY KEY, version int, "
+            "cutoff bigint, rows bigint, published_at double, definition_hash text)"
+        )
+        s.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.ks}.versions (view_name text, version int, state text, "
+            "cutoff bigint, rows bigint, started_at double, finished_at double, "
+            "definition_hash text, timings text, PRIMARY KEY (view_name, version)) "
+            "WITH CLUSTERING ORDER BY (version DESC)"
+        )
+        for view in catalog.views.values():
+            s.execute(realtime_ddl(view, self.ks))
+
+    # -- versions -----------------------------------------------------------------------
+
+    def versions(self, view: View) -> list[Version]:
+        rows = self.session.execute(
+            self.prepare(f"SELECT * FROM {self.ks}.versions WHERE view_name = ?"), (view.name,)
+        )
+        return [
+            Version(
+                r.view_name,
+                r.version,
+                r.state,
+                r.cutoff or 0,
+                r.rows or 0,
+                r.started_at or 0.0,
+                r.finished_at,
+                r.definition_hash or "",
+                json.loads(r.timings or "{}"),
+            )
+            for r in rows
+        ]
+
+    def begin_version(self, view: View, cutoff: int) -> int:
+        """Allocate the next version number (lightweight transaction), create its table."""
+        last = max((v.version for v in self.versions(view)), default=0)
+        for version in range(last + 1, last + 100):
+            applied = self.session.execute(
+                self.prepare(
+                    f"INSERT INTO {self.ks}.versions (view_name, version, state, cutoff, started_at, "
+                    "definition_hash) VALUES (?, ?, 'building', ?, ?, ?) IF NOT EXISTS"
+                ),
+                (view.name, version, cutoff, time.time(), view.definition_hash),
+            ).was_applied
+            if applied:
+                self.session.execute(batch_ddl(view, version, self.ks))
+                return version
+        raise PublishError(f"view {view.name!r}: could not allocate a batch version")
+
+    def finish_version(
+        self, view: View, version: int, state: str, rows: int, timings: dict[str, float]
+    ) -> None:
+        self.session.execute(
+            self.prepare(
+                f"UPDATE {self.ks}.versions SET state = ?, rows = ?, finished_at = ?, timings = ? "
+                "WHERE view_name = ? AND version = ?"
+            ),
+            (state, rows, time.time(), json.dumps(timings), view.name, version),
+        )
+
+    def published(self, view: View) -> Published | None:
+        row = self.session.execute(
+            self.prepare(f"SELECT * FROM {self.ks}.catalog WHERE view_name = ?"), (view.name,)
+        ).one()
+        if row is None:
+            return None
+        return Published(
+            row.view_name,
+            row.version,
+            row.cutoff,
+            row.rows or 0,
+            row.published_at or 0.0,
+            row.definition_hash or "",
+        )
+
+    def publish(self, view: View, version: Version) -> Published:
+        """Point readers at ``version``: one single-row write of the catalog (atomic)."""
+        old = self.published(view)
+        pub = Published(
+            view.name,
+            version.version,
+            version.cutoff,
+            version.rows,
+            time.time(),
+            version.definition_hash,
+        )
+        self.session.execute(
+            self.prepare(
+                f"INSERT INTO {self.ks}.catalog (view_name, version, cutoff, rows, published_at, "
+                "definition_hash) VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            (pub.view, pub.version, pub.cutoff, pub.rows, pub.published_at, pub.definition_hash),
+        )
+        self._set_state(view, version.version, "published")
+        if old is not None and old.version != version.version:
+            self._set_state(view, old.version, "superseded")
+        return pub
+
+    def _set_state(self, view: View, version: int, state: str) -> None:
+        self.session.execute(
+            self.prepare(
+                f"UPDATE {self.ks}.versions SET state = ? WHERE view_name = ? AND version = ?"
+            ),
+            (state, view.name, version),
+        )
+
+    def rollback(self, view: View, version: int) -> Published:
+        """Re-publish an older, still retained version."""
+        match = [v for v in self.versions(view) if v.version == version]
+        if not match:
+            raise NotFoundError(
+                f"view {view.name!r} has no version {version}",
+                hint="see `lamina batch versions VIEW`",
+            )
+        v = match[0]
+        if v.state not in PUBLISHABLE:
+            raise PublishError(
+                f"view {view.name!r} version {version} is {v.state}, not publishable",
+                hint="only complete versions that were not garbage-collected can be re-published",
+            )
+        return self.publish(view, v)
+
+    def collect_garbage(self, view: View, retain: int) -> list[int]:
+        """Drop batch tables beyond the newest ``retain`` complete versions (never the
+        published one) and of failed builds; returns the versions collected."""
+        pub = self.published(view)
+        keep: set[int] = {pub.version} if pub else set()
+        complete = [v for v in self.versions(view) if v.state in PUBLISHABLE]
+        keep |= {v.version for v in complete[:retain]}
+        dropped = []
+        for v in self.versions(view):
+            if v.version in keep or v.state == "collected" or v.state == "building":
+                continue
+            self.session.execute(f"DROP TABLE IF EXISTS {self.ks}.{batch_table(view, v.version)}")
+            self._set_state(view, v.version, "collected")
+            dropped.append(v.version)
+        return dropped
+
+    def retained_min_cutoff(self, view: View) -> int | None:
+        """Smallest cutoff among versions one could still publish (real-time rows of
+        epochs at or after it must be kept so a rollback stays exact)."""
+        cut = [v.cutoff for v in self.versions(view) if v.state in PUBLISHABLE]
+        return min(cut) if cut else None
+
+    # -- reads --------------------------------------------------------------------------
+
+    def read_batch(
+        self, view: View, version: int, key: Sequence[Any], b_from: int, b_to: int
+    ) -> Iterator[Any]:
+        """Rows of one key with ``b_from <= bucket < b_to`` from batch version ``version``."""
+        where = " AND ".join(f"{k} = ?" for k in view.keys)
+        cols = ", ".join(["bucket", *(c for c, _ in view.value_columns)])
+        stmt = self.prepare(
+            f"SELECT {cols} FROM {self.ks}.{batch_table(view, version)} "
+            f"WHERE {where} AND bucket >= ? AND bucket < ?"
+        )
+        return iter(self.session.execute(stmt, (*key, b_from, b_to)))
+
+    def read_realtime(
+        self, view: View, key: Sequence[Any], b_from: int, b_to: int
+    ) -> Iterator[Any]:
+        where = " AND ".join(f"{k} = ?" for k in view.keys)
+        cols = ", ".join(["bucket", "ingest_epoch", *(c for c, _ in view.value_columns)])
+        stmt = self.prepare(
+            f"SELECT {cols} FROM {self.ks}.{realtime_table(view)} "
+            f"WHERE {where} AND bucket >= ? AND bucket < ?"
+        )
+        return iter(self.session.execute(stmt, (*key, b_from, b_to)))
+
+    def purge_realtime(self, view: View, before_epoch: int) -> int:
+        """Delete real-time rows of epochs ``< before_epoch`` (covered by every retained
+        batch version). Returns the number of rows deleted."""
+        keys = ", ".join(view.keys)
+        rows = self.session.execute(
+            f"SELECT {keys}, bucket, ingest_epoch FROM {self.ks}.{realtime_table(view)}"
+        )
+        where = " AND ".join(f"{k} = ?" for k in view.keys)
+        stmt = self.prepare(
+            f"DELETE FROM {self.ks}.{realtime_table(view)} WHERE {where} AND bucket = ? "
+            "AND ingest_epoch = ?"
+        )
+        doomed = [tuple(r) for r in rows if r.ingest_epoch < before_epoch]
+        return write_rows(self.session, stmt, doomed, 64)
