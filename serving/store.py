@@ -153,12 +153,12 @@ class Store:
         s = self.session
         ensure_keyspace(s, self.settings)
         s.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.ks}.catalog (view_name text PRIMARY KEY, version int, "
-            "cutoff bigint, rows bigint, published_at double, definition_hash text)"
+            f"CREATE TABLE IF NOT EXISTS {self.ks}.catalog (view_name text PRIMARY KEY, "
+            "version int, cutoff bigint, rows bigint, published_at double, definition_hash text)"
         )
         s.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.ks}.versions (view_name text, version int, state text, "
-            "cutoff bigint, rows bigint, started_at double, finished_at double, "
+            f"CREATE TABLE IF NOT EXISTS {self.ks}.versions (view_name text, version int, "
+            "state text, cutoff bigint, rows bigint, started_at double, finished_at double, "
             "definition_hash text, timings text, PRIMARY KEY (view_name, version)) "
             "WITH CLUSTERING ORDER BY (version DESC)"
         )
@@ -192,8 +192,8 @@ class Store:
         for version in range(last + 1, last + 100):
             applied = self.session.execute(
                 self.prepare(
-                    f"INSERT INTO {self.ks}.versions (view_name, version, state, cutoff, started_at, "
-                    "definition_hash) VALUES (?, ?, 'building', ?, ?, ?) IF NOT EXISTS"
+                    f"INSERT INTO {self.ks}.versions (view_name, version, state, cutoff, "
+                    "started_at, definition_hash) VALUES (?, ?, 'building', ?, ?, ?) IF NOT EXISTS"
                 ),
                 (view.name, version, cutoff, time.time(), view.definition_hash),
             ).was_applied
