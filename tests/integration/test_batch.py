@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from batch.master import complete_cutoff, import_files
+from batch.master import complete_cutoff
 from batch.run import run_batch
 from lamina.errors import NotFoundError, PublishError
 from lamina.settings import Settings
@@ -17,31 +17,7 @@ from serving.query import QueryService
 from serving.store import Store, batch_table
 from tests import truth
 from tests.conftest import ROOT, isolated
-
-GENERATORS = {
-    "web_pageviews": ("pageviews", truth.pageviews),
-    "iot_temperature": ("sensors", truth.sensors),
-    "cloud_metering": ("metering", truth.metering),
-}
-
-
-@pytest.fixture(scope="module")
-def world(stack: Settings, tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any]:
-    """Generated data imported into a private master dataset, and one batch run published."""
-    tmp = tmp_path_factory.mktemp("batch")
-    settings = isolated(stack, tmp)
-    catalog = load_views(ROOT / "conf" / "views.toml")
-    data = {}
-    for view, (source, gen) in GENERATORS.items():
-        g = gen(3000)
-        path = tmp / f"{source}.jsonl"
-        path.write_bytes(b"\n".join(g.raw) + b"\n")
-        report = import_files(settings, catalog.sources[source], [path])
-        assert report.accepted == len(g.raw) - len(g.bad)
-        assert report.rejected == len(g.bad)
-        data[view] = g
-    results = run_batch(spark, settings, catalog)
-    return {"settings": settings, "catalog": catalog, "data": data, "results": results}
+from tests.integration.conftest import GENERATORS
 
 
 def answers(settings: Settings, catalog: ViewCatalog, view: str, keys: list[str]) -> dict:
@@ -94,6 +70,8 @@ def test_versions_rollback_and_gc(world: dict[str, Any], spark: Any) -> None:
     want = truth.truth("cloud_metering", world["data"]["cloud_metering"].good)
     got = answers(settings, catalog, "cloud_metering", sorted({k for k, _ in want}))
     assert {k: b["values"] for k, b in got.items()} == want
+    with session(settings.cassandra) as s:
+        Store(s, settings.cassandra).rollback(view, 4)
 
 
 def test_cutoff_excludes_later_epochs(world: dict[str, Any], spark: Any) -> None:
@@ -103,6 +81,7 @@ def test_cutoff_excludes_later_epochs(world: dict[str, Any], spark: Any) -> None
     assert cut is not None
     [early] = run_batch(spark, settings, catalog, ["iot_temperature"], cutoff=cut - 10**6)
     assert early.events == 0 and early.rows == 0
+    run_batch(spark, settings, catalog, ["iot_temperature"])  # leave the world as found
 
 
 def test_no_complete_epoch_is_a_clear_error(stack: Settings, tmp_path: Path, spark: Any) -> None:

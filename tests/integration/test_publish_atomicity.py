@@ -1,0 +1,99 @@
+"""Publishing is atomic: readers hammering the HTTP API during a publish see the old version's
+answers or the new version's, never a mix and never an error."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from batch.master import import_files
+from batch.run import run_batch
+from serving.api import create_app
+from tests import truth
+
+VIEW, KEY = "web_pageviews", "/p/5"
+PARAMS = {"key": KEY, "from": str(truth.BASE - 4 * 86400), "to": str(truth.BASE + 3600)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    return json.dumps(
+        [(b["bucket_start"], b["values"]["pageviews"]) for b in body["results"][0]["buckets"]]
+    )
+
+
+def test_readers_never_see_a_mix(world: dict[str, Any], spark: Any, tmp_path: Path) -> None:
+    settings, catalog = world["settings"], world["catalog"]
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, catalog), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        old = httpx.get(f"{base}/views/{VIEW}/query", params=PARAMS).json()
+        old_version, old_print = old["provenance"]["version"], fingerprint(old)
+
+        # New history for the key: the next version's answer must differ from the old one.
+        more = truth.pageviews(400, seed=99)
+        for ev in more.good:
+            ev["url"], ev["status"] = KEY, 200
+        path = tmp_path / "more.jsonl"
+        path.write_text("\n".join(json.dumps(ev) for ev in more.good) + "\n")
+        import_files(settings, catalog.sources["pageviews"], [path])
+        world["data"][VIEW].good.extend(more.good)  # the shared world's truth stays exact
+
+        seen: Counter[tuple[int, str]] = Counter()
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                while not stop.is_set():
+                    r = c.get(f"/views/{VIEW}/query", params=PARAMS)
+                    if r.status_code != 200:
+                        errors.append(f"{r.status_code} {r.text[:200]}")
+                        continue
+                    body = r.json()
+                    seen[(body["provenance"]["version"], fingerprint(body))] += 1
+
+        readers = [threading.Thread(target=reader) for _ in range(4)]
+        for t in readers:
+            t.start()
+        try:
+            time.sleep(0.5)
+            run_batch(spark, settings, catalog, [VIEW])
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in readers:
+                t.join()
+        new = httpx.get(f"{base}/views/{VIEW}/query", params=PARAMS).json()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    new_version, new_print = new["provenance"]["version"], fingerprint(new)
+    assert errors == []
+    assert new_version > old_version and new_print != old_print
+    assert set(seen) <= {(old_version, old_print), (new_version, new_print)}
+    assert seen[(old_version, old_print)] > 0 and seen[(new_version, new_print)] > 0
