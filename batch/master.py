@@ -1,6 +1,12 @@
 """The master dataset: every accepted event, immutable, append-only Parquet.
 
-Layout, per source: ``<master_dir>/<source>/ingest_epoch=<E>/<writer>-<uuid>.parquet``.
+Layout, per source, partitioned by ingest epoch:
+
+- ``<master_dir>/<source>/stream/ingest_epoch=<E>/...`` written by the archiver, Spark's
+  exactly-once file sink (its ``_spark_metadata`` log says which files are committed);
+- ``<master_dir>/<source>/imports/ingest_epoch=<E>/<writer>-<uuid>.parquet`` written by
+  ``lamina master import``.
+
 Each row holds the source's typed fields, ``_event_time`` (float seconds, UTC), and where it
 came from: ``topic``, ``partition``, ``offset`` (null for imported files). Files appear
 atomically (written under a dot-name Spark ignores, then renamed).
@@ -58,6 +64,15 @@ def source_dir(settings: Settings, source: Source) -> Path:
     return settings.master_dir / source.name
 
 
+def imports_dir(settings: Settings, source: Source) -> Path:
+    return source_dir(settings, source) / "imports"
+
+
+def stream_dir(settings: Settings, source: Source) -> Path:
+    """The archiver's file-sink root (read it whole: Spark honours its metadata log)."""
+    return source_dir(settings, source) / "stream"
+
+
 def deadletter_dir(settings: Settings, source: Source) -> Path:
     return settings.master_dir / "_deadletters" / source.name
 
@@ -66,7 +81,7 @@ def write_epoch(
     settings: Settings, source: Source, epoch: int, table: pa.Table, writer: str
 ) -> Path:
     """Append one Parquet file of events to ingest epoch ``epoch``; atomic by rename."""
-    d = source_dir(settings, source) / f"ingest_epoch={epoch}"
+    d = imports_dir(settings, source) / f"ingest_epoch={epoch}"
     d.mkdir(parents=True, exist_ok=True)
     name = f"{writer}-{uuid.uuid4().hex}.parquet"
     tmp = d / f".{name}.tmp"

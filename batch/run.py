@@ -17,14 +17,15 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from batch.master import complete_cutoff, source_dir
+from batch.master import complete_cutoff, imports_dir, stream_dir
 from batch.translate import aggregate, event_schema, state_row
 from lamina.errors import PublishError
 from lamina.events import EVENT_TIME
 from lamina.settings import CassandraSettings, Settings
 from lamina.views import View, ViewCatalog
-from serving.cassandra import session
+from serving.cassandra import session, shared_session
 from serving.store import Published, Store, batch_table, insert_cql, write_rows
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,43 @@ class BatchResult:
     published: Published
 
 
+def master_schema(view: View) -> T.StructType:
+    schema = event_schema(view)
+    for name, dtype in (
+        ("topic", T.StringType()),
+        ("partition", T.IntegerType()),
+        ("offset", T.LongType()),
+        ("ingest_epoch", T.LongType()),
+    ):
+        schema = schema.add(name, dtype, True)
+    return schema
+
+
 def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
-    """Every event of the view's source with ingest epoch ``< cutoff``, one per event id."""
-    root = source_dir(settings, view.source)
-    epochs = [p for p in root.glob("ingest_epoch=*") if int(p.name.split("=")[1]) < cutoff]
-    if not epochs:
-        return spark.createDataFrame([], event_schema(view))
-    df = (
-        spark.read.option("basePath", str(root))
-        .parquet(*(str(p) for p in epochs))
-        .where(F.col("ingest_epoch") < F.lit(cutoff))
-    )
+    """Every event of the view's source with ingest epoch ``< cutoff``, one per event id.
+
+    Reads the archiver's file sink through its metadata log (committed files only) and the
+    imported files, pruned to the epochs before the cutoff.
+    """
+    schema = master_schema(view)
+    parts: list[DataFrame] = []
+    stream = stream_dir(settings, view.source)
+    if (stream / "_spark_metadata").exists():
+        parts.append(spark.read.schema(schema).parquet(str(stream)))
+    imports = imports_dir(settings, view.source)
+    epochs = [p for p in imports.glob("ingest_epoch=*") if int(p.name.split("=")[1]) < cutoff]
+    if epochs:
+        parts.append(
+            spark.read.schema(schema)
+            .option("basePath", str(imports))
+            .parquet(*(str(p) for p in epochs))
+        )
+    if not parts:
+        return spark.createDataFrame([], schema)
+    df = parts[0]
+    for p in parts[1:]:
+        df = df.unionByName(p)
+    df = df.where(F.col("ingest_epoch") < F.lit(cutoff))
     # Redeliveries of one event (producer retries, replays) carry the same id: keep one.
     return df.dropDuplicates([view.source.event_id])
 
@@ -64,15 +91,10 @@ def _partition_writer(
 
     def write(rows: Iterable[Any]) -> Iterator[int]:
         # Runs inside a Spark task: its own connection, prepared once per partition.
-        with session(cass, cass.keyspace) as s:
-            stmt = s.prepare(cql)
-            n = write_rows(
-                s,
-                stmt,
-                ((*(r[k] for k in keys), r["bucket"], *state_row(view, r)) for r in rows),
-                concurrency,
-            )
-        yield n
+        s = shared_session(cass, cass.keyspace)
+        stmt = s.prepare(cql)
+        values = ((*(r[k] for k in keys), r["bucket"], *state_row(view, r)) for r in rows)
+        yield write_rows(s, stmt, values, concurrency)
 
     return write
 
@@ -154,4 +176,11 @@ def run_batch(
             dropped = store.collect_garbage(view, view.retain_versions)
             if dropped:
                 progress(f"{view.name}: collected versions {dropped}")
+            # Real-time rows every retained version covers are dead weight now; rows a
+            # rollback could still need (epochs >= the oldest retained cutoff) are kept.
+            floor = store.retained_min_cutoff(view)
+            if floor is not None:
+                purged = store.purge_realtime(view, floor)
+                if purged:
+                    progress(f"{view.name}: purged {purged} real-time rows of epochs < {floor}")
     return results

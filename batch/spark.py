@@ -35,6 +35,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         .config("spark.driver.memory", sp.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.enabled", "false")
         .config(
             "spark.sql.streaming.stateStore.providerClass",
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",

@@ -40,7 +40,8 @@ from rich.table import Table
 from lamina.views import load_views
 
 DEFAULT_VIEWS = ["web_pageviews", "iot_temperature", "cloud_metering"]
-console = Console()
+# Wide enough for the result table when the output is piped to a file.
+console = Console(width=None if sys.stdout.isatty() else 180)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = None
     ok = True
+    roots: dict[str, Path] = {}
     try:
         # (a) generation
         with Progress(
@@ -184,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed + i,
                     on_chunk=lambda n, t=task: prog.advance(t, n),
                 )
+                roots[src] = gen.root
                 result["generation"][src] = {
                     "rows": gen.rows,
                     "files": gen.files,
                     "parquet_bytes": gen.bytes,
                     "cutoff": gen.cutoff,
                     "seconds": gen.seconds,
+                    "root": str(gen.root),
                 }
 
         # (b) Spark batch
@@ -216,13 +220,12 @@ def main(argv: list[str] | None = None) -> int:
 
             # (c) DuckDB floor over the same files and cutoff
             console.print(f"[bold]{name}[/]: DuckDB ...")
-            root = settings.master_dir / src
+            root = roots[src]
             sql = common.duckdb_sql(view, root, br.cutoff)
             t0 = time.monotonic()
             out = con.sql(sql).to_arrow_table()
             duck_s = time.monotonic() - t0
-            dedup_events = con.execute(common.duckdb_events_sql(view, root, br.cutoff)).fetchone()
-            duck_events = int(dedup_events[0]) if dedup_events else -1
+            [(duck_events,)] = con.sql(common.duckdb_events_sql(view, root, br.cutoff)).fetchall()
             check = br.rows == out.num_rows and br.events == duck_events
             ok &= check
             result["views"][name] = {
@@ -237,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                     "cutoff": br.cutoff,
                     "events_per_s": round(n_in / spark_s, 1),
                     "events_per_s_per_core": round(n_in / spark_s / cores, 1),
+                    "rows_written_per_s": round(
+                        br.rows / max(br.timings.get("aggregate_write_s", 0.0), 1e-9), 1
+                    ),
                 },
                 "duckdb": {
                     "seconds": round(duck_s, 3),
@@ -267,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
         ("Spark s", "right"),
         ("read+dedup s", "right"),
         ("agg+write s", "right"),
+        ("rows/s written", "right"),
         ("Spark ev/s", "right"),
         ("ev/s/core", "right"),
         ("DuckDB s", "right"),
         ("DuckDB ev/s", "right"),
-        ("ev/s/core ", "right"),
+        ("ev/s/core ", "right"),  # trailing space: rich keys columns by header
         ("Spark/DuckDB", "right"),
         ("check", "center"),
     ]:
@@ -285,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{sp['seconds']:.2f}",
             f"{sp['timings'].get('read_s', 0):.2f}",
             f"{sp['timings'].get('aggregate_write_s', 0):.2f}",
+            _fmt_rate(sp["rows_written_per_s"]),
             _fmt_rate(sp["events_per_s"]),
             _fmt_rate(sp["events_per_s_per_core"]),
             f"{dk['seconds']:.2f}",

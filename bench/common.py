@@ -61,7 +61,7 @@ def spark_cores(master: str) -> int:
     if master.startswith("local"):
         inner = master[master.find("[") + 1 : master.find("]")] if "[" in master else "1"
         inner = inner.split(",")[0]
-        return os.cpu_count() or 1 if inner == "*" else int(inner)
+        return (os.cpu_count() or 1) if inner == "*" else int(inner)
     return os.cpu_count() or 1
 
 
@@ -75,9 +75,20 @@ def _hex_ids(rng: np.random.Generator, n: int) -> pa.Array:
     chars = digits[nibbles]
     dash = np.full((n, 1), ord("-"), dtype=np.uint8)
     mat = np.ascontiguousarray(
-        np.hstack([chars[:, :8], dash, chars[:, 8:12], dash, chars[:, 12:16], dash,
-                   chars[:, 16:20], dash, chars[:, 20:]])
-    )  # fmt: skip
+        np.hstack(
+            [
+                chars[:, :8],
+                dash,
+                chars[:, 8:12],
+                dash,
+                chars[:, 12:16],
+                dash,
+                chars[:, 16:20],
+                dash,
+                chars[:, 20:],
+            ]
+        )
+    )
     offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(mat.tobytes()))
 
@@ -177,6 +188,9 @@ class Generated:
     cutoff: int
     bytes: int
     seconds: float
+    root: Path
+    """The directory holding the ``ingest_epoch=<E>`` partitions written (whatever layout
+    ``batch.master.write_epoch`` uses: ``<source>/`` or ``<source>/imports/``)."""
 
 
 def generate_source(
@@ -202,6 +216,7 @@ def generate_source(
     first = (int(time.time()) // eps - n_chunks - 1) * eps
     writer = f"bench-{uuid.uuid4().hex[:8]}"
     epochs, size, done = [], 0, 0
+    root = settings.master_dir / source.name
     for i in range(n_chunks):
         rows = min(chunk_rows, n - done)
         table = generate_chunk(
@@ -210,6 +225,7 @@ def generate_source(
         epoch = first + i * eps
         path = write_epoch(settings, source, epoch, table, writer)
         size += path.stat().st_size
+        root = path.parent.parent
         epochs.append(epoch)
         done += rows
         if on_chunk:
@@ -217,7 +233,7 @@ def generate_source(
     cutoff = epochs[-1] + eps
     record_progress(settings, source, writer, cutoff, active=False)
     return Generated(
-        source.name, done, n_chunks, epochs, cutoff, size, round(time.monotonic() - t0, 3)
+        source.name, done, n_chunks, epochs, cutoff, size, round(time.monotonic() - t0, 3), root
     )
 
 

@@ -282,6 +282,77 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream_run(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+
+    from batch.spark import spark_session
+    from speed.jobs import start_all
+
+    catalog = _catalog(settings)
+    views = [v for v in args.jobs if v != "archiver"]
+    for v in views:
+        catalog.view(v)
+    archiver = "archiver" in args.jobs or not args.jobs
+    spark = spark_session(settings, "lamina-stream")
+    queries = start_all(
+        spark, settings, catalog, views or None, archiver=archiver, trigger_s=args.trigger
+    )
+    _say(
+        f"running {len(queries)} streaming queries: {', '.join(q.name for q in queries)}; "
+        f"checkpoints under {settings.checkpoint_dir}; Ctrl-C stops them gracefully"
+    )
+
+    def stop(signum: int, frame: object) -> None:
+        _say("stopping at the next micro-batch boundary ...")
+        for q in queries:
+            q.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    failed = None
+    while any(q.isActive for q in queries):
+        for q in queries:
+            if not q.isActive and q.exception() is not None and failed is None:
+                failed = q
+                _say(f"query {q.name} failed: {str(q.exception()).splitlines()[0]}")
+                for other in queries:
+                    other.stop()
+        time.sleep(1)
+    spark.stop()
+    if failed is not None:
+        raise LaminaError(
+            f"streaming query {failed.name} failed",
+            hint="see the log above; restart resumes from its checkpoint",
+        )
+    _say("all streaming queries stopped")
+    return 0
+
+
+def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
+    from speed.deadletters import read_deadletters
+
+    catalog = _catalog(settings)
+    if args.source not in catalog.sources:
+        raise ConfigError(
+            f"unknown source {args.source!r}",
+            hint=f"declared sources: {', '.join(catalog.sources)}",
+        )
+    letters = read_deadletters(settings, catalog.sources[args.source])
+    if args.format == "json":
+        print(json.dumps(letters, indent=2))
+        return 0
+    from collections import Counter
+
+    for d in letters[-args.limit :]:
+        print(f"{d['topic']}[{d['partition']}]@{d['offset']}  {d['reason']}  raw={d['raw'][:80]!r}")
+    counts = Counter(d["reason"].split(":")[0] for d in letters)
+    _say(
+        f"{len(letters)} dead letters for source {args.source}: "
+        + ", ".join(f"{n} {r}" for r, n in counts.most_common())
+    )
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------
 
 
@@ -375,6 +446,29 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--q", type=float, default=0.5, help="quantile to present (default 0.5)")
     query.add_argument("--format", choices=("table", "json"), default="table")
     query.set_defaults(func=cmd_query)
+
+    stream = sub.add_parser("stream", help="streaming jobs: the archiver and the speed views")
+    stsub = stream.add_subparsers(dest="action", required=True, metavar="ACTION")
+    srun = stsub.add_parser("run", help="run the archiver and speed jobs in the foreground")
+    srun.add_argument(
+        "jobs",
+        nargs="*",
+        metavar="JOB",
+        help="'archiver' and/or view names (default: archiver + every view)",
+    )
+    srun.add_argument(
+        "--trigger",
+        type=float,
+        metavar="SECONDS",
+        help="micro-batch interval (default: as fast as possible)",
+    )
+    srun.set_defaults(func=cmd_stream_run)
+
+    dead = sub.add_parser("deadletters", help="rejected events of a source, with reasons")
+    dead.add_argument("source")
+    dead.add_argument("--limit", type=int, default=20, help="how many to print (default 20)")
+    dead.add_argument("--format", choices=("table", "json"), default="table")
+    dead.set_defaults(func=cmd_deadletters)
 
     serve = sub.add_parser("serve", help="run the HTTP query API (OpenAPI at /docs)")
     serve.add_argument("--host", help="default: serving.host")

@@ -13,7 +13,10 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from lamina.errors import ConfigError
 from lamina.settings import CassandraSettings
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 4
+"""Native protocol v4. Cassandra 5 speaks v5 too, but the Python driver's v5 framing
+(checksummed segments) failed under concurrent writes from Spark workers here with
+"CRC mismatch on header"; v4 has no such framing and is what the driver is proven with."""
 
 # The driver logs a warning per connection attempt while a node is starting; readiness
 # polling makes those noise, the caller reports the outcome.
@@ -55,6 +58,24 @@ def session(settings: CassandraSettings, keyspace: str | None = None) -> Iterato
         yield c.connect(keyspace)
     finally:
         c.shutdown()
+
+
+_SHARED: dict[tuple[int, CassandraSettings, str | None], tuple[Cluster, Session]] = {}
+
+
+def shared_session(settings: CassandraSettings, keyspace: str | None = None) -> Session:
+    """A session kept for the life of this process (one per pid: never shared across fork).
+
+    For Spark tasks: a reused Python worker connects once, not once per micro-batch.
+    """
+    import os
+
+    key = (os.getpid(), settings, keyspace)
+    found = _SHARED.get(key)
+    if found is None or found[1].is_shutdown:
+        c = cluster(settings)
+        found = _SHARED[key] = (c, c.connect(keyspace))
+    return found[1]
 
 
 def release_version(settings: CassandraSettings) -> str:

@@ -1,0 +1,56 @@
+"""Reading a source's dead letters (its ``<topic>.deadletters`` Kafka topic).
+
+The dead-letter sink is at least once (a replayed micro-batch may write a record again), so
+letters are keyed by their origin (topic, partition, offset) and each origin is shown once.
+Rejections from ``master import`` are in JSON-lines files under the master dataset.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from lamina.settings import Settings
+from lamina.views import Source
+from speed.jobs import deadletter_topic
+
+
+def read_deadletters(
+    settings: Settings, source: Source, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """Every distinct dead letter of ``source``, oldest first."""
+    topic = deadletter_topic(source)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        seen: dict[tuple[str, int, int], dict[str, Any]] = {}
+        remaining = {tp for tp in tps if end[tp] > 0}
+        while remaining:
+            batch = consumer.poll(timeout_ms=int(timeout_s * 1000))
+            if not batch:
+                break
+            for tp, records in batch.items():
+                for r in records:
+                    d = json.loads(r.value)
+                    raw = base64.b64decode(d.pop("raw_base64") or "")
+                    d["raw"] = raw.decode(errors="replace")
+                    seen.setdefault((d["topic"], d["partition"], d["offset"]), d)
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        return sorted(seen.values(), key=lambda d: (d["timestamp"], d["partition"], d["offset"]))
+    finally:
+        consumer.close()

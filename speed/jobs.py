@@ -1,0 +1,270 @@
+"""The streaming jobs: the archiver (Kafka -> master dataset + dead letters) and the speed
+views (Kafka -> real-time tables). All run in one SparkSession; each is a named query with
+its own checkpoint under ``settings.checkpoint_dir``, so a restarted job (even after
+``kill -9``) resumes where its last committed micro-batch ended.
+
+Exactly-once, end to end:
+
+- archiver: Spark's file sink with checkpoint (committed files are listed in its metadata
+  log; the batch layer reads through it);
+- speed views: stateful aggregation in update mode per (key, bucket, ingest epoch); each
+  micro-batch upserts *absolute* states, so a replayed micro-batch rewrites the same rows;
+- dead letters: Kafka sink (at least once), keyed by the record's origin; ``lamina
+  deadletters`` shows each origin once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming.listener import StreamingQueryListener
+from pyspark.sql.streaming.query import StreamingQuery
+
+from batch.master import record_progress, stream_dir
+from batch.translate import aggregate, state_row
+from lamina.buckets import ingest_epoch
+from lamina.events import EVENT_TIME
+from lamina.settings import Settings
+from lamina.views import Source, View, ViewCatalog
+from serving.cassandra import session, shared_session
+from serving.store import Store, insert_cql, realtime_table, write_rows
+from speed.parse import RAW, REASON, parse_records, rejected, valid
+
+log = logging.getLogger(__name__)
+
+ARCHIVER = "archiver"
+
+
+def deadletter_topic(source: Source) -> str:
+    return f"{source.topic}.deadletters"
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Create missing topics (configured partition count) so a stream can start first."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        existing = set(admin.list_topics())
+        for t in sorted(set(topics) - existing):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(t, settings.kafka.partitions, 1)])
+    finally:
+        admin.close()
+
+
+def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:
+    return (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", "false")
+        .load()
+    )
+
+
+def checkpoint(settings: Settings, name: str) -> str:
+    return str(settings.checkpoint_dir / name)
+
+
+def status_file(settings: Settings, name: str) -> Path:
+    return settings.checkpoint_dir / name / "lamina-status.json"
+
+
+class ProgressRecorder(StreamingQueryListener):
+    """Writes each query's latest progress next to its checkpoint (for ``stream status``
+    and tests) and, for archiver queries, the epochs the master dataset now holds whole."""
+
+    def __init__(self, settings: Settings, archivers: dict[str, Source]) -> None:
+        self.settings = settings
+        self.archivers = archivers
+        self.names: dict[str, str] = {}
+
+    def onQueryStarted(self, event: Any) -> None:
+        self.names[str(event.id)] = event.name
+
+    def onQueryIdle(self, event: Any) -> None:
+        # Idle = nothing new in Kafka: every record appended before now is archived.
+        source = self.archivers.get(self.names.get(str(event.id), ""))
+        if source is None:
+            return
+        try:
+            now = datetime.fromisoformat(event.timestamp).timestamp()
+            complete = ingest_epoch(int(now * 1000), self.settings.pipeline.epoch_seconds)
+            record_progress(self.settings, source, ARCHIVER, complete, active=True)
+        except Exception:
+            log.exception("could not record idle progress")
+
+    def onQueryTerminated(self, event: Any) -> None:
+        pass
+
+    def onQueryProgress(self, event: Any) -> None:
+        p = event.progress
+        try:
+            src = p.sources[0]
+            end = json.loads(src.endOffset) if src.endOffset else {}
+            latest = json.loads(src.latestOffset) if src.latestOffset else {}
+            status = {
+                "name": p.name,
+                "batch_id": p.batchId,
+                "timestamp": p.timestamp,
+                "input_rows": p.numInputRows,
+                "input_rows_per_s": p.inputRowsPerSecond,
+                "processed_rows_per_s": p.processedRowsPerSecond,
+                "durations_ms": dict(p.durationMs),
+                "end_offsets": end,
+                "latest_offsets": latest,
+                "written_at": time.time(),
+            }
+            path = status_file(self.settings, p.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status))
+            tmp.replace(path)
+            source = self.archivers.get(p.name)
+            if source is not None and end and end == latest:
+                # Caught up: every record the broker appended before this trigger started is
+                # archived, so every epoch that ended before then is complete.
+                started = datetime.fromisoformat(p.timestamp).timestamp()
+                complete = ingest_epoch(int(started * 1000), self.settings.pipeline.epoch_seconds)
+                record_progress(self.settings, source, ARCHIVER, complete, active=True)
+        except Exception:  # a listener must never kill the stream
+            log.exception("could not record progress of %s", p.name)
+
+
+def start_archiver(
+    spark: SparkSession, settings: Settings, source: Source, trigger_s: float | None = None
+) -> list[StreamingQuery]:
+    """Kafka -> master dataset (exactly-once file sink) and rejected records -> dead letters."""
+    parsed = parse_records(
+        kafka_records(spark, settings, source.topic), source, settings.pipeline.epoch_seconds
+    )
+    columns = [*source.fields, EVENT_TIME, "topic", "partition", "offset", "ingest_epoch"]
+    name = f"{ARCHIVER}-{source.name}"
+    writer = (
+        valid(parsed)
+        .select(*columns)
+        .writeStream.format("parquet")
+        .partitionBy("ingest_epoch")
+        .option("path", str(stream_dir(settings, source)))
+        .option("checkpointLocation", checkpoint(settings, name))
+        .queryName(name)
+    )
+    dl_name = f"deadletters-{source.name}"
+    dead = (
+        rejected(parsed)
+        .select(
+            F.concat_ws(":", "topic", "partition", "offset").alias("key"),
+            F.to_json(
+                F.struct(
+                    F.col(REASON).alias("reason"),
+                    F.base64(F.col(RAW)).alias("raw_base64"),
+                    "topic",
+                    "partition",
+                    "offset",
+                    F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss.SSSXXX").alias("timestamp"),
+                )
+            ).alias("value"),
+        )
+        .writeStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+        .option("topic", deadletter_topic(source))
+        .option("checkpointLocation", checkpoint(settings, dl_name))
+        .queryName(dl_name)
+    )
+    if trigger_s:
+        writer = writer.trigger(processingTime=f"{trigger_s} seconds")
+        dead = dead.trigger(processingTime=f"{trigger_s} seconds")
+    return [writer.start(), dead.start()]
+
+
+def _upsert(settings: Settings, view: View):  # type: ignore[no-untyped-def]
+    cass = settings.cassandra
+    cql = insert_cql(view, realtime_table(view), realtime=True)
+    keys = view.keys
+    concurrency = settings.pipeline.write_concurrency
+
+    def write_partition(rows: Iterable[Any]) -> Iterator[int]:
+        s = shared_session(cass, cass.keyspace)
+        stmt = s.prepare(cql)
+        values = (
+            (*(r[k] for k in keys), r["bucket"], r["ingest_epoch"], *state_row(view, r))
+            for r in rows
+        )
+        yield write_rows(s, stmt, values, concurrency)
+
+    def upsert(batch: DataFrame, batch_id: int) -> None:
+        out = batch.withColumn("ingest_epoch", F.unix_seconds(F.col("ingest_window.start")))
+        out.rdd.mapPartitions(write_partition).sum()
+
+    return upsert
+
+
+def start_speed(
+    spark: SparkSession, settings: Settings, view: View, trigger_s: float | None = None
+) -> StreamingQuery:
+    """Kafka -> real-time table of ``view``: states per (key, bucket, ingest epoch)."""
+    epoch_s = settings.pipeline.epoch_seconds
+    parsed = parse_records(kafka_records(spark, settings, view.source.topic), view.source, epoch_s)
+    # The watermark is on ingest (broker) time: an epoch's state is dropped a few epochs after
+    # it closed; its final values are in Cassandra by then. Redeliveries within it are dropped.
+    events = (
+        valid(parsed)
+        .withWatermark("timestamp", f"{3 * epoch_s} seconds")
+        .dropDuplicatesWithinWatermark([view.source.event_id])
+        .withColumn("ingest_window", F.window("timestamp", f"{epoch_s} seconds"))
+    )
+    states = aggregate(events, view, extra_groups=["ingest_window"])
+    name = f"speed-{view.name}"
+    writer = (
+        states.writeStream.outputMode("update")
+        .foreachBatch(_upsert(settings, view))
+        .option("checkpointLocation", checkpoint(settings, name))
+        .queryName(name)
+    )
+    if trigger_s:
+        writer = writer.trigger(processingTime=f"{trigger_s} seconds")
+    return writer.start()
+
+
+def start_all(
+    spark: SparkSession,
+    settings: Settings,
+    catalog: ViewCatalog,
+    views: list[str] | None = None,
+    *,
+    archiver: bool = True,
+    trigger_s: float | None = None,
+) -> list[StreamingQuery]:
+    """Start the archiver of every source in use and the speed job of every chosen view."""
+    chosen = [catalog.view(v) for v in views] if views else list(catalog.views.values())
+    with session(settings.cassandra) as s:
+        Store(s, settings.cassandra).ensure_schema(catalog)
+    sources = {v.source.name: v.source for v in chosen}
+    ensure_topics(
+        settings, [t for src in sources.values() for t in (src.topic, deadletter_topic(src))]
+    )
+    spark.streams.addListener(
+        ProgressRecorder(
+            settings, {f"{ARCHIVER}-{n}": src for n, src in sources.items()} if archiver else {}
+        )
+    )
+    queries: list[StreamingQuery] = []
+    if archiver:
+        for src in sources.values():
+            queries += start_archiver(spark, settings, src, trigger_s)
+    for v in chosen:
+        queries.append(start_speed(spark, settings, v, trigger_s))
+    return queries
