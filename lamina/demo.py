@@ -1,97 +1,236 @@
-"""``lamina demo``: start the stack, stream events through Spark into Cassandra, show answers.
+"""``lamina demo``: the whole Lambda pipeline on the local stack, with real merged answers.
 
-For now the smoke pipeline (produce -> Structured Streaming count -> Cassandra -> read back),
-checked against the counts the demo computed itself while producing.
+Starts Kafka and Cassandra, the archiver and the three example views' speed jobs; produces
+sample web, IoT and metering events (some hours and a day late, some redelivered, a few
+malformed); runs a batch and publishes it; keeps producing; then prints merged answers with
+the batch and real-time contributions side by side, and how to query the running stack.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
-from lamina.errors import StackError
 from lamina.settings import Settings
 
-KEYS = ("checkout", "home", "pricing", "docs", "blog", "signup")
+URLS = ("/", "/pricing", "/docs", "/blog/lambda", "/signup", "/checkout")
+SENSORS = tuple(f"sensor-{i}" for i in range(4))
+CUSTOMERS = ("acme", "globex", "initech", "umbrella")
 
 
-def produce_events(bootstrap: str, topic: str, n: int, seed: int = 7) -> Counter[str]:
-    """Produce ``n`` JSON events keyed by page; return the count per key actually acked."""
-    import json
+def sample_events(rng: random.Random, n: int, now: float) -> dict[str, list[bytes]]:
+    """``n`` raw events per source topic: mostly recent, some late, a few redelivered/bad."""
 
+    def when(late_s: float) -> float:
+        return now - (rng.uniform(0, late_s) if rng.random() < 0.1 else rng.uniform(0, 3600))
+
+    out: dict[str, list[bytes]] = {"pageviews": [], "sensor-readings": [], "instance-usage": []}
+    for _ in range(n):
+        ts = when(86400)
+        pv = {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "ts": datetime.fromtimestamp(ts, UTC).isoformat(),
+            "url": rng.choice(URLS),
+            "visitor": f"v{rng.randrange(500)}",
+            "status": rng.choice([200] * 9 + [404]),
+            "load_ms": round(rng.lognormvariate(4.5, 0.6), 1),
+        }
+        sensor = rng.choice(SENSORS)
+        sr = {
+            "reading_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "ts_ms": int(now * 1000 - rng.uniform(0, 600_000)),
+            "sensor": sensor,
+            "site": "plant-1",
+            "temperature": round(rng.gauss(20 + SENSORS.index(sensor), 3), 2),
+        }
+        mu = {
+            "usage_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "ts": when(7200),
+            "customer": rng.choice(CUSTOMERS),
+            "instance_type": "m5.large",
+            "instance_seconds": rng.choice([60, 300, 600]),
+        }
+        for topic, ev in (("pageviews", pv), ("sensor-readings", sr), ("instance-usage", mu)):
+            raw = json.dumps(ev).encode()
+            out[topic].append(raw)
+            if rng.random() < 0.01:
+                out[topic].append(raw)  # a producer retry: same event id again
+    out["pageviews"] += [b"{oops", json.dumps({"event_id": "x", "ts": "soon"}).encode()]
+    return out
+
+
+def produce(
+    bootstrap: str,
+    topics: dict[str, str],
+    events: dict[str, list[bytes]],
+    progress: Callable[[int], None],
+) -> int:
     from kafka import KafkaProducer
 
-    rng = random.Random(seed)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    truth: Counter[str] = Counter()
+    n = 0
     try:
         futures = []
-        for i in range(n):
-            key = rng.choice(KEYS)
-            value = {"event_id": str(uuid.uuid4()), "page": key, "ts": time.time(), "seq": i}
-            futures.append(
-                (key, producer.send(topic, key=key.encode(), value=json.dumps(value).encode()))
-            )
+        for topic, records in events.items():
+            for raw in records:
+                futures.append(producer.send(topics[topic], value=raw))
+                n += 1
+                if n % 2000 == 0:
+                    progress(2000)
         producer.flush()
-        for key, fut in futures:
-            fut.get(timeout=30)
-            truth[key] += 1
+        for f in futures:
+            f.get(timeout=60)
     finally:
         producer.close()
-    return truth
+    return n
+
+
+def contributions(store: Any, view: Any, key: str, b0: int, b1: int) -> list[dict[str, Any]]:
+    """Per bucket: the published batch part, the real-time part (epochs >= cutoff), merged."""
+    from serving.merge import merge, present
+
+    pub = store.published(view)
+    cutoff = pub.cutoff if pub else None
+    batch = (
+        []
+        if pub is None
+        else [(r[0], tuple(r[1:])) for r in store.read_batch(view, pub.version, (key,), b0, b1)]
+    )
+    rt = [(r[0], r[1], tuple(r[2:])) for r in store.read_realtime(view, (key,), b0, b1)]
+    b_only, r_only, both = (
+        merge(view, batch, [], cutoff),
+        merge(view, [], rt, cutoff),
+        merge(view, batch, rt, cutoff),
+    )
+    rows = []
+    for b in sorted(both):
+        rows.append(
+            {
+                "bucket": datetime.fromtimestamp(b, UTC).strftime("%m-%d %H:%M"),
+                "batch": present(view, b_only[b].states, q=0.95) if b in b_only else None,
+                "realtime": present(view, r_only[b].states, q=0.95) if b in r_only else None,
+                "merged": present(view, both[b].states, q=0.95),
+            }
+        )
+    return rows
 
 
 def run_demo(
     settings: Settings, *, events: int, stop: bool, progress: Callable[[str], None]
 ) -> int:
-    """Run the smoke demo end to end; returns the process exit status."""
-    import tempfile
+    """Run the demo end to end; returns the process exit status."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
+    from batch.run import run_batch
     from batch.spark import spark_session
     from lamina.stack.manager import Stack
-    from speed.smoke import read_counts, start_count_stream
+    from lamina.views import load_views
+    from serving.cassandra import session
+    from serving.store import Store
+    from speed.jobs import start_all
 
+    console = Console()
     stack = Stack(settings)
     stack.up(progress=progress)
+    catalog = load_views(settings.pipeline.views_file)
+    topics = {s.topic: s.topic for s in catalog.sources.values()}
+    progress("starting Spark: the archiver and the speed jobs of " + ", ".join(catalog.views))
+    spark = spark_session(settings, "lamina-demo")
+    queries = start_all(spark, settings, catalog, trigger_s=2)
+    rng = random.Random()
     try:
-        topic = f"lamina-demo-{int(time.time())}"
-        table = "demo_counts"
-        progress(f"producing {events} events to Kafka topic {topic} ...")
-        truth = produce_events(settings.kafka.bootstrap_servers, topic, events)
-        progress("starting Spark (local mode) and the streaming count job ...")
-        spark = spark_session(settings, "lamina-demo")
-        from serving.cassandra import session
-        from speed.smoke import create_count_table
+        for phase, n in (("history", events), ("fresh", max(events // 4, 1))):
+            batch_evs = sample_events(rng, n, time.time())
+            total = sum(len(v) for v in batch_evs.values())
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task(f"producing {phase} events", total=total)
 
-        create_count_table(settings, table)
+                def advance(k: int, t: Any = task, b: Progress = bar) -> None:
+                    b.advance(t, k)
+
+                produce(
+                    settings.kafka.bootstrap_servers,
+                    topics,
+                    batch_evs,
+                    advance,
+                )
+            progress(f"produced {total} {phase} events (incl. late, redelivered and malformed)")
+            t0 = time.monotonic()
+            with console.status("streams catching up ..."):
+                for q in queries:
+                    q.processAllAvailable()
+            progress(f"archiver and speed views caught up in {time.monotonic() - t0:.1f}s")
+            if phase == "history":
+                wait = settings.pipeline.epoch_seconds + 2
+                with console.status(f"letting the current ingest epoch close ({wait}s) ..."):
+                    time.sleep(wait)
+                    for q in queries:
+                        q.processAllAvailable()
+                for r in run_batch(spark, settings, catalog, progress=progress):
+                    progress(
+                        f"batch {r.view}: v{r.version} published, cutoff "
+                        f"{datetime.fromtimestamp(r.cutoff, UTC):%H:%M:%S} UTC, "
+                        f"{r.events} events -> {r.rows} rows"
+                    )
+        now = int(time.time())
         with session(settings.cassandra, settings.cassandra.keyspace) as s:
-            s.execute(f"TRUNCATE {table}")
-        with tempfile.TemporaryDirectory(prefix="lamina-demo-ckpt-") as ckpt:
-            query = start_count_stream(spark, settings, topic=topic, table=table, checkpoint=ckpt)  # type: ignore[arg-type]
-            try:
-                t0 = time.monotonic()
-                query.processAllAvailable()
-                progress(f"stream caught up in {time.monotonic() - t0:.1f}s")
-            finally:
-                query.stop()
-        answers = read_counts(settings, table)
-        progress(f"counts read back from Cassandra table {settings.cassandra.keyspace}.{table}:")
-        width = max(len(k) for k in KEYS)
-        ok = True
-        for key in sorted(truth):
-            got = answers.get(key)
-            mark = "ok" if got == truth[key] else "MISMATCH"
-            ok &= got == truth[key]
-            print(f"    {key:<{width}}  cassandra={got!s:>6}  produced={truth[key]:>6}  {mark}")
-        if not ok:
-            raise StackError("the streamed counts differ from the produced events")
-        progress("all counts match what was produced.")
+            store = Store(s, settings.cassandra)
+            shows = [
+                ("web_pageviews", "/pricing", 3600 * 4, ["pageviews", "visitors"]),
+                ("iot_temperature", "sensor-1", 600, ["readings", "temp_mean", "temp_q"]),
+                ("cloud_metering", "acme", 3600 * 3, ["instance_seconds"]),
+            ]
+            for view_name, key, span, aggs in shows:
+                view = catalog.view(view_name)
+                b0 = view.bucket.bucket_of(now - span)
+                rows = contributions(store, view, key, b0, now + view.bucket.seconds)
+                table = Table(title=f"{view_name} for {key!r} — batch | real-time | merged")
+                table.add_column("bucket (UTC)")
+                for a in aggs:
+                    label = "p95" if a == "temp_q" else a
+                    for part in ("batch", "rt", "merged"):
+                        table.add_column(f"{label} {part}", justify="right")
+                for row in rows[-8:]:
+                    cells = [row["bucket"]]
+                    for a in aggs:
+                        for part in ("batch", "realtime", "merged"):
+                            v = row[part][a] if row[part] else None
+                            cells.append(
+                                "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+                            )
+                    table.add_row(*cells)
+                console.print(table)
+            for src in catalog.sources.values():
+                from speed.deadletters import read_deadletters
+
+                dead = read_deadletters(settings, src, timeout_s=3)
+                if dead:
+                    progress(
+                        f"dead letters of {src.name}: {len(dead)} "
+                        f"(e.g. {dead[-1]['reason']!r}) — `lamina deadletters {src.name}`"
+                    )
     finally:
+        for q in queries:
+            q.stop()
+        spark.stop()
         if stop:
             stack.down(progress=progress)
-        else:
-            progress("the stack is still running: `lamina stack status`, `lamina stack down`")
+    if not stop:
+        console.print(
+            "\n[bold]The stack is still running.[/] Try:\n"
+            "  .venv/bin/lamina query web_pageviews /pricing --granularity day\n"
+            "  .venv/bin/lamina query iot_temperature sensor-1 --q 0.95 --format json\n"
+            "  .venv/bin/lamina batch versions web_pageviews\n"
+            "  .venv/bin/lamina stream run            # keep streaming (Ctrl-C stops)\n"
+            "  .venv/bin/lamina serve &               # then open http://127.0.0.1:8000/docs\n"
+            "  curl '127.0.0.1:8000/views/web_pageviews/query?key=/pricing&granularity=hour'\n"
+            "  .venv/bin/lamina stack down            # stop Kafka and Cassandra"
+        )
     return 0

@@ -89,3 +89,28 @@ def test_no_complete_epoch_is_a_clear_error(stack: Settings, tmp_path: Path, spa
     catalog = load_views(ROOT / "conf" / "views.toml")
     with pytest.raises(PublishError, match="no complete epoch of source 'metering'"):
         run_batch(spark, settings, catalog, ["cloud_metering"])
+
+
+def test_crash_mid_batch_leaves_published_version(
+    world: dict[str, Any], spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import batch.run
+
+    settings, catalog = world["settings"], world["catalog"]
+    view = catalog.view("web_pageviews")
+    with session(settings.cassandra) as s:
+        before = Store(s, settings.cassandra).published(view)
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("executor lost")
+
+    monkeypatch.setattr(batch.run, "aggregate", boom)
+    with pytest.raises(RuntimeError, match="executor lost"):
+        run_batch(spark, settings, catalog, ["web_pageviews"])
+    with session(settings.cassandra) as s:
+        store = Store(s, settings.cassandra)
+        assert store.published(view) == before
+        newest = store.versions(view)[0]
+        assert newest.state == "failed" and newest.version > before.version
+        # Failed builds are garbage, collected like superseded versions.
+        assert newest.version in store.collect_garbage(view, view.retain_versions)

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import random
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
-from lamina.demo import produce_events
 from lamina.settings import Settings
+
+KEYS = ("checkout", "home", "pricing", "docs")
+
+
+def produce_events(bootstrap: str, topic: str, n: int, seed: int) -> Counter[str]:
+    """Produce ``n`` keyed records; return the count per key the broker acknowledged."""
+    rng = random.Random(seed)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    truth: Counter[str] = Counter()
+    try:
+        sent = []
+        for i in range(n):
+            key = rng.choice(KEYS)
+            sent.append((key, producer.send(topic, key=key.encode(), value=b"%d" % i)))
+        producer.flush()
+        for key, fut in sent:
+            fut.get(timeout=30)
+            truth[key] += 1
+    finally:
+        producer.close()
+    return truth
+
 
 pytestmark = pytest.mark.spark
 
