@@ -132,6 +132,9 @@ class PipelineSettings(_Section):
     cutoffs, more real-time rows."""
     write_concurrency: int = Field(default=64, ge=1)
     """In-flight Cassandra writes per Spark task."""
+    max_offsets_per_trigger: int | None = Field(default=None, ge=1)
+    """Cap on Kafka records per micro-batch and topic (``maxOffsetsPerTrigger``): a job
+    catching up on a backlog then works in bounded steps instead of one huge batch."""
 
 
 class ServingSettings(_Section):

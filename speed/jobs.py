@@ -42,6 +42,9 @@ from speed.parse import RAW, REASON, parse_records, rejected, valid
 log = logging.getLogger(__name__)
 
 ARCHIVER = "archiver"
+CLOCK_SKEW_S = 5.0
+"""Allowance between broker clocks (which stamp records) and the driver's clock (which stamps
+progress): an epoch counts as complete only once it ended this long before the trigger."""
 
 
 def deadletter_topic(source: Source) -> str:
@@ -65,14 +68,16 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
 
 
 def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:
-    return (
+    reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
         .option("failOnDataLoss", "false")
-        .load()
     )
+    if settings.pipeline.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", settings.pipeline.max_offsets_per_trigger)
+    return reader.load()
 
 
 def checkpoint(settings: Settings, name: str) -> str:
@@ -101,7 +106,7 @@ class ProgressRecorder(StreamingQueryListener):
         if source is None:
             return
         try:
-            now = datetime.fromisoformat(event.timestamp).timestamp()
+            now = datetime.fromisoformat(event.timestamp).timestamp() - CLOCK_SKEW_S
             complete = ingest_epoch(int(now * 1000), self.settings.pipeline.epoch_seconds)
             record_progress(self.settings, source, ARCHIVER, complete, active=True)
         except Exception:
@@ -137,7 +142,7 @@ class ProgressRecorder(StreamingQueryListener):
             if source is not None and end and end == latest:
                 # Caught up: every record the broker appended before this trigger started is
                 # archived, so every epoch that ended before then is complete.
-                started = datetime.fromisoformat(p.timestamp).timestamp()
+                started = datetime.fromisoformat(p.timestamp).timestamp() - CLOCK_SKEW_S
                 complete = ingest_epoch(int(started * 1000), self.settings.pipeline.epoch_seconds)
                 record_progress(self.settings, source, ARCHIVER, complete, active=True)
         except Exception:  # a listener must never kill the stream
