@@ -26,7 +26,7 @@ from lamina.events import EVENT_TIME
 from lamina.settings import CassandraSettings, Settings
 from lamina.views import View, ViewCatalog
 from serving.cassandra import session, shared_session
-from serving.store import Published, Store, batch_table, insert_cql, write_rows
+from serving.store import Published, Store, Version, batch_table, insert_cql, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def resolve_cutoff(settings: Settings, view: View, cutoff: int | None) -> int:
     return found
 
 
-def run_view(
+def build_view(
     spark: SparkSession,
     settings: Settings,
     store: Store,
@@ -120,8 +120,11 @@ def run_view(
     *,
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
-) -> BatchResult:
-    """Recompute and publish one view. Raises; the published version stays as it was."""
+) -> Version:
+    """Recompute one view into a new, unpublished version (state ``ready``).
+
+    Raises; a failed build is marked ``failed`` and the published version stays as it was.
+    """
     t0 = time.monotonic()
     cut = resolve_cutoff(settings, view, cutoff)
     version = store.begin_version(view, cut)
@@ -130,6 +133,7 @@ def run_view(
         events = read_master(spark, settings, view, cut).select(*view.source.fields, EVENT_TIME)
         events.cache()
         n_events = events.count()
+        timings["events"] = n_events
         timings["read_s"] = round(time.monotonic() - t0, 3)
         progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}; aggregating")
         agg = aggregate(events, view)
@@ -149,11 +153,45 @@ def run_view(
     timings["total_s"] = round(time.monotonic() - t0, 3)
     store.finish_version(view, version, "ready", rows, timings)
     [built] = [v for v in store.versions(view) if v.version == version]
+    return built
+
+
+def run_view(
+    spark: SparkSession,
+    settings: Settings,
+    store: Store,
+    view: View,
+    *,
+    cutoff: int | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> BatchResult:
+    """Recompute and publish one view. Raises; the published version stays as it was."""
+    built = build_view(spark, settings, store, view, cutoff=cutoff, progress=progress)
     pub = store.publish(view, built)
+    t = built.timings
     progress(
-        f"{view.name} v{version}: published {rows} rows, cutoff {cut}, {timings['total_s']:.1f}s"
+        f"{view.name} v{built.version}: published {built.rows} rows, cutoff {built.cutoff}, "
+        f"{t['total_s']:.1f}s"
     )
-    return BatchResult(view.name, version, cut, rows, n_events, timings, pub)
+    return BatchResult(
+        view.name, built.version, built.cutoff, built.rows, int(t["events"]), dict(t), pub
+    )
+
+
+def maintain(
+    store: Store, view: View, progress: Callable[[str], None] = log.info
+) -> tuple[list[int], int]:
+    """After a publish: drop versions beyond ``retain_versions`` and purge real-time rows
+    that every retained version covers. Returns (collected versions, purged rows)."""
+    dropped = store.collect_garbage(view, view.retain_versions)
+    if dropped:
+        progress(f"{view.name}: collected versions {dropped}")
+    # Rows a rollback could still need (epochs >= the oldest retained cutoff) are kept.
+    floor = store.retained_min_cutoff(view)
+    purged = store.purge_realtime(view, floor) if floor is not None else 0
+    if purged:
+        progress(f"{view.name}: purged {purged} real-time rows of epochs < {floor}")
+    return dropped, purged
 
 
 def run_batch(
@@ -173,14 +211,5 @@ def run_batch(
         store.ensure_schema(catalog)
         for view in chosen:
             results.append(run_view(spark, settings, store, view, cutoff=cutoff, progress=progress))
-            dropped = store.collect_garbage(view, view.retain_versions)
-            if dropped:
-                progress(f"{view.name}: collected versions {dropped}")
-            # Real-time rows every retained version covers are dead weight now; rows a
-            # rollback could still need (epochs >= the oldest retained cutoff) are kept.
-            floor = store.retained_min_cutoff(view)
-            if floor is not None:
-                purged = store.purge_realtime(view, floor)
-                if purged:
-                    progress(f"{view.name}: purged {purged} real-time rows of epochs < {floor}")
+            maintain(store, view, progress)
     return results
