@@ -20,7 +20,7 @@ from lamina.errors import ConfigError, LaminaError
 from lamina.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from lamina.views import ViewCatalog
+    from lamina.views import Source, ViewCatalog
 
 log = logging.getLogger("lamina")
 
@@ -126,6 +126,15 @@ def _catalog(settings: Settings) -> ViewCatalog:
     return load_views(settings.pipeline.views_file)
 
 
+def _source(settings: Settings, name: str) -> Source:
+    catalog = _catalog(settings)
+    if name not in catalog.sources:
+        raise ConfigError(
+            f"unknown source {name!r}", hint=f"declared sources: {', '.join(catalog.sources)}"
+        )
+    return catalog.sources[name]
+
+
 def cmd_views(settings: Settings, args: argparse.Namespace) -> int:
     catalog = _catalog(settings)
     for v in catalog.views.values():
@@ -140,15 +149,9 @@ def cmd_views(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_master_import(settings: Settings, args: argparse.Namespace) -> int:
     from batch.master import import_files
 
-    catalog = _catalog(settings)
-    if args.source not in catalog.sources:
-        raise ConfigError(
-            f"unknown source {args.source!r}",
-            hint=f"declared sources: {', '.join(catalog.sources)}",
-        )
     report = import_files(
         settings,
-        catalog.sources[args.source],
+        _source(settings, args.source),
         args.paths,
         on_progress=lambda ok, bad: _say(f"... {ok} accepted, {bad} rejected"),
     )
@@ -331,13 +334,7 @@ def cmd_stream_run(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     from speed.deadletters import read_deadletters
 
-    catalog = _catalog(settings)
-    if args.source not in catalog.sources:
-        raise ConfigError(
-            f"unknown source {args.source!r}",
-            hint=f"declared sources: {', '.join(catalog.sources)}",
-        )
-    letters = read_deadletters(settings, catalog.sources[args.source])
+    letters = read_deadletters(settings, _source(settings, args.source))
     if args.format == "json":
         print(json.dumps(letters, indent=2))
         return 0

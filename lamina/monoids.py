@@ -45,9 +45,20 @@ class Monoid(ABC):
         """The identity of :meth:`plus`."""
         return None
 
-    @abstractmethod
     def plus(self, a: Any, b: Any) -> Any:
-        """Combine two states; associative, with :meth:`zero` as identity."""
+        """Combine two states; associative, with :meth:`zero` as identity.
+
+        ``None`` (no non-null input yet) is the identity: SQL null semantics live here once.
+        """
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return self.combine(a, b)
+
+    @abstractmethod
+    def combine(self, a: Any, b: Any) -> Any:
+        """Combine two non-null states."""
 
     @abstractmethod
     def lift(self, value: Any) -> Any:
@@ -80,8 +91,8 @@ class Count(Monoid):
     def zero(self) -> int:
         return 0
 
-    def plus(self, a: Any, b: Any) -> int:
-        return int(a or 0) + int(b or 0)
+    def combine(self, a: Any, b: Any) -> int:
+        return int(a) + int(b)
 
     def lift(self, value: Any) -> int:
         return 0 if value is None and self.params.get("field") else 1
@@ -101,11 +112,7 @@ class Sum(Monoid):
     def columns(self, prefix: str) -> list[tuple[str, str]]:
         return [(prefix, _cql_number(self.field_type))]
 
-    def plus(self, a: Any, b: Any) -> Any:
-        if a is None:
-            return b
-        if b is None:
-            return a
+    def combine(self, a: Any, b: Any) -> Any:
         return a + b
 
     def lift(self, value: Any) -> Any:
@@ -118,22 +125,14 @@ class Sum(Monoid):
 class Min(Sum):
     name = "min"
 
-    def plus(self, a: Any, b: Any) -> Any:
-        if a is None:
-            return b
-        if b is None:
-            return a
+    def combine(self, a: Any, b: Any) -> Any:
         return min(a, b)
 
 
 class Max(Sum):
     name = "max"
 
-    def plus(self, a: Any, b: Any) -> Any:
-        if a is None:
-            return b
-        if b is None:
-            return a
+    def combine(self, a: Any, b: Any) -> Any:
         return max(a, b)
 
 
@@ -146,11 +145,7 @@ class Mean(Monoid):
     def columns(self, prefix: str) -> list[tuple[str, str]]:
         return [(f"{prefix}_sum", "double"), (f"{prefix}_count", "bigint")]
 
-    def plus(self, a: Any, b: Any) -> Any:
-        if a is None:
-            return b
-        if b is None:
-            return a
+    def combine(self, a: Any, b: Any) -> Any:
         return (a[0] + b[0], a[1] + b[1])
 
     def lift(self, value: Any) -> Any:
@@ -181,11 +176,7 @@ class Distinct(Monoid):
     def columns(self, prefix: str) -> list[tuple[str, str]]:
         return [(prefix, "blob")]
 
-    def plus(self, a: Any, b: Any) -> Any:
-        if a is None:
-            return b
-        if b is None:
-            return a
+    def combine(self, a: Any, b: Any) -> Any:
         import datasketches as ds
 
         union = ds.hll_union(self.lg_k)
@@ -230,11 +221,7 @@ class Quantiles(Monoid):
     def columns(self, prefix: str) -> list[tuple[str, str]]:
         return [(prefix, "blob")]
 
-    def plus(self, a: Any, b: Any) -> Any:
-        if a is None:
-            return b
-        if b is None:
-            return a
+    def combine(self, a: Any, b: Any) -> Any:
         import datasketches as ds
 
         sketch = ds.kll_doubles_sketch.deserialize(bytes(a))

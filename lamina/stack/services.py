@@ -184,8 +184,8 @@ class KafkaService(Service):
                 *base,
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # One argument, not two: a random id may start with "-".
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(props),
                 "--standalone",
