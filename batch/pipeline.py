@@ -8,8 +8,6 @@ small values (cutoff, version) between steps. No aggregation logic lives in the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,7 @@ from batch.master import complete_cutoff
 from lamina.errors import PublishError
 from lamina.settings import Settings, load_settings
 from lamina.views import ViewCatalog, load_views
-from serving.cassandra import session
-from serving.store import Store
+from serving.store import open_store
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,21 +34,13 @@ def _has_config() -> bool:
     return bool(os.environ.get("LAMINA_CONFIG")) or Path("conf/lamina.toml").is_file()
 
 
-@contextmanager
-def _store(settings: Settings, catalog: ViewCatalog) -> Iterator[Store]:
-    with session(settings.cassandra) as s:
-        store = Store(s, settings.cassandra)
-        store.ensure_schema(catalog)
-        yield store
-
-
 def pending_cutoff(view_name: str) -> int | None:
     """The cutoff a new batch would use, if the archiver completed epochs past the
     published version's cutoff; ``None`` while there is nothing new to cover."""
     settings, catalog = context()
     view = catalog.view(view_name)
     cut = complete_cutoff(settings, view.source)
-    with _store(settings, catalog) as store:
+    with open_store(settings.cassandra, catalog) as store:
         pub = store.published(view)
     if cut is None or (pub is not None and cut <= pub.cutoff):
         return None
@@ -67,7 +56,7 @@ def build(view_name: str, cutoff: int | None = None) -> int:
     view = catalog.view(view_name)
     spark = spark_session(settings, f"lamina-batch-{view_name}")
     try:
-        with _store(settings, catalog) as store:
+        with open_store(settings.cassandra, catalog) as store:
             return build_view(spark, settings, store, view, cutoff=cutoff).version
     finally:
         spark.stop()
@@ -81,12 +70,11 @@ def validate(view_name: str, version: int) -> dict[str, Any]:
     """
     settings, catalog = context()
     view = catalog.view(view_name)
-    with _store(settings, catalog) as store:
-        found = [v for v in store.versions(view) if v.version == version]
+    with open_store(settings.cassandra, catalog) as store:
+        v = store.version(view, version)
         pub = store.published(view)
-    if not found:
+    if v is None:
         raise PublishError(f"view {view_name!r} has no version {version}")
-    v = found[0]
     events = int(v.timings.get("events", 0))
     report = {
         "view": view_name,
@@ -121,9 +109,8 @@ def validate(view_name: str, version: int) -> dict[str, Any]:
 def publish(view_name: str, version: int) -> dict[str, Any]:
     settings, catalog = context()
     view = catalog.view(view_name)
-    with _store(settings, catalog) as store:
-        [v] = [x for x in store.versions(view) if x.version == version]
-        pub = store.publish(view, v)
+    with open_store(settings.cassandra, catalog) as store:
+        pub = store.publish_version(view, version)
     return {"view": view_name, "version": pub.version, "cutoff": pub.cutoff, "rows": pub.rows}
 
 
@@ -133,6 +120,6 @@ def maintain(view_name: str) -> dict[str, Any]:
 
     settings, catalog = context()
     view = catalog.view(view_name)
-    with _store(settings, catalog) as store:
+    with open_store(settings.cassandra, catalog) as store:
         dropped, purged = run_maintain(store, view)
     return {"view": view_name, "collected": dropped, "purged_rows": purged}

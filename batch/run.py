@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batch.master import complete_cutoff, imports_dir, stream_dir
-from batch.translate import aggregate, event_schema, state_row
+from batch.translate import aggregate, event_schema
 from lamina.errors import PublishError
 from lamina.events import EVENT_TIME
-from lamina.settings import CassandraSettings, Settings
+from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
-from serving.cassandra import session, shared_session
-from serving.store import Published, Store, Version, batch_table, insert_cql, write_rows
+from serving.store import Published, Store, Version, batch_table, open_store, partition_writer
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +81,6 @@ def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int
     return df.dropDuplicates([view.source.event_id])
 
 
-def _partition_writer(
-    cass: CassandraSettings, view: View, table: str, concurrency: int
-) -> Callable[[Iterable[Any]], Iterable[int]]:
-    cql = insert_cql(view, table)
-    keys = view.keys
-
-    def write(rows: Iterable[Any]) -> Iterator[int]:
-        # Runs inside a Spark task: its own connection, prepared once per partition.
-        s = shared_session(cass, cass.keyspace)
-        stmt = s.prepare(cql)
-        values = ((*(r[k] for k in keys), r["bucket"], *state_row(view, r)) for r in rows)
-        yield write_rows(s, stmt, values, concurrency)
-
-    return write
-
-
 def resolve_cutoff(settings: Settings, view: View, cutoff: int | None) -> int:
     if cutoff is not None:
         return cutoff
@@ -137,7 +119,7 @@ def build_view(
         timings["read_s"] = round(time.monotonic() - t0, 3)
         progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}; aggregating")
         agg = aggregate(events, view)
-        writer = _partition_writer(
+        writer = partition_writer(
             settings.cassandra,
             view,
             batch_table(view, version),
@@ -152,7 +134,8 @@ def build_view(
         raise
     timings["total_s"] = round(time.monotonic() - t0, 3)
     store.finish_version(view, version, "ready", rows, timings)
-    [built] = [v for v in store.versions(view) if v.version == version]
+    built = store.version(view, version)
+    assert built is not None  # begin_version wrote it
     return built
 
 
@@ -206,9 +189,7 @@ def run_batch(
     """Recompute and publish each named view (all by default), then collect garbage."""
     chosen = [catalog.view(v) for v in views] if views else list(catalog.views.values())
     results = []
-    with session(settings.cassandra) as s:
-        store = Store(s, settings.cassandra)
-        store.ensure_schema(catalog)
+    with open_store(settings.cassandra, catalog) as store:
         for view in chosen:
             results.append(run_view(spark, settings, store, view, cutoff=cutoff, progress=progress))
             maintain(store, view, progress)

@@ -8,7 +8,6 @@ group columns, then ``view.value_columns`` — the states :mod:`lamina.monoids` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -96,14 +95,6 @@ def aggregate(events: DataFrame, view: View, extra_groups: Sequence[str] = ()) -
     df = df.withColumn("bucket", bucket_column(view))
     groups = [*view.keys, "bucket", *extra_groups]
     return df.groupBy(*groups).agg(*_agg_exprs(view))
-
-
-def state_row(view: View, row: Any) -> tuple[Any, ...]:
-    """The stored values of one output row, in ``view.value_columns`` order."""
-    return tuple(
-        bytes(row[c]) if t == "blob" and row[c] is not None else row[c]
-        for c, t in view.value_columns
-    )
 
 
 def event_schema(view_or_fields: View | dict[str, str]) -> T.StructType:

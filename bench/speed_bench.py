@@ -140,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-offsets-per-trigger",
         type=int,
         default=None,
-        help="NOT applied: speed.jobs.kafka_records has no way to pass maxOffsetsPerTrigger; "
-        "accepted only to say so (see bench/README.md)",
+        help="cap Kafka records per micro-batch and topic (pipeline.max_offsets_per_trigger; "
+        "default: no cap, one micro-batch takes the whole backlog)",
     )
     c.add_argument(
         "--no-split",
@@ -614,9 +614,12 @@ def run_catchup(args: argparse.Namespace) -> int:
         f"archiver {'off' if args.no_archiver else 'on'}; {settings.spark.master}"
     )
     if args.max_offsets_per_trigger:
-        console.print(
-            "[yellow]--max-offsets-per-trigger is not applied: speed.jobs.kafka_records sets "
-            "no maxOffsetsPerTrigger and offers no hook (source option, not a Spark conf)[/]"
+        settings = settings.model_copy(
+            update={
+                "pipeline": settings.pipeline.model_copy(
+                    update={"max_offsets_per_trigger": args.max_offsets_per_trigger}
+                )
+            }
         )
     spark = None
     queries: list[Any] = []

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from lamina.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from lamina.views import Source, ViewCatalog
+    from serving.store import Store
 
 log = logging.getLogger("lamina")
 
@@ -186,19 +188,10 @@ def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from serving.cassandra import session
-    from serving.store import Store
+def _store(settings: Settings) -> AbstractContextManager[Store]:
+    from serving.store import open_store
 
-    class _Ctx:
-        def __enter__(self) -> Store:
-            self._cm = session(settings.cassandra)
-            return Store(self._cm.__enter__(), settings.cassandra)
-
-        def __exit__(self, *exc: object) -> None:
-            self._cm.__exit__(None, None, None)
-
-    return _Ctx()
+    return open_store(settings.cassandra)
 
 
 def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:

@@ -132,8 +132,7 @@ def run_demo(
     from batch.spark import spark_session
     from lamina.stack.manager import Stack
     from lamina.views import load_views
-    from serving.cassandra import session
-    from serving.store import Store
+    from serving.store import open_store
     from speed.jobs import start_all
 
     console = Console()
@@ -180,8 +179,7 @@ def run_demo(
                         f"{r.events} events -> {r.rows} rows"
                     )
         now = int(time.time())
-        with session(settings.cassandra, settings.cassandra.keyspace) as s:
-            store = Store(s, settings.cassandra)
+        with open_store(settings.cassandra) as store:
             shows = [
                 ("web_pageviews", "/pricing", 3600 * 4, ["pageviews", "visitors"]),
                 ("iot_temperature", "sensor-1", 600, ["readings", "temp_mean", "temp_q"]),

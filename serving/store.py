@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from cassandra.query import PreparedStatement
 from lamina.errors import NotFoundError, PublishError
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
-from serving.cassandra import ensure_keyspace
+from serving.cassandra import ensure_keyspace, session, shared_session
 
 PUBLISHABLE = ("ready", "published", "superseded")
 """Version states whose table is complete and may be (re-)published."""
@@ -131,6 +132,45 @@ def _flush(
     return len(chunk)
 
 
+def state_row(view: View, row: Any) -> tuple[Any, ...]:
+    """The stored values of one output row, in ``view.value_columns`` order."""
+    return tuple(
+        bytes(row[c]) if t == "blob" and row[c] is not None else row[c]
+        for c, t in view.value_columns
+    )
+
+
+def partition_writer(
+    cass: CassandraSettings, view: View, table: str, concurrency: int, *, realtime: bool = False
+) -> Callable[[Iterable[Any]], Iterator[int]]:
+    """A ``mapPartitions`` function writing aggregated rows of ``view`` into ``table``.
+
+    Each row has the key fields, ``bucket``, ``ingest_epoch`` when ``realtime``, and the
+    view's state columns. It runs in a Spark task: one process-wide session per Python
+    worker, the statement prepared once per partition. Yields the number of rows written.
+    """
+    cql = insert_cql(view, table, realtime=realtime)
+    extra = ("ingest_epoch",) if realtime else ()
+    prefix = (*view.keys, "bucket", *extra)
+
+    def write(rows: Iterable[Any]) -> Iterator[int]:
+        s = shared_session(cass, cass.keyspace)
+        values = ((*(r[c] for c in prefix), *state_row(view, r)) for r in rows)
+        yield write_rows(s, s.prepare(cql), values, concurrency)
+
+    return write
+
+
+@contextmanager
+def open_store(settings: CassandraSettings, catalog: ViewCatalog | None = None) -> Iterator[Store]:
+    """Connect, yield a :class:`Store` (schema ensured for ``catalog`` if given), close."""
+    with session(settings) as s:
+        store = Store(s, settings)
+        if catalog is not None:
+            store.ensure_schema(catalog)
+        yield store
+
+
 class Store:
     """Schema management, version bookkeeping and reads over one Cassandra session."""
 
@@ -167,24 +207,34 @@ class Store:
 
     # -- versions -----------------------------------------------------------------------
 
+    @staticmethod
+    def _version(r: Any) -> Version:
+        return Version(
+            r.view_name,
+            r.version,
+            r.state,
+            r.cutoff or 0,
+            r.rows or 0,
+            r.started_at or 0.0,
+            r.finished_at,
+            r.definition_hash or "",
+            json.loads(r.timings or "{}"),
+        )
+
     def versions(self, view: View) -> list[Version]:
+        """Every version of ``view``, newest first."""
         rows = self.session.execute(
             self.prepare(f"SELECT * FROM {self.ks}.versions WHERE view_name = ?"), (view.name,)
         )
-        return [
-            Version(
-                r.view_name,
-                r.version,
-                r.state,
-                r.cutoff or 0,
-                r.rows or 0,
-                r.started_at or 0.0,
-                r.finished_at,
-                r.definition_hash or "",
-                json.loads(r.timings or "{}"),
-            )
-            for r in rows
-        ]
+        return [self._version(r) for r in rows]
+
+    def version(self, view: View, version: int) -> Version | None:
+        """One version of ``view``, or ``None`` if there is no such version."""
+        row = self.session.execute(
+            self.prepare(f"SELECT * FROM {self.ks}.versions WHERE view_name = ? AND version = ?"),
+            (view.name, version),
+        ).one()
+        return None if row is None else self._version(row)
 
     def begin_version(self, view: View, cutoff: int) -> int:
         """Allocate the next version number (lightweight transaction), create its table."""
@@ -259,15 +309,15 @@ class Store:
             (state, view.name, version),
         )
 
-    def rollback(self, view: View, version: int) -> Published:
-        """Re-publish an older, still retained version."""
-        match = [v for v in self.versions(view) if v.version == version]
-        if not match:
+    def publish_version(self, view: View, version: int) -> Published:
+        """Publish version number ``version``: a new build (``ready``) or, for a rollback,
+        an older one that was not garbage-collected."""
+        v = self.version(view, version)
+        if v is None:
             raise NotFoundError(
                 f"view {view.name!r} has no version {version}",
                 hint="see `lamina batch versions VIEW`",
             )
-        v = match[0]
         if v.state not in PUBLISHABLE:
             raise PublishError(
                 f"view {view.name!r} version {version} is {v.state}, not publishable",
@@ -275,15 +325,18 @@ class Store:
             )
         return self.publish(view, v)
 
+    rollback = publish_version
+
     def collect_garbage(self, view: View, retain: int) -> list[int]:
         """Drop batch tables beyond the newest ``retain`` complete versions (never the
         published one) and of failed builds; returns the versions collected."""
         pub = self.published(view)
         keep: set[int] = {pub.version} if pub else set()
-        complete = [v for v in self.versions(view) if v.state in PUBLISHABLE]
+        versions = self.versions(view)
+        complete = [v for v in versions if v.state in PUBLISHABLE]
         keep |= {v.version for v in complete[:retain]}
         dropped = []
-        for v in self.versions(view):
+        for v in versions:
             if v.version in keep or v.state == "collected" or v.state == "building":
                 continue
             self.session.execute(f"DROP TABLE IF EXISTS {self.ks}.{batch_table(view, v.version)}")

@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,12 @@ from pyspark.sql.streaming.listener import StreamingQueryListener
 from pyspark.sql.streaming.query import StreamingQuery
 
 from batch.master import record_progress, stream_dir
-from batch.translate import aggregate, state_row
+from batch.translate import aggregate
 from lamina.buckets import ingest_epoch
 from lamina.events import EVENT_TIME
 from lamina.settings import Settings
 from lamina.views import Source, View, ViewCatalog
-from serving.cassandra import session, shared_session
-from serving.store import Store, insert_cql, realtime_table, write_rows
+from serving.store import open_store, partition_writer, realtime_table
 from speed.parse import RAW, REASON, parse_records, rejected, valid
 
 log = logging.getLogger(__name__)
@@ -102,15 +101,21 @@ class ProgressRecorder(StreamingQueryListener):
 
     def onQueryIdle(self, event: Any) -> None:
         # Idle = nothing new in Kafka: every record appended before now is archived.
-        source = self.archivers.get(self.names.get(str(event.id), ""))
-        if source is None:
-            return
         try:
-            now = datetime.fromisoformat(event.timestamp).timestamp() - CLOCK_SKEW_S
-            complete = ingest_epoch(int(now * 1000), self.settings.pipeline.epoch_seconds)
-            record_progress(self.settings, source, ARCHIVER, complete, active=True)
+            self._archived_until(self.names.get(str(event.id), ""), event.timestamp)
         except Exception:
             log.exception("could not record idle progress")
+
+    def _archived_until(self, query: str, timestamp: str) -> None:
+        """If ``query`` is an archiver that was caught up at ``timestamp`` (ISO-8601, UTC):
+        every record the broker appended before then is archived, so every epoch that ended
+        before then (less the clock-skew allowance) is complete."""
+        source = self.archivers.get(query)
+        if source is None:
+            return
+        until = datetime.fromisoformat(timestamp).timestamp() - CLOCK_SKEW_S
+        complete = ingest_epoch(int(until * 1000), self.settings.pipeline.epoch_seconds)
+        record_progress(self.settings, source, ARCHIVER, complete, active=True)
 
     def onQueryTerminated(self, event: Any) -> None:
         pass
@@ -138,13 +143,8 @@ class ProgressRecorder(StreamingQueryListener):
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(status))
             tmp.replace(path)
-            source = self.archivers.get(p.name)
-            if source is not None and end and end == latest:
-                # Caught up: every record the broker appended before this trigger started is
-                # archived, so every epoch that ended before then is complete.
-                started = datetime.fromisoformat(p.timestamp).timestamp() - CLOCK_SKEW_S
-                complete = ingest_epoch(int(started * 1000), self.settings.pipeline.epoch_seconds)
-                record_progress(self.settings, source, ARCHIVER, complete, active=True)
+            if end and end == latest:
+                self._archived_until(p.name, p.timestamp)
         except Exception:  # a listener must never kill the stream
             log.exception("could not record progress of %s", p.name)
 
@@ -195,24 +195,19 @@ def start_archiver(
     return [writer.start(), dead.start()]
 
 
-def _upsert(settings: Settings, view: View):  # type: ignore[no-untyped-def]
-    cass = settings.cassandra
-    cql = insert_cql(view, realtime_table(view), realtime=True)
-    keys = view.keys
-    concurrency = settings.pipeline.write_concurrency
-
-    def write_partition(rows: Iterable[Any]) -> Iterator[int]:
-        s = shared_session(cass, cass.keyspace)
-        stmt = s.prepare(cql)
-        values = (
-            (*(r[k] for k in keys), r["bucket"], r["ingest_epoch"], *state_row(view, r))
-            for r in rows
-        )
-        yield write_rows(s, stmt, values, concurrency)
+def _upsert(settings: Settings, view: View) -> Callable[[DataFrame, int], None]:
+    """The speed view's ``foreachBatch``: upsert the micro-batch's absolute states."""
+    write = partition_writer(
+        settings.cassandra,
+        view,
+        realtime_table(view),
+        settings.pipeline.write_concurrency,
+        realtime=True,
+    )
 
     def upsert(batch: DataFrame, batch_id: int) -> None:
         out = batch.withColumn("ingest_epoch", F.unix_seconds(F.col("ingest_window.start")))
-        out.rdd.mapPartitions(write_partition).sum()
+        out.rdd.mapPartitions(write).sum()
 
     return upsert
 
@@ -255,8 +250,8 @@ def start_all(
 ) -> list[StreamingQuery]:
     """Start the archiver of every source in use and the speed job of every chosen view."""
     chosen = [catalog.view(v) for v in views] if views else list(catalog.views.values())
-    with session(settings.cassandra) as s:
-        Store(s, settings.cassandra).ensure_schema(catalog)
+    with open_store(settings.cassandra, catalog):
+        pass  # the real-time tables must exist before the first upsert
     sources = {v.source.name: v.source for v in chosen}
     ensure_topics(
         settings, [t for src in sources.values() for t in (src.topic, deadletter_topic(src))]

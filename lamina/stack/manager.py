@@ -70,7 +70,6 @@ class Stack:
 
     def status_of(self, svc: Service) -> ServiceStatus:
         pid = process.running_pid(svc.pid_file, svc.marker)
-        port = next(iter(svc.ports.values()))
         version: str | None = None
         if pid is None:
             state = "stopped"
@@ -80,7 +79,7 @@ class Stack:
                 state = "healthy"
             except Exception as exc:  # any failure to answer means "not healthy yet"
                 state = f"unhealthy: {type(exc).__name__}: {exc}".strip()
-        return ServiceStatus(svc.name, state, svc.host, port, pid, version, svc.log_file)
+        return ServiceStatus(svc.name, state, svc.host, svc.client_port, pid, version, svc.log_file)
 
     def status(self) -> list[ServiceStatus]:
         return [self.status_of(svc) for svc in self.services]
@@ -148,8 +147,9 @@ class Stack:
                 time.sleep(1.0)
                 continue
             progress(f"{svc.name}: ready in {time.monotonic() - t0:.1f}s (version {version})")
-            port = next(iter(svc.ports.values()))
-            return ServiceStatus(svc.name, "healthy", svc.host, port, pid, version, svc.log_file)
+            return ServiceStatus(
+                svc.name, "healthy", svc.host, svc.client_port, pid, version, svc.log_file
+            )
         raise StackError(
             f"{svc.name} did not become ready within {self.settings.stack.start_timeout_s:.0f}s"
             f" (last error: {last_error})",

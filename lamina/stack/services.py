@@ -108,9 +108,25 @@ class Service(ABC):
     def command(self, java: str, jar_dirs: list[Path]) -> list[str]:
         """Write the service's config files (and format storage if new); return its argv."""
 
-    @abstractmethod
+    @property
+    def client_port(self) -> int:
+        """The port clients use: the first of :attr:`ports`."""
+        return next(iter(self.ports.values()))
+
     def probe(self) -> str:
-        """Ask the running service a real question; return its version, raise if not ready."""
+        """Ask the running service a real question; return its version, raise if not ready.
+
+        A closed client port fails fast, before any client library tries (and logs) a
+        connection.
+        """
+        if not process_port_open(self.host, self.client_port):
+            label = next(iter(self.ports))
+            raise StackError(f"{self.name}'s {label} port {self.client_port} is not open yet")
+        return self.ask()
+
+    @abstractmethod
+    def ask(self) -> str:
+        """The real question (the client port is open); return the service's version."""
 
     def fetched(self) -> bool:
         return all(is_fetched(b, self.settings.stack.cache_dir) for b in self.bundles())
@@ -198,11 +214,9 @@ class KafkaService(Service):
                 raise StackError("formatting Kafka's storage failed", log=str(self.stdout_file))
         return [*base, "kafka.Kafka", str(props)]
 
-    def probe(self) -> str:
+    def ask(self) -> str:
         from kafka import KafkaAdminClient
 
-        if not process_port_open(self.host, self.settings.kafka.port):
-            raise StackError("Kafka's client port is not open yet")
         admin = KafkaAdminClient(
             bootstrap_servers=self.settings.kafka.bootstrap_servers,
             request_timeout_ms=3000,
@@ -376,9 +390,7 @@ class CassandraService(Service):
             "org.apache.cassandra.service.CassandraDaemon",
         ]
 
-    def probe(self) -> str:
-        if not process_port_open(self.host, self.settings.cassandra.port):
-            raise StackError("Cassandra's CQL port is not open yet")
+    def ask(self) -> str:
         # The driver lives in the serving layer; the core only borrows it for this probe.
         from serving.cassandra import release_version
 
