@@ -3,19 +3,27 @@
 Each step loads settings and views itself and opens (and closes) its own Spark session or
 Cassandra connection, so an Airflow task (or any scheduler) only passes the view name and
 small values (cutoff, version) between steps. No aggregation logic lives in the DAGs.
+
+Also here, for every orchestrator and the serving metrics alike: which views a recompute
+covers (:func:`select_views`, :func:`recompute_cutoff`) and how stale a view is
+(:func:`freshness`, :func:`check_freshness`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from batch.master import complete_cutoff
-from lamina.errors import PublishError
+from batch.reconcile import Reconciliation
+from lamina.errors import NotFoundError, PublishError, StaleViewError
 from lamina.settings import Settings, load_settings
-from lamina.views import ViewCatalog, load_views
-from serving.store import open_store
+from lamina.views import View, ViewCatalog, load_views
+from serving.store import PUBLISHABLE, Published, open_store
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +55,38 @@ def pending_cutoff(view_name: str) -> int | None:
     return cut
 
 
+def select_views(names: Sequence[str] | None) -> list[str]:
+    """The views a run should cover: ``names`` in order, or every view when empty/``None``.
+
+    Raises :class:`NotFoundError` naming every unknown view and the known ones.
+    """
+    _, catalog = context()
+    if not names:
+        return list(catalog.views)
+    unknown = [n for n in names if n not in catalog.views]
+    if unknown:
+        raise NotFoundError(
+            f"unknown view(s) {', '.join(repr(n) for n in unknown)}",
+            hint=f"known views: {', '.join(catalog.views)}",
+        )
+    return list(dict.fromkeys(names))
+
+
+def recompute_cutoff(view_name: str, from_scratch: bool) -> int | None:
+    """The cutoff a recompute of ``view_name`` should build at, or ``None`` to skip it.
+
+    ``from_scratch=False``: only when the archiver completed epochs past the published cutoff
+    (:func:`pending_cutoff`). ``from_scratch=True``: always rebuild from the whole master
+    dataset at its current complete cutoff, even if nothing new arrived (after a change of
+    the view's definition, or to repair a published version); ``None`` only when the master
+    dataset has no complete epoch of the view's source at all.
+    """
+    if not from_scratch:
+        return pending_cutoff(view_name)
+    settings, catalog = context()
+    return complete_cutoff(settings, catalog.view(view_name).source)
+
+
 def build(view_name: str, cutoff: int | None = None) -> int:
     """Recompute the view into a new unpublished version; returns its number."""
     from batch.run import build_view
@@ -62,17 +102,56 @@ def build(view_name: str, cutoff: int | None = None) -> int:
         spark.stop()
 
 
-def validate(view_name: str, version: int) -> dict[str, Any]:
+def built_version(view_name: str, cutoff: int, since: float) -> int:
+    """The newest version of ``view_name`` built at ``cutoff`` from the current definition
+    and started at or after ``since`` (epoch seconds): how an orchestrator that ran the build
+    out of process (``spark-submit``) finds its number. Any such version has the same
+    content, since it is a function of the definition and the (immutable) epochs before
+    the cutoff. Raises :class:`PublishError` when there is none.
+    """
+    settings, catalog = context()
+    view = catalog.view(view_name)
+    with open_store(settings.cassandra, catalog) as store:
+        versions = store.versions(view)
+    found = [
+        v.version
+        for v in versions  # newest first
+        if (v.cutoff, v.definition_hash) == (cutoff, view.definition_hash) and v.started_at >= since
+    ]
+    if found:
+        return found[0]
+    raise PublishError(
+        f"view {view_name!r}: no version was built at cutoff {cutoff} since {since:.0f}",
+        hint="see the recompute task's log and `lamina batch versions VIEW`",
+    )
+
+
+def validate(view_name: str, version: int, *, allow_older_cutoff: bool = False) -> dict[str, Any]:
     """Check a built version before it is published; raise :class:`PublishError` if not sane.
 
     Checks: the build completed, its definition hash matches the current view definition,
-    it has rows when it read events and no more rows than events. Returns the report.
+    it has rows when it read events and no more rows than events, and its reconciliation
+    with the real-time view (stored by the build, see :mod:`batch.reconcile`) diverges on
+    at most ``[airflow] max_divergence`` of the compared cells. Divergence below that is
+    reported, not fatal: the new batch is what corrects the speed layer.
+
+    A cutoff older than the published one is refused, unless ``allow_older_cutoff`` (a
+    from-scratch recompute) and the real-time rows it needs are still there: its cutoff is
+    not older than any other retained version's, so no purge removed epochs it relies on.
+
+    Returns the report (with the reconciliation), also when it raises (as the log line).
     """
     settings, catalog = context()
     view = catalog.view(view_name)
     with open_store(settings.cassandra, catalog) as store:
         v = store.version(view, version)
         pub = store.published(view)
+        rec = store.reconciliation(view, version)
+        others = [
+            x.cutoff
+            for x in store.versions(view)
+            if x.state in PUBLISHABLE and x.version != version
+        ]
     if v is None:
         raise PublishError(f"view {view_name!r} has no version {version}")
     events = int(v.timings.get("events", 0))
@@ -86,6 +165,7 @@ def validate(view_name: str, version: int) -> dict[str, Any]:
         "previous": None
         if pub is None
         else {"version": pub.version, "rows": pub.rows, "cutoff": pub.cutoff},
+        "reconciliation": rec,
     }
     problems = []
     if v.state != "ready":
@@ -97,13 +177,41 @@ def validate(view_name: str, version: int) -> dict[str, Any]:
     if v.rows > events:
         problems.append(f"{v.rows} rows from {events} events")
     if pub is not None and v.cutoff < pub.cutoff:
-        problems.append(f"cutoff {v.cutoff} is older than the published {pub.cutoff}")
+        floor = min(others, default=pub.cutoff)
+        if not allow_older_cutoff:
+            problems.append(f"cutoff {v.cutoff} is older than the published {pub.cutoff}")
+        elif v.cutoff < floor:
+            problems.append(
+                f"cutoff {v.cutoff} is older than the published {pub.cutoff} and than every "
+                f"retained version ({floor}): real-time epochs it needs may be purged"
+            )
+    if rec is None:
+        problems.append("it has no reconciliation report (built by an older Lamina?)")
+    else:
+        problems += divergence_problems(
+            Reconciliation.from_dict(rec), settings.airflow.max_divergence
+        )
     if problems:
+        log.error("validation failed %s", report)
         raise PublishError(
             f"view {view_name!r} version {version} failed validation: " + "; ".join(problems)
         )
     log.info("validated %s", report)
     return report
+
+
+def divergence_problems(rec: Reconciliation, max_divergence: float) -> list[str]:
+    """The validation problem of a reconciliation, if its divergence exceeds the threshold
+    (a fraction of the compared cells; 1 never fails)."""
+    if rec.divergence <= max_divergence:
+        return []
+    return [
+        f"{rec.diverging} of {rec.cells} (key, bucket) cells diverge from the real-time view "
+        f"on epochs {rec.epoch_from}..{rec.cutoff} ({rec.differing} differ, "
+        f"{rec.missing_realtime} missing in real time, {rec.missing_batch} missing in the "
+        f"batch): {rec.divergence:.1%} > max_divergence {max_divergence:.1%}; see "
+        f"`lamina batch report {rec.view} --version {rec.version}`"
+    ]
 
 
 def publish(view_name: str, version: int) -> dict[str, Any]:
@@ -123,3 +231,68 @@ def maintain(view_name: str) -> dict[str, Any]:
     with open_store(settings.cassandra, catalog) as store:
         dropped, purged = run_maintain(store, view)
     return {"view": view_name, "collected": dropped, "purged_rows": purged}
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How old a view's published batch is, against the view's ``max_staleness_s``.
+
+    ``age_s`` is the time since the published cutoff (the end of the ingest time the batch
+    covers, :meth:`serving.store.Published.cutoff_age_s`); ``None`` when no version is
+    published, which counts as stale.
+    """
+
+    view: str
+    version: int | None
+    cutoff: int | None
+    age_s: float | None
+    limit_s: float
+
+    @property
+    def stale(self) -> bool:
+        return self.age_s is None or self.age_s > self.limit_s
+
+    def describe(self) -> str:
+        if self.age_s is None:
+            return f"view {self.view!r} has no published batch version"
+        return (
+            f"view {self.view!r} version {self.version}: published cutoff {self.cutoff} is "
+            f"{self.age_s:.0f}s old (limit {self.limit_s:.0f}s)"
+        )
+
+
+def freshness(view: View, published: Published | None, now: float) -> Freshness:
+    """Pure staleness arithmetic of one view at ``now`` (epoch seconds).
+
+    The limit is the view definition's ``max_staleness_s``: set it to about two schedule
+    intervals plus slack (the default, 3 h, is two ``@hourly`` runs plus one hour), so one
+    failed or skipped run does not alert but two do.
+    """
+    return Freshness(
+        view.name,
+        None if published is None else published.version,
+        None if published is None else published.cutoff,
+        None if published is None else published.cutoff_age_s(now),
+        float(view.max_staleness_s),
+    )
+
+
+def check_freshness(view_name: str, now: float | None = None) -> dict[str, Any]:
+    """Read the published version of ``view_name`` and raise :class:`StaleViewError` if it
+    is stale (see :func:`freshness`); returns the figures otherwise."""
+    settings, catalog = context()
+    view = catalog.view(view_name)
+    with open_store(settings.cassandra, catalog) as store:
+        pub = store.published(view)
+    f = freshness(view, pub, time.time() if now is None else now)
+    if f.stale:
+        raise StaleViewError(
+            f"{f.describe()}: stale",
+            view=f.view,
+            age_s=f.age_s,
+            limit_s=f.limit_s,
+            hint="check the archiver and the lamina_batch_<view> DAG runs, or recompute with "
+            "lamina_recompute",
+        )
+    log.info("fresh: %s", f.describe())
+    return {"view": f.view, "version": f.version, "age_s": f.age_s, "limit_s": f.limit_s}

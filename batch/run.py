@@ -2,7 +2,8 @@
 
 For each view: pick the cutoff (complete ingest epochs only), read the master dataset up to
 it, drop duplicate event ids, aggregate through :func:`batch.translate.aggregate`, write a
-new version table with concurrent prepared inserts from the Spark tasks, then publish it
+new version table with concurrent prepared inserts from the Spark tasks, reconcile it with
+the real-time view on the epochs both cover (report stored per version), then publish it
 with one catalog write. A crash before the publish leaves the published version untouched
 (the half-built version stays ``building`` and is collected later).
 """
@@ -11,20 +12,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batch.master import complete_cutoff, imports_dir, stream_dir
+from batch.reconcile import Reconciliation, realtime_overlap, reconcile
 from batch.translate import aggregate, event_schema
 from lamina.errors import PublishError
 from lamina.events import EVENT_TIME
 from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
-from serving.store import Published, Store, Version, batch_table, open_store, partition_writer
+from serving.store import (
+    Published,
+    Store,
+    Version,
+    batch_table,
+    open_store,
+    partition_writer,
+    state_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +114,8 @@ def build_view(
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> Version:
-    """Recompute one view into a new, unpublished version (state ``ready``).
+    """Recompute one view into a new, unpublished version (state ``ready``), with its
+    reconciliation against the real-time view stored (:func:`reconcile_version`).
 
     Raises; a failed build is marked ``failed`` and the published version stays as it was.
     """
@@ -112,7 +124,9 @@ def build_view(
     version = store.begin_version(view, cut)
     timings: dict[str, float] = {}
     try:
-        events = read_master(spark, settings, view, cut).select(*view.source.fields, EVENT_TIME)
+        events = read_master(spark, settings, view, cut).select(
+            *view.source.fields, EVENT_TIME, "ingest_epoch", "topic"
+        )
         events.cache()
         n_events = events.count()
         timings["events"] = n_events
@@ -127,8 +141,15 @@ def build_view(
         )
         t1 = time.monotonic()
         rows = int(agg.rdd.mapPartitions(writer).sum())
-        events.unpersist()
         timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
+        t2 = time.monotonic()
+        report = reconcile_version(store, view, version, cut, events)
+        timings["reconcile_s"] = round(time.monotonic() - t2, 3)
+        events.unpersist()
+        progress(
+            f"{view.name} v{version}: reconciled {report.cells} cells with the real-time view "
+            f"(epochs {report.epoch_from}..{cut}): {report.diverging} diverging"
+        )
     except BaseException:
         store.finish_version(view, version, "failed", 0, timings)
         raise
@@ -137,6 +158,33 @@ def build_view(
     built = store.version(view, version)
     assert built is not None  # begin_version wrote it
     return built
+
+
+def reconcile_version(
+    store: Store, view: View, version: int, cutoff: int, events: DataFrame
+) -> Reconciliation:
+    """Compare version ``version`` with the real-time view where both cover, store the report.
+
+    ``events`` are the master dataset's events before ``cutoff`` with their ``ingest_epoch``
+    and ``topic``. Only events that came through Kafka (``topic`` set) are compared: imported
+    files never reach the speed layer. The overlap is ``[first real-time epoch still present,
+    cutoff)``; its events are aggregated by :func:`batch.translate.aggregate` (the same
+    translation the version and the speed layer use) and streamed to the driver, where
+    :func:`batch.reconcile.reconcile` compares them with the fold of the real-time rows.
+    """
+    realtime = realtime_overlap(view, store.realtime_before(view, cutoff))
+    cells: Iterable[tuple[tuple[Any, ...], int, tuple[Any, ...]]] = ()
+    if realtime.first_epoch is not None:
+        overlap = events.where(
+            F.col("topic").isNotNull() & (F.col("ingest_epoch") >= F.lit(realtime.first_epoch))
+        )
+        cells = (
+            (tuple(r[k] for k in view.keys), r["bucket"], state_row(view, r))
+            for r in aggregate(overlap, view).toLocalIterator()
+        )
+    report = reconcile(view, version, cutoff, realtime, cells)
+    store.save_reconciliation(view, version, report.to_dict())
+    return report
 
 
 def run_view(

@@ -227,7 +227,7 @@ class Private:
 
     @property
     def topics(self) -> list[str]:
-        from speed.jobs import deadletter_topic
+        from speed.status import deadletter_topic
 
         return sorted(
             t for s in self.catalog.sources.values() for t in (s.topic, deadletter_topic(s))
@@ -653,9 +653,8 @@ def run_catchup(args: argparse.Namespace) -> int:
         console.print(f"Spark session in {result['spark_start_s']:.1f}s; starting the queries")
 
         t0 = time.monotonic()
-        queries = start_all(
-            spark, settings, catalog, names, archiver=not args.no_archiver, trigger_s=None
-        )
+        jobs = names if args.no_archiver else ["archiver", *names]
+        queries = start_all(spark, settings, catalog, jobs, trigger_s=None)
         started_s = time.monotonic() - t0
         with console.status(f"{len(queries)} queries draining {args.events:,} events ..."):
             drained = drain(queries, args.timeout)
@@ -981,7 +980,7 @@ class Freshness:
 
     def monitor_loop(self) -> None:
         """The stream's micro-batches of the view (status file written by the stream)."""
-        from speed.jobs import status_file
+        from speed.status import status_file
 
         path = status_file(self.priv.settings, f"speed-{FRESH_VIEW}")
         while not self.stop_poll.is_set():

@@ -216,6 +216,42 @@ def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch_report(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the reconciliation report stored with a version (see ``batch.reconcile``)."""
+    from lamina.errors import NotFoundError
+
+    view = _catalog(settings).view(args.view)
+    with _store(settings) as store:
+        versions = store.versions(view)
+        version = args.version or (versions[0].version if versions else None)
+        report = None if version is None else store.reconciliation(view, version)
+    if report is None:
+        raise NotFoundError(
+            f"view {view.name!r} has no reconciliation report for version {version}",
+            hint="reports are written by builds; see `lamina batch versions VIEW`",
+        )
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    span = (
+        f"epochs {report['epoch_from']}..{report['cutoff']}"
+        if report["epoch_from"] is not None
+        else "no real-time rows before the cutoff"
+    )
+    print(
+        f"{view.name} v{report['version']} vs real time ({span}, {report['realtime_rows']} rows):"
+        f" {report['cells']} cells, {report['equal']} equal, {report['differing']} differing,"
+        f" {report['missing_realtime']} missing in real time, {report['missing_batch']} missing"
+        f" in batch ({report['divergence']:.1%} diverging)"
+    )
+    for smp in report["samples"]:
+        print(
+            f"  {smp['kind']:<16} key {smp['key']} bucket {smp['bucket']} "
+            f"{', '.join(smp['aggregations'])}: batch {smp['batch']} vs real time {smp['realtime']}"
+        )
+    return 0
+
+
 def cmd_batch_rollback(settings: Settings, args: argparse.Namespace) -> int:
     view = _catalog(settings).view(args.view)
     with _store(settings) as store:
@@ -279,48 +315,106 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stream_run(settings: Settings, args: argparse.Namespace) -> int:
-    import signal
-
     from batch.spark import spark_session
-    from speed.jobs import start_all
+    from speed.jobs import run_until_stopped, start_all
 
     catalog = _catalog(settings)
-    views = [v for v in args.jobs if v != "archiver"]
-    for v in views:
-        catalog.view(v)
-    archiver = "archiver" in args.jobs or not args.jobs
+    for job in args.jobs:
+        if job != "archiver":
+            catalog.view(job)
     spark = spark_session(settings, "lamina-stream")
-    queries = start_all(
-        spark, settings, catalog, views or None, archiver=archiver, trigger_s=args.trigger
-    )
+    queries = start_all(spark, settings, catalog, args.jobs or None, trigger_s=args.trigger)
     _say(
         f"running {len(queries)} streaming queries: {', '.join(q.name for q in queries)}; "
         f"checkpoints under {settings.checkpoint_dir}; Ctrl-C stops them gracefully"
     )
-
-    def stop(signum: int, frame: object) -> None:
-        _say("stopping at the next micro-batch boundary ...")
-        for q in queries:
-            q.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    failed = None
-    while any(q.isActive for q in queries):
-        for q in queries:
-            if not q.isActive and q.exception() is not None and failed is None:
-                failed = q
-                _say(f"query {q.name} failed: {str(q.exception()).splitlines()[0]}")
-                for other in queries:
-                    other.stop()
-        time.sleep(1)
-    spark.stop()
+    failed = run_until_stopped(spark, queries, _say, settings.spark.stop_timeout_s)
     if failed is not None:
-        raise LaminaError(
-            f"streaming query {failed.name} failed",
-            hint="see the log above; restart resumes from its checkpoint",
-        )
+        raise LaminaError(failed, hint="see the log above; a restart resumes from its checkpoint")
     _say("all streaming queries stopped")
+    return 0
+
+
+def _age(ts: float | None) -> str:
+    return "-" if ts is None else f"{time.time() - ts:.0f}s ago"
+
+
+def _print_job(job: dict[str, object]) -> None:
+    print(
+        f"{job['id']:<40} {job['what']:<16} {job['state']:<9} {job['master']:<10} "
+        f"pid {job['driver_pid'] or job['launcher_pid'] or '-'!s:<8} "
+        f"{job['app_id'] or '-'!s:<24} restarts {job['restarts']}"
+    )
+
+
+def cmd_stream_submit(settings: Settings, args: argparse.Namespace) -> int:
+    from speed.registry import parse_conf, submit
+
+    job = submit(
+        settings, _catalog(settings), args.job, master=args.master, conf=parse_conf(args.conf)
+    )
+    if args.format == "json":
+        print(json.dumps(job.as_dict(), indent=2))
+        return 0
+    _say(f"submitted job {job.id} ({job.what}) to {job.master}; log: {job.log}")
+    _say(f"follow it: lamina stream status {job.id}; stop it: lamina stream stop {job.id}")
+    return 0
+
+
+def cmd_stream_list(settings: Settings, args: argparse.Namespace) -> int:
+    from speed.registry import jobs
+
+    found = [j.as_dict() for j in jobs(settings)]
+    if args.format == "json":
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        _say(f"no submitted jobs in {settings.jobs_dir} (lamina stream submit JOB starts one)")
+    for j in found:
+        _print_job(j)
+    return 0
+
+
+def cmd_stream_status(settings: Settings, args: argparse.Namespace) -> int:
+    from speed.registry import status
+
+    st = status(settings, args.id)
+    if args.format == "json":
+        print(json.dumps(st, indent=2))
+        return 0
+    _print_job(st)
+    print(f"  submitted {_age(st['submitted_at'])}, checkpoints: {', '.join(st['checkpoints'])}")
+    print(f"  log: {st['log']}")
+    if st["message"]:
+        print(f"  {st['message']}")
+    print(
+        f"  {'query':<28} {'batch':>6} {'in rows/s':>10} {'done rows/s':>11} "
+        f"{'batch ms':>9} {'lag':>8}  last progress"
+    )
+    for q in st["queries"]:
+        print(
+            f"  {q['query']:<28} {_fmt(q['batch_id']):>6} {_fmt(q['input_rows_per_s']):>10} "
+            f"{_fmt(q['processed_rows_per_s']):>11} {_fmt(q['batch_duration_ms']):>9} "
+            f"{_fmt(q['lag']):>8}  {_age(q['last_progress'])}"
+        )
+    for src, epoch in st.get("complete_before_epoch", {}).items():
+        print(f"  master dataset of {src} complete before ingest epoch {_fmt(epoch)}")
+    return 0
+
+
+def cmd_stream_stop(settings: Settings, args: argparse.Namespace) -> int:
+    from speed.registry import stop
+
+    job = stop(settings, args.id, timeout_s=args.timeout, progress=_say)
+    _say(f"job {job.id}: {job.state}{f' ({job.message})' if job.message else ''}")
+    return 0 if job.state == "stopped" else 1
+
+
+def cmd_stream_restart(settings: Settings, args: argparse.Namespace) -> int:
+    from speed.registry import restart
+
+    job = restart(settings, args.id, progress=_say)
+    _say(f"job {job.id} restarted ({job.state}); log: {job.log}")
     return 0
 
 
@@ -422,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver = bsub.add_parser("versions", help="list a view's batch versions (* = published)")
     ver.add_argument("view")
     ver.set_defaults(func=cmd_batch_versions)
+    rep = bsub.add_parser(
+        "report", help="a version's reconciliation with the real-time view (default: newest)"
+    )
+    rep.add_argument("view")
+    rep.add_argument("--version", type=int, metavar="N", help="version number (default: newest)")
+    rep.add_argument("--format", choices=("table", "json"), default="table")
+    rep.set_defaults(func=cmd_batch_report)
     rb = bsub.add_parser("rollback", help="publish an older retained version again")
     rb.add_argument("view")
     rb.add_argument("version", type=int)
@@ -453,6 +554,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="micro-batch interval (default: as fast as possible)",
     )
     srun.set_defaults(func=cmd_stream_run)
+    ssub_ = stsub.add_parser(
+        "submit",
+        help="launch a job through spark-submit, detached, and register it",
+        description="Launch 'archiver' or one view's speed job with spark-submit (client "
+        "mode), detached, logging to a file under spark.jobs_dir. Refused if another running "
+        "job or process uses its checkpoint.",
+    )
+    ssub_.add_argument("job", metavar="JOB", help="'archiver' or a view name")
+    ssub_.add_argument("--master", help="Spark master URL (default: spark.master)")
+    ssub_.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark setting, repeatable (e.g. --conf spark.executor.memory=2g)",
+    )
+    ssub_.add_argument("--format", choices=("table", "json"), default="table")
+    ssub_.set_defaults(func=cmd_stream_submit)
+    slist = stsub.add_parser("list", help="the submitted jobs and their states")
+    slist.add_argument("--format", choices=("table", "json"), default="table")
+    slist.set_defaults(func=cmd_stream_list)
+    sstat = stsub.add_parser(
+        "status", help="a job's queries: rates, batch duration, Kafka lag, last progress"
+    )
+    sstat.add_argument("id", metavar="ID")
+    sstat.add_argument("--format", choices=("table", "json"), default="table")
+    sstat.set_defaults(func=cmd_stream_status)
+    sstop = stsub.add_parser("stop", help="stop a job gracefully, between micro-batches")
+    sstop.add_argument("id", metavar="ID")
+    sstop.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="kill it if it has not stopped by then (default: spark.stop_timeout_s + 30)",
+    )
+    sstop.set_defaults(func=cmd_stream_stop)
+    srestart = stsub.add_parser(
+        "restart", help="stop a job (if running) and launch it again from its checkpoints"
+    )
+    srestart.add_argument("id", metavar="ID")
+    srestart.set_defaults(func=cmd_stream_restart)
 
     dead = sub.add_parser("deadletters", help="rejected events of a source, with reasons")
     dead.add_argument("source")

@@ -67,3 +67,24 @@ class NotFoundError(LaminaError, LookupError):
 
 class PublishError(LaminaError, RuntimeError):
     """A batch could not be published (the published version is left untouched)."""
+
+
+class ConflictError(LaminaError, RuntimeError):
+    """The request collides with something running (e.g. a checkpoint already in use)."""
+
+    http_status = 409
+
+
+class StaleViewError(LaminaError, RuntimeError):
+    """A view's published batch is older than its ``max_staleness_s`` allows (or missing).
+
+    ``view``, ``age_s`` (``None`` when nothing is published) and ``limit_s`` say by how much.
+    """
+
+    def __init__(
+        self, message: str, *, view: str, age_s: float | None, limit_s: float, hint: str | None
+    ) -> None:
+        self.view = view
+        self.age_s = age_s
+        self.limit_s = limit_s
+        super().__init__(message, hint=hint)

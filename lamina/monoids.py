@@ -78,6 +78,25 @@ class Monoid(ABC):
     def to_row(self, state: Any) -> tuple[Any, ...]:
         return (state,)
 
+    def agrees(self, a: Any, b: Any) -> bool:
+        """Whether two states of the same events agree, whichever engine built them.
+
+        Exact for integers; floating-point sums may differ in the last bits with the order of
+        addition (Spark's partitions vs. a fold of per-epoch states), so floats agree within
+        a relative 1e-9. Sketches override this with their stated error.
+        """
+        return _close(a, b)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return bool(abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b)))
+    return bool(a == b)
+
 
 class Count(Monoid):
     """Count of events, or of non-null values of ``field`` when one is given."""
@@ -205,6 +224,13 @@ class Distinct(Monoid):
         """About 3 standard deviations of HLL's relative error at this ``lg_k``."""
         return 3 * 1.04 / (2 ** (self.lg_k / 2))
 
+    def agrees(self, a: Any, b: Any) -> bool:
+        """Estimates within :meth:`relative_error` of each other: a sketch built in one pass
+        and a union of per-epoch sketches may use different estimators. Small sets (exact in
+        HLL's list and set modes) must give the same count."""
+        x, y = self.present(a), self.present(b)
+        return abs(x - y) <= self.relative_error() * max(x, y)
+
 
 class Quantiles(Monoid):
     """A KLL sketch of the values (DataSketches doubles); the quantile is asked at query time."""
@@ -255,6 +281,31 @@ class Quantiles(Monoid):
         import datasketches as ds
 
         return float(ds.kll_doubles_sketch.get_normalized_rank_error(self.k, False))
+
+    AGREE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+    def agrees(self, a: Any, b: Any) -> bool:
+        """Same count, minimum and maximum (exact in KLL), and each of
+        :data:`AGREE_QUANTILES` of one sketch ranks within twice :meth:`rank_error` of ``q``
+        in the other (KLL compaction is randomized: two sketches of the same values differ)."""
+        if a is None or b is None:
+            return a is None and b is None
+        import datasketches as ds
+
+        x = ds.kll_doubles_sketch.deserialize(bytes(a))
+        y = ds.kll_doubles_sketch.deserialize(bytes(b))
+        if x.n != y.n:
+            return False
+        if x.is_empty():
+            return True
+        if (x.get_min_value(), x.get_max_value()) != (y.get_min_value(), y.get_max_value()):
+            return False
+        eps = 2 * self.rank_error()
+        for q in self.AGREE_QUANTILES:
+            v = x.get_quantile(q)
+            if not y.get_rank(v, False) - eps <= q <= y.get_rank(v, True) + eps:
+                return False
+        return True
 
 
 MONOIDS: dict[str, type[Monoid]] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -115,6 +115,11 @@ class SparkSettings(_Section):
     driver_memory: str = "2g"
     checkpoint_dir: Path | None = None
     """Streaming checkpoints; defaults to ``<state_dir>/checkpoints``."""
+    jobs_dir: Path | None = None
+    """The registry of submitted streaming jobs (``lamina stream submit``) and their logs;
+    defaults to ``<state_dir>/jobs``."""
+    stop_timeout_s: float = Field(default=60.0, gt=0)
+    """How long a graceful stop waits for a running micro-batch to finish."""
     conf: dict[str, str] = Field(default_factory=dict)
     """Extra ``spark.*`` settings passed to every session."""
 
@@ -147,6 +152,38 @@ class ServingSettings(_Section):
     max_keys: int = Field(default=1000, ge=1)
 
 
+class AirflowSettings(_Section):
+    """How the Airflow DAGs in ``dags/`` run the batch pipeline and watch freshness.
+
+    Endpoints: when an Airflow connection named by ``*_conn_id`` exists, its host and port
+    override this file's ``[spark] master``, ``[cassandra]`` and ``[kafka]`` endpoints for
+    the DAGs' tasks (e.g. ``AIRFLOW_CONN_LAMINA_CASSANDRA='cassandra://node1:9042'``).
+    """
+
+    runner: Literal["taskflow", "spark_submit"] = "taskflow"
+    """``taskflow``: the recompute runs ``batch.pipeline.build`` inside the Airflow worker
+    (Spark per ``[spark] master``). ``spark_submit``: it runs ``batch/submit_main.py`` through
+    the Spark provider's ``SparkSubmitOperator`` on the master of ``spark_conn_id``."""
+    spark_conn_id: str = "lamina_spark"
+    """Spark connection (the master URL); required by the ``spark_submit`` runner."""
+    cassandra_conn_id: str = "lamina_cassandra"
+    """Optional connection overriding ``[cassandra] host``/``port`` for the tasks."""
+    kafka_conn_id: str = "lamina_kafka"
+    """Optional connection overriding ``[kafka] host``/``port`` for the tasks."""
+    build_timeout_s: float = Field(default=4 * 3600, gt=0)
+    """Execution timeout of one recompute (Spark build) attempt, in seconds."""
+    step_timeout_s: float = Field(default=600, gt=0)
+    """Execution timeout of the short steps (validate, publish, purge, checks), in seconds."""
+    max_divergence: float = Field(default=0.1, ge=0, le=1)
+    """Validation fails when more than this fraction of the reconciled (key, bucket) cells
+    differ, or are missing on one side, between a new batch version and the real-time view
+    (1 = report only, never fail). The batch is the speed layer's correction, so some
+    divergence is expected (speed lag, redeliveries past its dedup window); a large one
+    points at a broken batch input, which must not be published."""
+    freshness_schedule: str = "*/15 * * * *"
+    """Schedule of ``lamina_freshness``, which alerts on views past ``max_staleness_s``."""
+
+
 class Settings(BaseSettings):
     """All of Lamina's settings. Build with :func:`load_settings`, not directly."""
 
@@ -160,6 +197,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -176,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return self.spark.checkpoint_dir or self.stack.state_dir / "checkpoints"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.spark.jobs_dir or self.stack.state_dir / "jobs"
 
     @property
     def master_dir(self) -> Path:

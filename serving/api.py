@@ -2,6 +2,7 @@
 
 Errors are JSON ``{"error": ..., "hint": ...}``: 404 for an unknown view or key, 400 for a bad
 range, granularity or parameter, 422 for a malformed parameter. User input never causes a 500.
+Prometheus metrics are at ``/metrics`` (see :mod:`serving.metrics`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from lamina import __version__
 from lamina.errors import LaminaError
 from lamina.settings import Settings
 from lamina.views import ViewCatalog
 from serving.cassandra import cluster
+from serving.jobs_api import jobs_router
+from serving.metrics import QueryLatencyMiddleware, ServingMetrics
 from serving.query import QueryService
 from serving.store import Store
 
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
     """The API over ``catalog``'s views; connects to Cassandra when the app starts."""
     state: dict[str, Any] = {}
+    metrics = ServingMetrics(settings, catalog)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,9 +42,11 @@ def create_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
         store = Store(s, settings.cassandra)
         store.ensure_schema(catalog)
         state["service"] = QueryService(store, catalog, settings)
+        metrics.attach(store)
         try:
             yield
         finally:
+            metrics.detach()
             c.shutdown()
 
     app = FastAPI(
@@ -49,6 +55,7 @@ def create_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
         description="Merged batch + real-time answers of Lamina views.",
         lifespan=lifespan,
     )
+    app.add_middleware(QueryLatencyMiddleware, metrics=metrics, endpoints=("describe", "query"))
 
     def service() -> QueryService:
         svc: QueryService = state["service"]
@@ -73,6 +80,10 @@ def create_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        return await metrics.render(request.headers.get("accept", ""))
 
     @app.get("/views", summary="List views")
     async def list_views() -> list[dict[str, Any]]:
@@ -108,4 +119,5 @@ def create_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
     ) -> dict[str, Any]:
         return await run_in_threadpool(service().query, view, key, start, end, granularity, q)
 
+    app.include_router(jobs_router(settings, catalog))
     return app

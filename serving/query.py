@@ -106,8 +106,8 @@ class QueryService:
                 "cutoff_iso": _iso(pub.cutoff),
                 "rows": pub.rows,
                 "published_at": _iso(pub.published_at),
-                "cutoff_age_s": round(now - pub.cutoff, 1),
-                "stale": now - pub.cutoff > view.max_staleness_s,
+                "cutoff_age_s": round(pub.cutoff_age_s(now), 1),
+                "stale": pub.cutoff_age_s(now) > view.max_staleness_s,
                 "definition_matches": pub.definition_hash == view.definition_hash,
             },
         }

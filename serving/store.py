@@ -8,6 +8,9 @@ Tables, all in the configured keyspace (never hand-written per view):
 - ``b_<view>_v<N>``: batch view version N; ``PRIMARY KEY ((keys...), bucket)`` so a key's
   bucket range is one partition slice.
 - ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``.
+- ``reconciliation``: per view and version, the JSON report comparing the version with the
+  real-time view on the epochs both cover (see :mod:`batch.reconcile`); kept after the
+  version's table is garbage-collected, as history.
 
 All statements on data paths are prepared.
 """
@@ -90,6 +93,15 @@ class Published:
     rows: int
     published_at: float
     definition_hash: str
+
+    def cutoff_age_s(self, now: float) -> float:
+        """Seconds from the end of the data this version covers to ``now`` (epoch seconds).
+
+        ``cutoff`` is the start, in epoch seconds, of the first ingest epoch the version does
+        not cover, i.e. the exclusive end of its last complete epoch; real-time rows answer
+        for everything ingested since.
+        """
+        return now - self.cutoff
 
 
 @dataclass(frozen=True)
@@ -200,6 +212,11 @@ class Store:
             f"CREATE TABLE IF NOT EXISTS {self.ks}.versions (view_name text, version int, "
             "state text, cutoff bigint, rows bigint, started_at double, finished_at double, "
             "definition_hash text, timings text, PRIMARY KEY (view_name, version)) "
+            "WITH CLUSTERING ORDER BY (version DESC)"
+        )
+        s.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.ks}.reconciliation (view_name text, version int, "
+            "report text, created_at double, PRIMARY KEY (view_name, version)) "
             "WITH CLUSTERING ORDER BY (version DESC)"
         )
         for view in catalog.views.values():
@@ -344,6 +361,26 @@ class Store:
             dropped.append(v.version)
         return dropped
 
+    def save_reconciliation(self, view: View, version: int, report: dict[str, Any]) -> None:
+        """Store (or replace) the reconciliation report of one version, as JSON."""
+        self.session.execute(
+            self.prepare(
+                f"INSERT INTO {self.ks}.reconciliation (view_name, version, report, created_at) "
+                "VALUES (?, ?, ?, ?)"
+            ),
+            (view.name, version, json.dumps(report), time.time()),
+        )
+
+    def reconciliation(self, view: View, version: int) -> dict[str, Any] | None:
+        """The stored reconciliation report of one version, or ``None`` if there is none."""
+        row = self.session.execute(
+            self.prepare(
+                f"SELECT report FROM {self.ks}.reconciliation WHERE view_name = ? AND version = ?"
+            ),
+            (view.name, version),
+        ).one()
+        return None if row is None else dict(json.loads(row.report))
+
     def retained_min_cutoff(self, view: View) -> int | None:
         """Smallest cutoff among versions one could still publish (real-time rows of
         epochs at or after it must be kept so a rollback stays exact)."""
@@ -375,17 +412,36 @@ class Store:
         )
         return iter(self.session.execute(stmt, (*key, b_from, b_to)))
 
+    def _realtime_before(
+        self, view: View, before_epoch: int, *, values: bool
+    ) -> Iterator[tuple[Any, ...]]:
+        """Every real-time row of epochs ``< before_epoch``: a scan of the whole table, which
+        holds only the epochs no purge has removed yet. Rows are ``(*keys, bucket,
+        ingest_epoch[, *value columns])``."""
+        cols = [*view.keys, "bucket", "ingest_epoch"]
+        if values:
+            cols += [c for c, _ in view.value_columns]
+        rows = self.session.execute(
+            f"SELECT {', '.join(cols)} FROM {self.ks}.{realtime_table(view)}"
+        )
+        return (tuple(r) for r in rows if r.ingest_epoch < before_epoch)
+
+    def realtime_before(
+        self, view: View, before_epoch: int
+    ) -> Iterator[tuple[tuple[Any, ...], int, int, tuple[Any, ...]]]:
+        """``(key, bucket, ingest_epoch, values)`` of every real-time row of epochs
+        ``< before_epoch``, values in ``view.value_columns`` order (blobs as ``bytes``)."""
+        n = len(view.keys)
+        for r in self._realtime_before(view, before_epoch, values=True):
+            yield r[:n], r[n], r[n + 1], r[n + 2 :]
+
     def purge_realtime(self, view: View, before_epoch: int) -> int:
         """Delete real-time rows of epochs ``< before_epoch`` (covered by every retained
         batch version). Returns the number of rows deleted."""
-        keys = ", ".join(view.keys)
-        rows = self.session.execute(
-            f"SELECT {keys}, bucket, ingest_epoch FROM {self.ks}.{realtime_table(view)}"
-        )
         where = " AND ".join(f"{k} = ?" for k in view.keys)
         stmt = self.prepare(
             f"DELETE FROM {self.ks}.{realtime_table(view)} WHERE {where} AND bucket = ? "
             "AND ingest_epoch = ?"
         )
-        doomed = [tuple(r) for r in rows if r.ingest_epoch < before_epoch]
+        doomed = list(self._realtime_before(view, before_epoch, values=False))
         return write_rows(self.session, stmt, doomed, 64)

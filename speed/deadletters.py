@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from lamina.settings import Settings
 from lamina.views import Source
-from speed.jobs import deadletter_topic
+from speed.status import deadletter_topic
 
 
 def read_deadletters(

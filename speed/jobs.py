@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -32,22 +33,30 @@ from pyspark.sql.streaming.query import StreamingQuery
 from batch.master import record_progress, stream_dir
 from batch.translate import aggregate
 from lamina.buckets import ingest_epoch
+from lamina.errors import ConfigError, ConflictError
 from lamina.events import EVENT_TIME
 from lamina.settings import Settings
 from lamina.views import Source, View, ViewCatalog
 from serving.store import open_store, partition_writer, realtime_table
 from speed.parse import RAW, REASON, parse_records, rejected, valid
+from speed.status import (
+    ARCHIVER,
+    archiver_queries,
+    checkpoint_path,
+    deadletter_topic,
+    job_queries,
+    read_status,
+    release_locks,
+    speed_query,
+    try_lock,
+    write_status,
+)
 
 log = logging.getLogger(__name__)
 
-ARCHIVER = "archiver"
 CLOCK_SKEW_S = 5.0
 """Allowance between broker clocks (which stamp records) and the driver's clock (which stamps
 progress): an epoch counts as complete only once it ended this long before the trigger."""
-
-
-def deadletter_topic(source: Source) -> str:
-    return f"{source.topic}.deadletters"
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
@@ -80,11 +89,7 @@ def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFr
 
 
 def checkpoint(settings: Settings, name: str) -> str:
-    return str(settings.checkpoint_dir / name)
-
-
-def status_file(settings: Settings, name: str) -> Path:
-    return settings.checkpoint_dir / name / "lamina-status.json"
+    return str(checkpoint_path(settings, name))
 
 
 class ProgressRecorder(StreamingQueryListener):
@@ -100,9 +105,15 @@ class ProgressRecorder(StreamingQueryListener):
         self.names[str(event.id)] = event.name
 
     def onQueryIdle(self, event: Any) -> None:
-        # Idle = nothing new in Kafka: every record appended before now is archived.
+        # Idle = nothing new in Kafka: every record appended before now is archived, and
+        # the query is alive (its status says so: rates 0, reported now).
         try:
-            self._archived_until(self.names.get(str(event.id), ""), event.timestamp)
+            name = self.names.get(str(event.id), "")
+            last = read_status(self.settings, name)
+            if last is not None:
+                last.update(input_rows_per_s=0.0, processed_rows_per_s=0.0, written_at=time.time())
+                write_status(self.settings, name, last)
+            self._archived_until(name, event.timestamp)
         except Exception:
             log.exception("could not record idle progress")
 
@@ -138,11 +149,7 @@ class ProgressRecorder(StreamingQueryListener):
                 "latest_offsets": latest,
                 "written_at": time.time(),
             }
-            path = status_file(self.settings, p.name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(status))
-            tmp.replace(path)
+            write_status(self.settings, p.name, status)
             if end and end == latest:
                 self._archived_until(p.name, p.timestamp)
         except Exception:  # a listener must never kill the stream
@@ -157,7 +164,7 @@ def start_archiver(
         kafka_records(spark, settings, source.topic), source, settings.pipeline.epoch_seconds
     )
     columns = [*source.fields, EVENT_TIME, "topic", "partition", "offset", "ingest_epoch"]
-    name = f"{ARCHIVER}-{source.name}"
+    name, dl_name = archiver_queries(source)
     writer = (
         valid(parsed)
         .select(*columns)
@@ -167,7 +174,6 @@ def start_archiver(
         .option("checkpointLocation", checkpoint(settings, name))
         .queryName(name)
     )
-    dl_name = f"deadletters-{source.name}"
     dead = (
         rejected(parsed)
         .select(
@@ -227,7 +233,7 @@ def start_speed(
         .withColumn("ingest_window", F.window("timestamp", f"{epoch_s} seconds"))
     )
     states = aggregate(events, view, extra_groups=["ingest_window"])
-    name = f"speed-{view.name}"
+    name = speed_query(view.name)
     writer = (
         states.writeStream.outputMode("update")
         .foreachBatch(_upsert(settings, view))
@@ -239,32 +245,121 @@ def start_speed(
     return writer.start()
 
 
+def lock_checkpoint(settings: Settings, query: str) -> None:
+    """Hold an exclusive lock on ``query``'s checkpoint for the life of this process.
+
+    Two processes writing one checkpoint corrupt it; the second one is refused here with
+    :class:`~lamina.errors.ConflictError` naming the holder. The lock is an ``flock`` on
+    ``<checkpoint_dir>/<query>.lock``, released by the kernel when the process ends (even on
+    SIGKILL). It protects a checkpoint directory on a local filesystem; shared storage on a
+    cluster relies on the job registry's check (:mod:`speed.registry`).
+    """
+    holder = try_lock(settings, query)
+    if holder is not None:
+        raise ConflictError(
+            f"the checkpoint of streaming query {query} is in use by {holder}",
+            hint="stop that job first (lamina stream list / lamina stream stop ID)",
+        )
+
+
 def start_all(
     spark: SparkSession,
     settings: Settings,
     catalog: ViewCatalog,
-    views: list[str] | None = None,
+    jobs: Sequence[str] | None = None,
     *,
-    archiver: bool = True,
     trigger_s: float | None = None,
 ) -> list[StreamingQuery]:
-    """Start the archiver of every source in use and the speed job of every chosen view."""
-    chosen = [catalog.view(v) for v in views] if views else list(catalog.views.values())
+    """Start the queries of ``jobs``: ``archiver`` (every source used by a view) and/or view
+    names (their speed queries); ``None`` starts the archiver and every view.
+
+    Each query's checkpoint is locked first (:func:`lock_checkpoint`), so a job already
+    running elsewhere on this machine is refused before anything starts.
+    """
+    jobs = [ARCHIVER, *catalog.views] if jobs is None else list(dict.fromkeys(jobs))
+    if not jobs:
+        raise ConfigError("no streaming job chosen", hint="name 'archiver' and/or views")
+    queries_of = {job: job_queries(catalog, job) for job in jobs}
+    for names in queries_of.values():
+        for query in names:
+            lock_checkpoint(settings, query)
+    chosen = [catalog.view(j) for j in jobs if j != ARCHIVER]
     with open_store(settings.cassandra, catalog):
         pass  # the real-time tables must exist before the first upsert
-    sources = {v.source.name: v.source for v in chosen}
+    sources = {src.name: src for names in queries_of.values() for src in names.values()}
     ensure_topics(
         settings, [t for src in sources.values() for t in (src.topic, deadletter_topic(src))]
     )
-    spark.streams.addListener(
-        ProgressRecorder(
-            settings, {f"{ARCHIVER}-{n}": src for n, src in sources.items()} if archiver else {}
-        )
-    )
+    archived = {archiver_queries(src)[0]: src for src in sources.values()}
+    archiver = ARCHIVER in jobs
+    spark.streams.addListener(ProgressRecorder(settings, archived if archiver else {}))
     queries: list[StreamingQuery] = []
     if archiver:
-        for src in sources.values():
+        for src in {s.name: s for s in queries_of[ARCHIVER].values()}.values():
             queries += start_archiver(spark, settings, src, trigger_s)
     for v in chosen:
         queries.append(start_speed(spark, settings, v, trigger_s))
     return queries
+
+
+def stop_gracefully(query: StreamingQuery, timeout_s: float) -> None:
+    """Stop ``query`` between micro-batches: wait (up to ``timeout_s``) until no trigger is
+    executing, then stop. Past the timeout it stops anyway; the interrupted micro-batch is
+    not committed and runs again on restart (exactly-once either way)."""
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and time.monotonic() < deadline:
+        if not query.status.get("isTriggerActive", False):
+            break
+        time.sleep(0.05)
+    query.stop()
+
+
+_STOP = threading.Event()
+
+
+def stop_on_signals() -> threading.Event:
+    """Make SIGTERM and SIGINT set (and return) the process's stop request. A driver calls
+    this before its queries start, so a stop asked during startup is not lost."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        _STOP.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return _STOP
+
+
+def run_until_stopped(
+    spark: SparkSession,
+    queries: list[StreamingQuery],
+    say: Callable[[str], None],
+    stop_timeout_s: float,
+) -> str | None:
+    """Block while the queries run; SIGTERM or SIGINT stops them all gracefully.
+
+    If one query fails, the others are stopped too. Stops the Spark session and releases
+    the checkpoint locks before it returns: ``None`` if the queries stopped on request, else
+    what failed (``"streaming query NAME failed: REASON"``).
+    """
+    requested = stop_on_signals()
+    failed = None
+    try:
+        while failed is None and any(q.isActive for q in queries):
+            if requested.is_set():
+                say("stopping at the next micro-batch boundary ...")
+                for q in queries:
+                    stop_gracefully(q, stop_timeout_s)
+                break
+            for q in queries:
+                if not q.isActive and q.exception() is not None:
+                    reason = (str(q.exception()).strip().splitlines() or ["?"])[0]
+                    failed = f"streaming query {q.name} failed: {reason}"
+                    say(failed)
+                    for other in queries:
+                        other.stop()
+                    break
+            requested.wait(1.0)
+    finally:
+        spark.stop()
+        release_locks()
+    return failed

@@ -1,4 +1,5 @@
-"""Airflow: migrate a fresh metadata DB and run the DAGs in dags/ with `airflow dags test`."""
+"""Airflow: migrate a fresh metadata DB, check the structure of every DAG in dags/, and run
+each one end to end with `airflow dags test` against the real stack."""
 
 from __future__ import annotations
 
@@ -6,12 +7,22 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from batch.master import arrow_schema, progress, record_progress, write_epoch
+from lamina.events import EVENT_TIME, parse_event
 from lamina.settings import Settings
+from lamina.views import Source
+from serving.cassandra import session
+from serving.query import QueryService
+from serving.store import Store, insert_cql, realtime_table
+from tests import truth
+from tests.integration.test_batch import answers
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -35,10 +46,26 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, stack: Settings) -> di
     return env
 
 
-def airflow(*args: str, env: dict[str, str]) -> str:
+def airflow(*args: str, env: dict[str, str], ok: bool = True) -> str:
+    """Run the airflow CLI; assert it succeeded (or failed, ``ok=False``); its stdout+stderr."""
     proc = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, f"airflow {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    out = f"{proc.stdout}\n{proc.stderr}"
+    assert (proc.returncode == 0) == ok, f"airflow {' '.join(args)} exited {proc.returncode}:{out}"
+    return proc.stdout if ok else out
+
+
+def run_dag(
+    dag_id: str, env: dict[str, str], conf: dict[str, Any] | None = None, ok: bool = True
+) -> tuple[dict[str, str], str]:
+    """`airflow dags test` one run; the states of its tasks and the command's output."""
+    args = ["dags", "test", dag_id, *(["-c", json.dumps(conf)] if conf else [])]
+    out = airflow(*args, env=env, ok=ok)
+    runs = json.loads(airflow("dags", "list-runs", dag_id, "-o", "json", env=env))
+    run = max(runs, key=lambda r: r["start_date"] or "")
+    states = json.loads(
+        airflow("tasks", "states-for-dag-run", dag_id, run["run_id"], "-o", "json", env=env)
+    )
+    return {s["task_id"]: s["state"] for s in states}, out
 
 
 def test_dags_import_cleanly(airflow_env: dict[str, str]) -> None:
@@ -69,92 +96,403 @@ def test_smoke_dag_runs_green(airflow_env: dict[str, str]) -> None:
 
 
 VIEWS = ("web_pageviews", "iot_temperature", "cloud_metering")
-BATCH_TASKS = {
-    "wait_for_archiver": ["recompute"],
-    "recompute": ["validate"],
-    "validate": ["publish"],
-    "publish": ["purge_and_gc"],
-    "purge_and_gc": [],
-}
+CHAIN = {"validate": ["publish"], "publish": ["purge_and_gc"], "purge_and_gc": []}
+TASKFLOW_CHAIN = {"recompute": ["validate"], **CHAIN}
+SPARK_CHAIN = {"submission": ["recompute"], "recompute": ["validate"], **CHAIN}
 
 
-def test_batch_dags_are_generated_per_view(airflow_env: dict[str, str]) -> None:
-    code = (
-        "import json, os\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
-        "bag = DagBag(os.environ['AIRFLOW__CORE__DAGS_FOLDER'])\n"
-        "print(json.dumps({'errors': list(bag.import_errors), 'dags': {d: {t.task_id: "
-        "sorted(t.downstream_task_ids) for t in dag.tasks} for d, dag in bag.dags.items()}, "
-        "'schedules': {d: str(dag.schedule) for d, dag in bag.dags.items()}}))\n"
-    )
+def chain(first: str, runner: str, prefix: str = "") -> dict[str, list[str]]:
+    """Expected downstream ids of ``first`` (the cutoff's producer) and the build chain."""
+    steps = TASKFLOW_CHAIN if runner == "taskflow" else SPARK_CHAIN
+    head = "recompute" if runner == "taskflow" else "submission"
+    out = {prefix + first: sorted([prefix + head, prefix + "validate"])}
+    return out | {prefix + t: [prefix + d for d in down] for t, down in steps.items()}
+
+
+DUMP_DAGS = """
+import json, os
+from airflow.dag_processing.dagbag import DagBag
+
+def callbacks(t):
+    cb = t.on_failure_callback or []
+    return [c.__name__ for c in (cb if isinstance(cb, list) else [cb])]
+
+def task(t):
+    out = {"type": type(t).__name__, "down": sorted(t.downstream_task_ids),
+           "retries": t.retries, "on_failure": callbacks(t),
+           "timeout": t.execution_timeout and t.execution_timeout.total_seconds()}
+    if out["type"] == "SparkSubmitOperator":
+        out |= {"application": t.application, "conn_id": t._conn_id}
+    return out
+
+bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+print(json.dumps({"errors": list(bag.import_errors), "dags": {
+    d: {"schedule": str(dag.schedule), "params": {k: dag.params[k] for k in dag.params},
+        "max_active_runs": dag.max_active_runs, "tasks": {t.task_id: task(t) for t in dag.tasks}}
+    for d, dag in bag.dags.items()}}))
+"""
+
+
+def dump_dags(env: dict[str, str]) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=airflow_env, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", DUMP_DAGS], env=env, capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["errors"] == []
+    return out["dags"]
+
+
+@pytest.mark.parametrize("runner", ["taskflow", "spark_submit"])
+def test_every_dag_structure(airflow_env: dict[str, str], runner: str) -> None:
+    dags = dump_dags({**airflow_env, "LAMINA_AIRFLOW__RUNNER": runner})
+    assert set(dags) == {
+        "lamina_smoke",
+        "lamina_recompute",
+        "lamina_freshness",
+        *(f"lamina_batch_{v}" for v in VIEWS),
+    }
+    down = {d: {t: x["down"] for t, x in dag["tasks"].items()} for d, dag in dags.items()}
+    assert down["lamina_smoke"] == {
+        "probe_kafka": ["report"],
+        "probe_cassandra": ["report"],
+        "report": [],
+    }
+    assert dags["lamina_smoke"]["schedule"] == "None"
     for view in VIEWS:
-        assert out["dags"][f"lamina_batch_{view}"] == BATCH_TASKS
-        assert out["schedules"][f"lamina_batch_{view}"] == "@hourly"
+        dag = dags[f"lamina_batch_{view}"]
+        assert down[f"lamina_batch_{view}"] == chain("wait_for_archiver", runner)
+        assert (dag["schedule"], dag["max_active_runs"], dag["params"]) == ("@hourly", 1, {})
+        assert dag["tasks"]["wait_for_archiver"]["timeout"] == 3660
+        assert dag["tasks"]["validate"]["retries"] == 0
+        assert dag["tasks"]["publish"]["retries"] == 2
+        assert dag["tasks"]["publish"]["timeout"] == 600
+    recompute = dags["lamina_recompute"]
+    assert (recompute["schedule"], recompute["max_active_runs"]) == ("None", 1)
+    assert recompute["params"] == {"views": list(VIEWS), "from_scratch": False}
+    want = {"select_views": sorted(f"{v}.plan" for v in VIEWS)}
+    for view in VIEWS:
+        want |= chain("plan", runner, prefix=f"{view}.")
+    assert down["lamina_recompute"] == want
+    fresh = dags["lamina_freshness"]
+    assert (fresh["schedule"], fresh["params"]) == ("*/15 * * * *", {})
+    assert fresh["tasks"] == {
+        f"check_{v}": {
+            "type": "_PythonDecoratedOperator",
+            "down": [],
+            "retries": 0,
+            "on_failure": ["alert_on_failure"],
+            "timeout": 600.0,
+        }
+        for v in VIEWS
+    }
+    for tasks in (dags["lamina_batch_cloud_metering"]["tasks"], recompute["tasks"]):
+        build = next(t for i, t in tasks.items() if i.endswith("recompute"))
+        assert build["timeout"] == 4 * 3600
+        if runner == "taskflow":
+            assert build["type"] == "_PythonDecoratedOperator"
+        else:
+            assert build["type"] == "SparkSubmitOperator"
+            assert build["application"] == str(ROOT / "batch" / "submit_main.py")
+            assert build["conn_id"] == "lamina_spark"
 
 
-def test_batch_dag_publishes_and_purges(
-    airflow_env: dict[str, str], world: dict[str, Any], tmp_path: Path
-) -> None:
-    from batch.master import import_files
-    from serving.cassandra import session
-    from serving.query import QueryService
-    from serving.store import Store, insert_cql, realtime_table
-    from tests import truth
-
-    settings, catalog = world["settings"], world["catalog"]
-    view = catalog.view("cloud_metering")
-    more = truth.metering(200, seed=77)
-    path = tmp_path / "more.jsonl"
-    path.write_bytes(b"\n".join(more.raw) + b"\n")
-    import_files(settings, view.source, [path])
-    world["data"]["cloud_metering"].good.extend(more.good)
-    with session(settings.cassandra) as s:
-        store = Store(s, settings.cassandra)
-        before = store.published(view)
-        # A real-time row of an epoch every batch covers: dead weight the DAG must purge.
-        stale = s.prepare(
-            insert_cql(view, f"{settings.cassandra.keyspace}.{realtime_table(view)}", realtime=True)
-        )
-        s.execute(stale, ("c1", truth.BASE // 3600 * 3600, 0, 999_999, 1))
-    env = {
+@pytest.fixture(scope="module")
+def world_env(airflow_env: dict[str, str], world: dict[str, Any]) -> dict[str, str]:
+    """The Airflow environment pointed at the populated world's keyspace and master dataset."""
+    settings = world["settings"]
+    return {
         **airflow_env,
         "LAMINA_CASSANDRA__KEYSPACE": settings.cassandra.keyspace,
         "LAMINA_PIPELINE__MASTER_DIR": str(settings.master_dir),
     }
-    airflow("dags", "test", "lamina_batch_cloud_metering", env=env)
-    runs = json.loads(
-        airflow("dags", "list-runs", "lamina_batch_cloud_metering", "-o", "json", env=env)
-    )
-    states = json.loads(
-        airflow(
-            "tasks",
-            "states-for-dag-run",
-            "lamina_batch_cloud_metering",
-            runs[0]["run_id"],
-            "-o",
-            "json",
-            env=env,
+
+
+def archive(settings: Settings, source: Source, events: list[dict[str, Any]], epoch: int) -> None:
+    """Write ``events`` into ingest epoch ``epoch`` of the master dataset as the archiver
+    stores them: with their Kafka origin (topic, partition, offset)."""
+    parsed = [parse_event(json.dumps(ev).encode(), source) for ev in events]
+    rows = [p for p in parsed if isinstance(p, dict)]
+    assert len(rows) == len(events)
+    cols = {f: [r[f] for r in rows] for f in [*source.fields, EVENT_TIME]}
+    cols |= {
+        "topic": [source.topic] * len(events),
+        "partition": [0] * len(events),
+        "offset": list(range(len(events))),
+    }
+    write_epoch(settings, source, epoch, pa.table(cols, schema=arrow_schema(source)), "archiver")
+
+
+def realtime_states(events: list[dict[str, Any]], epoch: int) -> dict[tuple[str, int, int], tuple]:
+    """The speed layer's rows of cloud_metering for ``events`` of one ingest epoch:
+    ``(customer, bucket, epoch) -> (sum of instance_seconds, records)``, from the truth."""
+    return {
+        (c, b, epoch): (v["instance_seconds"], v["records"])
+        for (c, b), v in truth.truth("cloud_metering", events).items()
+    }
+
+
+def test_batch_dag_reconciles_publishes_and_purges(
+    world_env: dict[str, str], world: dict[str, Any]
+) -> None:
+    """New events arrive through "Kafka" in two epochs; the real-time view agrees on every
+    cell but three: one differs, one is missing, and one holds a dead-weight row of epoch 0
+    that no batch event backs. Too much divergence fails validation (nothing published);
+    within the threshold the new version is published, its report finds exactly those three
+    cells, the covered real-time rows are purged and the merged answers equal the truth."""
+    settings, catalog = world["settings"], world["catalog"]
+    view = catalog.view("cloud_metering")
+    es = settings.pipeline.epoch_seconds
+    done = [int(w["complete_before"]) for w in progress(settings, view.source).values()]
+    e1 = max([int(time.time()) // es * es, *done])
+    more = truth.metering(200, seed=77)
+    halves = ((e1, more.good[:100]), (e1 + es, more.good[100:]))
+    rt: dict[tuple[str, int, int], tuple] = {}
+    for epoch, part in halves:
+        archive(settings, view.source, part, epoch)
+        rt |= realtime_states(part, epoch)
+    record_progress(settings, view.source, "archiver", e1 + 2 * es, active=False)
+    world["data"]["cloud_metering"].good.extend(more.good)
+    cells = sorted({(c, b) for c, b, _ in rt})
+    differ, missing = cells[0], cells[1]
+    row = next(k for k in rt if k[:2] == differ)
+    rt[row] = (rt[row][0], rt[row][1] + 1)
+    rt = {k: v for k, v in rt.items() if k[:2] != missing}
+    dead = ("c9", truth.BASE // 3600 * 3600, 0)  # no event of c9 exists anywhere
+    rt[dead] = (999_999, 1)
+    with session(settings.cassandra) as s:
+        store = Store(s, settings.cassandra)
+        before = store.published(view)
+        stmt = s.prepare(
+            insert_cql(view, f"{settings.cassandra.keyspace}.{realtime_table(view)}", realtime=True)
         )
-    )
-    assert {s["task_id"]: s["state"] for s in states} == dict.fromkeys(BATCH_TASKS, "success")
+        for (c, b, e), (secs, n) in rt.items():
+            s.execute(stmt, (c, b, e, secs, n))
+
+    strict = {**world_env, "LAMINA_AIRFLOW__MAX_DIVERGENCE": "0.01"}
+    states, out = run_dag("lamina_batch_cloud_metering", strict, ok=False)
+    assert states == {
+        "wait_for_archiver": "success",
+        "recompute": "success",
+        "validate": "failed",
+        "publish": "upstream_failed",
+        "purge_and_gc": "upstream_failed",
+    }
+    assert "3 of" in out and "cells diverge from the real-time view" in out
+    lenient = {**world_env, "LAMINA_AIRFLOW__MAX_DIVERGENCE": "0.5"}
+    states, _ = run_dag("lamina_batch_cloud_metering", lenient)
+    assert states == dict.fromkeys(chain("wait_for_archiver", "taskflow"), "success")
+
     with session(settings.cassandra) as s:
         store = Store(s, settings.cassandra)
         after = store.published(view)
-        assert after.version > before.version and after.cutoff > before.cutoff
-        rt = list(store.read_realtime(view, ("c1",), 0, 2**40))
-        assert all(r.ingest_epoch >= store.retained_min_cutoff(view) for r in rt)
-        assert not any(r.ingest_epoch == 0 for r in rt)
+        assert after.version > before.version + 1  # the strict run's version stays unpublished
+        assert after.cutoff == e1 + 2 * es > before.cutoff
+        report = store.reconciliation(view, after.version)
+        rejected = store.reconciliation(view, after.version - 1)
+        floor = store.retained_min_cutoff(view)
+        kept = [r for k in ("c0", "c1", "c9") for r in store.read_realtime(view, (k,), 0, 2**40)]
         answer = QueryService(store, catalog, settings).query(
             "cloud_metering", [f"c{i}" for i in range(6)], truth.BASE - 86400 * 4, truth.BASE + 3600
         )
-    want = truth.truth("cloud_metering", world["data"]["cloud_metering"].good)
+    assert floor is not None and all(r.ingest_epoch >= floor for r in kept)
+    assert not any(r.ingest_epoch == 0 for r in kept)  # the dead weight was purged
+    assert report is not None and rejected is not None
+    # The rejected build saw the same real-time rows: the same report, another version.
+    assert {k: v for k, v in rejected.items() if k != "version"} == {
+        k: v for k, v in report.items() if k != "version"
+    }
+    assert {k: report[k] for k in REPORT_COUNTS} == {
+        "cutoff": e1 + 2 * es,
+        "epoch_from": 0,
+        "realtime_rows": len(rt),
+        "cells": len(cells) + 1,
+        "equal": len(cells) - 2,
+        "differing": 1,
+        "missing_realtime": 1,
+        "missing_batch": 1,
+        "diverging": 3,
+    }
+    by_kind = {smp["kind"]: smp for smp in report["samples"]}
+    assert set(by_kind) == {"differing", "missing_realtime", "missing_batch"}
+    want = truth.truth("cloud_metering", more.good)
+    assert by_kind["differing"] == {
+        "kind": "differing",
+        "key": [differ[0]],
+        "bucket": differ[1],
+        "aggregations": ["records"],
+        "batch": want[differ],
+        "realtime": {**want[differ], "records": want[differ]["records"] + 1},
+    }
+    assert (by_kind["missing_realtime"]["key"], by_kind["missing_realtime"]["bucket"]) == (
+        [missing[0]],
+        missing[1],
+    )
+    assert by_kind["missing_batch"]["realtime"] == {"instance_seconds": 999_999, "records": 1}
+    cli = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lamina"),
+            "batch",
+            "report",
+            "cloud_metering",
+            "--format",
+            "json",
+        ],
+        env=world_env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == report
     got = {
         (r["key"], b["bucket_start"]): b["values"] for r in answer["results"] for b in r["buckets"]
     }
-    assert got == want
+    assert got == truth.truth("cloud_metering", world["data"]["cloud_metering"].good)
+
+
+REPORT_COUNTS = (
+    "cutoff",
+    "epoch_from",
+    "realtime_rows",
+    "cells",
+    "equal",
+    "differing",
+    "missing_realtime",
+    "missing_batch",
+    "diverging",
+)
+
+
+def published(world: dict[str, Any]) -> dict[str, Any]:
+    settings, catalog = world["settings"], world["catalog"]
+    with session(settings.cassandra) as s:
+        store = Store(s, settings.cassandra)
+        return {v: store.published(catalog.view(v)) for v in VIEWS}
+
+
+def group_states(states: dict[str, str], view: str) -> set[str]:
+    return {st for t, st in states.items() if t.startswith(f"{view}.")}
+
+
+def test_recompute_dag_from_scratch_with_connection_endpoints(
+    world_env: dict[str, str], world: dict[str, Any]
+) -> None:
+    """Chosen views are rebuilt although nothing new arrived; the others are skipped. The
+    settings point at a dead Cassandra port: the run works only through the
+    ``lamina_cassandra`` connection that overrides it."""
+    settings = world["settings"]
+    cass = settings.cassandra
+    env = {
+        **world_env,
+        "LAMINA_CASSANDRA__PORT": "1",
+        "AIRFLOW_CONN_LAMINA_CASSANDRA": f"cassandra://{cass.host}:{cass.port}",
+    }
+    before = published(world)
+    chosen = ["web_pageviews", "iot_temperature"]
+    states, _ = run_dag("lamina_recompute", env, {"views": chosen, "from_scratch": True})
+    assert states["select_views"] == "success"
+    for view in chosen:
+        assert group_states(states, view) == {"success"}
+    assert group_states(states, "cloud_metering") == {"skipped"}
+    after = published(world)
+    assert after["cloud_metering"] == before["cloud_metering"]
+    with session(cass) as s:
+        store = Store(s, cass)
+        for view in chosen:
+            assert after[view].version > before[view].version
+            assert after[view].cutoff == before[view].cutoff
+            report = store.reconciliation(world["catalog"].view(view), after[view].version)
+            assert report is not None
+            assert (report["cutoff"], report["epoch_from"], report["cells"]) == (
+                after[view].cutoff,
+                None,
+                0,
+            )
+    for view in chosen:
+        want = truth.truth(view, world["data"][view].good)
+        got = answers(settings, world["catalog"], view, sorted({k for k, _ in want}))
+        assert set(got) == set(want)
+        assert {k: p for k in want if (p := truth.check(view, got[k]["values"], want[k]))} == {}
+
+
+def test_recompute_dag_with_spark_submit(world_env: dict[str, str], world: dict[str, Any]) -> None:
+    """``runner = spark_submit``: the build runs in a ``spark-submit`` driver on the master of
+    the ``lamina_spark`` connection; ``validate`` finds the version it built in the store."""
+    env = {
+        **world_env,
+        "LAMINA_AIRFLOW__RUNNER": "spark_submit",
+        "AIRFLOW_CONN_LAMINA_SPARK": json.dumps({"conn_type": "spark", "host": "local[1]"}),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    before = published(world)
+    conf = {"views": ["cloud_metering"], "from_scratch": True}
+    states, _ = run_dag("lamina_recompute", env, conf)
+    assert {t: st for t, st in states.items() if t.startswith("cloud_metering.")} == dict.fromkeys(
+        chain("plan", "spark_submit", prefix="cloud_metering."), "success"
+    )
+    assert group_states(states, "web_pageviews") == group_states(states, "iot_temperature")
+    assert group_states(states, "web_pageviews") == {"skipped"}
+    after = published(world)
+    assert after["cloud_metering"].version > before["cloud_metering"].version
+    assert after["cloud_metering"].cutoff == before["cloud_metering"].cutoff
+    settings, catalog = world["settings"], world["catalog"]
+    with session(settings.cassandra) as s:
+        version = Store(s, settings.cassandra).version(
+            catalog.view("cloud_metering"), after["cloud_metering"].version
+        )
+    assert version is not None and version.state == "published"
+    want = truth.truth("cloud_metering", world["data"]["cloud_metering"].good)
+    got = answers(settings, catalog, "cloud_metering", sorted({k for k, _ in want}))
+    assert {k: b["values"] for k, b in got.items()} == want
+
+
+def test_recompute_dag_skips_views_without_new_epochs(
+    world_env: dict[str, str], world: dict[str, Any]
+) -> None:
+    before = published(world)
+    states, _ = run_dag("lamina_recompute", world_env, {"from_scratch": False})
+    assert states["select_views"] == "success"
+    assert {st for t, st in states.items() if t != "select_views"} == {"skipped"}
+    assert published(world) == before
+
+
+def test_recompute_dag_rejects_unknown_views(world_env: dict[str, str]) -> None:
+    states, out = run_dag(
+        "lamina_recompute", world_env, {"views": ["web_pageviews", "nope"]}, ok=False
+    )
+    assert states["select_views"] == "failed"
+    assert {st for t, st in states.items() if t != "select_views"} == {"upstream_failed"}
+    assert (
+        "unknown view(s) 'nope' (known views: web_pageviews, iot_temperature, cloud_metering)"
+        in out
+    )
+
+
+def test_freshness_dag_healthy_and_stale(
+    world_env: dict[str, str], world: dict[str, Any], tmp_path: Path
+) -> None:
+    states, out = run_dag("lamina_freshness", world_env)
+    assert states == {f"check_{v}": "success" for v in VIEWS}
+    assert "ALERT" not in out
+    # The same views, but cloud_metering tolerates 1 s of staleness: its cutoff is older.
+    views = tmp_path / "views.toml"
+    text = (ROOT / "conf" / "views.toml").read_text()
+    views.write_text(
+        text.replace("[views.cloud_metering]\n", "[views.cloud_metering]\nmax_staleness_s = 1\n")
+    )
+    cutoff = published(world)["cloud_metering"].cutoff
+    time.sleep(max(0.0, cutoff + 2 - time.time()))  # an import's cutoff may lie ahead of now
+    stale = {**world_env, "LAMINA_PIPELINE__VIEWS_FILE": str(views)}
+    states, out = run_dag("lamina_freshness", stale, ok=False)
+    assert states == {
+        "check_web_pageviews": "success",
+        "check_iot_temperature": "success",
+        "check_cloud_metering": "failed",
+    }
+    alerts = [line for line in out.splitlines() if line.startswith("ALERT lamina")]
+    assert len(alerts) == 1
+    assert alerts[0].startswith(
+        "ALERT lamina lamina_freshness.check_cloud_metering: view 'cloud_metering' version "
+    )
+    assert "(limit 1s): stale" in alerts[0]

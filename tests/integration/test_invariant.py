@@ -11,29 +11,32 @@ record is in the dead letters exactly once.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from batch.master import complete_cutoff
 from batch.run import run_batch
-from lamina.settings import Settings, load_settings
+from lamina.settings import Settings
 from lamina.views import load_views
-from serving.api import create_app
 from speed.deadletters import read_deadletters
-from speed.jobs import ensure_topics, status_file
+from speed.jobs import ensure_topics
+from speed.status import status_file
 from tests import truth
 from tests.conftest import ROOT
+from tests.integration.streams import (
+    check_answers,
+    end_offsets,
+    private_env,
+    produce,
+    settings_under,
+)
 
 EPOCH_S = 5
 GENS = {
@@ -46,35 +49,14 @@ GENS = {
 @pytest.fixture(scope="module")
 def env(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Private keyspace, topics, master dataset and checkpoints, as LAMINA_* variables."""
-    tmp = tmp_path_factory.mktemp("invariant")
-    suffix = uuid.uuid4().hex[:8]
-    text = (ROOT / "conf" / "views.toml").read_text()
-    views = tmp / "views.toml"
-    views.write_text(re.sub(r'^topic = "([^"]+)"', rf'topic = "\1-{suffix}"', text, flags=re.M))
-    return {
-        "LAMINA_CONFIG": str(ROOT / "conf" / "lamina.toml"),
-        "LAMINA_CASSANDRA__KEYSPACE": f"t_inv_{suffix}",
-        "LAMINA_PIPELINE__VIEWS_FILE": str(views),
-        "LAMINA_PIPELINE__MASTER_DIR": str(tmp / "master"),
-        "LAMINA_PIPELINE__EPOCH_SECONDS": str(EPOCH_S),
-        "LAMINA_SPARK__CHECKPOINT_DIR": str(tmp / "checkpoints"),
-        "LAMINA_SPARK__DRIVER_MEMORY": "1g",
-    }
+    return private_env(tmp_path_factory.mktemp("invariant"), "inv", EPOCH_S)
 
 
 @pytest.fixture(scope="module")
 def inv(env: dict[str, str]) -> Iterator[Settings]:
     """Settings as the streaming process sees them (the env above applied)."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield load_settings()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with settings_under(env) as settings:
+        yield settings
 
 
 class StreamProcess:
@@ -111,27 +93,6 @@ class StreamProcess:
                 self.proc.wait()
 
 
-def produce(settings: Settings, topic: str, records: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=5)
-    try:
-        # Redeliveries share the event's key, hence its partition (as producer retries do).
-        futures = [producer.send(topic, key=str(hash(r) % 7).encode(), value=r) for r in records]
-        producer.flush()
-        for f in futures:
-            f.get(timeout=30)  # every record acknowledged, or the test fails here
-    finally:
-        producer.close()
-
-
-def end_offsets(settings: Settings, topic: str) -> dict[str, int]:
-    c = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
-        return {str(tp.partition): off for tp, off in c.end_offsets(tps).items()}
-    finally:
-        c.close()
-
-
 def wait_caught_up(
     settings: Settings, queries: dict[str, str], proc: StreamProcess, timeout_s: float = 300
 ) -> None:
@@ -152,32 +113,6 @@ def wait_caught_up(
                     pending.discard(q)
         time.sleep(1)
     assert not pending, f"not caught up: {pending}\n{proc.log.read_text()[-3000:]}"
-
-
-def check_all(settings: Settings, produced: dict[str, list[dict[str, Any]]]) -> None:
-    catalog = load_views(settings.pipeline.views_file)
-    with TestClient(create_app(settings, catalog)) as client:
-        for view, good in produced.items():
-            want = truth.truth(view, good)
-            keys = sorted({k for k, _ in want})
-            r = client.get(
-                f"/views/{view}/query",
-                params={
-                    "key": keys,
-                    "from": str(truth.BASE - 4 * 86400),
-                    "to": str(truth.BASE + 3600),
-                    "q": 0.95,
-                },
-            )
-            assert r.status_code == 200, r.text
-            got = {
-                (res["key"], b["bucket_start"]): b["values"]
-                for res in r.json()["results"]
-                for b in res["buckets"]
-            }
-            assert set(got) == set(want), view
-            problems = {k: p for k in want if (p := truth.check(view, got[k], want[k]))}
-            assert problems == {}, view
 
 
 def test_merged_answers_stay_exact(
@@ -206,7 +141,7 @@ def test_merged_answers_stay_exact(
         # Round 1: only the speed layer has seen anything (no batch published yet).
         round_of(600, seed=11)
         wait_caught_up(settings, queries, proc)
-        check_all(settings, produced)
+        check_answers(settings, produced)
 
         # A batch covers the complete epochs; the rest comes from real-time rows.
         time.sleep(EPOCH_S + 1)
@@ -215,7 +150,7 @@ def test_merged_answers_stay_exact(
         cut = {v: complete_cutoff(settings, catalog.view(v).source) for v in GENS}
         assert all(c is not None for c in cut.values()), cut
         run_batch(spark, settings, catalog)
-        check_all(settings, produced)
+        check_answers(settings, produced)
 
         # Round 3, with the streaming process killed hard in the middle of it.
         round_of(400, seed=13)
@@ -224,14 +159,14 @@ def test_merged_answers_stay_exact(
         round_of(400, seed=14)
         proc.start()
         wait_caught_up(settings, queries, proc)
-        check_all(settings, produced)
+        check_answers(settings, produced)
 
         # Another batch after the restart, then one more round.
         time.sleep(EPOCH_S + 1)
         round_of(200, seed=15)
         wait_caught_up(settings, queries, proc)
         run_batch(spark, settings, catalog)
-        check_all(settings, produced)
+        check_answers(settings, produced)
     finally:
         proc.stop()
 

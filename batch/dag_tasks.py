@@ -1,0 +1,186 @@
+"""Building blocks shared by Lamina's DAGs in ``dags/`` (imported only by them: Airflow).
+
+- endpoints: Airflow connections ``[airflow] spark_conn_id`` / ``cassandra_conn_id`` /
+  ``kafka_conn_id`` (e.g. ``AIRFLOW_CONN_LAMINA_CASSANDRA='cassandra://node1:9042'``), when
+  defined, override the settings' endpoints for a task, as ``LAMINA_*`` variables;
+- task defaults: retries with a delay, execution timeouts from ``[airflow]``;
+- :func:`build_chain`: a view's recompute -> validate -> publish -> purge + GC, with the
+  recompute run in the worker (``runner = "taskflow"``) or by ``SparkSubmitOperator``
+  (``runner = "spark_submit"``).
+
+Orchestration only: every task calls :mod:`batch.pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Connection, get_current_context, task
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from lamina.settings import AirflowSettings, Settings
+
+SUBMIT_MAIN = Path(__file__).resolve().parent / "submit_main.py"
+"""The application ``spark-submit`` runs for a build (see :mod:`batch.submit_main`)."""
+
+alerts = logging.getLogger("lamina.alerts")
+
+
+def default_args(af: AirflowSettings) -> dict[str, Any]:
+    """Retries with a delay and the short-step execution timeout, for every task."""
+    return {
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "execution_timeout": timedelta(seconds=af.step_timeout_s),
+    }
+
+
+def spark_master(conn: Any) -> str:
+    """The master URL of a Spark connection, resolved as the Spark provider's hook does:
+    a ``spark`` connection's host may hold the whole URL (``local[2]``, ``yarn``,
+    ``k8s://https://...``); otherwise the connection type is the scheme, plus the port."""
+    if conn.conn_type == "spark" and conn.host and ("://" in conn.host or not conn.port):
+        master = str(conn.host)
+    else:
+        master = f"{conn.conn_type}://{conn.host or ''}"
+    return f"{master}:{conn.port}" if conn.port else master
+
+
+def _connection(conn_id: str) -> Any | None:
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def endpoint_env(af: AirflowSettings) -> dict[str, str]:
+    """``LAMINA_*`` overrides from the endpoint connections that exist (empty if none).
+
+    Call it in a task (it reads connections at run time, never at parse time).
+    """
+    env: dict[str, str] = {}
+    spark = _connection(af.spark_conn_id)
+    if spark is not None:
+        env["LAMINA_SPARK__MASTER"] = spark_master(spark)
+    for conn_id, section in ((af.cassandra_conn_id, "CASSANDRA"), (af.kafka_conn_id, "KAFKA")):
+        conn = _connection(conn_id)
+        if conn is not None and conn.host:
+            env[f"LAMINA_{section}__HOST"] = str(conn.host)
+        if conn is not None and conn.port:
+            env[f"LAMINA_{section}__PORT"] = str(conn.port)
+    return env
+
+
+@contextmanager
+def lamina_endpoints(af: AirflowSettings) -> Iterator[dict[str, str]]:
+    """Run a block with :func:`endpoint_env` applied to ``os.environ`` (restored after), so
+    the :mod:`batch.pipeline` steps' settings use the connections' endpoints."""
+    env = endpoint_env(af)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def alert_on_failure(context: Any) -> None:
+    """``on_failure_callback``: one ``ALERT`` line for operators (log aggregation and
+    paging pick it up), naming the DAG, the task and the reason."""
+    ti = context["ti"]
+    reason = context.get("exception") or "failed"
+    line = f"ALERT lamina {ti.dag_id}.{ti.task_id}: {reason}"
+    alerts.error(line)
+    print(line, file=sys.stderr, flush=True)
+
+
+def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, Any]:
+    """recompute -> validate -> publish -> purge + GC of ``view_name`` at ``cutoff`` (the
+    XCom of an upstream task); returns the chain's (first, last) tasks.
+
+    ``taskflow``: ``recompute`` builds in the worker and returns the version. ``spark_submit``:
+    a ``submission`` task resolves the arguments and the driver's endpoint variables, the
+    ``SparkSubmitOperator`` ``recompute`` runs :mod:`batch.submit_main`, and ``validate``
+    finds the version built at that cutoff during this run. ``validate`` lets an older
+    cutoff through only for a ``from_scratch`` run (see :func:`batch.pipeline.validate`).
+    """
+    af = settings.airflow
+    build_timeout = timedelta(seconds=af.build_timeout_s)
+    first: Any
+    recomputed: Any
+    if af.runner == "spark_submit":
+        from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+        @task(multiple_outputs=True)
+        def submission(cutoff: int) -> dict[str, Any]:
+            python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+            return {"args": [view_name, "--cutoff", str(cutoff)], "env": python | endpoint_env(af)}
+
+        first = submission(cutoff)
+        recompute = SparkSubmitOperator(
+            task_id="recompute",
+            application=str(SUBMIT_MAIN),
+            application_args=first["args"],
+            env_vars=first["env"],
+            conn_id=af.spark_conn_id,
+            conf=dict(settings.spark.conf),
+            driver_memory=settings.spark.driver_memory,
+            name=f"lamina-batch-{view_name}",
+            execution_timeout=build_timeout,
+        )
+        recomputed = None
+    else:
+
+        @task(execution_timeout=build_timeout)
+        def recompute_in_worker(cutoff: int) -> int:
+            from batch.pipeline import build
+
+            with lamina_endpoints(af):
+                return build(view_name, cutoff)
+
+        recompute = first = recompute_in_worker.override(task_id="recompute")(cutoff)
+        recomputed = recompute
+
+    @task(retries=0)
+    def validate(cutoff: int, version: int | None) -> int:
+        from batch.pipeline import built_version
+        from batch.pipeline import validate as check
+
+        ctx = get_current_context()
+        with lamina_endpoints(af):
+            if version is None:
+                started = ctx["dag_run"].start_date
+                version = built_version(view_name, cutoff, since=started.timestamp())
+            check(view_name, version, allow_older_cutoff=bool(ctx["params"].get("from_scratch")))
+        return version
+
+    @task
+    def publish(version: int) -> dict[str, object]:
+        from batch.pipeline import publish as do_publish
+
+        with lamina_endpoints(af):
+            return do_publish(view_name, version)
+
+    @task
+    def purge_and_gc() -> dict[str, object]:
+        from batch.pipeline import maintain
+
+        with lamina_endpoints(af):
+            return maintain(view_name)
+
+    validated = validate(cutoff, recomputed)
+    recompute >> validated
+    last = purge_and_gc()
+    publish(validated) >> last
+    return first, last

@@ -1,0 +1,49 @@
+"""spark-submit entry point of a batch build: ``spark-submit batch/submit_main.py VIEW --cutoff E``.
+
+The Airflow ``spark_submit`` runner (``SparkSubmitOperator``) runs this file; it builds one
+new, unpublished version of ``VIEW`` at ``cutoff`` with :func:`batch.pipeline.build` and
+prints ``{"view", "cutoff", "version"}`` as one JSON line. The DAG's next task finds the
+version in the store (:func:`batch.pipeline.built_version`).
+
+Settings come from ``$LAMINA_CONFIG`` and ``LAMINA_*`` variables like every step, except the
+Spark master: spark-submit (its ``--master``, deploy mode and resources, from the Airflow
+connection) has already configured the JVM, so the build runs on the session spark-submit
+provides. Exit status 1 with one line on stderr on a Lamina error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="submit_main.py", description=__doc__.splitlines()[0])
+    parser.add_argument("view", help="view name from the views file")
+    parser.add_argument("--cutoff", type=int, required=True, help="ingest-epoch cutoff (s)")
+    args = parser.parse_args(argv)
+
+    from pyspark.sql import SparkSession
+
+    from batch.pipeline import build
+    from lamina.errors import LaminaError
+
+    # The first session takes spark-submit's configuration; the build's own session
+    # builder then finds it (same master) instead of starting one per [spark] master.
+    master = SparkSession.builder.getOrCreate().conf.get("spark.master")
+    if master:
+        os.environ["LAMINA_SPARK__MASTER"] = master
+    try:
+        version = build(args.view, args.cutoff)
+    except LaminaError as exc:
+        print(f"lamina: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"view": args.view, "cutoff": args.cutoff, "version": version}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""lamina_recompute: recompute / backfill chosen views on demand (no schedule).
+
+Trigger with params ``views`` (view names; default every view) and ``from_scratch``:
+
+- ``from_scratch = false``: recompute only the chosen views whose source has newly complete
+  epochs past the published cutoff; the others are skipped.
+- ``from_scratch = true``: rebuild every chosen view from the whole master dataset at its
+  current complete cutoff, even if nothing new arrived: after a change of a view's
+  definition, or to repair a published version. Validation then also accepts a cutoff
+  older than the published one where that is safe (the real-time epochs it needs were
+  not purged), see :func:`batch.pipeline.validate`.
+
+``select_views`` fails the run at once, naming the unknown views and the known ones. Each
+view has a task group ``<view>``: ``plan`` (skips when there is nothing to do) -> the build
+chain of :func:`batch.dag_tasks.build_chain`. Orchestration only: every step calls
+:mod:`batch.pipeline`.
+
+    airflow dags trigger lamina_recompute -c '{"views": ["web_pageviews"], "from_scratch": true}'
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, TaskGroup, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from batch.dag_tasks import build_chain, default_args, lamina_endpoints
+from batch.pipeline import context
+
+_settings, _catalog = context()
+_VIEWS = list(_catalog.views)
+
+
+@dag(
+    dag_id="lamina_recompute",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(_settings.airflow),
+    params={
+        "views": Param(
+            _VIEWS,
+            type="array",
+            items={"type": "string"},
+            description=f"views to recompute (known: {', '.join(_VIEWS)}); empty = all",
+        ),
+        "from_scratch": Param(
+            False,
+            type="boolean",
+            description="rebuild even without new epochs (e.g. after a definition change)",
+        ),
+    },
+    tags=["lamina", "batch", "backfill"],
+    doc_md=__doc__,
+)
+def lamina_recompute() -> None:
+    @task(retries=0)
+    def select_views() -> list[str]:
+        from batch.pipeline import select_views as select
+
+        return select(get_current_context()["params"]["views"])
+
+    selected = select_views()
+    for name in _VIEWS:
+        with TaskGroup(group_id=name):
+
+            @task
+            def plan(selected: list[str], view_name: str = name) -> int:
+                from batch.pipeline import recompute_cutoff
+
+                if view_name not in selected:
+                    raise AirflowSkipException(f"{view_name} is not among the chosen views")
+                from_scratch = bool(get_current_context()["params"]["from_scratch"])
+                with lamina_endpoints(_settings.airflow):
+                    cut = recompute_cutoff(view_name, from_scratch)
+                if cut is None:
+                    raise AirflowSkipException(
+                        f"{view_name}: no complete epoch past the published cutoff"
+                        if not from_scratch
+                        else f"{view_name}: the master dataset has no complete epoch yet"
+                    )
+                return cut
+
+            build_chain(name, plan(selected), _settings)
+
+
+lamina_recompute()

@@ -1,0 +1,386 @@
+"""Submitted streaming jobs: launch through ``spark-submit``, detached, and keep a registry.
+
+A job runs one of ``archiver`` or a view's speed query (see :func:`speed.status.job_queries`)
+in its own ``spark-submit`` process (client deploy mode: the driver is
+:mod:`speed.driver`). Its registry entry is a directory ``<jobs_dir>/<id>/``:
+
+- ``job.json``: what was asked (written by the submitter: what, master, conf, queries,
+  checkpoints, launcher pid, restarts, whether a stop was requested);
+- ``settings.json``: the effective settings at submit time, so a restart runs the same job;
+- ``driver.json``: what the driver reports (its pid, Spark application id, final state);
+- ``job.log``: the output of ``spark-submit`` and the driver.
+
+A job's state is derived, never stored alone: ``starting`` (process up, driver not yet
+reporting), ``running``, ``stopping`` (stop requested), ``stopped`` (stopped on request),
+``failed`` (a query failed, or the process ended without saying why: see the log).
+
+A second job on a checkpoint that a live job (or any process holding its checkpoint lock,
+e.g. ``lamina stream run``) uses is refused with :class:`~lamina.errors.ConflictError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import ConfigError, ConflictError, NotFoundError
+from lamina.settings import Settings
+from lamina.stack.fetch import ensure_bundle, jars
+from lamina.stack.process import alive, cmdline, spawn
+from lamina.stack.services import spark_connector_bundle
+from lamina.views import ViewCatalog, load_views
+from speed.status import ARCHIVER, checkpoint_path, job_queries, query_statuses, try_lock
+
+LIVE = ("starting", "running", "stopping")
+
+
+@dataclass
+class Job:
+    """One registry entry; ``state`` and ``message`` are derived on load (see module doc)."""
+
+    id: str
+    what: str
+    master: str
+    conf: dict[str, str]
+    queries: list[str]
+    checkpoints: list[str]
+    submitted_at: float
+    log: str
+    launcher_pid: int | None = None
+    restarts: int = 0
+    stop_requested: bool = False
+    driver_pid: int | None = None
+    app_id: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    state: str = "starting"
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def _dir(settings: Settings, job_id: str) -> Path:
+    return settings.jobs_dir / job_id
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return data
+
+
+def report(jobs_dir: Path, job_id: str, **fields: Any) -> None:
+    """The driver's side: merge ``fields`` into ``driver.json`` (pid, app id, final state)."""
+    path = jobs_dir / job_id / "driver.json"
+    _write_json(path, {**_read_json(path), **fields})
+
+
+_JOB_FIELDS = (
+    "id",
+    "what",
+    "master",
+    "conf",
+    "queries",
+    "checkpoints",
+    "submitted_at",
+    "log",
+    "launcher_pid",
+    "restarts",
+    "stop_requested",
+)
+
+
+def _save(settings: Settings, job: Job) -> None:
+    _write_json(_dir(settings, job.id) / "job.json", {k: getattr(job, k) for k in _JOB_FIELDS})
+
+
+def _launcher_alive(job: Job) -> bool:
+    """True while the job's ``spark-submit`` process runs (checked by its command line, so
+    a recycled pid is never mistaken for the job)."""
+    if job.launcher_pid is None or not alive(job.launcher_pid):
+        return False
+    line = cmdline(job.launcher_pid, patience_s=1.0)
+    return line is not None and f"--job-id {job.id}" in line
+
+
+def load(settings: Settings, job_id: str) -> Job:
+    """The job ``job_id`` with its current state; :class:`NotFoundError` if unknown."""
+    data = _read_json(_dir(settings, job_id) / "job.json")
+    if not data:
+        raise NotFoundError(
+            f"no streaming job {job_id!r} in {settings.jobs_dir}",
+            hint="lamina stream list shows the submitted jobs",
+        )
+    job = Job(**data)
+    driver = _read_json(_dir(settings, job_id) / "driver.json")
+    job.driver_pid = driver.get("driver_pid")
+    job.app_id = driver.get("app_id")
+    job.started_at = driver.get("started_at")
+    job.ended_at = driver.get("ended_at")
+    final = driver.get("final")
+    if final in ("stopped", "failed"):
+        job.state, job.message = final, driver.get("message", "")
+    elif _launcher_alive(job):
+        job.state = "stopping" if job.stop_requested else driver.get("state", "starting")
+    elif job.stop_requested:
+        job.state = "stopped"
+        job.message = "its process ended on the stop request, before the driver reported"
+    else:
+        job.state = "failed"
+        job.message = f"the job's process ended without a final report (killed?); see {job.log}"
+    return job
+
+
+def jobs(settings: Settings) -> list[Job]:
+    """Every registered job, oldest first."""
+    root = settings.jobs_dir
+    if not root.is_dir():
+        return []
+    found = [load(settings, p.parent.name) for p in root.glob("*/job.json")]
+    return sorted(found, key=lambda j: j.submitted_at)
+
+
+# -- submit, stop, restart ---------------------------------------------------------------
+
+
+def ensure_free(settings: Settings, checkpoints: list[str], queries: list[str], me: str) -> None:
+    """Refuse (:class:`ConflictError`) if a live job other than ``me`` uses one of these
+    checkpoints, or any process on this machine holds one of their locks."""
+    wanted = set(checkpoints)
+    for other in jobs(settings):
+        if other.id != me and other.state in LIVE and wanted & set(other.checkpoints):
+            shared = ", ".join(sorted(wanted & set(other.checkpoints)))
+            raise ConflictError(
+                f"job {other.id} ({other.what}, {other.state}) already uses the checkpoint "
+                f"{shared}",
+                hint=f"stop it first (lamina stream stop {other.id}) or restart it "
+                f"(lamina stream restart {other.id})",
+            )
+    for query in queries:
+        holder = try_lock(settings, query, hold=False)
+        if holder is not None:
+            raise ConflictError(
+                f"the checkpoint of streaming query {query} is in use by {holder}",
+                hint="stop that process first; one checkpoint serves one running query",
+            )
+
+
+def _spark_home() -> Path:
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("pyspark is not installed", hint="make setup installs it")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def submit_argv(settings: Settings, job: Job, connector: list[Path]) -> list[str]:
+    """The ``spark-submit`` command line of ``job`` (client deploy mode), shipping the
+    ``connector`` jars (Spark's Kafka source) to the driver and the executors."""
+    argv = [
+        str(_spark_home() / "bin" / "spark-submit"),
+        "--master",
+        job.master,
+        "--name",
+        f"lamina-{job.what}",
+        "--driver-memory",
+        settings.spark.driver_memory,
+        "--jars",
+        ",".join(str(j) for j in connector),
+    ]
+    for key, value in job.conf.items():
+        argv += ["--conf", f"{key}={value}"]
+    driver = Path(__file__).with_name("driver.py")
+    return [*argv, str(driver), "--job-id", job.id, "--jobs-dir", str(settings.jobs_dir)]
+
+
+def _launch(settings: Settings, job: Job) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    env.update(
+        SPARK_HOME=str(_spark_home()),
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+    )
+    if job.master.startswith("local"):
+        env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    d = _dir(settings, job.id)
+    (d / "driver.json").unlink(missing_ok=True)
+    connector = jars(ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir))
+    job.launcher_pid = spawn(
+        submit_argv(settings, job, connector),
+        log_file=Path(job.log),
+        pid_file=d / "launcher.pid",
+        env=env,
+    )
+    _save(settings, job)
+
+
+def _absolute(settings: Settings) -> Settings:
+    """``settings`` with every path made absolute, so the job finds them from any cwd."""
+    p, sp = settings.pipeline, settings.spark
+    return settings.model_copy(
+        update={
+            "pipeline": p.model_copy(
+                update={
+                    "views_file": p.views_file.resolve(),
+                    "master_dir": Path(settings.master_dir).resolve(),
+                }
+            ),
+            "spark": sp.model_copy(
+                update={
+                    "checkpoint_dir": settings.checkpoint_dir.resolve(),
+                    "jobs_dir": settings.jobs_dir.resolve(),
+                }
+            ),
+        }
+    )
+
+
+def parse_conf(pairs: list[str]) -> dict[str, str]:
+    """``["k=v", ...]`` (``--conf`` arguments) as a dict; :class:`ConfigError` if malformed."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--conf {pair!r} is not KEY=VALUE", hint="e.g. --conf spark.executor.memory=2g"
+            )
+        out[key.strip()] = value
+    return out
+
+
+def submit(
+    settings: Settings,
+    catalog: ViewCatalog,
+    what: str,
+    *,
+    master: str | None = None,
+    conf: dict[str, str] | None = None,
+) -> Job:
+    """Launch ``what`` (``archiver`` or a view name) detached and register it.
+
+    Returns at once, with the job ``starting``. Raises :class:`NotFoundError` for an unknown
+    view and :class:`ConflictError` if its checkpoints are in use.
+    """
+    queries = list(job_queries(catalog, what))
+    settings = _absolute(settings)
+    checkpoints = [str(checkpoint_path(settings, q)) for q in queries]
+    ensure_free(settings, checkpoints, queries, me="")
+    job_id = f"{what.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    d = _dir(settings, job_id)
+    d.mkdir(parents=True)
+    _write_json(d / "settings.json", settings.model_dump(mode="json"))
+    job = Job(
+        id=job_id,
+        what=what,
+        master=master or settings.spark.master,
+        conf=dict(conf or {}),
+        queries=queries,
+        checkpoints=checkpoints,
+        submitted_at=time.time(),
+        log=str(d / "job.log"),
+    )
+    _launch(settings, job)
+    return load(settings, job_id)
+
+
+def job_settings(jobs_dir: Path, job_id: str) -> Settings:
+    """The settings ``job_id`` was submitted with (used by its driver, and by restart)."""
+    return Settings(**_read_json(jobs_dir / job_id / "settings.json"))
+
+
+def stop(
+    settings: Settings,
+    job_id: str,
+    *,
+    timeout_s: float | None = None,
+    wait: bool = True,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> Job:
+    """Stop a job gracefully: SIGTERM to its driver, which stops each query between
+    micro-batches (:func:`speed.jobs.stop_gracefully`) and reports ``stopped``.
+
+    With ``wait``, blocks until the process ended; past ``timeout_s`` (default: the
+    settings' graceful timeout plus 30 s) the process group is killed. A job that is not
+    live is returned as it is.
+    """
+    job = load(settings, job_id)
+    if job.state not in LIVE:
+        return job
+    job.stop_requested = True
+    _save(settings, job)
+    target = job.driver_pid if job.driver_pid and alive(job.driver_pid) else job.launcher_pid
+    if target is not None:
+        progress(f"asking job {job_id} (pid {target}) to stop at a micro-batch boundary")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGTERM)
+    if not wait:
+        return load(settings, job_id)
+    limit = timeout_s if timeout_s is not None else settings.spark.stop_timeout_s + 30
+    deadline = time.monotonic() + limit
+    while _launcher_alive(job) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _launcher_alive(job) and job.launcher_pid is not None:
+        progress(f"job {job_id} did not stop within {limit:.0f}s: killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.launcher_pid, signal.SIGKILL)
+        while _launcher_alive(job):
+            time.sleep(0.1)
+    return load(settings, job_id)
+
+
+def restart(
+    settings: Settings, job_id: str, *, progress: Callable[[str], None] = lambda _m: None
+) -> Job:
+    """Stop the job if it runs, then launch it again with the settings, master and conf it
+    was submitted with; it resumes from its checkpoints."""
+    job = stop(settings, job_id, progress=progress)
+    saved = job_settings(settings.jobs_dir, job_id)
+    ensure_free(saved, job.checkpoints, job.queries, me=job_id)
+    job.restarts += 1
+    job.stop_requested = False
+    progress(f"launching job {job_id} again (restart {job.restarts})")
+    _launch(saved, job)
+    return load(settings, job_id)
+
+
+def status(settings: Settings, job_id: str) -> dict[str, Any]:
+    """The job and the latest progress of each of its queries (rates, batch duration, Kafka
+    lag in records, last micro-batch id, time since last progress). An archiver's entry
+    also gives, per source, the ingest epoch before which the master dataset is complete."""
+    from batch.master import complete_cutoff
+
+    job = load(settings, job_id)
+    saved = job_settings(settings.jobs_dir, job_id)
+    catalog = load_views(saved.pipeline.views_file)
+    queries = job_queries(catalog, job.what)
+    out: dict[str, Any] = {
+        **job.as_dict(),
+        "queries": [q.as_dict() for q in query_statuses(saved, queries)],
+    }
+    if job.what == ARCHIVER:
+        out["complete_before_epoch"] = {
+            src.name: complete_cutoff(saved, src)
+            for src in {s.name: s for s in queries.values()}.values()
+        }
+    return out

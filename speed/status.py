@@ -1,0 +1,232 @@
+"""Names and progress of the streaming queries, readable without Spark.
+
+Every streaming query has a name, a checkpoint under ``settings.checkpoint_dir`` and a
+``lamina-status.json`` next to it, rewritten by the job after each micro-batch (see
+:class:`speed.jobs.ProgressRecorder`). This module reads those files and Kafka's end
+offsets, so the CLI, the HTTP API and the metrics endpoint can report rates and lag without
+starting a JVM.
+
+Queries of a job:
+
+- ``archiver``: ``archiver-<source>`` (Kafka -> master dataset) and ``deadletters-<source>``
+  (rejected records -> ``<topic>.deadletters``) for each source;
+- a view ``V``: ``speed-V`` (Kafka -> real-time table).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from lamina.settings import Settings
+from lamina.views import Source, ViewCatalog
+
+ARCHIVER = "archiver"
+
+
+def deadletter_topic(source: Source) -> str:
+    return f"{source.topic}.deadletters"
+
+
+def archiver_queries(source: Source) -> list[str]:
+    return [f"{ARCHIVER}-{source.name}", f"deadletters-{source.name}"]
+
+
+def speed_query(view_name: str) -> str:
+    return f"speed-{view_name}"
+
+
+def job_queries(catalog: ViewCatalog, what: str) -> dict[str, Source]:
+    """The queries a job runs, each with the source it reads.
+
+    ``what`` is ``archiver`` (every source used by a view) or a view name; raises
+    :class:`~lamina.errors.NotFoundError` for an unknown view.
+    """
+    if what == ARCHIVER:
+        sources = {v.source.name: v.source for v in catalog.views.values()}
+        return {q: src for src in sources.values() for q in archiver_queries(src)}
+    view = catalog.view(what)
+    return {speed_query(view.name): view.source}
+
+
+def checkpoint_path(settings: Settings, query: str) -> Path:
+    return settings.checkpoint_dir / query
+
+
+_HELD: dict[str, IO[str]] = {}
+"""Checkpoint locks this process holds, by lock-file path."""
+
+
+def try_lock(settings: Settings, query: str, *, hold: bool = True) -> str | None:
+    """Try to take the exclusive lock of ``query``'s checkpoint.
+
+    Returns ``None`` on success (with ``hold=False`` the lock is released at once: a probe),
+    else a description of the process holding it. A lock this process already holds counts
+    as success. Locks are ``flock``s on ``<checkpoint_dir>/<query>.lock``; the kernel drops
+    them when the holder exits, however it exits.
+    """
+    path = settings.checkpoint_dir / f"{query}.lock"
+    if str(path) in _HELD:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        return holder
+    if not hold:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:120]})")
+    f.flush()
+    _HELD[str(path)] = f
+    return None
+
+
+def release_locks() -> None:
+    """Release every checkpoint lock this process holds (its queries have stopped)."""
+    while _HELD:
+        _, f = _HELD.popitem()
+        f.close()
+
+
+def status_file(settings: Settings, query: str) -> Path:
+    return checkpoint_path(settings, query) / "lamina-status.json"
+
+
+def write_status(settings: Settings, query: str, status: dict[str, Any]) -> None:
+    """Atomically replace ``query``'s status file."""
+    path = status_file(settings, query)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class QueryStatus:
+    """The latest progress of one streaming query, plus its Kafka lag measured now.
+
+    ``lag`` is the number of records in Kafka past the query's last processed offsets
+    (``None`` if the query never completed a micro-batch or Kafka could not be asked);
+    ``age_s`` is the time since the last progress report.
+    """
+
+    query: str
+    topic: str
+    batch_id: int | None = None
+    last_progress: float | None = None
+    age_s: float | None = None
+    input_rows: int | None = None
+    input_rows_per_s: float | None = None
+    processed_rows_per_s: float | None = None
+    batch_duration_ms: int | None = None
+    processed_offsets: dict[str, int] | None = None
+    lag: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_status(settings: Settings, query: str) -> dict[str, Any] | None:
+    """The raw status the job last wrote for ``query``, or ``None`` if it never reported."""
+    try:
+        data: dict[str, Any] = json.loads(status_file(settings, query).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data
+
+
+def offsets_client(settings: Settings, timeout_ms: int = 3000) -> Any:
+    """A group-less Kafka consumer for offset lookups that gives up after about
+    ``timeout_ms`` per step when Kafka does not answer. The caller closes it."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+    )
+
+
+def end_offsets(
+    settings: Settings, topics: set[str], timeout_ms: int = 3000
+) -> dict[str, dict[str, int]]:
+    """Kafka's current end offset of every partition of ``topics`` (missing topics: ``{}``).
+
+    Gives up after about ``timeout_ms`` if Kafka does not answer (raises), so a status call
+    or a metrics scrape stays bounded when Kafka is down.
+    """
+    from kafka import TopicPartition
+
+    consumer = offsets_client(settings, timeout_ms)
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in sorted(topics)
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        out: dict[str, dict[str, int]] = {t: {} for t in topics}
+        for tp, off in consumer.end_offsets(tps).items() if tps else ():
+            out[tp.topic][str(tp.partition)] = off
+        return out
+    finally:
+        consumer.close()
+
+
+def query_statuses(
+    settings: Settings, queries: dict[str, Source], *, with_lag: bool = True
+) -> list[QueryStatus]:
+    """The status of each query in ``queries`` (name -> source it reads).
+
+    Lag is Kafka's end offsets now minus the offsets the last micro-batch processed; it
+    needs one round trip to Kafka for all queries (skipped with ``with_lag=False`` or if
+    Kafka is unreachable).
+    """
+    latest: dict[str, dict[str, int]] = {}
+    if with_lag:
+        try:
+            latest = end_offsets(settings, {src.topic for src in queries.values()})
+        except Exception:  # Kafka down: report progress without lag
+            latest = {}
+    now = time.time()
+    out = []
+    for query, source in queries.items():
+        raw = read_status(settings, query)
+        if raw is None:
+            out.append(QueryStatus(query=query, topic=source.topic))
+            continue
+        processed = {p: int(o) for p, o in raw.get("end_offsets", {}).get(source.topic, {}).items()}
+        lag = None
+        if latest.get(source.topic):
+            lag = sum(max(0, end - processed.get(p, 0)) for p, end in latest[source.topic].items())
+        written = raw.get("written_at")
+        out.append(
+            QueryStatus(
+                query=query,
+                topic=source.topic,
+                batch_id=raw.get("batch_id"),
+                last_progress=written,
+                age_s=None if written is None else round(now - written, 3),
+                input_rows=raw.get("input_rows"),
+                input_rows_per_s=raw.get("input_rows_per_s"),
+                processed_rows_per_s=raw.get("processed_rows_per_s"),
+                batch_duration_ms=raw.get("durations_ms", {}).get("triggerExecution"),
+                processed_offsets=processed,
+                lag=lag,
+            )
+        )
+    return out

@@ -1,0 +1,140 @@
+"""The pure parts of the metrics: outcome classes, view labels, and the gauges of a snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lamina.settings import Settings
+from lamina.views import load_views
+from serving.metrics import (
+    UNKNOWN_VIEW,
+    ServingMetrics,
+    Snapshot,
+    ViewState,
+    families,
+    outcome,
+    stream_queries,
+)
+from serving.store import Published
+from speed.status import QueryStatus
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOG = load_views(ROOT / "conf" / "views.toml")
+NOW = 1_795_000_000.0
+
+
+def samples(snapshot: Snapshot) -> dict[tuple[str, tuple[str, ...]], float]:
+    return {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in families(snapshot, CATALOG)
+        for s in family.samples
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (200, "ok"),
+        (304, "ok"),
+        (400, "client_error"),
+        (404, "client_error"),
+        (422, "client_error"),
+        (500, "server_error"),
+        (503, "server_error"),
+    ],
+)
+def test_outcome_of_a_status(status: int, expected: str) -> None:
+    assert outcome(status) == expected
+
+
+def test_unknown_views_share_one_label() -> None:
+    m = ServingMetrics(Settings(), CATALOG)
+    m.observe("query", "web_pageviews", 200, 0.004)
+    m.observe("query", "nope", 404, 0.002)
+    m.observe("query", "other-nope", 404, 0.003)
+    count = "lamina_query_duration_seconds_count"
+    get = m.registry.get_sample_value
+    ok = {"endpoint": "query", "view": "web_pageviews", "outcome": "ok"}
+    assert get(count, ok) == 1
+    assert get(count, {"endpoint": "query", "view": UNKNOWN_VIEW, "outcome": "client_error"}) == 2
+    assert get("lamina_query_duration_seconds_bucket", {**ok, "le": "0.005"}) == 1
+    assert get("lamina_query_duration_seconds_bucket", {**ok, "le": "0.0025"}) == 0
+
+
+def test_every_streaming_query_is_watched() -> None:
+    queries = stream_queries(CATALOG)
+    sources = {v.source.name for v in CATALOG.views.values()}
+    assert set(queries) == (
+        {f"archiver-{s}" for s in sources}
+        | {f"deadletters-{s}" for s in sources}
+        | {f"speed-{v}" for v in CATALOG.views}
+    )
+    assert queries["speed-web_pageviews"].name == "pageviews"
+
+
+def test_nothing_read_gives_parts_down_and_only_static_samples() -> None:
+    got = samples(Snapshot(NOW))
+    assert {k: v for k, v in got.items() if k[0] == "lamina_up"} == {
+        ("lamina_up", ("cassandra",)): 0.0,
+        ("lamina_up", ("kafka",)): 0.0,
+        ("lamina_up", ("streaming",)): 0.0,
+    }
+    assert {name for name, _ in got} == {"lamina_up", "lamina_view_max_staleness_seconds"}
+    assert got[("lamina_view_max_staleness_seconds", ("web_pageviews",))] == (
+        CATALOG.view("web_pageviews").max_staleness_s
+    )
+
+
+def test_batch_gauges_of_a_snapshot() -> None:
+    pub = Published("web_pageviews", 4, int(NOW) - 600, 10, NOW - 300, "h")
+    views = [
+        ViewState("web_pageviews", pub, retained=3, building=1),
+        ViewState("iot_temperature", None, retained=0, building=0),
+    ]
+    got = samples(Snapshot(NOW, views=views))
+    assert got[("lamina_up", ("cassandra",))] == 1.0
+    assert got[("lamina_batch_published_version", ("web_pageviews",))] == 4
+    assert got[("lamina_batch_cutoff_age_seconds", ("web_pageviews",))] == 600.0
+    assert got[("lamina_batch_retained_versions", ("web_pageviews",))] == 3
+    assert got[("lamina_batch_building_versions", ("web_pageviews",))] == 1
+    assert got[("lamina_batch_retained_versions", ("iot_temperature",))] == 0
+    assert ("lamina_batch_published_version", ("iot_temperature",)) not in got
+    assert ("lamina_batch_cutoff_age_seconds", ("iot_temperature",)) not in got
+
+
+def test_stream_and_deadletter_gauges_of_a_snapshot() -> None:
+    streams = [
+        QueryStatus(
+            query="speed-web_pageviews",
+            topic="pageviews",
+            batch_id=12,
+            last_progress=NOW - 8,
+            age_s=8.0,
+            input_rows_per_s=40.0,
+            processed_rows_per_s=80.0,
+            batch_duration_ms=250,
+            lag=17,
+        ),
+        QueryStatus(query="archiver-pageviews", topic="pageviews", batch_id=3, age_s=2.0),
+        QueryStatus(query="speed-iot_temperature", topic="sensor-readings"),
+    ]
+    got = samples(Snapshot(NOW, deadletters={"pageviews": 5}, streams=streams))
+    assert got[("lamina_stream_lag_records", ("speed-web_pageviews", "pageviews"))] == 17
+    assert got[("lamina_stream_last_batch_duration_seconds", ("speed-web_pageviews",))] == 0.25
+    assert got[("lamina_stream_last_batch_id", ("speed-web_pageviews",))] == 12
+    assert got[("lamina_stream_input_rows_per_second", ("speed-web_pageviews",))] == 40.0
+    assert got[("lamina_stream_processed_rows_per_second", ("speed-web_pageviews",))] == 80.0
+    assert got[("lamina_stream_progress_age_seconds", ("speed-web_pageviews",))] == 8.0
+    assert got[("lamina_realtime_freshness_seconds", ("web_pageviews",))] == 8.0
+    assert got[("lamina_stream_last_batch_id", ("archiver-pageviews",))] == 3
+    # Unknown values (no lag, never reported) have no sample rather than a made-up zero.
+    assert not [
+        k for k in got if k[0] == "lamina_stream_lag_records" and k[1][0] != "speed-web_pageviews"
+    ]
+    assert not [k for k in got if "speed-iot_temperature" in k[1]]
+    assert ("lamina_realtime_freshness_seconds", ("iot_temperature",)) not in got
+    assert got[("lamina_deadletter_records", ("pageviews", "pageviews.deadletters"))] == 5
+    assert got[("lamina_up", ("kafka",))] == 1.0
+    assert got[("lamina_up", ("cassandra",))] == 0.0
