@@ -14,7 +14,6 @@ Orchestration only: every task calls :mod:`batch.pipeline`.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from typing import Any
 from airflow.sdk import Connection, get_current_context, task
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from lamina.settings import AirflowSettings, Settings
+from lamina.settings import AirflowSettings, Settings, environment
 
 SUBMIT_MAIN = Path(__file__).resolve().parent / "submit_main.py"
 """The application ``spark-submit`` runs for a build (see :mod:`batch.submit_main`)."""
@@ -83,16 +82,8 @@ def lamina_endpoints(af: AirflowSettings) -> Iterator[dict[str, str]]:
     """Run a block with :func:`endpoint_env` applied to ``os.environ`` (restored after), so
     the :mod:`batch.pipeline` steps' settings use the connections' endpoints."""
     env = endpoint_env(af)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def alert_on_failure(context: Any) -> None:

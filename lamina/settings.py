@@ -7,8 +7,10 @@ the file or unknown sections are rejected with a message naming them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -266,3 +268,19 @@ def load_settings(path: Path | str | None = None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+
+
+@contextlib.contextmanager
+def environment(overrides: Mapping[str, str]) -> Iterator[None]:
+    """Apply ``overrides`` to ``os.environ`` for the block, restored afterwards (also on
+    errors), so settings loaded inside see them as ``LAMINA_*`` overrides."""
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

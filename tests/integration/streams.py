@@ -4,7 +4,6 @@ to Kafka with acknowledgements, and checking merged HTTP answers against the tru
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from lamina.settings import Settings, load_settings
+from lamina.settings import Settings, environment, load_settings
 from lamina.views import load_views
 from serving.api import create_app
 from tests import truth
@@ -43,16 +42,8 @@ def private_env(tmp: Path, prefix: str, epoch_s: int) -> dict[str, str]:
 @contextlib.contextmanager
 def settings_under(env: dict[str, str]) -> Iterator[Settings]:
     """Settings as a process started with ``env`` sees them (``env`` applied meanwhile)."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         yield load_settings()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def produce(settings: Settings, topic: str, records: list[bytes]) -> None:
