@@ -316,12 +316,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_stream_run(settings: Settings, args: argparse.Namespace) -> int:
     from batch.spark import spark_session
-    from speed.jobs import run_until_stopped, start_all
+    from speed.jobs import lock_jobs, run_until_stopped, start_all
 
     catalog = _catalog(settings)
-    for job in args.jobs:
-        if job != "archiver":
-            catalog.view(job)
+    lock_jobs(settings, catalog, args.jobs or None)  # refuse before starting a JVM
     spark = spark_session(settings, "lamina-stream")
     queries = start_all(spark, settings, catalog, args.jobs or None, trigger_s=args.trigger)
     _say(

@@ -8,7 +8,7 @@ one process, as in the tests). Two kinds of metrics:
   :class:`QueryLatencyMiddleware` for every request to a per-view endpoint;
 - gauges computed at scrape time by :class:`StateCollector` from three parts, each read once
   per scrape: ``cassandra`` (published version and versions of every view, through the app's
-  :class:`~serving.store.Store`), ``kafka`` (dead-letter topic offsets: one client, one
+  :class:`~serving.store.Store`), ``kafka`` (source and dead-letter topic offsets: one client, one
   beginning-offsets and one end-offsets request for all partitions) and ``streaming`` (the
   status files and Kafka lag of :mod:`speed.status`).
 
@@ -36,12 +36,13 @@ from lamina.views import Source, ViewCatalog
 from serving.store import PUBLISHABLE, Published, Store
 from speed.status import (
     ARCHIVER,
+    Offsets,
     QueryStatus,
     deadletter_topic,
     job_queries,
-    offsets_client,
     query_statuses,
     speed_query,
+    topic_offsets,
 )
 
 log = logging.getLogger(__name__)
@@ -78,36 +79,15 @@ def stream_queries(catalog: ViewCatalog) -> dict[str, Source]:
     return queries
 
 
-def deadletter_records(
-    settings: Settings, sources: Iterable[Source], timeout_ms: int = KAFKA_TIMEOUT_MS
-) -> dict[str, int]:
-    """Records now in each source's dead-letter topic (source name -> count).
-
-    The count is the sum over the topic's partitions of end minus beginning offset; a topic
-    that does not exist yet counts 0. One Kafka client does one metadata request, then one
-    beginning-offsets and one end-offsets request for all partitions of all topics. Raises if
-    Kafka does not answer within ``timeout_ms`` (per step).
-    """
-    from kafka import TopicPartition
-
-    topics = {src.name: deadletter_topic(src) for src in sources}
-    consumer = offsets_client(settings, timeout_ms)
-    try:
-        # One request for every topic's metadata; partitions_for_topic then reads the cache.
-        existing = consumer.topics() & set(topics.values())
-        tps = [
-            TopicPartition(t, p)
-            for t in sorted(existing)
-            for p in sorted(consumer.partitions_for_topic(t))
-        ]
-        first = consumer.beginning_offsets(tps, timeout_ms) if tps else {}
-        last = consumer.end_offsets(tps, timeout_ms) if tps else {}
-        return {
-            name: sum(last[tp] - first[tp] for tp in tps if tp.topic == topic)
-            for name, topic in topics.items()
-        }
-    finally:
-        consumer.close()
+def deadletter_records(first: Offsets, last: Offsets, sources: Iterable[Source]) -> dict[str, int]:
+    """Records now in each source's dead-letter topic (source name -> count): the sum over
+    its partitions of end minus beginning offset (a topic not created yet counts 0)."""
+    out = {}
+    for src in sources:
+        topic = deadletter_topic(src)
+        ends = last.get(topic, {})
+        out[src.name] = sum(end - first.get(topic, {}).get(p, 0) for p, end in ends.items())
+    return out
 
 
 @dataclass(frozen=True)
@@ -291,9 +271,10 @@ class StateCollector:
     """Reads the platform's state when collected (at scrape time) and yields the gauges.
 
     Blocking: call ``collect`` off the event loop. Parts are read in order (Cassandra, Kafka,
-    status files); the Kafka lag of the streaming queries is only asked for when the
-    dead-letter read found Kafka answering, so a down broker costs :data:`KAFKA_TIMEOUT_MS`,
-    not also the 30 s client bootstrap of :func:`speed.status.end_offsets`.
+    status files). Kafka is asked once per scrape, for the beginning and end offsets of every
+    source and dead-letter topic (:func:`speed.status.topic_offsets`); the dead-letter counts
+    and the streaming lag both come from that answer, so a down broker costs at most about
+    :data:`KAFKA_TIMEOUT_MS` per step and the streaming part is still reported, without lag.
     """
 
     def __init__(self, settings: Settings, catalog: ViewCatalog, store: Store) -> None:
@@ -302,14 +283,23 @@ class StateCollector:
         self.store = store
         self.queries = stream_queries(catalog)
         self.sources = {s.name: s for s in self.queries.values()}
+        self.topics = {t for s in self.sources.values() for t in (s.topic, deadletter_topic(s))}
 
     def read(self) -> Snapshot:
         """One read of every part; a part that raises is logged and left ``None``."""
         views = _guarded("cassandra", lambda: read_views(self.store, self.catalog))
-        dead = _guarded("kafka", lambda: deadletter_records(self.settings, self.sources.values()))
+        offsets = _guarded(
+            "kafka", lambda: topic_offsets(self.settings, self.topics, KAFKA_TIMEOUT_MS)
+        )
+        dead = None if offsets is None else deadletter_records(*offsets, self.sources.values())
         streams = _guarded(
             "streaming",
-            lambda: query_statuses(self.settings, self.queries, with_lag=dead is not None),
+            lambda: query_statuses(
+                self.settings,
+                self.queries,
+                with_lag=offsets is not None,
+                latest=None if offsets is None else offsets[1],
+            ),
         )
         return Snapshot(time.time(), views, dead, streams)
 

@@ -262,6 +262,22 @@ def lock_checkpoint(settings: Settings, query: str) -> None:
         )
 
 
+def lock_jobs(
+    settings: Settings, catalog: ViewCatalog, jobs: Sequence[str] | None
+) -> dict[str, dict[str, Source]]:
+    """Lock the checkpoints of every query of ``jobs`` (``None``: the archiver and every
+    view) for this process; returns each job's queries. Call it before starting Spark to
+    refuse a job that runs elsewhere without paying for a JVM (locks are re-entrant)."""
+    chosen = [ARCHIVER, *catalog.views] if jobs is None else list(dict.fromkeys(jobs))
+    if not chosen:
+        raise ConfigError("no streaming job chosen", hint="name 'archiver' and/or views")
+    queries_of = {job: job_queries(catalog, job) for job in chosen}
+    for names in queries_of.values():
+        for query in names:
+            lock_checkpoint(settings, query)
+    return queries_of
+
+
 def start_all(
     spark: SparkSession,
     settings: Settings,
@@ -276,13 +292,8 @@ def start_all(
     Each query's checkpoint is locked first (:func:`lock_checkpoint`), so a job already
     running elsewhere on this machine is refused before anything starts.
     """
-    jobs = [ARCHIVER, *catalog.views] if jobs is None else list(dict.fromkeys(jobs))
-    if not jobs:
-        raise ConfigError("no streaming job chosen", hint="name 'archiver' and/or views")
-    queries_of = {job: job_queries(catalog, job) for job in jobs}
-    for names in queries_of.values():
-        for query in names:
-            lock_checkpoint(settings, query)
+    queries_of = lock_jobs(settings, catalog, jobs)
+    jobs = list(queries_of)
     chosen = [catalog.view(j) for j in jobs if j != ARCHIVER]
     with open_store(settings.cassandra, catalog):
         pass  # the real-time tables must exist before the first upsert

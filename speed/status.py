@@ -162,46 +162,64 @@ def offsets_client(settings: Settings, timeout_ms: int = 3000) -> Any:
     )
 
 
-def end_offsets(
-    settings: Settings, topics: set[str], timeout_ms: int = 3000
-) -> dict[str, dict[str, int]]:
-    """Kafka's current end offset of every partition of ``topics`` (missing topics: ``{}``).
+Offsets = dict[str, dict[str, int]]
+"""Per topic, per partition (as a string, like Spark's progress JSON), an offset."""
 
-    Gives up after about ``timeout_ms`` if Kafka does not answer (raises), so a status call
-    or a metrics scrape stays bounded when Kafka is down.
-    """
+
+def topic_offsets(
+    settings: Settings, topics: set[str], timeout_ms: int = 3000
+) -> tuple[Offsets, Offsets]:
+    """Kafka's beginning and end offsets of every partition of ``topics`` (a topic that does
+    not exist yet has ``{}``), with one client: one metadata request, one beginning- and one
+    end-offsets request for all partitions. Raises if Kafka does not answer within about
+    ``timeout_ms`` per step, so a status call or a metrics scrape stays bounded."""
     from kafka import TopicPartition
 
     consumer = offsets_client(settings, timeout_ms)
     try:
+        existing = consumer.topics() & topics  # one metadata request for all topics
         tps = [
             TopicPartition(t, p)
-            for t in sorted(topics)
+            for t in sorted(existing)
             for p in sorted(consumer.partitions_for_topic(t) or ())
         ]
-        out: dict[str, dict[str, int]] = {t: {} for t in topics}
-        for tp, off in consumer.end_offsets(tps).items() if tps else ():
-            out[tp.topic][str(tp.partition)] = off
-        return out
+        first: Offsets = {t: {} for t in topics}
+        last: Offsets = {t: {} for t in topics}
+        if tps:
+            for tp, off in consumer.beginning_offsets(tps, timeout_ms).items():
+                first[tp.topic][str(tp.partition)] = off
+            for tp, off in consumer.end_offsets(tps, timeout_ms).items():
+                last[tp.topic][str(tp.partition)] = off
+        return first, last
     finally:
         consumer.close()
 
 
+def end_offsets(settings: Settings, topics: set[str], timeout_ms: int = 3000) -> Offsets:
+    """Kafka's end offsets of ``topics`` (see :func:`topic_offsets`)."""
+    return topic_offsets(settings, topics, timeout_ms)[1]
+
+
 def query_statuses(
-    settings: Settings, queries: dict[str, Source], *, with_lag: bool = True
+    settings: Settings,
+    queries: dict[str, Source],
+    *,
+    with_lag: bool = True,
+    latest: Offsets | None = None,
 ) -> list[QueryStatus]:
     """The status of each query in ``queries`` (name -> source it reads).
 
-    Lag is Kafka's end offsets now minus the offsets the last micro-batch processed; it
-    needs one round trip to Kafka for all queries (skipped with ``with_lag=False`` or if
-    Kafka is unreachable).
+    Lag is Kafka's end offsets now (``latest`` if the caller already read them, else one
+    round trip to Kafka for all queries) minus the offsets the last micro-batch processed;
+    it is ``None`` with ``with_lag=False`` or when Kafka is unreachable.
     """
-    latest: dict[str, dict[str, int]] = {}
-    if with_lag:
-        try:
-            latest = end_offsets(settings, {src.topic for src in queries.values()})
-        except Exception:  # Kafka down: report progress without lag
-            latest = {}
+    if latest is None:
+        latest = {}
+        if with_lag:
+            try:
+                latest = end_offsets(settings, {src.topic for src in queries.values()})
+            except Exception:  # Kafka down: report progress without lag
+                latest = {}
     now = time.time()
     out = []
     for query, source in queries.items():

@@ -118,6 +118,9 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
 
         wait_caught_up(env, settings, job_id, topic)
         check_answers(settings, {VIEW: first.good})
+        # The checkpoint lock also stops a foreground run (before it starts a JVM).
+        fg = lamina(env, "stream", "run", VIEW)
+        assert fg.returncode == 1 and "is in use by pid" in fg.stderr, fg.stderr
         table = lamina(env, "stream", "status", job_id)
         assert table.returncode == 0 and f"speed-{VIEW}" in table.stdout
 

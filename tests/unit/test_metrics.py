@@ -13,6 +13,7 @@ from serving.metrics import (
     ServingMetrics,
     Snapshot,
     ViewState,
+    deadletter_records,
     families,
     outcome,
     stream_queries,
@@ -138,3 +139,13 @@ def test_stream_and_deadletter_gauges_of_a_snapshot() -> None:
     assert got[("lamina_deadletter_records", ("pageviews", "pageviews.deadletters"))] == 5
     assert got[("lamina_up", ("kafka",))] == 1.0
     assert got[("lamina_up", ("cassandra",))] == 0.0
+
+
+def test_deadletter_records_count_what_retention_kept() -> None:
+    sources = list(CATALOG.sources.values())
+    pv = next(s for s in sources if s.name == "pageviews")
+    first = {"pageviews.deadletters": {"0": 10, "1": 0}}
+    last = {"pageviews.deadletters": {"0": 14, "1": 3}, "pageviews": {"0": 99}}
+    counts = deadletter_records(first, last, sources)
+    assert counts[pv.name] == 7  # (14 - 10) + (3 - 0): records deleted by retention don't count
+    assert all(n == 0 for name, n in counts.items() if name != pv.name)  # no topic yet: 0
