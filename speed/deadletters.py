@@ -18,6 +18,28 @@ from lamina.views import Source
 from speed.status import deadletter_topic
 
 
+def _letter(record: Any) -> dict[str, Any]:
+    """A dead letter as Lamina's dead-letter sink wrote it. A record someone else put in the
+    topic is kept too (nothing is hidden), with reason ``not a Lamina dead letter`` and its
+    own coordinates in the dead-letter topic as origin."""
+    try:
+        d: dict[str, Any] = json.loads(record.value)
+        raw = base64.b64decode(d.pop("raw_base64") or "")
+        d["raw"] = raw.decode(errors="replace")
+        if not {"reason", "topic", "partition", "offset", "timestamp"} <= d.keys():
+            raise ValueError("missing fields")
+        return d
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {
+            "reason": "not a Lamina dead letter (written to the topic by something else)",
+            "raw": bytes(record.value or b"").decode(errors="replace"),
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": "",
+        }
+
+
 def read_deadletters(
     settings: Settings, source: Source, timeout_s: float = 10.0
 ) -> list[dict[str, Any]]:
@@ -45,9 +67,7 @@ def read_deadletters(
                 break
             for tp, records in batch.items():
                 for r in records:
-                    d = json.loads(r.value)
-                    raw = base64.b64decode(d.pop("raw_base64") or "")
-                    d["raw"] = raw.decode(errors="replace")
+                    d = _letter(r)
                     seen.setdefault((d["topic"], d["partition"], d["offset"]), d)
                 if consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)

@@ -20,13 +20,21 @@ from tests import truth
 from tests.conftest import ROOT
 
 
+def private_views(tmp: Path, suffix: str | None = None) -> Path:
+    """conf/views.toml with every topic renamed ``<topic>-<suffix>`` (a random suffix by
+    default), written under ``tmp``: tests never read or write the shared topics."""
+    suffix = suffix or uuid.uuid4().hex[:8]
+    text = (ROOT / "conf" / "views.toml").read_text()
+    views = tmp / "views.toml"
+    views.write_text(re.sub(r'^topic = "([^"]+)"', rf'topic = "\1-{suffix}"', text, flags=re.M))
+    return views
+
+
 def private_env(tmp: Path, prefix: str, epoch_s: int) -> dict[str, str]:
     """Private keyspace, topics, master dataset, checkpoints and job registry, as the
     ``LAMINA_*`` variables a separate process (``lamina ...``) needs."""
     suffix = uuid.uuid4().hex[:8]
-    text = (ROOT / "conf" / "views.toml").read_text()
-    views = tmp / "views.toml"
-    views.write_text(re.sub(r'^topic = "([^"]+)"', rf'topic = "\1-{suffix}"', text, flags=re.M))
+    views = private_views(tmp, suffix)
     return {
         "LAMINA_CONFIG": str(ROOT / "conf" / "lamina.toml"),
         "LAMINA_CASSANDRA__KEYSPACE": f"t_{prefix}_{suffix}",

@@ -17,11 +17,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lamina.settings import Settings
-from lamina.views import ViewCatalog
+from lamina.views import ViewCatalog, load_views
 from serving.api import create_app
 from serving.metrics import StateCollector
 from serving.store import open_store
 from speed.status import deadletter_topic, end_offsets, speed_query, write_status
+from tests.integration.streams import private_views
 from tests.integration.test_api import RANGE
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -85,10 +86,15 @@ def metrics_settings(world: dict[str, Any], tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
-def client(metrics_settings: Settings, world: dict[str, Any]) -> Iterator[TestClient]:
-    with TestClient(
-        create_app(metrics_settings, world["catalog"]), raise_server_exceptions=False
-    ) as c:
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> ViewCatalog:
+    """The example views on private topics: the tests produce junk records, which must not
+    land in the shared topics (`lamina deadletters`, the demo and other tests read them)."""
+    return load_views(private_views(tmp_path_factory.mktemp("views")))
+
+
+@pytest.fixture(scope="module")
+def client(metrics_settings: Settings, catalog: ViewCatalog) -> Iterator[TestClient]:
+    with TestClient(create_app(metrics_settings, catalog), raise_server_exceptions=False) as c:
         yield c
 
 
@@ -157,9 +163,9 @@ def test_batch_gauges_match_the_store(client: TestClient, world: dict[str, Any])
 
 
 def test_stream_gauges_and_lag(
-    client: TestClient, metrics_settings: Settings, world: dict[str, Any]
+    client: TestClient, metrics_settings: Settings, catalog: ViewCatalog
 ) -> None:
-    view = world["catalog"].view("web_pageviews")
+    view = catalog.view("web_pageviews")
     topic, query = view.source.topic, speed_query(view.name)
     produce(metrics_settings, topic, 20)  # the topic exists, with records on its partitions
     processed = end_offsets(metrics_settings, {topic})
@@ -191,9 +197,9 @@ def test_stream_gauges_and_lag(
 
 
 def test_deadletter_count_grows_by_the_records_produced(
-    client: TestClient, metrics_settings: Settings, world: dict[str, Any]
+    client: TestClient, metrics_settings: Settings, catalog: ViewCatalog
 ) -> None:
-    source = world["catalog"].sources["pageviews"]
+    source = catalog.sources["pageviews"]
     labels = {"source": source.name, "topic": deadletter_topic(source)}
     before = get(scrape(client), "lamina_deadletter_records", **labels)
     assert before is not None

@@ -1,0 +1,39 @@
+"""Reading dead letters: Lamina's own records decode; anything else in the topic is shown,
+not hidden and not a crash."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import NamedTuple
+
+from speed.deadletters import _letter
+
+
+class Record(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+def test_a_lamina_dead_letter_decodes() -> None:
+    body = {
+        "reason": "invalid JSON",
+        "raw_base64": base64.b64encode(b"{oops").decode(),
+        "topic": "pageviews",
+        "partition": 1,
+        "offset": 42,
+        "timestamp": "2026-11-27T10:00:00.000Z",
+    }
+    d = _letter(Record("pageviews.deadletters", 0, 7, json.dumps(body).encode()))
+    assert d["raw"] == "{oops" and (d["topic"], d["partition"], d["offset"]) == ("pageviews", 1, 42)
+    assert "raw_base64" not in d
+
+
+def test_foreign_records_are_kept_with_their_own_origin() -> None:
+    for value in (b'{"n": 1}', b"not json", b"[1, 2]", b'{"raw_base64": "!!"}'):
+        d = _letter(Record("pageviews.deadletters", 1, 9, value))
+        assert d["reason"].startswith("not a Lamina dead letter")
+        assert (d["topic"], d["partition"], d["offset"]) == ("pageviews.deadletters", 1, 9)
+        assert d["raw"] == value.decode()
