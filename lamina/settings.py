@@ -132,8 +132,10 @@ class PipelineSettings(_Section):
     views_file: Path = Path("conf/views.toml")
     """View and source definitions (relative paths are taken from the working directory)."""
     master_dir: Path | None = None
-    """Root of the master dataset (Parquet); defaults to ``<state_dir>/master``. Any Hadoop
-    filesystem URL Spark understands works on a cluster."""
+    """Root of the master dataset (Parquet); defaults to ``<state_dir>/master``. A filesystem
+    path: Lamina's own Python code reads and writes here too (imports, archiver progress), so
+    on a cluster use a shared mount at the same path everywhere (``hdfs://``/``s3a://`` URLs
+    are not supported yet; see docs/operations.md)."""
     epoch_seconds: int = Field(default=60, ge=1)
     """Length of an ingest epoch: the unit of batch/speed hand-over. Shorter = fresher batch
     cutoffs, more real-time rows."""
