@@ -35,10 +35,10 @@ from lamina.settings import Settings
 from lamina.views import Source, ViewCatalog
 from serving.store import PUBLISHABLE, Published, Store
 from speed.status import (
-    ARCHIVER,
     Offsets,
     QueryStatus,
     deadletter_topic,
+    job_names,
     job_queries,
     query_statuses,
     speed_query,
@@ -73,10 +73,7 @@ def outcome(status: int) -> str:
 def stream_queries(catalog: ViewCatalog) -> dict[str, Source]:
     """Every streaming query of the deployment (archiver, dead letters and speed view of each
     source and view of ``catalog``), each with the source it reads."""
-    queries = job_queries(catalog, ARCHIVER)
-    for view in catalog.views:
-        queries.update(job_queries(catalog, view))
-    return queries
+    return {q: src for job in job_names(catalog) for q, src in job_queries(catalog, job).items()}
 
 
 def deadletter_records(first: Offsets, last: Offsets, sources: Iterable[Source]) -> dict[str, int]:

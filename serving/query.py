@@ -85,7 +85,7 @@ class QueryService:
     def describe(self, name: str) -> dict[str, Any]:
         view = self.catalog.view(name)
         pub = self.store.published(view)
-        now = time.time()
+        age = 0.0 if pub is None else pub.cutoff_age_s(time.time())
         return {
             "view": view.name,
             "source": view.source.name,
@@ -106,8 +106,8 @@ class QueryService:
                 "cutoff_iso": _iso(pub.cutoff),
                 "rows": pub.rows,
                 "published_at": _iso(pub.published_at),
-                "cutoff_age_s": round(pub.cutoff_age_s(now), 1),
-                "stale": pub.cutoff_age_s(now) > view.max_staleness_s,
+                "cutoff_age_s": round(age, 1),
+                "stale": age > view.max_staleness_s,
                 "definition_matches": pub.definition_hash == view.definition_hash,
             },
         }

@@ -11,7 +11,6 @@ exits; the exit status is 0 only for a requested stop.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lamina.errors import LaminaError
-from speed.registry import Job, job_settings, report
+from speed.registry import job_definition, job_settings, report
 
 log = logging.getLogger("lamina.driver")
 
@@ -64,7 +63,7 @@ def run(job_id: str, jobs_dir: Path, say: Callable[[str], None]) -> int:
     from lamina.views import load_views
     from speed.jobs import run_until_stopped, start_all
 
-    job = Job(**json.loads((jobs_dir / job_id / "job.json").read_text()))
+    job = job_definition(jobs_dir, job_id)
     settings = job_settings(jobs_dir, job_id)
     settings = settings.model_copy(
         update={

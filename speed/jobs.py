@@ -33,7 +33,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 from batch.master import record_progress, stream_dir
 from batch.translate import aggregate
 from lamina.buckets import ingest_epoch
-from lamina.errors import ConfigError, ConflictError
+from lamina.errors import ConfigError
 from lamina.events import EVENT_TIME
 from lamina.settings import Settings
 from lamina.views import Source, View, ViewCatalog
@@ -44,11 +44,12 @@ from speed.status import (
     archiver_queries,
     checkpoint_path,
     deadletter_topic,
+    job_names,
     job_queries,
+    lock_checkpoint,
     read_status,
     release_locks,
     speed_query,
-    try_lock,
     write_status,
 )
 
@@ -245,30 +246,13 @@ def start_speed(
     return writer.start()
 
 
-def lock_checkpoint(settings: Settings, query: str) -> None:
-    """Hold an exclusive lock on ``query``'s checkpoint for the life of this process.
-
-    Two processes writing one checkpoint corrupt it; the second one is refused here with
-    :class:`~lamina.errors.ConflictError` naming the holder. The lock is an ``flock`` on
-    ``<checkpoint_dir>/<query>.lock``, released by the kernel when the process ends (even on
-    SIGKILL). It protects a checkpoint directory on a local filesystem; shared storage on a
-    cluster relies on the job registry's check (:mod:`speed.registry`).
-    """
-    holder = try_lock(settings, query)
-    if holder is not None:
-        raise ConflictError(
-            f"the checkpoint of streaming query {query} is in use by {holder}",
-            hint="stop that job first (lamina stream list / lamina stream stop ID)",
-        )
-
-
 def lock_jobs(
     settings: Settings, catalog: ViewCatalog, jobs: Sequence[str] | None
 ) -> dict[str, dict[str, Source]]:
     """Lock the checkpoints of every query of ``jobs`` (``None``: the archiver and every
     view) for this process; returns each job's queries. Call it before starting Spark to
     refuse a job that runs elsewhere without paying for a JVM (locks are re-entrant)."""
-    chosen = [ARCHIVER, *catalog.views] if jobs is None else list(dict.fromkeys(jobs))
+    chosen = job_names(catalog) if jobs is None else list(dict.fromkeys(jobs))
     if not chosen:
         raise ConfigError("no streaming job chosen", hint="name 'archiver' and/or views")
     queries_of = {job: job_queries(catalog, job) for job in chosen}
@@ -289,27 +273,25 @@ def start_all(
     """Start the queries of ``jobs``: ``archiver`` (every source used by a view) and/or view
     names (their speed queries); ``None`` starts the archiver and every view.
 
-    Each query's checkpoint is locked first (:func:`lock_checkpoint`), so a job already
-    running elsewhere on this machine is refused before anything starts.
+    Each query's checkpoint is locked first (:func:`lock_jobs`), so a job already running
+    elsewhere on this machine is refused before anything starts.
     """
     queries_of = lock_jobs(settings, catalog, jobs)
-    jobs = list(queries_of)
-    chosen = [catalog.view(j) for j in jobs if j != ARCHIVER]
     with open_store(settings.cassandra, catalog):
         pass  # the real-time tables must exist before the first upsert
     sources = {src.name: src for names in queries_of.values() for src in names.values()}
     ensure_topics(
         settings, [t for src in sources.values() for t in (src.topic, deadletter_topic(src))]
     )
-    archived = {archiver_queries(src)[0]: src for src in sources.values()}
-    archiver = ARCHIVER in jobs
-    spark.streams.addListener(ProgressRecorder(settings, archived if archiver else {}))
+    # The archiver's sources, by the name of their archive query (what the listener watches).
+    archived = {archiver_queries(src)[0]: src for src in queries_of.get(ARCHIVER, {}).values()}
+    spark.streams.addListener(ProgressRecorder(settings, archived))
     queries: list[StreamingQuery] = []
-    if archiver:
-        for src in {s.name: s for s in queries_of[ARCHIVER].values()}.values():
-            queries += start_archiver(spark, settings, src, trigger_s)
-    for v in chosen:
-        queries.append(start_speed(spark, settings, v, trigger_s))
+    for src in archived.values():
+        queries += start_archiver(spark, settings, src, trigger_s)
+    for job in queries_of:
+        if job != ARCHIVER:
+            queries.append(start_speed(spark, settings, catalog.view(job), trigger_s))
     return queries
 
 
@@ -362,8 +344,9 @@ def run_until_stopped(
                     stop_gracefully(q, stop_timeout_s)
                 break
             for q in queries:
-                if not q.isActive and q.exception() is not None:
-                    reason = (str(q.exception()).strip().splitlines() or ["?"])[0]
+                exc = None if q.isActive else q.exception()
+                if exc is not None:
+                    reason = (str(exc).strip().splitlines() or ["?"])[0]
                     failed = f"streaming query {q.name} failed: {reason}"
                     say(failed)
                     for other in queries:

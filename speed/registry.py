@@ -39,7 +39,13 @@ from lamina.stack.fetch import ensure_bundle, jars
 from lamina.stack.process import alive, cmdline, spawn
 from lamina.stack.services import spark_connector_bundle
 from lamina.views import ViewCatalog, load_views
-from speed.status import ARCHIVER, checkpoint_path, job_queries, query_statuses, try_lock
+from speed.status import (
+    ARCHIVER,
+    checkpoint_path,
+    job_queries,
+    lock_checkpoint,
+    query_statuses,
+)
 
 LIVE = ("starting", "running", "stopping")
 
@@ -125,15 +131,21 @@ def _launcher_alive(job: Job) -> bool:
     return line is not None and f"--job-id {job.id}" in line
 
 
-def load(settings: Settings, job_id: str) -> Job:
-    """The job ``job_id`` with its current state; :class:`NotFoundError` if unknown."""
-    data = _read_json(_dir(settings, job_id) / "job.json")
+def job_definition(jobs_dir: Path, job_id: str) -> Job:
+    """What was submitted as ``job_id`` (``job.json``; state not derived: see :func:`load`).
+    Raises :class:`NotFoundError` if there is no such job."""
+    data = _read_json(jobs_dir / job_id / "job.json")
     if not data:
         raise NotFoundError(
-            f"no streaming job {job_id!r} in {settings.jobs_dir}",
+            f"no streaming job {job_id!r} in {jobs_dir}",
             hint="lamina stream list shows the submitted jobs",
         )
-    job = Job(**data)
+    return Job(**data)
+
+
+def load(settings: Settings, job_id: str) -> Job:
+    """The job ``job_id`` with its current state; :class:`NotFoundError` if unknown."""
+    job = job_definition(settings.jobs_dir, job_id)
     driver = _read_json(_dir(settings, job_id) / "driver.json")
     job.driver_pid = driver.get("driver_pid")
     job.app_id = driver.get("app_id")
@@ -179,12 +191,7 @@ def ensure_free(settings: Settings, checkpoints: list[str], queries: list[str], 
                 f"(lamina stream restart {other.id})",
             )
     for query in queries:
-        holder = try_lock(settings, query, hold=False)
-        if holder is not None:
-            raise ConflictError(
-                f"the checkpoint of streaming query {query} is in use by {holder}",
-                hint="stop that process first; one checkpoint serves one running query",
-            )
+        lock_checkpoint(settings, query, hold=False)
 
 
 def _spark_home() -> Path:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lamina.errors import ConflictError
 from lamina.settings import Settings
 from lamina.views import Source, ViewCatalog
 
@@ -40,6 +41,11 @@ def archiver_queries(source: Source) -> list[str]:
 
 def speed_query(view_name: str) -> str:
     return f"speed-{view_name}"
+
+
+def job_names(catalog: ViewCatalog) -> list[str]:
+    """Every job of a deployment: the archiver and each view's speed job."""
+    return [ARCHIVER, *catalog.views]
 
 
 def job_queries(catalog: ViewCatalog, what: str) -> dict[str, Source]:
@@ -92,6 +98,23 @@ def try_lock(settings: Settings, query: str, *, hold: bool = True) -> str | None
     f.flush()
     _HELD[str(path)] = f
     return None
+
+
+def lock_checkpoint(settings: Settings, query: str, *, hold: bool = True) -> None:
+    """Take (``hold=False``: only probe) the lock of ``query``'s checkpoint, or refuse.
+
+    Two processes writing one checkpoint corrupt it, so a second one is refused with
+    :class:`~lamina.errors.ConflictError` naming the holder (see :func:`try_lock`). The lock
+    protects a checkpoint directory on a local filesystem; on shared cluster storage the job
+    registry's check (:mod:`speed.registry`) is what stops a second submit.
+    """
+    holder = try_lock(settings, query, hold=hold)
+    if holder is not None:
+        raise ConflictError(
+            f"the checkpoint of streaming query {query} is in use by {holder}",
+            hint="stop that job or process first (lamina stream list / lamina stream stop ID):"
+            " one checkpoint serves one running query",
+        )
 
 
 def release_locks() -> None:
