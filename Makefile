@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help prereqs setup demo test test-unit lint format typecheck stack-up stack-down \
-        stack-status bench constraints clean
+        stack-status bench constraints clean mutate
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -36,6 +36,18 @@ test: setup lint ## lint, then run every test tier against the real local stack
 
 test-unit: setup ## only the fast tests (no JVM, no services)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+MUTATE_STAMP := $(VENV)/.installed-mutate
+
+$(MUTATE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[airflow,dev,mutate]'
+	@touch $@
+
+mutate: setup $(MUTATE_STAMP) ## mutation testing (slow, not in CI): mutmut on the pure core, then the named mutants on the real stack
+	rm -rf mutants
+	$(BIN)/mutmut run || true
+	$(BIN)/python -m tests.mutmut_score
+	$(BIN)/python -m tests.mutants --json mutation-report.json $(ARGS)
 
 lint: setup ## ruff lint + format check, mypy on the shared core
 	$(BIN)/ruff check .

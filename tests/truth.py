@@ -6,6 +6,7 @@ own records (it knows which are bad and which are duplicates), with ``statistics
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 import uuid
@@ -114,14 +115,40 @@ def event_seconds(ev: dict[str, Any]) -> float:
     return float(ev["ts"])
 
 
-def truth(view: str, events: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+WIDTH = {"web_pageviews": 3600, "iot_temperature": 60, "cloud_metering": 3600}
+"""The example views' bucket widths in seconds."""
+
+HLL_LG_K = 12
+"""lg_k of the example views' distinct counts (the sketch's default)."""
+HLL_EXACT_MAX = 3 * 2 ** (HLL_LG_K - 3) // 4
+"""Up to this many distinct values an HLL sketch of ``HLL_LG_K`` is still in its coupon
+(list/set) modes, where its rounded estimate is the exact count (384 for lg_k = 12)."""
+HLL_REL_ERR = 3 * 1.04 / 2 ** (HLL_LG_K / 2)
+"""Three standard deviations of HLL_8's relative error past the exact range."""
+KLL_K = 200
+"""k of the example views' quantile sketches (the default)."""
+
+
+def kll_rank_error(k: int = KLL_K) -> float:
+    """The KLL sketch's stated normalized rank error at ``k`` (single quantile, 99%)."""
+    import datasketches
+
+    return float(datasketches.kll_doubles_sketch.get_normalized_rank_error(k, False))
+
+
+def truth(
+    view: str, events: list[dict[str, Any]], width: int | None = None
+) -> dict[tuple[str, int], dict[str, Any]]:
     """``{(key, bucket_start): {aggregation: exact value}}`` for the three example views.
 
-    Distinct counts and quantiles are exact here (sets, sorted lists); the comparison
-    allows the sketches' stated error.
+    ``width`` (seconds, a multiple of the view's bucket) gives the truth of a rollup: events
+    bucketed directly at the coarse width, never through the view's own buckets. Distinct
+    counts and quantiles are exact here (sets, sorted lists); :func:`check` allows the
+    sketches' stated error where they are not exact.
     """
     cols: dict[tuple[str, int], dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
-    width = {"web_pageviews": 3600, "iot_temperature": 60, "cloud_metering": 3600}[view]
+    width = width or WIDTH[view]
+    assert width % WIDTH[view] == 0, f"{width}s is not a rollup of {view}"
     for ev in events:
         b = int(event_seconds(ev) * 1000) // (width * 1000) * width
         if view == "web_pageviews":
@@ -162,27 +189,68 @@ def truth(view: str, events: list[dict[str, Any]]) -> dict[tuple[str, int], dict
     return out
 
 
+def quantile_problem(values: list[float], got: float | None, q: float, k: int = KLL_K) -> str:
+    """Why ``got`` is not a ``q``-quantile of the sorted ``values`` ('' when it is).
+
+    A KLL sketch that saw at most ``k`` values keeps them all: its answer must then be one of
+    them whose rank interval ``[#(v < got), #(v <= got)] / n`` contains ``q`` (this holds for
+    both the inclusive and the exclusive quantile definitions). Past ``k`` values the
+    sketch compacts, and ``q`` may be off that interval by its stated rank error.
+    """
+    if not values:
+        return "" if got is None else f"{got} vs no values"
+    if got is None:
+        return f"None vs {len(values)} values"
+    n = len(values)
+    lo = bisect.bisect_left(values, got) / n
+    hi = bisect.bisect_right(values, got) / n
+    if n <= k:
+        if lo == hi:
+            return f"{got} is none of the {n} values (the sketch is exact up to k={k})"
+        slack = 0.0
+    else:
+        slack = kll_rank_error(k)
+    if not lo - slack <= q <= hi + slack:
+        return f"{got} has rank [{lo:.4f}, {hi:.4f}] of {n} values, q={q} (allowed {slack:.4f})"
+    if not values[0] <= got <= values[-1]:
+        return f"{got} outside [{values[0]}, {values[-1]}]"
+    return ""
+
+
+def distinct_problem(got: int | None, want: int) -> str:
+    """Why ``got`` is not the distinct count ``want`` ('' when it is): exact in the HLL
+    sketch's exact range, else within three standard deviations."""
+    if got is None:
+        return f"None vs {want}"
+    if want <= HLL_EXACT_MAX:
+        return "" if got == want else f"{got} vs exactly {want}"
+    if abs(got - want) > HLL_REL_ERR * want:
+        return f"{got} vs {want} (allowed ±{HLL_REL_ERR:.1%})"
+    return ""
+
+
 def check(view: str, got: dict[str, Any], want: dict[str, Any], q: float = 0.95) -> list[str]:
-    """Differences between a presented bucket and the truth ('' list when equal)."""
+    """Differences between a presented bucket and the truth ([] when equal).
+
+    Exact for counts, sums, min, max and means (floats within a relative 1e-9: the order of
+    addition differs between engines); distinct counts and quantiles see
+    :func:`distinct_problem` and :func:`quantile_problem` (asked at ``q``). Every aggregation
+    of the truth must be present in ``got``, and nothing else.
+    """
     problems = []
+    if set(got) != set(want):
+        problems.append(f"aggregations {sorted(got)} vs {sorted(want)}")
     for name, w in want.items():
         g = got.get(name)
         if name == "visitors":
-            if abs(g - w) > max(1, 0.05 * w):
-                problems.append(f"{name}: {g} vs {w}")
+            p = distinct_problem(g, w)
         elif name == "temp_q":
-            if not w:
-                if g is not None:
-                    problems.append(f"{name}: {g} vs empty")
-                continue
-            rank = sum(1 for v in w if v <= g) / len(w)
-            if abs(rank - q) > 0.05 and len(w) > 20:
-                problems.append(f"{name}: rank {rank:.3f} vs q {q}")
-            if not (w[0] <= g <= w[-1]):
-                problems.append(f"{name}: {g} outside [{w[0]}, {w[-1]}]")
+            p = quantile_problem(w, g, q)
         elif isinstance(w, float) or isinstance(g, float):
-            if w is None or g is None or abs(g - w) > 1e-9 * max(1.0, abs(w)):
-                problems.append(f"{name}: {g} vs {w}")
-        elif g != w:
-            problems.append(f"{name}: {g} vs {w}")
+            bad = w is None or g is None or abs(g - w) > 1e-9 * max(1.0, abs(w))
+            p = f"{g} vs {w}" if bad else ""
+        else:
+            p = f"{g!r} vs {w!r}" if g != w or type(g) is not type(w) else ""
+        if p:
+            problems.append(f"{name}: {p}")
     return problems

@@ -1,7 +1,15 @@
-"""Integration fixtures: a private, populated world (master dataset + published batch)."""
+"""Integration fixtures: private, populated worlds (master dataset + published batch).
+
+A *world* is a private keyspace and master dataset holding generated events with a known
+truth, and one published batch of every view. The session-wide ``world`` is read-only by
+contract: a test that adds events, versions or real-time rows builds its own world with
+:func:`make_world` (or ``private_world``), so the suite passes in any order.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +18,7 @@ from batch.master import import_files
 from batch.run import run_batch
 from lamina.settings import Settings
 from lamina.views import load_views
+from serving.cassandra import session
 from tests import truth
 from tests.conftest import ROOT, isolated
 
@@ -20,20 +29,65 @@ GENERATORS = {
 }
 
 
-@pytest.fixture(scope="session")
-def world(stack: Settings, tmp_path_factory: pytest.TempPathFactory, spark: Any) -> dict[str, Any]:
-    """Generated data imported into a private master dataset, and one batch run published."""
-    tmp = tmp_path_factory.mktemp("world")
+def make_world(
+    stack: Settings,
+    tmp: Path,
+    spark: Any,
+    n: int = 3000,
+    views: list[str] | None = None,
+) -> dict[str, Any]:
+    """Import ``n`` generated events per source of ``views`` (all three example views by
+    default) into a private keyspace and master dataset under ``tmp``, and publish one batch.
+
+    Returns ``{"settings", "catalog", "data": {view: Generated}, "results"}``; drop it with
+    :func:`drop_world`.
+    """
     settings = isolated(stack, tmp)
     catalog = load_views(ROOT / "conf" / "views.toml")
+    chosen = views or list(GENERATORS)
     data = {}
-    for view, (source, gen) in GENERATORS.items():
-        g = gen(3000)
+    for view in chosen:
+        source, gen = GENERATORS[view]
+        g = gen(n)
         path = tmp / f"{source}.jsonl"
         path.write_bytes(b"\n".join(g.raw) + b"\n")
         report = import_files(settings, catalog.sources[source], [path])
         assert report.accepted == len(g.raw) - len(g.bad)
         assert report.rejected == len(g.bad)
         data[view] = g
-    results = run_batch(spark, settings, catalog)
+    results = run_batch(spark, settings, catalog, chosen)
     return {"settings": settings, "catalog": catalog, "data": data, "results": results}
+
+
+def drop_keyspace(settings: Settings) -> None:
+    """Drop the private keyspace of ``settings`` (never the configured shared one)."""
+    ks = settings.cassandra.keyspace
+    assert ks.startswith("t_"), f"refusing to drop non-private keyspace {ks!r}"
+    with session(settings.cassandra) as s:
+        s.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
+
+
+def drop_world(world: dict[str, Any]) -> None:
+    drop_keyspace(world["settings"])
+
+
+@pytest.fixture(scope="session")
+def world(
+    stack: Settings, tmp_path_factory: pytest.TempPathFactory, spark: Any
+) -> Iterator[dict[str, Any]]:
+    """The shared, read-only world: 3000 events per example view, one batch published.
+
+    Tests must not add data, versions or real-time rows to it (use ``private_world``)."""
+    w = make_world(stack, tmp_path_factory.mktemp("world"), spark)
+    yield w
+    drop_world(w)
+
+
+@pytest.fixture(scope="module")
+def private_world(
+    stack: Settings, tmp_path_factory: pytest.TempPathFactory, spark: Any
+) -> Iterator[dict[str, Any]]:
+    """A world of the test module's own (same content as ``world``), dropped afterwards."""
+    w = make_world(stack, tmp_path_factory.mktemp("private_world"), spark)
+    yield w
+    drop_world(w)

@@ -61,14 +61,22 @@ def test_daily_rollup_uses_the_monoid(client: TestClient, world: dict[str, Any])
     assert got == daily
 
 
-def test_many_keys_and_quantile(client: TestClient) -> None:
+@pytest.mark.parametrize("q", [0.01, 0.5, 0.99])
+def test_many_keys_and_quantile(client: TestClient, world: dict[str, Any], q: float) -> None:
+    """Several keys in one request, each answered in order; ``q`` reaches the sketches."""
+    want = truth.truth("iot_temperature", world["data"]["iot_temperature"].good, width=3600)
     r = client.get(
         "/views/iot_temperature/query",
-        params={"key": ["s0", "s1"], "q": 0.99, "granularity": "hour", **RANGE},
+        params={"key": ["s1", "s0"], "q": q, "granularity": "hour", **RANGE},
     )
     assert r.status_code == 200, r.text
-    assert [x["key"] for x in r.json()["results"]] == ["s0", "s1"]
-    assert r.json()["q"] == 0.99
+    body = r.json()
+    assert [x["key"] for x in body["results"]] == ["s1", "s0"] and body["q"] == q
+    for res in body["results"]:
+        got = {b["bucket_start"]: b["values"] for b in res["buckets"]}
+        assert set(got) == {b for k, b in want if k == res["key"]}
+        for b, values in got.items():
+            assert truth.check("iot_temperature", values, want[(res["key"], b)], q) == []
 
 
 @pytest.mark.parametrize(

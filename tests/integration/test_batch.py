@@ -2,44 +2,144 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batch.master import complete_cutoff
+from batch.master import complete_cutoff, import_files
 from batch.run import run_batch
 from lamina.errors import NotFoundError, PublishError
 from lamina.settings import Settings
 from lamina.views import ViewCatalog, load_views
 from serving.cassandra import session
 from serving.query import QueryService
-from serving.store import Store, batch_table
+from serving.store import Published, Store, batch_table
 from tests import truth
 from tests.conftest import ROOT, isolated
-from tests.integration.conftest import GENERATORS
+from tests.integration.conftest import GENERATORS, drop_keyspace
 
 
-def answers(settings: Settings, catalog: ViewCatalog, view: str, keys: list[str]) -> dict:
+def answers(
+    settings: Settings,
+    catalog: ViewCatalog,
+    view: str,
+    keys: list[str],
+    *,
+    q: float = 0.95,
+    granularity: str | None = None,
+    start: float = truth.BASE - 4 * 86400,
+    end: float = truth.BASE + 3600,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """``{(key, bucket_start): bucket}`` of the merged answer (values and provenance)."""
     with session(settings.cassandra) as s:
         svc = QueryService(Store(s, settings.cassandra), catalog, settings)
-        out = svc.query(view, keys, truth.BASE - 4 * 86400, truth.BASE + 3600, q=0.95)
+        out = svc.query(view, keys, start, end, granularity=granularity, q=q)
     return {(r["key"], b["bucket_start"]): b for r in out["results"] for b in r["buckets"]}
+
+
+def assert_exact(
+    view: str,
+    got: dict[tuple[str, int], dict[str, Any]],
+    want: dict[tuple[str, int], dict[str, Any]],
+    q: float = 0.95,
+) -> None:
+    """Same (key, bucket) cells, and every cell equal to the truth (:func:`truth.check`)."""
+    assert set(got) == set(want), (sorted(set(got) ^ set(want)))[:10]
+    problems = {k: p for k in want if (p := truth.check(view, got[k]["values"], want[k], q))}
+    assert problems == {}
 
 
 @pytest.mark.parametrize("view", list(GENERATORS))
 def test_batch_equals_truth(world: dict[str, Any], view: str) -> None:
     want = truth.truth(view, world["data"][view].good)
-    keys = sorted({k for k, _ in want})
-    got = answers(world["settings"], world["catalog"], view, keys)
-    assert set(got) == set(want)
-    problems = {k: p for k in want if (p := truth.check(view, got[k]["values"], want[k]))}
-    assert problems == {}
+    got = answers(world["settings"], world["catalog"], view, sorted({k for k, _ in want}))
+    assert_exact(view, got, want)
     assert all(b["from_batch"] and not b["realtime_epochs"] for b in got.values())
 
 
-def test_versions_rollback_and_gc(world: dict[str, Any], spark: Any) -> None:
+@pytest.mark.parametrize("granularity", ["hour", "day"])
+def test_quantiles_of_dense_rollups(world: dict[str, Any], granularity: str) -> None:
+    """Minute KLL sketches folded into hours and days: every asked ``q`` lands within the
+    sketch's rank error (exactly, where a cell holds no more than k values)."""
+    width = {"hour": 3600, "day": 86400}[granularity]
+    events = world["data"]["iot_temperature"].good
+    want = truth.truth("iot_temperature", events, width=width)
+    keys = sorted({k for k, _ in want})
+    sizes = [len(v["temp_q"]) for v in want.values()]
+    # Both regimes are exercised: cells the sketch holds exactly and compacted ones.
+    assert sum(n > truth.KLL_K for n in sizes) >= 5, sizes
+    if granularity == "hour":
+        assert sum(20 < n <= truth.KLL_K for n in sizes) >= 3, sizes
+    for q in (0.0, 0.05, 0.25, 0.5, 0.9, 0.99, 1.0):
+        got = answers(
+            world["settings"],
+            world["catalog"],
+            "iot_temperature",
+            keys,
+            q=q,
+            granularity=granularity,
+        )
+        assert_exact("iot_temperature", got, want, q)
+    assert all(b["from_batch"] and not b["realtime_epochs"] for b in got.values())
+
+
+@pytest.mark.parametrize(
+    ("view", "granularity", "width"),
+    [
+        ("web_pageviews", "day", 86400),
+        ("web_pageviews", "6h", 6 * 3600),
+        ("cloud_metering", "2h", 7200),
+        ("iot_temperature", "15m", 900),
+    ],
+)
+def test_rollups_across_several_coarse_buckets(
+    world: dict[str, Any], view: str, granularity: str, width: int
+) -> None:
+    """A rollup equals the truth bucketed directly at the coarse width, over a range that
+    spans several coarse buckets, each from the batch."""
+    want = truth.truth(view, world["data"][view].good, width=width)
+    got = answers(
+        world["settings"],
+        world["catalog"],
+        view,
+        sorted({k for k, _ in want}),
+        granularity=granularity,
+    )
+    assert len({b for _, b in want}) >= 3
+    assert_exact(view, got, want)
+    assert all(b["from_batch"] and not b["realtime_epochs"] for b in got.values())
+
+
+@pytest.mark.parametrize("granularity", [None, "day"])
+def test_query_range_edges(world: dict[str, Any], granularity: str | None) -> None:
+    """``[from, to)`` is widened to whole buckets: the bucket holding ``from`` is in, a ``to``
+    on a boundary excludes the bucket starting there, one second past it includes it."""
+    view = "web_pageviews"
+    width = 86400 if granularity else 3600
+    want = truth.truth(view, world["data"][view].good, width=width)
+    key = "/p/2"
+    starts = sorted(b for k, b in want if k == key)
+    assert len(starts) >= 3
     settings, catalog = world["settings"], world["catalog"]
+
+    def buckets(start: float, end: float) -> list[int]:
+        got = answers(settings, catalog, view, [key], granularity=granularity, start=start, end=end)
+        for (_, b), cell in got.items():
+            assert truth.check(view, cell["values"], want[(key, b)]) == []
+        return sorted(b for _, b in got)
+
+    first, second, last = starts[0], starts[1], starts[-1]
+    assert buckets(first, last) == [b for b in starts if b < last]
+    assert buckets(first, last + 1) == starts
+    assert buckets(second - 1, last + width) == [b for b in starts if b >= second - width]
+    assert buckets(second, second + 1) == [second]
+    assert buckets(second + width - 1, second + width) == [second]
+
+
+def test_versions_rollback_and_gc(private_world: dict[str, Any], spark: Any) -> None:
+    settings, catalog = private_world["settings"], private_world["catalog"]
     view = catalog.view("cloud_metering")
     with session(settings.cassandra) as s:
         store = Store(s, settings.cassandra)
@@ -63,41 +163,70 @@ def test_versions_rollback_and_gc(world: dict[str, Any], spark: Any) -> None:
         assert batch_table(view, n) not in tables and batch_table(view, n + 3) in tables
         store.rollback(view, n + 1)
         assert store.published(view).version == n + 1
+        states = {v.version: v.state for v in store.versions(view)}
+        assert (states[n + 1], states[n + 2], states[n + 3]) == (
+            "published",
+            "superseded",
+            "superseded",
+        )
         with pytest.raises(PublishError, match="collected, not publishable"):
             store.rollback(view, n)
         with pytest.raises(NotFoundError, match="no version 99"):
             store.rollback(view, 99)
     # The rolled-back version answers exactly like the newest (same data, same cutoff).
-    want = truth.truth("cloud_metering", world["data"]["cloud_metering"].good)
+    want = truth.truth("cloud_metering", private_world["data"]["cloud_metering"].good)
     got = answers(settings, catalog, "cloud_metering", sorted({k for k, _ in want}))
-    assert {k: b["values"] for k, b in got.items()} == want
+    assert_exact("cloud_metering", got, want)
     with session(settings.cassandra) as s:
-        Store(s, settings.cassandra).rollback(view, n + 3)
+        store = Store(s, settings.cassandra)
+        store.rollback(view, n + 3)
+        assert store.version(view, n + 1).state == "superseded"
 
 
-def test_cutoff_excludes_later_epochs(world: dict[str, Any], spark: Any) -> None:
-    settings, catalog = world["settings"], world["catalog"]
-    view = catalog.view("iot_temperature")
-    cut = complete_cutoff(settings, view.source)
-    assert cut is not None
-    [early] = run_batch(spark, settings, catalog, ["iot_temperature"], cutoff=cut - 10**6)
-    assert early.events == 0 and early.rows == 0
-    run_batch(spark, settings, catalog, ["iot_temperature"])  # leave the world as found
+def test_cutoff_between_two_imports(stack: Settings, tmp_path: Path, spark: Any) -> None:
+    """Two imports land in two ingest epochs; a batch at a cutoff between them covers the
+    first import only, and exactly; one at the complete cutoff covers both."""
+    settings = isolated(stack, tmp_path)
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    view = catalog.view("cloud_metering")
+    g = truth.metering(1000, seed=31)
+    early, late = g.good[:600], g.good[600:]
+    epochs = []
+    try:
+        for i, part in enumerate((early, late)):
+            path = tmp_path / f"part{i}.jsonl"
+            path.write_text("".join(json.dumps(ev) + "\n" for ev in part))
+            epochs.append(import_files(settings, view.source, [path]).epoch)
+        assert epochs[0] < epochs[1] and complete_cutoff(settings, view.source) > epochs[1]
+        keys = sorted({ev["customer"] for ev in g.good})
+        [between] = run_batch(spark, settings, catalog, ["cloud_metering"], cutoff=epochs[1])
+        assert (between.cutoff, between.events) == (epochs[1], len(early))
+        got = answers(settings, catalog, "cloud_metering", keys)
+        assert_exact("cloud_metering", got, truth.truth("cloud_metering", early))
+        [both] = run_batch(spark, settings, catalog, ["cloud_metering"])
+        assert both.cutoff > epochs[1] and both.events == len(g.good)
+        got = answers(settings, catalog, "cloud_metering", keys)
+        assert_exact("cloud_metering", got, truth.truth("cloud_metering", g.good))
+    finally:
+        drop_keyspace(settings)
 
 
 def test_no_complete_epoch_is_a_clear_error(stack: Settings, tmp_path: Path, spark: Any) -> None:
     settings = isolated(stack, tmp_path)
     catalog = load_views(ROOT / "conf" / "views.toml")
-    with pytest.raises(PublishError, match="no complete epoch of source 'metering'"):
-        run_batch(spark, settings, catalog, ["cloud_metering"])
+    try:
+        with pytest.raises(PublishError, match="no complete epoch of source 'metering'"):
+            run_batch(spark, settings, catalog, ["cloud_metering"])
+    finally:
+        drop_keyspace(settings)
 
 
 def test_crash_mid_batch_leaves_published_version(
-    world: dict[str, Any], spark: Any, monkeypatch: pytest.MonkeyPatch
+    private_world: dict[str, Any], spark: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import batch.run
 
-    settings, catalog = world["settings"], world["catalog"]
+    settings, catalog = private_world["settings"], private_world["catalog"]
     view = catalog.view("web_pageviews")
     with session(settings.cassandra) as s:
         before = Store(s, settings.cassandra).published(view)
@@ -115,3 +244,36 @@ def test_crash_mid_batch_leaves_published_version(
         assert newest.state == "failed" and newest.version > before.version
         # Failed builds are garbage, collected like superseded versions.
         assert newest.version in store.collect_garbage(view, view.retain_versions)
+
+
+def test_gc_while_a_reader_is_in_flight(private_world: dict[str, Any], spark: Any) -> None:
+    """A query that read the catalog just before a publish and its garbage collection still
+    reads the version it resolved (retained), and answers exactly from it."""
+    settings, catalog = private_world["settings"], private_world["catalog"]
+    view = "iot_temperature"
+    want = truth.truth(view, private_world["data"][view].good)
+    keys = sorted({k for k, _ in want})
+
+    class PublishAfterCatalogRead(Store):
+        """The interleaving under test: publish + GC between a reader's two reads."""
+
+        raced: Published | None = None
+
+        def published(self, v: Any) -> Published | None:
+            pub = super().published(v)
+            if self.raced is None:
+                self.raced = pub
+                run_batch(spark, settings, catalog, [view])  # publish, then maintain (GC)
+            return pub
+
+    with session(settings.cassandra) as s:
+        store = PublishAfterCatalogRead(s, settings.cassandra)
+        out = QueryService(store, catalog, settings).query(
+            view, keys, truth.BASE - 4 * 86400, truth.BASE + 3600, q=0.95
+        )
+        assert store.raced is not None
+        assert out["provenance"]["version"] == store.raced.version
+        newest = Store(s, settings.cassandra).published(catalog.view(view))
+        assert newest is not None and newest.version > store.raced.version
+    got = {(r["key"], b["bucket_start"]): b for r in out["results"] for b in r["buckets"]}
+    assert_exact(view, got, want)

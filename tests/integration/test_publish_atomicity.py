@@ -23,27 +23,20 @@ VIEW, KEY = "web_pageviews", "/p/5"
 PARAMS = {"key": KEY, "from": str(truth.BASE - 4 * 86400), "to": str(truth.BASE + 3600)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def fingerprint(body: dict[str, Any]) -> str:
     return json.dumps(
         [(b["bucket_start"], b["values"]["pageviews"]) for b in body["results"][0]["buckets"]]
     )
 
 
-def test_readers_never_see_a_mix(world: dict[str, Any], spark: Any, tmp_path: Path) -> None:
-    settings, catalog = world["settings"], world["catalog"]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, catalog), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
+def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_path: Path) -> None:
+    settings, catalog = private_world["settings"], private_world["catalog"]
+    # The server gets an already bound socket: no free-port race with other processes.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, catalog), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -60,7 +53,7 @@ def test_readers_never_see_a_mix(world: dict[str, Any], spark: Any, tmp_path: Pa
         path = tmp_path / "more.jsonl"
         path.write_text("\n".join(json.dumps(ev) for ev in more.good) + "\n")
         import_files(settings, catalog.sources["pageviews"], [path])
-        world["data"][VIEW].good.extend(more.good)  # the shared world's truth stays exact
+        private_world["data"][VIEW].good.extend(more.good)  # its truth stays exact
 
         seen: Counter[tuple[int, str]] = Counter()
         errors: list[str] = []
@@ -79,10 +72,19 @@ def test_readers_never_see_a_mix(world: dict[str, Any], spark: Any, tmp_path: Pa
         readers = [threading.Thread(target=reader) for _ in range(4)]
         for t in readers:
             t.start()
+
+        def await_answers(newer: bool, at_least: int = 20) -> None:
+            """Until readers got ``at_least`` answers of the old (or a newer) version."""
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not errors:
+                if sum(n for (v, _), n in seen.items() if (v > old_version) == newer) >= at_least:
+                    return
+                time.sleep(0.05)
+
         try:
-            time.sleep(0.5)
+            await_answers(newer=False)  # readers are in flight before the publish ...
             run_batch(spark, settings, catalog, [VIEW])
-            time.sleep(1.0)
+            await_answers(newer=True)  # ... and after it
         finally:
             stop.set()
             for t in readers:
@@ -91,9 +93,14 @@ def test_readers_never_see_a_mix(world: dict[str, Any], spark: Any, tmp_path: Pa
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
 
     new_version, new_print = new["provenance"]["version"], fingerprint(new)
     assert errors == []
     assert new_version > old_version and new_print != old_print
     assert set(seen) <= {(old_version, old_print), (new_version, new_print)}
     assert seen[(old_version, old_print)] > 0 and seen[(new_version, new_print)] > 0
+    want = truth.truth(VIEW, private_world["data"][VIEW].good)
+    assert json.loads(new_print) == sorted(
+        [b, v["pageviews"]] for (k, b), v in want.items() if k == KEY
+    )
