@@ -8,16 +8,20 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from batch.master import import_files
 from batch.run import run_batch
+from lamina.settings import Settings
 from serving.api import create_app
 from tests import truth
+from tests.integration.conftest import drop_world, make_world
 
 VIEW, KEY = "web_pageviews", "/p/5"
 PARAMS = {"key": KEY, "from": str(truth.BASE - 4 * 86400), "to": str(truth.BASE + 3600)}
@@ -27,6 +31,16 @@ def fingerprint(body: dict[str, Any]) -> str:
     return json.dumps(
         [(b["bucket_start"], b["values"]["pageviews"]) for b in body["results"][0]["buckets"]]
     )
+
+
+@pytest.fixture(scope="module")
+def private_world(
+    stack: Settings, tmp_path_factory: pytest.TempPathFactory, spark: Any
+) -> Iterator[dict[str, Any]]:
+    """A world of this module's own with the one view it publishes."""
+    w = make_world(stack, tmp_path_factory.mktemp("atomicity"), spark, views=[VIEW])
+    yield w
+    drop_world(w)
 
 
 def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_path: Path) -> None:
