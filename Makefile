@@ -45,9 +45,10 @@ $(MUTATE_STAMP): $(STAMP)
 
 mutate: setup $(MUTATE_STAMP) ## mutation testing (slow, not in CI): mutmut on the pure core, then the named mutants on the real stack
 	rm -rf mutants
-	$(BIN)/mutmut run || true
-	$(BIN)/python -m tests.mutmut_score
-	$(BIN)/python -m tests.mutants --json mutation-report.json $(ARGS)
+	$(BIN)/mutmut run
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python -m tests.mutants --mutmut-stats mutants/mutmut-cicd-stats.json \
+	    --json mutation-report.json $(ARGS)
 
 lint: setup ## ruff lint + format check, mypy on the shared core
 	$(BIN)/ruff check .

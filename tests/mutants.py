@@ -1,12 +1,13 @@
 """Run the named mutants of ``tests/mutants.toml``: each must make its tests fail.
 
-Usage: ``python -m tests.mutants [--only ID ...] [--json PATH] [--keep]``. Each mutant is
-applied to a fresh copy of the tracked tree (``git ls-files``, plus uncommitted edits) under
-a temporary directory, and the listed tests run there with ``pytest -x`` against the real
-local stack (started by the test session as usual). The mutant is *killed* when pytest
-reports failed tests (exit status 1); a mutant whose tests pass *survived*; any other exit
-status (collection error, interrupted, no tests) is an *error*, counted as not killed.
-"""
+Usage: ``python -m tests.mutants [--only ID ...] [--json PATH] [--keep] [--mutmut-stats F]``.
+
+Each mutant is applied to a fresh copy of the tracked tree (``git ls-files``, plus
+uncommitted edits) under a temporary directory, and the listed tests run there with ``pytest
+-x`` against the real local stack (started by the test session as usual). The mutant is
+*killed* when pytest reports failed tests (exit status 1); a mutant whose tests pass
+*survived*; any other exit status (collection error, interrupted, no tests) is an *error*,
+counted as not killed."""
 
 from __future__ import annotations
 
@@ -93,13 +94,33 @@ def run(m: Mutant, workdir: Path, timeout_s: float) -> tuple[str, float, str]:
     return outcome, time.monotonic() - t0, "\n".join(str(out).splitlines()[-15:])
 
 
+def mutmut_score(stats: dict[str, int]) -> str:
+    """One line from ``mutmut export-cicd-stats``: the score over the mutants some unit test
+    reaches (killed / killed + survived + timeout), and the unreached ones apart."""
+    reached = stats["killed"] + stats["survived"] + stats["timeout"]
+    score = stats["killed"] / reached if reached else 0.0
+    return (
+        f"mutmut (unit tier): {stats['killed']}/{reached} reached mutants killed "
+        f"({score:.1%}), {stats['survived']} survived, {stats['timeout']} timed out; "
+        f"{stats['no_tests']} of {stats['total']} reached by no unit test "
+        "(integration-only code: see the named mutants)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__)
     p.add_argument("--only", nargs="*", default=None, metavar="ID", help="run these mutants")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--timeout", type=float, default=900, help="seconds per mutant (900)")
     p.add_argument("--keep", action="store_true", help="keep the mutated copies")
+    p.add_argument(
+        "--mutmut-stats", type=Path, help="print the score of this mutmut export-cicd-stats file"
+    )
     args = p.parse_args(argv)
+    mutmut = None
+    if args.mutmut_stats:
+        mutmut = json.loads(args.mutmut_stats.read_text())
+        print(mutmut_score(mutmut), flush=True)
     mutants = load()
     if args.only:
         unknown = set(args.only) - {m.id for m in mutants}
@@ -123,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     killed = sum(r["outcome"] == "killed" for r in results)
     print(f"named mutants killed: {killed}/{len(results)}")
+    if mutmut is not None:
+        print(mutmut_score(mutmut))
     if args.json:
-        args.json.write_text(
-            json.dumps({"killed": killed, "total": len(results), "mutants": results}, indent=2)
-        )
+        report = {"killed": killed, "total": len(results), "mutants": results, "mutmut": mutmut}
+        args.json.write_text(json.dumps(report, indent=2))
     return 0 if killed == len(results) else 1
 
 
