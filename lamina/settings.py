@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from lamina.errors import ConfigError
 
@@ -270,6 +275,24 @@ def load_settings(path: Path | str | None = None) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    except SettingsError as exc:  # an environment value that is not the JSON it must be
+        raise ConfigError(_describe_env_json(exc)) from None
+
+
+def _describe_env_json(exc: SettingsError) -> str:
+    """Name the ``LAMINA_*`` variables whose JSON does not parse (pydantic-settings names
+    only the section)."""
+    import json
+
+    bad = []
+    for name, value in sorted(os.environ.items()):
+        if not name.upper().startswith("LAMINA_") or not value.lstrip().startswith(("{", "[")):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as e:
+            bad.append(f"{name} is not valid JSON ({e})")
+    return "; ".join(bad) if bad else f"environment overrides: {exc}"
 
 
 @contextlib.contextmanager

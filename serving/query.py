@@ -58,13 +58,21 @@ def parse_key(view: View, raw: str) -> tuple[Any, ...]:
                 if ftype == "long"
                 else float(text)
                 if ftype == "double"
-                else (text.lower() == "true")
+                else _boolean(text)
                 if ftype == "boolean"
                 else text
             )
         except ValueError:
             raise QueryError(f"key field {field!r} is {ftype}, got {text!r}") from None
     return tuple(out)
+
+
+def _boolean(text: str) -> bool:
+    """``true``/``false`` in any case; anything else is a ``ValueError``."""
+    value = {"true": True, "false": False}.get(text.strip().lower())
+    if value is None:
+        raise ValueError(text)
+    return value
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,24 @@ def test_starts_cover_range(b: Bucket, t: float, width: float) -> None:
         return
     assert starts[0] == b.bucket_of(t)
     assert all(y - x == b.seconds for x, y in itertools.pairwise(starts))
-    if width:
-        assert b.end(starts[-1]) >= t + width
+    assert b.end(starts[-1]) >= t + width  # the last bucket reaches the end...
+    assert starts[-1] < t + width  # ... and overlaps the range: no bucket past it
+
+
+@pytest.mark.parametrize(
+    ("fine", "coarse", "divides"),
+    [
+        ("minute", "90m", True),
+        ("15m", "hour", True),
+        ("hour", "day", True),
+        ("hour", "90m", False),
+        ("day", "hour", False),
+        ("2h", "3h", False),
+        ("6h", "6h", True),
+    ],
+)
+def test_divides_only_whole_multiples(fine: str, coarse: str, divides: bool) -> None:
+    assert Bucket.parse(fine).divides(Bucket.parse(coarse)) is divides
 
 
 @pytest.mark.parametrize(

@@ -72,3 +72,53 @@ def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     assert "LAMINA_KAFKA__PORT" in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+VIEWS = """
+[sources.probe]
+topic = "probe-topic"
+event_id = "id"
+event_time = "ts"
+fields = { id = "string", ts = "string", k = "long" }
+
+[views.probe_view]
+source = "probe"
+keys = ["k"]
+bucket = "15m"
+aggregations = { n = { fn = "count" } }
+"""
+
+
+@pytest.mark.parametrize("flag", ["-c", "--config"])
+def test_config_flag_is_honoured(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    views = tmp_path / "views.toml"
+    views.write_text(VIEWS)
+    cfg = tmp_path / "lamina.toml"
+    cfg.write_text(f'[pipeline]\nviews_file = "{views}"\n')
+    monkeypatch.setenv("LAMINA_CONFIG", str(tmp_path / "not-this-one.toml"))  # the flag wins
+    assert main([flag, str(cfg), "views"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "probe_view: source probe (topic probe-topic), keys k, per 15m: n=count(*)"
+    ]
+
+
+def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    out = run("-c", str(missing), "views")
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.startswith(f"lamina: error: settings file {missing} does not exist")
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr
+
+
+def test_malformed_json_env_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LAMINA_SPARK__CONF", "{spark.a: 1}")
+    assert main(["-c", str(ROOT / "conf" / "lamina.toml"), "views"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lamina: error:") and "LAMINA_SPARK__CONF" in err

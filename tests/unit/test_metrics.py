@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from prometheus_client.metrics_core import Metric
 
 from lamina.settings import Settings
 from lamina.views import load_views
@@ -149,3 +152,101 @@ def test_deadletter_records_count_what_retention_kept() -> None:
     counts = deadletter_records(first, last, sources)
     assert counts[pv.name] == 7  # (14 - 10) + (3 - 0): records deleted by retention don't count
     assert all(n == 0 for name, n in counts.items() if name != pv.name)  # no topic yet: 0
+
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+"""What Prometheus sends when it prefers OpenMetrics."""
+
+
+class FixedState:
+    """Yields the gauges of one snapshot, as the app's state collector does at a scrape."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> list[Metric]:
+        return families(self.snapshot, CATALOG)
+
+
+def full_metrics() -> ServingMetrics:
+    m = ServingMetrics(Settings(), CATALOG)
+    m.observe("query", "web_pageviews", 200, 0.004)
+    m.observe("describe", "nope", 404, 0.002)
+    pub = Published("web_pageviews", 4, int(NOW) - 600, 10, NOW - 300, "h")
+    streams = [
+        QueryStatus(query="speed-web_pageviews", topic="pageviews", batch_id=12, age_s=8.0, lag=17)
+    ]
+    snapshot = Snapshot(
+        NOW,
+        views=[ViewState("web_pageviews", pub, retained=3, building=1)],
+        deadletters={"pageviews": 5},
+        streams=streams,
+    )
+    m.registry.register(FixedState(snapshot))
+    return m
+
+
+def by_name(parsed: Iterable[Metric]) -> dict[str, Metric]:
+    return {f.name: f for f in parsed}
+
+
+def test_openmetrics_when_the_scraper_asks_for_it() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    response = asyncio.run(full_metrics().render(OPENMETRICS))
+    assert response.headers["content-type"].startswith("application/openmetrics-text; version=1")
+    body = bytes(response.body).decode()
+    assert body.endswith("\n# EOF\n")
+    parsed = by_name(text_string_to_metric_families(body))  # strict: raises on bad exposition
+    assert parsed["lamina_query_duration_seconds"].type == "histogram"
+    latency = {
+        (s.name, s.labels.get("view"), s.labels.get("le")): s.value
+        for s in parsed["lamina_query_duration_seconds"].samples
+    }
+    assert latency[("lamina_query_duration_seconds_count", "web_pageviews", None)] == 1
+    assert latency[("lamina_query_duration_seconds_bucket", "web_pageviews", "0.005")] == 1
+    assert latency[("lamina_query_duration_seconds_bucket", UNKNOWN_VIEW, "+Inf")] == 1
+
+    def gauge(name: str, **labels: str) -> float:
+        assert parsed[name].type == "gauge"
+        (value,) = [s.value for s in parsed[name].samples if s.labels == labels]
+        return value
+
+    assert gauge("lamina_up", part="cassandra") == 1.0
+    assert gauge("lamina_batch_published_version", view="web_pageviews") == 4
+    assert gauge("lamina_batch_cutoff_age_seconds", view="web_pageviews") == 600.0
+    assert (
+        gauge("lamina_deadletter_records", source="pageviews", topic="pageviews.deadletters") == 5
+    )
+    assert gauge("lamina_stream_lag_records", query="speed-web_pageviews", topic="pageviews") == 17
+    assert gauge("lamina_realtime_freshness_seconds", view="web_pageviews") == 8.0
+
+
+@pytest.mark.parametrize("accept", ["", "text/plain", "*/*"])
+def test_prometheus_text_by_default(accept: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = asyncio.run(full_metrics().render(accept))
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    body = bytes(response.body).decode()
+    assert "# EOF" not in body
+    parsed = by_name(text_string_to_metric_families(body))
+    assert parsed["lamina_batch_published_version"].samples[0].value == 4
+    assert parsed["lamina_query_duration_seconds"].type == "histogram"
+
+
+def test_the_endpoint_negotiates_the_format() -> None:
+    """``GET /metrics`` passes the scraper's Accept header on (no Cassandra: the app's
+    lifespan is not started, so only the latency histogram is exposed)."""
+    from fastapi.testclient import TestClient
+
+    from serving.api import create_app
+
+    client = TestClient(create_app(Settings(), CATALOG))
+    om = client.get("/metrics", headers={"Accept": OPENMETRICS})
+    assert om.status_code == 200
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.text.endswith("# EOF\n")
+    text = client.get("/metrics", headers={"Accept": "text/plain"})
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "lamina_query_duration_seconds" in text.text and "# EOF" not in text.text

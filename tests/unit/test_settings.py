@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lamina.errors import ConfigError
-from lamina.settings import load_settings
+from lamina.settings import default_config_path, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,5 +58,99 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         load_settings(bad)
 
 
-def test_config_error_is_a_value_error() -> None:
-    assert issubclass(ConfigError, ValueError)
+def test_file_beats_defaults_and_env_beats_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "l.toml"
+    cfg.write_text('[kafka]\nport = 1234\nheap = "2g"\n[spark]\nshuffle_partitions = 7\n')
+    s = load_settings(cfg)
+    assert (s.kafka.port, s.kafka.heap, s.spark.shuffle_partitions) == (1234, "2g", 7)
+    assert s.kafka.controller_port == 9093  # not in the file: the default
+    monkeypatch.setenv("LAMINA_KAFKA__PORT", "4321")
+    s = load_settings(cfg)
+    assert (s.kafka.port, s.kafka.heap) == (4321, "2g")
+
+
+def test_env_overrides_typed_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAMINA_STACK__START_TIMEOUT_S", "5.5")
+    monkeypatch.setenv("LAMINA_AIRFLOW__RUNNER", "spark_submit")
+    monkeypatch.setenv("LAMINA_PIPELINE__MAX_OFFSETS_PER_TRIGGER", "500")
+    monkeypatch.setenv("LAMINA_SPARK__CHECKPOINT_DIR", str(tmp_path / "cp"))
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    assert s.stack.start_timeout_s == 5.5
+    assert s.airflow.runner == "spark_submit"
+    assert s.pipeline.max_offsets_per_trigger == 500
+    assert s.checkpoint_dir == tmp_path / "cp"
+    assert s.jobs_dir == s.stack.state_dir / "jobs"  # derived from state_dir when not set
+
+
+def test_json_env_override_of_a_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LAMINA_SPARK__CONF`` is JSON; its keys override the file's ``[spark] conf`` keys, the
+    file's other keys stay."""
+    monkeypatch.setenv("LAMINA_SPARK__CONF", '{"spark.executor.memory": "4g", "spark.b": "env"}')
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    assert s.spark.conf == {"spark.executor.memory": "4g", "spark.b": "env"}
+    cfg = tmp_path / "l.toml"
+    cfg.write_text('[spark]\nconf = { "spark.a" = "1", "spark.b" = "file" }\n')
+    s = load_settings(cfg)
+    assert s.spark.conf == {"spark.a": "1", "spark.b": "env", "spark.executor.memory": "4g"}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('["spark.a"]', r"spark\.conf: Input should be a valid dictionary"),
+        ('{"spark.a": 1}', r"spark\.conf\.spark\.a: Input should be a valid string"),
+    ],
+)
+def test_json_env_override_of_the_wrong_shape(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("LAMINA_SPARK__CONF", value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(ROOT / "conf" / "lamina.toml")
+
+
+def test_malformed_json_env_override_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAMINA_SPARK__CONF", '{"spark.a": ')
+    with pytest.raises(ConfigError, match="LAMINA_SPARK__CONF"):
+        load_settings(ROOT / "conf" / "lamina.toml")
+
+
+def test_unknown_env_key_and_file_section_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "l.toml"
+    cfg.write_text("[kafak]\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"kafak: unknown setting"):
+        load_settings(cfg)
+    monkeypatch.setenv("LAMINA_KAFKA__PROT", "1")
+    with pytest.raises(ConfigError, match=r"kafka\.prot: unknown setting"):
+        load_settings(ROOT / "conf" / "lamina.toml")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[kafka]\nport = 70000", r"kafka\.port: Input should be less than or equal to 65535"),
+        ('[airflow]\nrunner = "yarn"', r"airflow\.runner: .*'taskflow' or 'spark_submit'"),
+        ('[cassandra]\nkeyspace = "Prod-KS"', r"cassandra\.keyspace: .*lower-case identifier"),
+        ("[airflow]\nmax_divergence = 2", r"airflow\.max_divergence: .*less than or equal to 1"),
+        ("[pipeline]\nepoch_seconds = 0", r"pipeline\.epoch_seconds: .*greater than or equal"),
+        ('[stack]\nstart_timeout_s = "soon"', r"stack\.start_timeout_s: .*valid number"),
+    ],
+)
+def test_bad_values_are_named_with_the_problem(tmp_path: Path, toml: str, message: str) -> None:
+    cfg = tmp_path / "l.toml"
+    cfg.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg)
+
+
+def test_lamina_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text("[serving]\nport = 8123\n")
+    monkeypatch.setenv("LAMINA_CONFIG", str(cfg))
+    assert default_config_path() == cfg
+    assert load_settings().serving.port == 8123
+    assert load_settings(ROOT / "conf" / "lamina.toml").serving.port == 8000  # explicit wins

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,65 @@ def test_file_errors(tmp_path: Path) -> None:
     bad.write_text("[views.x]\nsource = 'nope'\n")
     with pytest.raises(ViewDefinitionError, match=rf"{bad}: view 'x': unknown source 'nope'"):
         load_views(bad)
+
+
+NOT_CQL_IDENTIFIERS = [
+    "Web",
+    "1web",
+    "_web",
+    "web-views",
+    "web views",
+    "web;drop",
+    'w"b',
+    "wéb",
+    "",
+]
+NOT_CQL_IDENTIFIERS += ["w" * 41]
+CQL_RULE = r"must be lower-case letters, digits and _ \(a CQL identifier\), starting with a letter"
+
+
+def renamed(section: str, old: str, new: str) -> dict[str, Any]:
+    doc = copy.deepcopy(DOC)
+    doc[section][new] = doc[section].pop(old)
+    if section == "sources":
+        for view in doc["views"].values():
+            if view["source"] == old:
+                view["source"] = new
+    return doc
+
+
+@pytest.mark.parametrize("name", NOT_CQL_IDENTIFIERS)
+def test_view_name_must_be_a_cql_identifier(name: str) -> None:
+    """View names become Cassandra table names (``b_<view>_v<n>``, ``rt_<view>``)."""
+    with pytest.raises(ViewDefinitionError, match=rf"view {re.escape(repr(name))}: .*{CQL_RULE}"):
+        parse_views(renamed("views", "web_pageviews", name))
+
+
+@pytest.mark.parametrize("name", NOT_CQL_IDENTIFIERS)
+def test_source_name_must_be_a_cql_identifier(name: str) -> None:
+    with pytest.raises(ViewDefinitionError, match=rf"source {re.escape(repr(name))}: .*{CQL_RULE}"):
+        parse_views(renamed("sources", "pageviews", name))
+
+
+@pytest.mark.parametrize("name", ["Url", "url-path", "select *"])
+def test_field_and_aggregation_names_must_be_cql_identifiers(name: str) -> None:
+    """Key fields and aggregation names become column names."""
+    doc = copy.deepcopy(DOC)
+    doc["sources"]["pageviews"]["fields"][name] = "string"
+    with pytest.raises(ViewDefinitionError, match=rf"source 'pageviews': .*field name.*{CQL_RULE}"):
+        parse_views(doc)
+    doc = copy.deepcopy(DOC)
+    doc["views"]["web_pageviews"]["aggregations"][name] = {"fn": "count"}
+    with pytest.raises(
+        ViewDefinitionError, match=rf"view 'web_pageviews': aggregation name.*{CQL_RULE}"
+    ):
+        parse_views(doc)
+
+
+def test_longest_allowed_names_load() -> None:
+    view, source = "v" + "_9" * 19 + "x", "s" * 40
+    assert len(view) == 40
+    doc = renamed("sources", "pageviews", source)
+    doc["views"][view] = doc["views"].pop("web_pageviews")
+    cat = parse_views(doc)
+    assert cat.view(view).source.name == source
