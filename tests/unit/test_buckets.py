@@ -91,5 +91,6 @@ def test_bad_bucket_says_how_to_fix(text: str) -> None:
 @given(st.integers(0, 2**45), st.sampled_from([10, 60, 300, 3600]))
 def test_ingest_epoch(ts_ms: int, epoch_s: int) -> None:
     e = ingest_epoch(ts_ms, epoch_s)
+    assert type(e) is int  # stored as a bigint and compared with cutoffs: never a float
     assert e % epoch_s == 0
     assert e * 1000 <= ts_ms < (e + epoch_s) * 1000

@@ -275,3 +275,10 @@ def test_quantiles_merge_within_rank_error() -> None:
     assert m.present(None, q=0.5) is None
     with pytest.raises(QueryError, match="0 <= q <= 1"):
         m.present(merged, q=1.5)
+
+
+@pytest.mark.parametrize("fn", ["sum", "min", "max"])
+def test_stored_column_type_follows_the_field(fn: str) -> None:
+    """Longs are stored as bigint (exact past 2**53), doubles as double."""
+    assert MONOIDS[fn]("long", field="x").columns("a") == [("a", "bigint")]
+    assert MONOIDS[fn]("double", field="x").columns("a") == [("a", "double")]
