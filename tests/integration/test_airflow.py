@@ -23,7 +23,7 @@ from serving.query import QueryService
 from serving.store import Store, insert_cql, realtime_table
 from tests import truth
 from tests.integration.airflow_harness import AirflowHarness, newest_run
-from tests.integration.test_batch import answers
+from tests.integration.answers import answers
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,43 +12,14 @@ from batch.master import complete_cutoff, import_files
 from batch.run import run_batch
 from lamina.errors import NotFoundError, PublishError
 from lamina.settings import Settings
-from lamina.views import ViewCatalog, load_views
+from lamina.views import load_views
 from serving.cassandra import session
 from serving.query import QueryService
 from serving.store import Published, Store, batch_table
 from tests import truth
 from tests.conftest import ROOT, isolated
+from tests.integration.answers import answers, assert_exact
 from tests.integration.conftest import GENERATORS, drop_keyspace
-
-
-def answers(
-    settings: Settings,
-    catalog: ViewCatalog,
-    view: str,
-    keys: list[str],
-    *,
-    q: float = 0.95,
-    granularity: str | None = None,
-    start: float = truth.BASE - 4 * 86400,
-    end: float = truth.BASE + 3600,
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """``{(key, bucket_start): bucket}`` of the merged answer (values and provenance)."""
-    with session(settings.cassandra) as s:
-        svc = QueryService(Store(s, settings.cassandra), catalog, settings)
-        out = svc.query(view, keys, start, end, granularity=granularity, q=q)
-    return {(r["key"], b["bucket_start"]): b for r in out["results"] for b in r["buckets"]}
-
-
-def assert_exact(
-    view: str,
-    got: dict[tuple[str, int], dict[str, Any]],
-    want: dict[tuple[str, int], dict[str, Any]],
-    q: float = 0.95,
-) -> None:
-    """Same (key, bucket) cells, and every cell equal to the truth (:func:`truth.check`)."""
-    assert set(got) == set(want), (sorted(set(got) ^ set(want)))[:10]
-    problems = {k: p for k in want if (p := truth.check(view, got[k]["values"], want[k], q))}
-    assert problems == {}
 
 
 @pytest.mark.parametrize("view", list(GENERATORS))
