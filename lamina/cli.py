@@ -420,19 +420,31 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     from speed.deadletters import read_deadletters
 
     letters = read_deadletters(settings, _source(settings, args.source))
+    newest = letters[-args.limit :] if args.limit else []
     if args.format == "json":
-        print(json.dumps(letters, indent=2))
+        print(json.dumps(newest, indent=2))
         return 0
     from collections import Counter
 
-    for d in letters[-args.limit :]:
+    for d in newest:
         print(f"{d['topic']}[{d['partition']}]@{d['offset']}  {d['reason']}  raw={d['raw'][:80]!r}")
     counts = Counter(d["reason"].split(":")[0] for d in letters)
+    summary = ", ".join(f"{n} {r}" for r, n in counts.most_common())
     _say(
-        f"{len(letters)} dead letters for source {args.source}: "
-        + ", ".join(f"{n} {r}" for r, n in counts.most_common())
+        f"{len(letters)} dead letters for source {args.source}"
+        + (f": {summary}" if summary else "")
     )
     return 0
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return n
 
 
 # -- demo -------------------------------------------------------------------------------
@@ -596,7 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("deadletters", help="rejected events of a source, with reasons")
     dead.add_argument("source")
-    dead.add_argument("--limit", type=int, default=20, help="how many to print (default 20)")
+    dead.add_argument(
+        "--limit",
+        type=_non_negative,
+        default=20,
+        help="print the newest N letters (default 20; 0 = only the summary line)",
+    )
     dead.add_argument("--format", choices=("table", "json"), default="table")
     dead.set_defaults(func=cmd_deadletters)
 

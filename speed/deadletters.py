@@ -24,7 +24,8 @@ def _letter(record: Any) -> dict[str, Any]:
     own coordinates in the dead-letter topic as origin."""
     try:
         d: dict[str, Any] = json.loads(record.value)
-        raw = base64.b64decode(d.pop("raw_base64") or "")
+        # A tombstone (null value) has no raw bytes: Spark's to_json leaves the field out.
+        raw = base64.b64decode(d.pop("raw_base64", None) or "")
         d["raw"] = raw.decode(errors="replace")
         if not {"reason", "topic", "partition", "offset", "timestamp"} <= d.keys():
             raise ValueError("missing fields")

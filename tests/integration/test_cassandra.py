@@ -1,30 +1,65 @@
-"""Cassandra: keyspace and table created, written and read back with prepared statements."""
+"""Lamina's Cassandra connection code on the real node: probe, keyspace, consistency, protocol."""
 
 from __future__ import annotations
 
-from cassandra.concurrent import execute_concurrent_with_args
+import uuid
+from collections.abc import Iterator
 
-from lamina.settings import Settings
-from serving.cassandra import ensure_keyspace, release_version, session
+import pytest
+from cassandra import ConsistencyLevel, Unavailable
+from cassandra.cluster import NoHostAvailable
+
+from lamina.settings import CassandraSettings, Settings
+from serving.cassandra import PROTOCOL_VERSION, ensure_keyspace, release_version, session
+
+
+@pytest.fixture
+def private(stack: Settings) -> Iterator[CassandraSettings]:
+    """The stack's Cassandra settings with a private keyspace, dropped at the end."""
+    cass = stack.cassandra.model_copy(update={"keyspace": f"t_cass_{uuid.uuid4().hex[:10]}"})
+    yield cass
+    with session(cass) as s:
+        s.execute(f"DROP KEYSPACE IF EXISTS {cass.keyspace}", timeout=120)
 
 
 def test_node_reports_configured_version(stack: Settings) -> None:
     assert release_version(stack.cassandra) == stack.cassandra.version
 
 
-def test_prepared_write_and_read_back(stack: Settings) -> None:
-    ks = stack.cassandra.keyspace
-    with session(stack.cassandra) as s:
-        ensure_keyspace(s, stack.cassandra)
-        s.execute(
-            f"CREATE TABLE IF NOT EXISTS {ks}.smoke_kv "
-            "(k text, b int, v bigint, PRIMARY KEY (k, b))"
-        )
-        s.execute(f"TRUNCATE {ks}.smoke_kv")
-        insert = s.prepare(f"INSERT INTO {ks}.smoke_kv (k, b, v) VALUES (?, ?, ?)")
-        rows = [(f"key{i % 3}", i, i * 10) for i in range(30)]
-        results = execute_concurrent_with_args(s, insert, rows, concurrency=16)
-        assert all(ok for ok, _ in results)
-        select = s.prepare(f"SELECT b, v FROM {ks}.smoke_kv WHERE k = ? AND b >= ? AND b < ?")
-        got = [(r.b, r.v) for r in s.execute(select, ("key1", 10, 20))]
-    assert got == [(b, b * 10) for b in range(10, 20) if b % 3 == 1]
+def test_ensure_keyspace_uses_the_configured_replication(private: CassandraSettings) -> None:
+    # 3, not the default 1: a ring's factor must come from the settings.
+    cass = private.model_copy(update={"replication_factor": 3})
+    with session(cass) as s:
+        ensure_keyspace(s, cass)
+        ensure_keyspace(s, cass)  # idempotent
+        row = s.execute(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+            [cass.keyspace],
+        ).one()
+    assert row is not None
+    assert dict(row.replication) == {
+        "class": "org.apache.cassandra.locator.SimpleStrategy",
+        "replication_factor": "3",
+    }
+
+
+def test_session_speaks_v4_at_the_configured_consistency(private: CassandraSettings) -> None:
+    """Replication factor 3 on this one-node ring: LOCAL_ONE is met, QUORUM cannot be, so
+    the node's answer shows which consistency level Lamina's session really sent."""
+    one = private.model_copy(update={"replication_factor": 3, "consistency": "LOCAL_ONE"})
+    quorum = one.model_copy(update={"consistency": "QUORUM"})
+    ks = one.keyspace
+    with session(one) as s:
+        ensure_keyspace(s, one)
+        s.execute(f"CREATE TABLE {ks}.kv (k text PRIMARY KEY, v int)", timeout=60)
+    with session(one, ks) as s:  # bound to the keyspace: unqualified table names
+        assert s.cluster.protocol_version == PROTOCOL_VERSION == 4
+        s.execute(s.prepare("INSERT INTO kv (k, v) VALUES (?, ?)"), ("a", 1))
+        assert [tuple(r) for r in s.execute("SELECT k, v FROM kv")] == [("a", 1)]
+    # The driver's retry policy gives up on an unavailable node, then reports why.
+    with session(quorum, ks) as s, pytest.raises(NoHostAvailable) as err:
+        s.execute(s.prepare("INSERT INTO kv (k, v) VALUES (?, ?)"), ("b", 2))
+    (cause,) = err.value.errors.values()
+    assert isinstance(cause, Unavailable), cause
+    assert cause.consistency == ConsistencyLevel.QUORUM
+    assert (cause.required_replicas, cause.alive_replicas) == (2, 1)

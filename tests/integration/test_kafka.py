@@ -1,47 +1,116 @@
-"""Kafka: a real produce/consume round trip through kafka-python."""
+"""Lamina's Kafka code on the real broker: topic creation and the offsets status reads."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from lamina.settings import Settings
+from speed.jobs import ensure_topics
+from speed.status import end_offsets, topic_offsets
 
 
-def test_produce_consume_round_trip(stack: Settings) -> None:
-    topic = f"test-roundtrip-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap_servers)
+def with_partitions(settings: Settings, partitions: int) -> Settings:
+    return settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"partitions": partitions})}
+    )
+
+
+def partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Each topic's partition count, once the broker's metadata lists every partition of
+    every topic with a leader (a topic is announced before its partitions)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+        deadline = time.monotonic() + 60
+        while True:
+            found = admin.describe_topics(topics)
+            ready = all(
+                t["error_code"] == 0
+                and t["partitions"]
+                and all(p["leader_id"] >= 0 for p in t["partitions"])
+                for t in found
+            )
+            if ready or time.monotonic() > deadline:
+                return {t["name"]: len(t["partitions"]) for t in found}
+            time.sleep(0.2)
     finally:
         admin.close()
-    sent = {f"k{i}".encode(): f"v{i}".encode() for i in range(100)}
+
+
+@pytest.fixture
+def prefix(stack: Settings) -> Iterator[str]:
+    """A private topic-name prefix; every topic under it is deleted at the end."""
+    name = f"t-kafka-{uuid.uuid4().hex[:8]}"
+    yield name
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap_servers)
+    try:
+        mine = [t for t in admin.list_topics() if t.startswith(name)]
+        if mine:
+            admin.delete_topics(mine)
+    finally:
+        admin.close()
+
+
+def test_ensure_topics_creates_only_missing_topics_with_configured_partitions(
+    stack: Settings, prefix: str
+) -> None:
+    # 3 partitions: neither the broker's default (num.partitions=2) nor kafka-python's.
+    three = with_partitions(stack, 3)
+    old, new = f"{prefix}-old", f"{prefix}-new"
+    ensure_topics(with_partitions(stack, 1), [old])
+    ensure_topics(three, [old, new, new])
+    assert partition_counts(stack, [old, new]) == {old: 1, new: 3}
+    ensure_topics(three, [old, new])  # all exist: a no-op, not an error
+    assert partition_counts(stack, [old, new]) == {old: 1, new: 3}
+
+
+def test_ensure_topics_tolerates_a_concurrent_creator(stack: Settings, prefix: str) -> None:
+    """Jobs starting together all create the same missing topics: none of them fails."""
+    topics = [f"{prefix}-{i}" for i in range(8)]
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            ensure_topics(stack, topics)
+        except BaseException as exc:  # reported below, with the other threads' outcome
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert partition_counts(stack, topics) == dict.fromkeys(topics, stack.kafka.partitions)
+
+
+def test_topic_offsets_of_each_partition(stack: Settings, prefix: str) -> None:
+    topic, missing = f"{prefix}-offsets", f"{prefix}-missing"
+    ensure_topics(stack, [topic])
     producer = KafkaProducer(bootstrap_servers=stack.kafka.bootstrap_servers)
     try:
-        for k, v in sent.items():
-            producer.send(topic, key=k, value=v)
+        sent = [producer.send(topic, value=b"x", partition=p) for p in [0] * 5 + [1] * 3]
         producer.flush()
+        for f in sent:
+            f.get(timeout=30)
     finally:
         producer.close()
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=stack.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=15_000,
-        group_id=None,
-    )
-    got: dict[bytes, bytes] = {}
-    partitions: set[int] = set()
+    # As retention would: the first 2 records of partition 0 are gone (the dead-letter count
+    # must not count them).
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap_servers)
     try:
-        for record in consumer:
-            got[record.key] = record.value
-            partitions.add(record.partition)
-            if len(got) == len(sent):
-                break
+        admin.delete_records({TopicPartition(topic, 0): 2})
     finally:
-        consumer.close()
-    assert got == sent
-    assert partitions == {0, 1}
+        admin.close()
+
+    first, last = topic_offsets(stack, {topic, missing})
+    assert first == {topic: {"0": 2, "1": 0}, missing: {}}
+    assert last == {topic: {"0": 5, "1": 3}, missing: {}}
+    assert end_offsets(stack, {topic}) == {topic: {"0": 5, "1": 3}}

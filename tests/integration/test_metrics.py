@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,6 +22,7 @@ from serving.api import create_app
 from serving.metrics import StateCollector
 from serving.store import open_store
 from speed.status import deadletter_topic, end_offsets, speed_query, write_status
+from tests.conftest import ROOT
 from tests.integration.streams import private_views
 from tests.integration.test_api import RANGE
 
@@ -79,6 +80,21 @@ def speed_status(offsets: dict[str, dict[str, int]], written_at: float) -> dict[
     }
 
 
+def delete_private_topics(settings: Settings, catalog: ViewCatalog) -> None:
+    """Delete the topics of ``catalog``'s sources and their dead-letter topics; a shared
+    topic (one of conf/views.toml) is never deleted."""
+    shared = load_views(ROOT / "conf" / "views.toml").sources.values()
+    mine = {t for src in catalog.sources.values() for t in (src.topic, deadletter_topic(src))}
+    assert not mine & {t for src in shared for t in (src.topic, deadletter_topic(src))}
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        existing = sorted(mine & set(admin.list_topics()))
+        if existing:
+            admin.delete_topics(existing, timeout_ms=60_000)
+    finally:
+        admin.close()
+
+
 @pytest.fixture(scope="module")
 def metrics_settings(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The world's settings with a private checkpoint directory."""
@@ -86,10 +102,15 @@ def metrics_settings(world: dict[str, Any], tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> ViewCatalog:
-    """The example views on private topics: the tests produce junk records, which must not
-    land in the shared topics (`lamina deadletters`, the demo and other tests read them)."""
-    return load_views(private_views(tmp_path_factory.mktemp("views")))
+def catalog(
+    metrics_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ViewCatalog]:
+    """The example views on private topics (deleted at the end): the tests produce junk
+    records, which must not land in the shared topics (`lamina deadletters`, the demo and
+    other tests read them)."""
+    private = load_views(private_views(tmp_path_factory.mktemp("views")))
+    yield private
+    delete_private_topics(metrics_settings, private)
 
 
 @pytest.fixture(scope="module")
@@ -208,18 +229,20 @@ def test_deadletter_count_grows_by_the_records_produced(
     assert after == before + 6
 
 
-def _closed_port() -> int:
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port bound here for the test's duration without listening: connecting to it is
+    refused, and no other process can start listening on it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+        yield s.getsockname()[1]
 
 
 def test_scrape_with_kafka_down_reports_the_rest(
-    metrics_settings: Settings, world: dict[str, Any], tmp_path: Path
+    metrics_settings: Settings, world: dict[str, Any], tmp_path: Path, refused_port: int
 ) -> None:
     down = with_checkpoints(metrics_settings, tmp_path).model_copy(
-        update={"kafka": metrics_settings.kafka.model_copy(update={"port": _closed_port()})}
+        update={"kafka": metrics_settings.kafka.model_copy(update={"port": refused_port})}
     )
     query = speed_query("web_pageviews")
     write_status(down, query, speed_status({"pageviews": {"0": 0}}, time.time()))

@@ -1,56 +1,166 @@
-"""The stack manager's life cycle on a second, private Kafka: up, no-op up, status, down."""
+"""The stack manager on a private Kafka (ports, up, status, down); a smoke check of the stack."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
 import socket
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from lamina.settings import Settings, load_settings
+from lamina.errors import PortInUseError, StackError
+from lamina.settings import Settings
 from lamina.stack import process
-from lamina.stack.manager import Stack
-
-ROOT = Path(__file__).resolve().parents[2]
+from lamina.stack.manager import ServiceStatus, Stack
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def port_pairs() -> Iterator[tuple[int, int]]:
+    """Random (client, controller) port pairs below the kernel's ephemeral range: the
+    kernel never hands those out on its own (port 0, outgoing connections), so only a
+    process that asked for one of them by number can hold it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, low - 1, 2)
+        yield port, port + 1
 
 
-@pytest.fixture
-def private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: Settings) -> Settings:
-    monkeypatch.setenv("LAMINA_STACK__STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("LAMINA_KAFKA__PORT", str(free_port()))
-    monkeypatch.setenv("LAMINA_KAFKA__CONTROLLER_PORT", str(free_port()))
-    monkeypatch.setenv("LAMINA_KAFKA__HEAP", "256m")
-    return load_settings(ROOT / "conf" / "lamina.toml")
+def kafka_settings(stack: Settings, state_dir: Path, port: int, controller_port: int) -> Settings:
+    """A private Kafka: its own state directory and ports, a small heap."""
+    return stack.model_copy(
+        update={
+            "stack": stack.stack.model_copy(update={"state_dir": state_dir}),
+            "kafka": stack.kafka.model_copy(
+                update={"port": port, "controller_port": controller_port, "heap": "256m"}
+            ),
+        }
+    )
 
 
-def test_up_is_idempotent_and_down_leaves_nothing(private_settings: Settings) -> None:
-    stack = Stack(private_settings, ["kafka"])
-    try:
-        [first] = stack.up(progress=print)
-        assert first.healthy and first.pid is not None
-        [again] = stack.up(progress=print)
-        assert again.pid == first.pid  # already up: a no-op
-        [status] = stack.status()
-        assert status.healthy and status.version == private_settings.kafka.version
-        assert status.port == private_settings.kafka.port
-    finally:
-        stack.down(progress=print)
+def _lost_a_port(stack: Stack) -> bool:
     svc = stack.service("kafka")
+    logs = [f for f in (svc.log_file, svc.stdout_file) if f.exists()]
+    return any("Address already in use" in f.read_text(errors="replace") for f in logs)
+
+
+def up_on_free_ports(
+    stack: Settings, tmp: Path, attempts: int = 5
+) -> tuple[Stack, Settings, ServiceStatus]:
+    """Start a private Kafka on ports nobody holds. A port taken before the start is
+    refused by the stack manager (:class:`PortInUseError`); one taken between that check
+    and Kafka's bind makes Kafka exit with "Address already in use": both move on to
+    another pair, each attempt in a fresh state directory (storage is formatted for its
+    controller port)."""
+    ports = port_pairs()
+    for attempt in range(attempts):
+        settings = kafka_settings(stack, tmp / f"state{attempt}", *next(ports))
+        private = Stack(settings, ["kafka"])
+        try:
+            [status] = private.up(progress=print)
+            return private, settings, status
+        except PortInUseError as exc:
+            print(f"attempt {attempt}: {exc}")
+        except StackError:
+            private.down(progress=print)
+            if not _lost_a_port(private):
+                raise
+            print(f"attempt {attempt}: Kafka lost a port to another process")
+    raise AssertionError(f"no free pair of ports for a private Kafka in {attempts} attempts")
+
+
+def test_up_is_idempotent_and_down_leaves_nothing(stack: Settings, tmp_path: Path) -> None:
+    private, settings, first = up_on_free_ports(stack, tmp_path)
+    try:
+        assert first.healthy and first.pid is not None
+        [again] = private.up(progress=print)
+        assert again.pid == first.pid  # already up: a no-op
+        [status] = private.status()
+        assert status.healthy and status.version == settings.kafka.version
+        assert status.port == settings.kafka.port
+    finally:
+        private.down(progress=print)
+    svc = private.service("kafka")
     assert not process.alive(first.pid)
     assert not svc.pid_file.exists()
-    assert not process.port_open(private_settings.kafka.host, private_settings.kafka.port)
+    assert not process.port_open(settings.kafka.host, settings.kafka.port)
     leftovers = [
         p.name
         for p in Path("/proc").iterdir()
         if p.name.isdigit() and svc.marker in (process.cmdline(int(p.name)) or "")
     ]
     assert leftovers == []
-    [after] = stack.status()
+    [after] = private.status()
     assert after.state == "stopped"
     assert svc.log_file.exists()  # logs are kept after down
+
+
+@pytest.mark.parametrize(
+    ("label", "index", "variable"),
+    [("client", 0, "LAMINA_KAFKA__PORT"), ("controller", 1, "LAMINA_KAFKA__CONTROLLER_PORT")],
+)
+def test_up_refuses_a_port_another_process_holds(
+    stack: Settings, tmp_path: Path, label: str, index: int, variable: str
+) -> None:
+    """Both ports are bound here for the whole test (so nobody else can take them); only
+    the one under test listens, like a process that already serves on it."""
+    with contextlib.ExitStack() as held:
+        for pair in port_pairs():
+            socks = [held.enter_context(socket.socket()) for _ in pair]
+            try:
+                for sock, port in zip(socks, pair, strict=True):
+                    sock.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        socks[index].listen()
+        private = Stack(kafka_settings(stack, tmp_path / "state", *pair), ["kafka"])
+        with pytest.raises(PortInUseError) as err:
+            private.up(progress=print)
+        taken = f"its {label} port 127.0.0.1:{pair[index]} is taken by pid {os.getpid()} ("
+        assert taken in str(err.value) and variable in str(err.value)
+    svc = private.service("kafka")
+    assert not svc.pid_file.exists()  # nothing was started
+    assert [s.state for s in private.status()] == ["stopped"]
+
+
+def test_stack_smoke_kafka_round_trip(stack: Settings) -> None:
+    """Smoke check of the shared Kafka itself (not of Lamina): records produced with
+    kafka-python come back, from every partition, with their keys."""
+    topic = f"t-smoke-{uuid.uuid4().hex[:8]}"
+    sent = {f"k{i}".encode(): f"v{i}".encode() for i in range(100)}
+    producer = KafkaProducer(bootstrap_servers=stack.kafka.bootstrap_servers)
+    consumer = KafkaConsumer(
+        bootstrap_servers=stack.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=15_000,
+        group_id=None,
+    )
+    try:
+        acks = [producer.send(topic, key=k, value=v) for k, v in sent.items()]
+        producer.flush()
+        partitions = {f.get(timeout=30).partition for f in acks}
+        assert len(partitions) == stack.kafka.partitions  # the broker's default, auto-created
+        consumer.subscribe([topic])
+        got: dict[bytes, bytes] = {}
+        seen: set[int] = set()
+        for record in consumer:
+            got[record.key] = record.value
+            seen.add(record.partition)
+            if len(got) == len(sent):
+                break
+        assert got == sent
+        assert seen == partitions
+    finally:
+        producer.close()
+        consumer.close()
+        admin = KafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap_servers)
+        try:
+            admin.delete_topics([topic])
+        finally:
+            admin.close()

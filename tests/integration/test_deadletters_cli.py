@@ -1,0 +1,260 @@
+"""``lamina deadletters``: what the archiver's dead-letter sink wrote, as JSON and as a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from lamina.settings import Settings
+from lamina.views import load_views
+from speed.deadletters import read_deadletters
+from speed.jobs import ensure_topics, start_archiver
+from speed.status import deadletter_topic
+from tests.conftest import ROOT
+from tests.integration.streams import (
+    drop_private_world,
+    private_env,
+    produce,
+    settings_under,
+    topic_records,
+)
+
+GOOD = [
+    json.dumps(
+        {
+            "event_id": f"e{i}",
+            "ts": "2026-11-18T08:00:00Z",
+            "url": "/p/1",
+            "visitor": "v1",
+            "status": 200,
+            "load_ms": 1.5,
+        }
+    ).encode()
+    for i in range(10)
+]
+LONG = b"[" + b"1, " * 40 + b"1]"
+BAD = {
+    # raw record -> the reason the validator gives (counts 3, 2, 1: a stable summary order)
+    b"{not json": "not valid JSON: Expecting property name enclosed in double quotes: "
+    "line 1 column 2 (char 1)",
+    b"caf\xe9 au lait": "not valid JSON: 'utf-8' codec can't decode byte 0xe9 in position 3: "
+    "invalid continuation byte",
+    b"": "not valid JSON: Expecting value: line 1 column 1 (char 0)",
+    b"[1, 2]": "not a JSON object but list",
+    LONG: "not a JSON object but list",
+    GOOD[0].replace(b'"e0"', b"null"): "missing field 'event_id'",
+}
+SUMMARY = (
+    "6 dead letters for source pageviews: 3 not valid JSON, 2 not a JSON object but list, "
+    "1 missing field 'event_id'"
+)
+FOREIGN = "not a Lamina dead letter (written to the topic by something else)"
+
+
+def iso_ms(ms: int) -> str:
+    """A broker timestamp (ms) as the dead-letter sink formats it: UTC, milliseconds."""
+    seconds = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{seconds}.{ms % 1000:03d}Z"
+
+
+def line(d: dict[str, Any]) -> str:
+    """One letter as the table shows it (its raw record cut at 80 characters)."""
+    return f"{d['topic']}[{d['partition']}]@{d['offset']}  {d['reason']}  raw={d['raw'][:80]!r}"
+
+
+@pytest.fixture(scope="module")
+def env(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Private topics, master dataset and checkpoints (``LAMINA_*``), deleted at the end."""
+    env = private_env(tmp_path_factory.mktemp("deadletters"), "dl", 10)
+    yield env
+    drop_private_world(private_settings(env))
+
+
+def private_settings(env: dict[str, str]) -> Settings:
+    with settings_under(env) as settings:
+        return settings
+
+
+@pytest.fixture(scope="module")
+def letters(env: dict[str, str], spark: Any) -> list[dict[str, Any]]:
+    """Good and bad records produced to the private pageviews topic and run through the
+    archiver (the real dead-letter sink); the letters expected, oldest first, computed from
+    the records as Kafka returns them."""
+    settings = private_settings(env)
+    source = load_views(settings.pipeline.views_file).sources["pageviews"]
+    ensure_topics(settings, [source.topic, deadletter_topic(source)])
+    produce(settings, source.topic, [*GOOD[:5], *BAD, *GOOD[5:]])
+    for query in start_archiver(spark, settings, source):
+        try:
+            query.processAllAvailable()
+        finally:
+            query.stop()
+    want = [
+        {
+            "reason": BAD[r.value or b""],
+            "raw": (r.value or b"").decode(errors="replace"),
+            "topic": source.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp": iso_ms(r.timestamp),
+        }
+        for r in topic_records(settings, source.topic)
+        if r.value not in GOOD
+    ]
+    assert len(want) == len(BAD)
+    # The sink is at least once: a letter written twice (a replayed micro-batch) is one.
+    dead = topic_records(settings, deadletter_topic(source))
+    assert len(dead) == len(BAD)
+    produce(settings, deadletter_topic(source), [dead[0].value])
+    return sorted(want, key=lambda d: (d["timestamp"], d["partition"], d["offset"]))
+
+
+def lamina(env: dict[str, str], *args: str) -> str:
+    """``lamina ARGS`` in a new process: its stdout without ``_say``'s clock prefix, after
+    checking it exited 0 without a traceback."""
+    out = subprocess.run(
+        [sys.executable, "-m", "lamina.cli", *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    return re.sub(r"(?m)^\d\d:\d\d:\d\d ", "", out.stdout)
+
+
+def test_json_lists_each_letter_once_with_its_origin(
+    env: dict[str, str], letters: list[dict[str, Any]]
+) -> None:
+    stdout = lamina(env, "deadletters", "pageviews", "--format", "json")
+    assert json.loads(stdout) == letters
+    stdout = lamina(env, "deadletters", "pageviews", "--format", "json", "--limit", "2")
+    assert json.loads(stdout) == letters[-2:]
+    stdout = lamina(env, "deadletters", "pageviews", "--format", "json", "--limit", "0")
+    assert json.loads(stdout) == []
+
+
+def test_limit_zero_prints_only_the_summary(
+    env: dict[str, str], letters: list[dict[str, Any]]
+) -> None:
+    assert lamina(env, "deadletters", "pageviews", "--limit", "0").splitlines() == [SUMMARY]
+
+
+def test_a_negative_limit_is_a_usage_error(env: dict[str, str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lamina.cli", "deadletters", "pageviews", "--limit", "-1"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "'-1' is not a whole number >= 0" in out.stderr
+
+
+@pytest.mark.parametrize("limit", [None, 6, 2, 1])
+def test_table_shows_the_newest_letters_and_a_summary(
+    env: dict[str, str], letters: list[dict[str, Any]], limit: int | None
+) -> None:
+    args = [] if limit is None else ["--limit", str(limit)]
+    stdout = lamina(env, "deadletters", "pageviews", *args)
+    shown = letters if limit is None else letters[-limit:]  # default 20: all 6
+    assert stdout.splitlines() == [*map(line, shown), SUMMARY]
+    assert len(LONG) > 80 and LONG.decode() not in stdout  # raw records are cut
+
+
+def test_foreign_records_are_shown_not_hidden(env: dict[str, str]) -> None:
+    settings = private_settings(env)
+    source = load_views(settings.pipeline.views_file).sources["sensors"]
+    topic = deadletter_topic(source)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        sent = [producer.send(topic, value=v, partition=0) for v in (b"hello", b'{"n": 1}')]
+        producer.flush()
+        at = [f.get(timeout=30).offset for f in sent]
+    finally:
+        producer.close()
+    want = [
+        {
+            "reason": FOREIGN,
+            "raw": raw,
+            "topic": topic,
+            "partition": 0,
+            "offset": off,
+            "timestamp": "",
+        }
+        for raw, off in zip(("hello", '{"n": 1}'), at, strict=True)
+    ]
+    stdout = lamina(env, "deadletters", "sensors", "--format", "json")
+    assert json.loads(stdout) == want
+    stdout = lamina(env, "deadletters", "sensors")
+    assert stdout.splitlines() == [
+        *map(line, want),
+        f"2 dead letters for source sensors: 2 {FOREIGN}",
+    ]
+
+
+def test_no_letters_is_a_clear_empty_answer(env: dict[str, str]) -> None:
+    settings = private_settings(env)
+    source = load_views(settings.pipeline.views_file).sources["metering"]
+    for _topic_exists in (False, True):
+        stdout = lamina(env, "deadletters", "metering", "--format", "json")
+        assert json.loads(stdout) == []
+        stdout = lamina(env, "deadletters", "metering")
+        assert stdout.strip() == "0 dead letters for source metering"
+        ensure_topics(settings, [deadletter_topic(source)])
+
+
+def test_unknown_source_is_one_line_error(env: dict[str, str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lamina.cli", "deadletters", "nope"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == (
+        "lamina: error: unknown source 'nope' (declared sources: pageviews, sensors, metering)\n"
+    )
+
+
+def test_a_tombstone_is_a_dead_letter_of_its_origin(
+    stack: Settings, spark: Any, tmp_path: Path
+) -> None:
+    settings = private_settings(private_env(tmp_path, "dl", 10))
+    try:
+        source = load_views(settings.pipeline.views_file).sources["pageviews"]
+        ensure_topics(settings, [source.topic, deadletter_topic(source)])
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        try:
+            at = producer.send(source.topic, key=b"k", value=None).get(timeout=30)
+        finally:
+            producer.close()
+        for query in start_archiver(spark, settings, source):
+            try:
+                query.processAllAvailable()
+            finally:
+                query.stop()
+        [letter] = read_deadletters(settings, source)
+        assert (letter["topic"], letter["partition"], letter["offset"], letter["raw"]) == (
+            source.topic,
+            at.partition,
+            at.offset,
+            "",
+        )
+    finally:
+        drop_private_world(settings)
