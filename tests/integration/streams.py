@@ -1,21 +1,22 @@
-"""Shared pieces of the streaming tests: a private world as LAMINA_* variables, producing
-to Kafka with acknowledgements, and checking merged HTTP answers against the truth."""
+"""Shared pieces of the streaming tests: private worlds, Kafka records, merged answers vs truth."""
 
 from __future__ import annotations
 
 import contextlib
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from lamina.settings import Settings, environment, load_settings
 from lamina.views import load_views
 from serving.api import create_app
+from serving.cassandra import session
 from tests import truth
 from tests.conftest import ROOT
 
@@ -75,10 +76,69 @@ def end_offsets(settings: Settings, topic: str) -> dict[str, int]:
         c.close()
 
 
-def check_answers(settings: Settings, produced: dict[str, list[dict[str, Any]]]) -> None:
+def topic_records(settings: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its current end offsets, in offset order per partition
+    (kafka-python ``ConsumerRecord``s: ``partition``, ``offset``, ``timestamp``, ``value``)."""
+    c = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        ends = c.end_offsets(tps)
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+        deadline = time.monotonic() + 60
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"could not read {topic} up to {ends}"
+            for tp, records in c.poll(timeout_ms=1000).items():
+                out[tp.partition] += [r for r in records if r.offset < ends[tp]]
+        return [r for p in sorted(out) for r in out[p]]
+    finally:
+        c.close()
+
+
+def first_delivery_epochs(settings: Settings, topic: str, epoch_s: int) -> dict[bytes, int]:
+    """For each distinct record value in ``topic``, the ingest epoch of its first delivery
+    (lowest offset): its broker timestamp floored to ``epoch_s`` seconds, computed here from
+    the records Kafka returns, not by Lamina."""
+    out: dict[bytes, int] = {}
+    for r in topic_records(settings, topic):  # offset order; redeliveries share a partition
+        out.setdefault(r.value, r.timestamp // (epoch_s * 1000) * epoch_s)
+    return out
+
+
+def drop_private_world(settings: Settings) -> None:
+    """Drop a private world's keyspace (``t_*`` only) and delete the topics of its views file
+    with their ``.deadletters`` topics; refuses to touch the shared keyspace or topics."""
+    ks = settings.cassandra.keyspace
+    if not ks.startswith("t_"):
+        raise ValueError(f"refusing to drop keyspace {ks!r}: not a private (t_*) keyspace")
+    shared = {s.topic for s in load_views(ROOT / "conf" / "views.toml").sources.values()}
+    mine = {s.topic for s in load_views(settings.pipeline.views_file).sources.values()}
+    if mine & shared:
+        raise ValueError(f"refusing to delete shared topics {sorted(mine & shared)}")
+    with session(settings.cassandra) as s:
+        s.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        topics = {t for m in mine for t in (m, f"{m}.deadletters")}
+        doomed = sorted(topics & set(admin.list_topics()))
+        if doomed:
+            admin.delete_topics(doomed, timeout_ms=60_000)
+    finally:
+        admin.close()
+
+
+def check_answers(
+    settings: Settings, produced: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
     """Every key and bucket of each view's merged HTTP answer equals the truth computed from
-    the ``produced`` valid events (exact, or within the sketches' bounds)."""
+    the ``produced`` valid events (exact, or within the sketches' bounds).
+
+    Returns per view the answer's ``provenance`` and, per ``(key, bucket_start)``, the
+    bucket's ``from_batch`` and ``realtime_epochs``.
+    """
     catalog = load_views(settings.pipeline.views_file)
+    answers: dict[str, dict[str, Any]] = {}
     with TestClient(create_app(settings, catalog)) as client:
         for view, good in produced.items():
             want = truth.truth(view, good)
@@ -98,6 +158,20 @@ def check_answers(settings: Settings, produced: dict[str, list[dict[str, Any]]])
                 for res in r.json()["results"]
                 for b in res["buckets"]
             }
-            assert set(got) == set(want), view
+            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+            assert not missing and not extra, f"{view}: missing {missing[:5]}, extra {extra[:5]}"
             problems = {k: p for k in want if (p := truth.check(view, got[k], want[k]))}
-            assert problems == {}, view
+            first = dict(list(problems.items())[:5])
+            assert problems == {}, f"{view}: {len(problems)} cells differ, e.g. {first}"
+            answers[view] = {
+                "provenance": r.json()["provenance"],
+                "buckets": {
+                    (res["key"], b["bucket_start"]): {
+                        "from_batch": b["from_batch"],
+                        "realtime_epochs": b["realtime_epochs"],
+                    }
+                    for res in r.json()["results"]
+                    for b in res["buckets"]
+                },
+            }
+    return answers

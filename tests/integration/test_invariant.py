@@ -2,20 +2,26 @@
 
 Events with late arrivals (hours and days), redeliveries and bad records are produced in
 rounds; the archiver and the speed jobs run in a separate process (``lamina stream run``);
-batch runs happen between rounds; the streaming process is killed with SIGKILL once and
-restarted. At every checkpoint, for every key and bucket of the three example views, the
-merged answer of the HTTP API equals the truth computed from the produced events; each bad
-record is in the dead letters exactly once.
+batch runs happen between rounds; the streaming process is killed with SIGKILL once, in the
+middle of a micro-batch, and restarted; after two batches with different cutoffs the views
+are rolled back to the older version and forward again. At every checkpoint, for every key
+and bucket of the three example views, the merged answer of the HTTP API equals the truth
+computed from the produced events, and so does its provenance: ``from_batch`` and
+``realtime_epochs`` are what the ingest epochs of the records (read back from Kafka) and the
+published cutoff imply. Each bad record is in the dead letters exactly once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +31,21 @@ from batch.master import complete_cutoff
 from batch.run import run_batch
 from lamina.settings import Settings
 from lamina.views import load_views
+from serving.store import open_store
 from speed.deadletters import read_deadletters
-from speed.jobs import ensure_topics
-from speed.status import status_file
+from speed.jobs import CLOCK_SKEW_S, ensure_topics
+from speed.status import checkpoint_path, status_file
 from tests import truth
 from tests.conftest import ROOT
 from tests.integration.streams import (
     check_answers,
+    drop_private_world,
     end_offsets,
+    first_delivery_epochs,
     private_env,
     produce,
     settings_under,
+    topic_records,
 )
 
 EPOCH_S = 5
@@ -44,6 +54,7 @@ GENS = {
     "iot_temperature": ("sensors", truth.sensors),
     "cloud_metering": ("metering", truth.metering),
 }
+Cell = tuple[str, int]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +65,13 @@ def env(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def inv(env: dict[str, str]) -> Iterator[Settings]:
-    """Settings as the streaming process sees them (the env above applied)."""
+    """Settings as the streaming process sees them (the env above applied); the private
+    keyspace and topics are dropped at the end."""
     with settings_under(env) as settings:
-        yield settings
+        try:
+            yield settings
+        finally:
+            drop_private_world(settings)
 
 
 class StreamProcess:
@@ -77,6 +92,9 @@ class StreamProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
 
     def kill_hard(self) -> None:
         assert self.proc is not None
@@ -101,18 +119,123 @@ def wait_caught_up(
     deadline = time.monotonic() + timeout_s
     pending = set(queries)
     while pending and time.monotonic() < deadline:
-        assert proc.proc is not None and proc.proc.poll() is None, proc.log.read_text()[-3000:]
+        proc.assert_alive()
         for q in list(pending):
             f = status_file(settings, q)
             if f.exists():
-                import json
-
                 got = json.loads(f.read_text()).get("end_offsets", {})
                 topic = queries[q]
                 if all(got.get(topic, {}).get(p, -1) >= off for p, off in want[q].items()):
                     pending.discard(q)
-        time.sleep(1)
+        time.sleep(0.25)
     assert not pending, f"not caught up: {pending}\n{proc.log.read_text()[-3000:]}"
+
+
+def last_epoch(settings: Settings, topic: str) -> int:
+    """The ingest epoch of the newest record in ``topic`` (broker timestamp, floored here)."""
+    return max(r.timestamp for r in topic_records(settings, topic)) // (EPOCH_S * 1000) * EPOCH_S
+
+
+def wait_complete(
+    settings: Settings, sources: dict[str, Any], after: dict[str, int], proc: StreamProcess
+) -> dict[str, int]:
+    """Until the master dataset holds every epoch ``<= after[view]`` complete (the cutoff a
+    batch may take is past it); returns those cutoffs. The first moment it can hold is
+    computed from the clock: the epoch's end plus the archiver's clock-skew allowance."""
+    earliest = max(after.values()) + EPOCH_S + CLOCK_SKEW_S
+    time.sleep(max(0.0, earliest - time.time()))
+    deadline = time.monotonic() + 120
+    while True:
+        proc.assert_alive()
+        cut = {v: complete_cutoff(settings, src) for v, src in sources.items()}
+        if all(c is not None and c > after[v] for v, c in cut.items()):
+            return {v: int(c) for v, c in cut.items() if c is not None}
+        assert time.monotonic() < deadline, f"epochs {after} never complete: {cut}"
+        time.sleep(0.1)
+
+
+def _batch_ids(directory: Path) -> set[int]:
+    return (
+        {int(p.name) for p in directory.iterdir() if p.name.isdigit()}
+        if directory.exists()
+        else set()
+    )
+
+
+def _source_offsets(checkpoint: Path, batch: int) -> str:
+    """The source offsets a micro-batch reads up to (last line of its offsets log entry)."""
+    f = checkpoint / "offsets" / str(batch)
+    return f.read_text().strip().splitlines()[-1] if batch >= 0 and f.exists() else ""
+
+
+def latest_batches(settings: Settings, queries: list[str]) -> dict[str, int]:
+    """The newest micro-batch each query has planned (-1 if none)."""
+    return {
+        q: max(_batch_ids(checkpoint_path(settings, q) / "offsets"), default=-1) for q in queries
+    }
+
+
+def running_batches(
+    settings: Settings, queries: list[str], after: dict[str, int]
+) -> dict[str, int]:
+    """Queries in the middle of a micro-batch newer than ``after[q]`` that reads new records:
+    its offsets are in the write-ahead log (written when it starts), its commit (written when
+    it ends) is not, and it reads past the previous batch's offsets."""
+    out = {}
+    for q in queries:
+        cp = checkpoint_path(settings, q)
+        for n in sorted(_batch_ids(cp / "offsets") - _batch_ids(cp / "commits")):
+            if n > after[q] and _source_offsets(cp, n) != _source_offsets(cp, n - 1):
+                out[q] = n
+    return out
+
+
+def kill_mid_batch(
+    settings: Settings, proc: StreamProcess, queries: list[str], after: dict[str, int]
+) -> dict[str, int]:
+    """SIGKILL the stream as soon as a speed query is in the middle of a micro-batch with new
+    records; returns the micro-batches that were cut short (uncommitted after the kill)."""
+    speed = [q for q in queries if q.startswith("speed-")]
+    deadline = time.monotonic() + 180
+    while not running_batches(settings, speed, after):
+        proc.assert_alive()
+        assert time.monotonic() < deadline, f"no micro-batch seen running after {after}"
+        time.sleep(0.02)
+    proc.kill_hard()
+    cut_short = running_batches(settings, queries, after)  # nothing can commit any more
+    assert cut_short, "every micro-batch committed before the kill landed"
+    return cut_short
+
+
+def expected_provenance(
+    view: str, events: list[tuple[dict[str, Any], int]], cutoff: int | None
+) -> dict[Cell, dict[str, Any]]:
+    """Per cell of the truth: ``from_batch`` iff a counted event's first delivery is in an
+    epoch before ``cutoff``; ``realtime_epochs`` the epochs ``>= cutoff`` of counted events
+    (all of them with no batch published). ``events`` are (event, first-delivery epoch);
+    what counts in which cell is :func:`truth.truth`'s business (the view's filter, buckets)."""
+    floor = cutoff if cutoff is not None else -(2**63)
+    in_batch = set(truth.truth(view, [ev for ev, e in events if e < floor]))
+    by_epoch: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ev, e in events:
+        if e >= floor:
+            by_epoch[e].append(ev)
+    realtime: dict[Cell, set[int]] = defaultdict(set)
+    for e, evs in by_epoch.items():
+        for cell in truth.truth(view, evs):
+            realtime[cell].add(e)
+    return {
+        cell: {"from_batch": cell in in_batch, "realtime_epochs": sorted(realtime[cell])}
+        for cell in truth.truth(view, [ev for ev, _ in events])
+    }
+
+
+def mixed_cells(provenance: dict[str, dict[Cell, dict[str, Any]]]) -> dict[str, int]:
+    """Per view, the number of cells merging batch and real-time contributions."""
+    return {
+        v: sum(1 for b in cells.values() if b["from_batch"] and b["realtime_epochs"])
+        for v, cells in provenance.items()
+    }
 
 
 def test_merged_answers_stay_exact(
@@ -120,11 +243,13 @@ def test_merged_answers_stay_exact(
 ) -> None:
     settings = inv
     catalog = load_views(settings.pipeline.views_file)
-    topics = {v: catalog.view(v).source.topic for v in GENS}
+    sources = {v: catalog.view(v).source for v in GENS}
+    topics = {v: sources[v].topic for v in GENS}
     queries = {f"speed-{v}": topics[v] for v in GENS}
-    queries |= {f"archiver-{catalog.view(v).source.name}": topics[v] for v in GENS}
-    queries |= {f"deadletters-{catalog.view(v).source.name}": topics[v] for v in GENS}
+    queries |= {f"archiver-{sources[v].name}": topics[v] for v in GENS}
+    queries |= {f"deadletters-{sources[v].name}": topics[v] for v in GENS}
     produced: dict[str, list[dict[str, Any]]] = {v: [] for v in GENS}
+    valid_raw: dict[str, list[bytes]] = {v: [] for v in GENS}
     bad: dict[str, list[bytes]] = {v: [] for v in GENS}
 
     def round_of(n: int, seed: int) -> None:
@@ -133,6 +258,34 @@ def test_merged_answers_stay_exact(
             produce(settings, topics[view], g.raw)
             produced[view] += g.good
             bad[view] += g.bad
+            once = [r for r in dict.fromkeys(g.raw) if r not in set(g.bad)]
+            assert len(once) == len(g.good)
+            valid_raw[view] += once
+
+    def check(cutoffs: dict[str, int]) -> dict[str, dict[Cell, dict[str, Any]]]:
+        """Values == truth and provenance == expected for every cell of every view, under
+        the published ``cutoffs`` (none: no batch); returns the provenance per view."""
+        answers = check_answers(settings, produced)
+        checked = {}
+        for view in GENS:
+            epochs = first_delivery_epochs(settings, topics[view], EPOCH_S)
+            events = [(json.loads(raw), epochs[raw]) for raw in valid_raw[view]]
+            want = expected_provenance(view, events, cutoffs.get(view))
+            got = answers[view]
+            assert got["provenance"]["cutoff"] == cutoffs.get(view), view
+            wrong = {
+                c: (got["buckets"].get(c), w) for c, w in want.items() if got["buckets"].get(c) != w
+            }
+            assert wrong == {}, f"{view}: provenance (got, want) of {len(wrong)} cells"
+            checked[view] = want
+        return checked
+
+    def batch(bounds: dict[str, int]) -> dict[str, Any]:
+        """A batch run (the cutoff it picks itself); each view's result, its cutoff checked
+        to cover at least the epochs awaited as complete."""
+        results = {r.view: r for r in run_batch(spark, settings, catalog)}
+        assert {v: r.cutoff >= bounds[v] for v, r in results.items()} == dict.fromkeys(GENS, True)
+        return results
 
     ensure_topics(settings, [t for v in GENS for t in (topics[v], f"{topics[v]}.deadletters")])
     proc = StreamProcess(env, tmp_path / "stream.log")
@@ -141,32 +294,64 @@ def test_merged_answers_stay_exact(
         # Round 1: only the speed layer has seen anything (no batch published yet).
         round_of(600, seed=11)
         wait_caught_up(settings, queries, proc)
-        check_answers(settings, produced)
+        check({})
 
-        # A batch covers the complete epochs; the rest comes from real-time rows.
-        time.sleep(EPOCH_S + 1)
+        # A batch covers round 1 whole (awaited complete); the rest comes from real-time rows.
+        bounds = wait_complete(
+            settings, sources, {v: last_epoch(settings, topics[v]) for v in GENS}, proc
+        )
         round_of(300, seed=12)
         wait_caught_up(settings, queries, proc)
-        cut = {v: complete_cutoff(settings, catalog.view(v).source) for v in GENS}
-        assert all(c is not None for c in cut.values()), cut
-        run_batch(spark, settings, catalog)
-        check_answers(settings, produced)
+        first = batch(bounds)
+        cut1 = {v: r.cutoff for v, r in first.items()}
+        check(cut1)
 
-        # Round 3, with the streaming process killed hard in the middle of it.
-        round_of(400, seed=13)
-        time.sleep(3)
-        proc.kill_hard()
+        # Round 3, with the streaming process killed hard in the middle of a micro-batch.
+        before = latest_batches(settings, list(queries))
+        with ThreadPoolExecutor(1) as pool:
+            sending = pool.submit(round_of, 400, 13)
+            kill_mid_batch(settings, proc, list(queries), before)
+            sending.result()
         round_of(400, seed=14)
         proc.start()
         wait_caught_up(settings, queries, proc)
-        check_answers(settings, produced)
+        mixed = mixed_cells(check(cut1))
+        assert all(mixed.values()), mixed  # batch (rounds 1-2) and real time (rounds 3-4)
 
-        # Another batch after the restart, then one more round.
-        time.sleep(EPOCH_S + 1)
+        # Another batch after the restart (covering rounds 3-4), then one more round.
+        bounds = wait_complete(
+            settings, sources, {v: last_epoch(settings, topics[v]) for v in GENS}, proc
+        )
+        second = batch(bounds)
+        cut2 = {v: r.cutoff for v, r in second.items()}
+        assert all(cut2[v] > cut1[v] for v in GENS), (cut1, cut2)
+        check(cut2)
         round_of(200, seed=15)
         wait_caught_up(settings, queries, proc)
-        run_batch(spark, settings, catalog)
-        check_answers(settings, produced)
+        mixed = mixed_cells(check(cut2))
+        assert all(mixed.values()), mixed
+
+        # Roll back to the first version, after the purges, with real-time rows of epochs
+        # on both sides of the second cutoff: exact, with the rows since the first cutoff.
+        with open_store(settings.cassandra) as store:
+            for v in GENS:
+                view = catalog.view(v)
+                assert list(store.realtime_before(view, cut1[v])) == [], f"{v}: not purged"
+                store.rollback(view, first[v].version)
+                assert store.version(view, second[v].version).state == "superseded", v
+                assert store.version(view, first[v].version).state == "published", v
+        back = check(cut1)
+        for v in GENS:  # the answers needed the rows of epochs in [cut1, cut2)
+            assert any(e < cut2[v] for b in back[v].values() for e in b["realtime_epochs"]), v
+
+        # And forward again.
+        with open_store(settings.cassandra) as store:
+            for v in GENS:
+                view = catalog.view(v)
+                store.rollback(view, second[v].version)
+                assert store.version(view, first[v].version).state == "superseded", v
+                assert store.version(view, second[v].version).state == "published", v
+        check(cut2)
     finally:
         proc.stop()
 
