@@ -50,10 +50,11 @@ mutate: setup $(MUTATE_STAMP) ## mutation testing (slow, not in CI): mutmut on t
 	$(BIN)/python -m tests.mutants --mutmut-stats mutants/mutmut-cicd-stats.json \
 	    --json mutation-report.json $(ARGS)
 
-lint: setup ## ruff lint + format check, mypy on the shared core
+lint: setup ## ruff lint + format check, mypy on the shared core, import layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
