@@ -65,6 +65,12 @@ def _typed(field: str, ftype: str, value: Any, coerce: bool) -> Any:
     return value
 
 
+def parse_text(field: str, ftype: str, text: str) -> Any:
+    """``text`` from a text format (a CSV cell, a query key) as ``ftype``, by the same rule as
+    imports; ``""`` is ``None``. Raises ``ValueError`` with the reason."""
+    return _typed(field, ftype, text, coerce=True)
+
+
 def event_time_seconds(value: Any, fmt: str) -> float:
     """Event time as float seconds since the epoch (UTC); raise ValueError if unusable."""
     if fmt == "iso8601":

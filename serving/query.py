@@ -14,6 +14,7 @@ from typing import Any
 
 from lamina.buckets import Bucket
 from lamina.errors import ConfigError, NotFoundError, QueryError
+from lamina.events import parse_text
 from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
 from serving.merge import merge, present, rollup
@@ -53,26 +54,13 @@ def parse_key(view: View, raw: str) -> tuple[Any, ...]:
     for field, text in zip(view.keys, parts, strict=True):
         ftype = view.source.fields[field]
         try:
-            out.append(
-                int(text)
-                if ftype == "long"
-                else float(text)
-                if ftype == "double"
-                else _boolean(text)
-                if ftype == "boolean"
-                else text
-            )
+            value = text if ftype == "string" else parse_text(field, ftype, text)
+            if value is None:  # an empty part is no long, double or boolean
+                raise ValueError(text)
         except ValueError:
             raise QueryError(f"key field {field!r} is {ftype}, got {text!r}") from None
+        out.append(value)
     return tuple(out)
-
-
-def _boolean(text: str) -> bool:
-    """``true``/``false`` in any case; anything else is a ``ValueError``."""
-    value = {"true": True, "false": False}.get(text.strip().lower())
-    if value is None:
-        raise ValueError(text)
-    return value
 
 
 @dataclass(frozen=True)

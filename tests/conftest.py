@@ -7,6 +7,9 @@ directory either way; their paths are printed when a test failed.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from importlib import metadata
@@ -91,4 +94,19 @@ def isolated(settings: Settings, tmp: Path) -> Settings:
                 update={"master_dir": tmp / "master", "views_file": ROOT / "conf" / "views.toml"}
             ),
         }
+    )
+
+
+def run_lamina(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``lamina ARGS`` in a new process (this interpreter, the repository as cwd) with ``env``
+    over the current environment; its exit status and captured text."""
+    return subprocess.run(
+        [sys.executable, "-m", "lamina.cli", *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from lamina.views import load_views
 from serving.cassandra import session
 from serving.store import Store
 from tests import truth
-from tests.conftest import ROOT, isolated
+from tests.conftest import ROOT, isolated, run_lamina
 from tests.integration.conftest import drop_keyspace
 
 
@@ -26,19 +24,11 @@ def lamina(world: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str
     """Run ``lamina ARGS`` in a new process pointed at ``world``'s keyspace and master."""
     s = world["settings"]
     env = {
-        **os.environ,
         "LAMINA_CASSANDRA__KEYSPACE": s.cassandra.keyspace,
         "LAMINA_PIPELINE__MASTER_DIR": str(s.master_dir),
         "COLUMNS": "200",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "lamina.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    return run_lamina(env, *args)
 
 
 def test_query_json_matches_truth(world: dict[str, Any]) -> None:

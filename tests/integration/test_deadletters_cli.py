@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +17,7 @@ from lamina.views import load_views
 from speed.deadletters import read_deadletters
 from speed.jobs import ensure_topics, start_archiver
 from speed.status import deadletter_topic
-from tests.conftest import ROOT
+from tests.conftest import run_lamina
 from tests.integration.streams import (
     drop_private_world,
     private_env,
@@ -122,14 +119,7 @@ def letters(env: dict[str, str], spark: Any) -> list[dict[str, Any]]:
 def lamina(env: dict[str, str], *args: str) -> str:
     """``lamina ARGS`` in a new process: its stdout without ``_say``'s clock prefix, after
     checking it exited 0 without a traceback."""
-    out = subprocess.run(
-        [sys.executable, "-m", "lamina.cli", *args],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_lamina(env, *args)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     return re.sub(r"(?m)^\d\d:\d\d:\d\d ", "", out.stdout)
 
@@ -152,14 +142,7 @@ def test_limit_zero_prints_only_the_summary(
 
 
 def test_a_negative_limit_is_a_usage_error(env: dict[str, str]) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "lamina.cli", "deadletters", "pageviews", "--limit", "-1"],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_lamina(env, "deadletters", "pageviews", "--limit", "-1")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "'-1' is not a whole number >= 0" in out.stderr
 
@@ -218,14 +201,7 @@ def test_no_letters_is_a_clear_empty_answer(env: dict[str, str]) -> None:
 
 
 def test_unknown_source_is_one_line_error(env: dict[str, str]) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "lamina.cli", "deadletters", "nope"],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_lamina(env, "deadletters", "nope")
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr == (
         "lamina: error: unknown source 'nope' (declared sources: pageviews, sensors, metering)\n"

@@ -10,9 +10,7 @@ restart (CLI) with nothing lost and nothing counted twice.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from serving.api import create_app
 from speed import registry
 from speed.jobs import ensure_topics
 from tests import truth
-from tests.conftest import ROOT
+from tests.conftest import run_lamina
 from tests.integration.streams import (
     check_answers,
     drop_private_world,
@@ -54,14 +52,7 @@ def jset(env: dict[str, str]) -> Iterator[Settings]:
 
 
 def lamina(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lamina.cli", *args],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_lamina(env, *args, timeout=180)
 
 
 def wait_caught_up(settings: Settings, job_id: str, topic: str) -> None:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lamina.events import EVENT_TIME, parse_event
+from lamina.events import parse_event
 from lamina.settings import Settings
 from lamina.views import View, load_views
 from tests import truth
@@ -22,20 +22,21 @@ GENERATORS = {
     "iot_temperature": truth.sensors,
     "cloud_metering": truth.metering,
 }
-ARROW = {"string": pa.string(), "long": pa.int64(), "double": pa.float64(), "boolean": pa.bool_()}
 FILES = 4
 
 
 def write_events(view: View, events: list[dict[str, Any]], directory: Path) -> None:
-    """The parsed events as ``FILES`` Parquet files (one micro-batch each when streamed)."""
+    """The parsed events as ``FILES`` master-dataset files (their schema, no Kafka origin),
+    one micro-batch each when streamed."""
+    from batch.master import arrow_schema
+
     rows = [parse_event(ev, view.source) for ev in events]
     assert all(isinstance(r, dict) for r in rows)
-    fields = {**view.source.fields, EVENT_TIME: "double"}
-    schema = pa.schema([(f, ARROW[t]) for f, t in fields.items()])
+    schema = arrow_schema(view.source)
     directory.mkdir(parents=True)
     for i in range(FILES):
         part = rows[i::FILES]
-        table = pa.table({f: [r[f] for r in part] for f in fields}, schema=schema)
+        table = pa.table({f: [r.get(f) for r in part] for f in schema.names}, schema=schema)
         pq.write_table(table, directory / f"events-{i}.parquet")
 
 
