@@ -1,1 +1,1 @@
-"""Lamina's batch layer: the master dataset, view recompute on Spark, versioned publish."""
+"""Lamina's batch layer: master imports, view recompute on Spark, versioned publish, freshness."""

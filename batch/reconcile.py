@@ -9,8 +9,8 @@ monoids' ``plus``) of the real-time rows, aggregation by aggregation, with
 :meth:`lamina.monoids.Monoid.agrees` (exact for numbers, the sketches' stated error for
 distinct counts and quantiles).
 
-Pure functions, no I/O: :func:`batch.run.build_view` feeds them the real-time rows (read from
-Cassandra) and the batch cells (aggregated in Spark by :func:`batch.translate.aggregate`).
+Pure functions, no I/O: :func:`batch.recompute.build_view` feeds them the real-time rows (read from
+Cassandra) and the batch cells (aggregated in Spark by :func:`engine.translate.aggregate`).
 """
 
 from __future__ import annotations

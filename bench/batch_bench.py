@@ -1,10 +1,10 @@
-"""Batch-layer benchmark: Lamina's Spark batch (``batch.run.run_batch``) vs a DuckDB floor.
+"""Batch-layer benchmark: Lamina's Spark batch (``batch.recompute.run_batch``) vs a DuckDB floor.
 
 Generates synthetic events for the example sources directly as master-dataset Parquet files
-(the layout of :mod:`batch.master`) in a private master directory, records a finished
+(the layout of :mod:`lamina.master`) in a private master directory, records a finished
 writer's progress so a cutoff exists, then for each view:
 
-* times ``run_batch`` on real Spark (``batch.spark.spark_session``) and real Cassandra, in a
+* times ``run_batch`` on real Spark (``engine.session.spark_session``) and real Cassandra, in a
   private keyspace: read + dedup, aggregate + write, publish;
 * computes the same aggregation with DuckDB over the same files (dedup by event id, the
   view's filter, per key and event-time bucket; HLL -> ``approx_count_distinct``, KLL ->
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
 
         # (b) Spark batch
-        from batch.run import run_batch
-        from batch.spark import spark_session
+        from batch.recompute import run_batch
+        from engine.session import spark_session
 
         t0 = time.monotonic()
         spark = spark_session(settings, "lamina-batch-bench")

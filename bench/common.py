@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from batch.master import arrow_schema, record_progress, write_epoch  # noqa: E402
-from lamina.events import EVENT_TIME  # noqa: E402
+from lamina.master import arrow_schema, record_progress, write_epoch  # noqa: E402
+from lamina.schema import EVENT_TIME  # noqa: E402
 from lamina.settings import Settings, load_settings  # noqa: E402
 from lamina.views import Condition, Source, View  # noqa: E402
 
@@ -190,7 +190,7 @@ class Generated:
     seconds: float
     root: Path
     """The directory holding the ``ingest_epoch=<E>`` partitions written (whatever layout
-    ``batch.master.write_epoch`` uses: ``<source>/`` or ``<source>/imports/``)."""
+    ``lamina.master.write_epoch`` uses: ``<source>/`` or ``<source>/imports/``)."""
 
 
 def generate_source(
@@ -237,7 +237,7 @@ def generate_source(
     )
 
 
-# -- DuckDB: the same aggregation as batch.translate.aggregate -----------------------------
+# -- DuckDB: the same aggregation as engine.translate.aggregate -----------------------------
 
 
 def _sql_literal(v: Any) -> str:

@@ -1,6 +1,6 @@
 """Streaming-job lifecycle figures: how long ``lamina stream submit|stop|restart`` take.
 
-Submits one view's speed job through ``spark-submit`` (:mod:`speed.registry`) on private
+Submits one view's speed job through ``spark-submit`` (:mod:`speed.launcher`) on private
 topics, checkpoints, job registry and keyspace, and prints:
 
 - submit call (spawn + registry write), submit -> driver running, submit -> first progress;
@@ -31,10 +31,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lamina.settings import Settings
+from lamina.streams import end_offsets, ensure_topics
 from lamina.views import load_views
-from speed import registry
-from speed.jobs import ensure_topics
-from speed.status import end_offsets
+from speed import launcher
 
 VIEW = "cloud_metering"
 
@@ -83,7 +82,7 @@ def wait_for(what: str, check: Any, timeout_s: float = 600) -> float:
 
 def caught_up(settings: Settings, job_id: str, topic: str) -> bool:
     want = end_offsets(settings, {topic})[topic]
-    st = registry.status(settings, job_id)
+    st = launcher.status(settings, job_id)
     done = st["queries"][0]["processed_offsets"] or {}
     return all(done.get(p, -1) >= o for p, o in want.items())
 
@@ -95,25 +94,25 @@ def one_round(settings: Settings, events: int, seed: int) -> dict[str, float]:
     produce(settings, topic, events, seed)
     out: dict[str, float] = {}
     t0 = time.monotonic()
-    job = registry.submit(settings, catalog, VIEW)
+    job = launcher.submit(settings, catalog, VIEW)
     out["submit_call_s"] = time.monotonic() - t0
-    wait_for("running", lambda: registry.load(settings, job.id).state == "running")
+    wait_for("running", lambda: launcher.load(settings, job.id).state == "running")
     out["to_running_s"] = time.monotonic() - t0
     wait_for("catch-up", lambda: caught_up(settings, job.id, topic))
     out["to_caught_up_s"] = time.monotonic() - t0
     out["catchup_events_per_s"] = events / (out["to_caught_up_s"] - out["to_running_s"])
     t0 = time.monotonic()
-    stopped = registry.stop(settings, job.id)
+    stopped = launcher.stop(settings, job.id)
     out["stop_s"] = time.monotonic() - t0
     assert stopped.state == "stopped", stopped
     produce(settings, topic, events // 10, seed + 1)
     t0 = time.monotonic()
-    registry.restart(settings, job.id)
-    wait_for("running again", lambda: registry.load(settings, job.id).state == "running")
+    launcher.restart(settings, job.id)
+    wait_for("running again", lambda: launcher.load(settings, job.id).state == "running")
     out["restart_to_running_s"] = time.monotonic() - t0
     wait_for("catch-up after restart", lambda: caught_up(settings, job.id, topic))
     out["restart_to_caught_up_s"] = time.monotonic() - t0
-    registry.stop(settings, job.id)
+    launcher.stop(settings, job.id)
     return out
 
 

@@ -44,7 +44,8 @@ from lamina.settings import Settings
 from lamina.views import View, load_views
 from serving.cassandra import cluster, session
 from serving.merge import encode
-from serving.store import batch_table, insert_cql, realtime_table, write_rows
+from serving.schema import batch_table, insert_cql, realtime_table
+from serving.writer import write_rows
 
 VIEW = "web_pageviews"
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -101,8 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def publish_batch(settings: Settings, view: View, args: argparse.Namespace, end: int) -> Any:
     """Generate pageviews into the private master dataset and publish one batch version."""
-    from batch.run import run_batch
-    from batch.spark import spark_session
+    from batch.recompute import run_batch
+    from engine.session import spark_session
 
     catalog = load_views(settings.pipeline.views_file)
     gen = common.generate_source(

@@ -8,13 +8,13 @@ dataset and private checkpoints under ``--workdir`` (dropped at the end unless
     Preloads ``--events`` events (split evenly across the sources of the chosen views) into
     Kafka as fast as the kafka-python producer goes (pre-serialized JSON, several producer
     processes), then starts the streaming jobs in this process with
-    ``speed.jobs.start_all(..., trigger_s=None)`` and times how long they take to drain the
+    ``speed.queries.start_all(..., trigger_s=None)`` and times how long they take to drain the
     topics (``processAllAvailable`` per query, one thread each). The micro-batch
     ``durationMs`` of every query is summed so the report says where the time went. Then,
     with the streams stopped, batch reads of the same topics separate the costs: Kafka read
-    alone, + parse (``speed.parse.parse_records``, Python ``mapInArrow``), + dedup and
+    alone, + parse (``engine.kafka.parse_records``, Python ``mapInArrow``), + dedup and
     aggregate (no Cassandra, ``noop`` sink), + the speed layer's own Cassandra upsert
-    (``speed.jobs._upsert``).
+    (``speed.queries._upsert``).
 
 ``freshness``
     ``lamina stream run --trigger T`` and ``lamina serve`` run as subprocesses with the
@@ -227,7 +227,7 @@ class Private:
 
     @property
     def topics(self) -> list[str]:
-        from speed.status import deadletter_topic
+        from lamina.streams import deadletter_topic
 
         return sorted(
             t for s in self.catalog.sources.values() for t in (s.topic, deadletter_topic(s))
@@ -264,9 +264,9 @@ def private_setup(workdir: Path, prefix: str) -> Private:
 
 def prepare(priv: Private) -> None:
     """Create the topics and the keyspace/tables up front (not part of any timing)."""
+    from lamina.streams import ensure_topics
     from serving.cassandra import session
     from serving.store import Store
-    from speed.jobs import ensure_topics
 
     ensure_topics(priv.settings, priv.topics)
     with session(priv.settings.cassandra) as s:
@@ -547,12 +547,12 @@ def cost_split(
 ) -> Any:
     """Batch reads of the same topics, each step adding one piece of the speed job:
     Kafka read -> + parse (mapInArrow) -> + dedup/filter/aggregate (noop sink) -> + the
-    speed layer's Cassandra upsert (``speed.jobs._upsert``, same rows again, idempotent)."""
+    speed layer's Cassandra upsert (``speed.queries._upsert``, same rows again, idempotent)."""
     from pyspark.sql import functions as F
 
-    from batch.translate import aggregate
-    from speed.jobs import _upsert
-    from speed.parse import parse_records, valid
+    from engine.kafka import parse_records, valid
+    from engine.translate import aggregate
+    from speed.queries import _upsert
 
     eps = settings.pipeline.epoch_seconds
 
@@ -597,8 +597,8 @@ def cost_split(
 
 
 def run_catchup(args: argparse.Namespace) -> int:
-    from batch.spark import spark_session
-    from speed.jobs import start_all
+    from engine.session import spark_session
+    from speed.queries import start_all
 
     priv = private_setup(args.workdir.absolute(), "sbench")
     settings, catalog = priv.settings, priv.catalog
@@ -980,7 +980,7 @@ class Freshness:
 
     def monitor_loop(self) -> None:
         """The stream's micro-batches of the view (status file written by the stream)."""
-        from speed.status import status_file
+        from lamina.streams import status_file
 
         path = status_file(self.priv.settings, f"speed-{FRESH_VIEW}")
         while not self.stop_poll.is_set():

@@ -1,8 +1,8 @@
 """One batch pipeline DAG per view in conf/views.toml: ``lamina_batch_<view>``.
 
 wait for the archiver's complete epochs -> recompute -> validate -> publish -> purge + GC
-(:func:`batch.dag_tasks.build_chain`; ``[airflow] runner`` picks where the recompute runs).
-Orchestration only: every step calls :mod:`batch.pipeline`.
+(:func:`dags.lamina_tasks.build_chain`; ``[airflow] runner`` picks where the recompute runs).
+Orchestration only: every step calls :mod:`batch.steps`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import PokeReturnValue, dag, task
 
-from batch.dag_tasks import build_chain, default_args, lamina_endpoints
-from batch.pipeline import context
+from batch.steps import context
+from dags.lamina_tasks import build_chain, default_args, lamina_endpoints
 from lamina.settings import Settings
 
 SENSOR_TIMEOUT_S = 3600
@@ -42,7 +42,7 @@ def make_dag(view_name: str, schedule: str, settings: Settings) -> object:
             execution_timeout=timedelta(seconds=SENSOR_TIMEOUT_S + 60),
         )
         def wait_for_archiver() -> PokeReturnValue:
-            from batch.pipeline import pending_cutoff
+            from batch.steps import pending_cutoff
 
             with lamina_endpoints(af):
                 cut = pending_cutoff(view_name)

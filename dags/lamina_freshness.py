@@ -4,7 +4,7 @@ One task per view, ``check_<view>``, on a short schedule (``[airflow] freshness_
 it fails when the published cutoff is older than the view's ``max_staleness_s`` (about two
 schedule intervals plus slack) or nothing is published, and its ``on_failure_callback``
 logs one ``ALERT lamina ...`` line. No retries: the next run checks again. The staleness
-arithmetic lives in :func:`batch.pipeline.freshness` (the serving metrics reuse it).
+arithmetic lives in :func:`batch.steps.freshness` (the serving metrics reuse it).
 
 Why not Airflow's Deadline Alerts: they fire when a DAG *run* has not finished by a time
 relative to its logical date or queue time. Staleness is a property of the published data:
@@ -17,8 +17,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from batch.dag_tasks import alert_on_failure, default_args, lamina_endpoints
-from batch.pipeline import context
+from batch.steps import context
+from dags.lamina_tasks import alert_on_failure, default_args, lamina_endpoints
 
 _settings, _catalog = context()
 
@@ -40,7 +40,7 @@ _settings, _catalog = context()
 def lamina_freshness() -> None:
     @task
     def check(view_name: str) -> dict[str, object]:
-        from batch.pipeline import check_freshness
+        from batch.freshness import check_freshness
 
         with lamina_endpoints(_settings.airflow):
             return check_freshness(view_name)

@@ -8,12 +8,12 @@ Trigger with params ``views`` (view names; default every view) and ``from_scratc
   current complete cutoff, even if nothing new arrived: after a change of a view's
   definition, or to repair a published version. Validation then also accepts a cutoff
   older than the published one where that is safe (the real-time epochs it needs were
-  not purged), see :func:`batch.pipeline.validate`.
+  not purged), see :func:`batch.steps.validate`.
 
 ``select_views`` fails the run at once, naming the unknown views and the known ones. Each
 view has a task group ``<view>``: ``plan`` (skips when there is nothing to do) -> the build
-chain of :func:`batch.dag_tasks.build_chain`. Orchestration only: every step calls
-:mod:`batch.pipeline`.
+chain of :func:`dags.lamina_tasks.build_chain`. Orchestration only: every step calls
+:mod:`batch.steps`.
 
     airflow dags trigger lamina_recompute -c '{"views": ["web_pageviews"], "from_scratch": true}'
 """
@@ -24,8 +24,8 @@ import pendulum
 from airflow.sdk import Param, TaskGroup, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from batch.dag_tasks import build_chain, default_args, lamina_endpoints
-from batch.pipeline import context
+from batch.steps import context
+from dags.lamina_tasks import build_chain, default_args, lamina_endpoints
 
 _settings, _catalog = context()
 _VIEWS = list(_catalog.views)
@@ -57,7 +57,7 @@ _VIEWS = list(_catalog.views)
 def lamina_recompute() -> None:
     @task(retries=0)
     def select_views() -> list[str]:
-        from batch.pipeline import select_views as select
+        from batch.steps import select_views as select
 
         return select(get_current_context()["params"]["views"])
 
@@ -67,7 +67,7 @@ def lamina_recompute() -> None:
 
             @task
             def plan(selected: list[str], view_name: str = name) -> int:
-                from batch.pipeline import recompute_cutoff
+                from batch.steps import recompute_cutoff
 
                 if view_name not in selected:
                     raise AirflowSkipException(f"{view_name} is not among the chosen views")

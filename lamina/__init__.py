@@ -1,4 +1,5 @@
-"""Lamina's shared core: settings, errors, the stack manager and the ``lamina`` CLI.
+"""Lamina's engine-free core (settings, views, monoids, the dataset and stream contracts), the
+local stack and the ``lamina`` CLI.
 
 Nothing in the core imports pyspark or the Cassandra driver (see tests/unit/test_layers.py).
 """

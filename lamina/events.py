@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from lamina.schema import EVENT_TIME, FieldType
 from lamina.views import Source
-
-EVENT_TIME = "_event_time"
-"""Key of the parsed event time (float seconds since the epoch, UTC) in a parsed event."""
 
 # Event times outside [1970, 2200) are treated as unusable (mistaken units, garbage).
 _MIN_TIME, _MAX_TIME = 0.0, 7_258_118_400.0
@@ -49,11 +47,11 @@ def _typed(field: str, ftype: str, value: Any, coerce: bool) -> Any:
             return value
         raise ValueError(f"field {field!r} should be {ftype}, got {value!r}")
     ok = {
-        "string": isinstance(value, str),
-        "long": isinstance(value, int) and not isinstance(value, bool),
-        "double": isinstance(value, int | float) and not isinstance(value, bool),
-        "boolean": isinstance(value, bool),
-    }[ftype]
+        FieldType.STRING: isinstance(value, str),
+        FieldType.LONG: isinstance(value, int) and not isinstance(value, bool),
+        FieldType.DOUBLE: isinstance(value, int | float) and not isinstance(value, bool),
+        FieldType.BOOLEAN: isinstance(value, bool),
+    }[FieldType(ftype)]
     if not ok:
         raise ValueError(f"field {field!r} should be {ftype}, got {type(value).__name__} {value!r}")
     if ftype == "double":

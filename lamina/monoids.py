@@ -22,8 +22,6 @@ from typing import Any, ClassVar
 
 from lamina.errors import QueryError
 
-NUMERIC = frozenset({"long", "double"})
-
 
 class Monoid(ABC):
     """An aggregation's algebra. States are tuples matching :meth:`columns`, or ``None``."""

@@ -170,8 +170,8 @@ class AirflowSettings(_Section):
     """
 
     runner: Literal["taskflow", "spark_submit"] = "taskflow"
-    """``taskflow``: the recompute runs ``batch.pipeline.build`` inside the Airflow worker
-    (Spark per ``[spark] master``). ``spark_submit``: it runs ``batch/submit_main.py`` through
+    """``taskflow``: the recompute runs ``batch.steps.build`` inside the Airflow worker
+    (Spark per ``[spark] master``). ``spark_submit``: it runs ``batch/driver.py`` through
     the Spark provider's ``SparkSubmitOperator`` on the master of ``spark_conn_id``."""
     spark_conn_id: str = "lamina_spark"
     """Spark connection (the master URL); required by the ``spark_submit`` runner."""

@@ -13,23 +13,25 @@ import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lamina.buckets import Bucket
 from lamina.errors import ViewDefinitionError
-from lamina.monoids import MONOIDS, NUMERIC, Monoid
+from lamina.monoids import MONOIDS, Monoid
+from lamina.schema import DECLARABLE, NUMERIC, FieldType
 
-FieldType = Literal["string", "long", "double", "boolean"]
 TimeFormat = Literal["iso8601", "epoch_s", "epoch_ms"]
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-PYTHON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "long": (int,),
-    "double": (int, float),
-    "boolean": (bool,),
-}
 
 
 def _ident(kind: str, name: str) -> str:
@@ -39,6 +41,12 @@ def _ident(kind: str, name: str) -> str:
             " starting with a letter, at most 40 characters"
         )
     return name
+
+
+def _declarable(value: Any) -> Any:
+    if value not in DECLARABLE:
+        raise ValueError(f"type {value!r} is not one of {', '.join(DECLARABLE)}")
+    return value
 
 
 class _Model(BaseModel):
@@ -51,7 +59,7 @@ class Source(_Model):
     name: str
     topic: str
     """Kafka topic the events arrive on."""
-    fields: dict[str, FieldType]
+    fields: dict[str, Annotated[FieldType, BeforeValidator(_declarable)]]
     """Payload fields and their types; other JSON fields are ignored."""
     event_id: str
     """Field holding the unique event id (duplicates are dropped by the batch layer)."""

@@ -1,1 +1,1 @@
-"""Lamina's serving layer: the Cassandra store, the merge, and the query API (CLI and HTTP)."""
+"""Lamina's serving layer: the Cassandra schema, writer and store, the merge, and the query API."""

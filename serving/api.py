@@ -8,11 +8,11 @@ Prometheus metrics are at ``/metrics`` (see :mod:`serving.metrics`).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -22,7 +22,6 @@ from lamina.errors import LaminaError
 from lamina.settings import Settings
 from lamina.views import ViewCatalog
 from serving.cassandra import cluster
-from serving.jobs_api import jobs_router
 from serving.metrics import QueryLatencyMiddleware, ServingMetrics
 from serving.query import QueryService
 from serving.store import Store
@@ -30,8 +29,14 @@ from serving.store import Store
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
-    """The API over ``catalog``'s views; connects to Cassandra when the app starts."""
+def create_app(
+    settings: Settings, catalog: ViewCatalog, routers: Sequence[APIRouter] = ()
+) -> FastAPI:
+    """The API over ``catalog``'s views; connects to Cassandra when the app starts.
+
+    ``routers`` add the routes of higher layers (``lamina serve`` adds the speed layer's
+    ``/jobs`` router, :func:`speed.api.jobs_router`); serving itself knows no other layer.
+    """
     state: dict[str, Any] = {}
     metrics = ServingMetrics(settings, catalog)
 
@@ -119,5 +124,6 @@ def create_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
     ) -> dict[str, Any]:
         return await run_in_threadpool(service().query, view, key, start, end, granularity, q)
 
-    app.include_router(jobs_router(settings, catalog))
+    for router in routers:
+        app.include_router(router)
     return app

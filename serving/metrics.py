@@ -10,7 +10,7 @@ one process, as in the tests). Two kinds of metrics:
   per scrape: ``cassandra`` (published version and versions of every view, through the app's
   :class:`~serving.store.Store`), ``kafka`` (source and dead-letter topic offsets: one client, one
   beginning-offsets and one end-offsets request for all partitions) and ``streaming`` (the
-  status files and Kafka lag of :mod:`speed.status`).
+  status files and Kafka lag of :mod:`lamina.streams`).
 
 A scrape never fails because a part is down: ``lamina_up{part}`` is 0 for it and its metrics
 have no samples; the other parts are still reported.
@@ -32,9 +32,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.settings import Settings
-from lamina.views import Source, ViewCatalog
-from serving.store import PUBLISHABLE, Published, Store
-from speed.status import (
+from lamina.streams import (
     Offsets,
     QueryStatus,
     deadletter_topic,
@@ -44,6 +42,8 @@ from speed.status import (
     speed_query,
     topic_offsets,
 )
+from lamina.views import Source, ViewCatalog
+from serving.store import PUBLISHABLE, Published, Store
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class StateCollector:
 
     Blocking: call ``collect`` off the event loop. Parts are read in order (Cassandra, Kafka,
     status files). Kafka is asked once per scrape, for the beginning and end offsets of every
-    source and dead-letter topic (:func:`speed.status.topic_offsets`); the dead-letter counts
+    source and dead-letter topic (:func:`lamina.streams.topic_offsets`); the dead-letter counts
     and the streaming lag both come from that answer, so a down broker costs at most about
     :data:`KAFKA_TIMEOUT_MS` per step and the streaming part is still reported, without lag.
     """

@@ -1,86 +1,33 @@
-"""Lamina's Cassandra store: schema generated from view definitions, versions, publish.
+"""Lamina's Cassandra store: schema creation, version bookkeeping, publish and reads.
 
-Tables, all in the configured keyspace (never hand-written per view):
-
-- ``catalog``: one row per view, the *published* batch version and its cutoff. Publishing is
-  one single-row write, hence atomic: a reader sees the old (version, cutoff) or the new.
-- ``versions``: every batch version of a view (state, cutoff, row count, timings, hash).
-- ``b_<view>_v<N>``: batch view version N; ``PRIMARY KEY ((keys...), bucket)`` so a key's
-  bucket range is one partition slice.
-- ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``.
-- ``reconciliation``: per view and version, the JSON report comparing the version with the
-  real-time view on the epochs both cover (see :mod:`batch.reconcile`); kept after the
-  version's table is garbage-collected, as history.
-
-All statements on data paths are prepared.
+The tables (the ``catalog`` of published versions, ``versions``, ``reconciliation``, and per
+view ``b_<view>_v<N>`` and ``rt_<view>``) are defined in :mod:`serving.schema`. Publishing is
+one single-row write to ``catalog``, hence atomic: a reader sees the old (version, cutoff) or
+the new. All statements on data paths are prepared; bulk row writes go through
+:mod:`serving.writer`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import PreparedStatement
 
 from lamina.errors import NotFoundError, PublishError
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
-from serving.cassandra import ensure_keyspace, session, shared_session
+from serving.cassandra import ensure_keyspace, session
+from serving.schema import batch_ddl, batch_table, catalog_ddl, realtime_ddl, realtime_table
+from serving.writer import write_rows
 
 PUBLISHABLE = ("ready", "published", "superseded")
 """Version states whose table is complete and may be (re-)published."""
-
-CQL_TYPES = {"string": "text", "long": "bigint", "double": "double", "boolean": "boolean"}
-
-
-def batch_table(view: View, version: int) -> str:
-    return f"b_{view.name}_v{version}"
-
-
-def realtime_table(view: View) -> str:
-    return f"rt_{view.name}"
-
-
-def _key_columns(view: View) -> str:
-    return ", ".join(f"{k} {CQL_TYPES[view.source.fields[k]]}" for k in view.keys)
-
-
-def _value_columns(view: View) -> str:
-    return ", ".join(f"{c} {t}" for c, t in view.value_columns)
-
-
-def batch_ddl(view: View, version: int, keyspace: str) -> str:
-    keys = ", ".join(view.keys)
-    return (
-        f"CREATE TABLE IF NOT EXISTS {keyspace}.{batch_table(view, version)} "
-        f"({_key_columns(view)}, bucket bigint, {_value_columns(view)}, "
-        f"PRIMARY KEY (({keys}), bucket))"
-    )
-
-
-def realtime_ddl(view: View, keyspace: str) -> str:
-    keys = ", ".join(view.keys)
-    return (
-        f"CREATE TABLE IF NOT EXISTS {keyspace}.{realtime_table(view)} "
-        f"({_key_columns(view)}, bucket bigint, ingest_epoch bigint, {_value_columns(view)}, "
-        f"PRIMARY KEY (({keys}), bucket, ingest_epoch))"
-    )
-
-
-def insert_cql(view: View, table: str, *, realtime: bool = False) -> str:
-    cols = [
-        *view.keys,
-        "bucket",
-        *(["ingest_epoch"] if realtime else []),
-        *(c for c, _ in view.value_columns),
-    ]
-    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
 
 @dataclass(frozen=True)
@@ -117,62 +64,6 @@ class Version:
     timings: dict[str, float]
 
 
-def write_rows(
-    session: Session, statement: PreparedStatement, rows: Iterable[Sequence[Any]], concurrency: int
-) -> int:
-    """Execute ``statement`` for every row, ``concurrency`` in flight; raise on any failure."""
-    n = 0
-    chunk: list[Sequence[Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= 5000:
-            n += _flush(session, statement, chunk, concurrency)
-            chunk = []
-    if chunk:
-        n += _flush(session, statement, chunk, concurrency)
-    return n
-
-
-def _flush(
-    session: Session, statement: PreparedStatement, chunk: list[Sequence[Any]], concurrency: int
-) -> int:
-    for ok, result in execute_concurrent_with_args(
-        session, statement, chunk, concurrency=concurrency
-    ):
-        if not ok:
-            raise result
-    return len(chunk)
-
-
-def state_row(view: View, row: Any) -> tuple[Any, ...]:
-    """The stored values of one output row, in ``view.value_columns`` order."""
-    return tuple(
-        bytes(row[c]) if t == "blob" and row[c] is not None else row[c]
-        for c, t in view.value_columns
-    )
-
-
-def partition_writer(
-    cass: CassandraSettings, view: View, table: str, concurrency: int, *, realtime: bool = False
-) -> Callable[[Iterable[Any]], Iterator[int]]:
-    """A ``mapPartitions`` function writing aggregated rows of ``view`` into ``table``.
-
-    Each row has the key fields, ``bucket``, ``ingest_epoch`` when ``realtime``, and the
-    view's state columns. It runs in a Spark task: one process-wide session per Python
-    worker, the statement prepared once per partition. Yields the number of rows written.
-    """
-    cql = insert_cql(view, table, realtime=realtime)
-    extra = ("ingest_epoch",) if realtime else ()
-    prefix = (*view.keys, "bucket", *extra)
-
-    def write(rows: Iterable[Any]) -> Iterator[int]:
-        s = shared_session(cass, cass.keyspace)
-        values = ((*(r[c] for c in prefix), *state_row(view, r)) for r in rows)
-        yield write_rows(s, s.prepare(cql), values, concurrency)
-
-    return write
-
-
 @contextmanager
 def open_store(settings: CassandraSettings, catalog: ViewCatalog | None = None) -> Iterator[Store]:
     """Connect, yield a :class:`Store` (schema ensured for ``catalog`` if given), close."""
@@ -204,21 +95,8 @@ class Store:
         """Create the keyspace, the catalog tables and every view's real-time table."""
         s = self.session
         ensure_keyspace(s, self.settings)
-        s.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.ks}.catalog (view_name text PRIMARY KEY, "
-            "version int, cutoff bigint, rows bigint, published_at double, definition_hash text)"
-        )
-        s.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.ks}.versions (view_name text, version int, "
-            "state text, cutoff bigint, rows bigint, started_at double, finished_at double, "
-            "definition_hash text, timings text, PRIMARY KEY (view_name, version)) "
-            "WITH CLUSTERING ORDER BY (version DESC)"
-        )
-        s.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.ks}.reconciliation (view_name text, version int, "
-            "report text, created_at double, PRIMARY KEY (view_name, version)) "
-            "WITH CLUSTERING ORDER BY (version DESC)"
-        )
+        for ddl in catalog_ddl(self.ks):
+            s.execute(ddl)
         for view in catalog.views.values():
             s.execute(realtime_ddl(view, self.ks))
 

@@ -14,8 +14,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from lamina.settings import Settings
+from lamina.streams import deadletter_topic
 from lamina.views import Source
-from speed.status import deadletter_topic
 
 
 def _letter(record: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The driver of a submitted streaming job: ``spark-submit ... speed/driver.py --job-id ID``.
 
-Launched by :func:`speed.registry.submit`, never by hand. It loads the settings the job was
+Launched by :func:`speed.launcher.submit`, never by hand. It loads the settings the job was
 submitted with, applies the job's master and ``--conf``, starts the job's queries (locking
 their checkpoints), reports its pid and Spark application id to the registry, and runs
 until SIGTERM (``lamina stream stop``), which stops every query between micro-batches.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lamina.errors import LaminaError
-from speed.registry import job_definition, job_settings, report
+from speed.launcher import job_definition, job_settings, report
 
 log = logging.getLogger("lamina.driver")
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(message)
 
     job_id, jobs_dir = args.job_id, args.jobs_dir
-    from speed.jobs import stop_on_signals
+    from speed.queries import stop_on_signals
 
     stop_on_signals()  # from here on, SIGTERM means "stop gracefully", even during startup
     report(jobs_dir, job_id, driver_pid=os.getpid(), state="starting", started_at=time.time())
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(job_id: str, jobs_dir: Path, say: Callable[[str], None]) -> int:
     """Start the job's queries and block until they stop; returns the exit status."""
-    from batch.spark import spark_session
-    from lamina.views import load_views
-    from speed.jobs import run_until_stopped, start_all
+    from engine.session import spark_session
+    from lamina.context import load_catalog
+    from speed.queries import run_until_stopped, start_all
 
     job = job_definition(jobs_dir, job_id)
     settings = job_settings(jobs_dir, job_id)
@@ -72,7 +72,7 @@ def run(job_id: str, jobs_dir: Path, say: Callable[[str], None]) -> int:
             )
         }
     )
-    catalog = load_views(settings.pipeline.views_file)
+    catalog = load_catalog(settings)
     spark = spark_session(settings, f"lamina-{job.what}")
     queries = start_all(spark, settings, catalog, [job.what])
     app_id = spark.sparkContext.applicationId

@@ -77,7 +77,7 @@ def stack(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settin
 @pytest.fixture(scope="session")
 def spark(settings: Settings) -> Iterator[Any]:
     """One local SparkSession for the whole test session (the JVM starts once)."""
-    from batch.spark import spark_session
+    from engine.session import spark_session
 
     session = spark_session(settings, "lamina-tests")
     yield session

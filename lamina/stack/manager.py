@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lamina import process
 from lamina.errors import PortInUseError, StackError
 from lamina.settings import Settings
-from lamina.stack import process
 from lamina.stack.services import SERVICES, Service, find_java
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from string import Template
 from typing import ClassVar
 
 from lamina.errors import PrerequisiteError, StackError
+from lamina.jars import Bundle, classpath, ensure_bundle, is_fetched
+from lamina.process import port_open as process_port_open
 from lamina.settings import Settings
-from lamina.stack.fetch import Bundle, classpath, ensure_bundle, is_fetched
-from lamina.stack.process import port_open as process_port_open
 
 JAVA_MAJOR = 17
 """Cassandra 5.0 runs on Java 11 or 17 only, Kafka 4 needs 17+: so exactly 17."""
@@ -228,31 +228,6 @@ class KafkaService(Service):
         if not cluster.get("brokers"):
             raise StackError("Kafka answered but has no live broker yet")
         return self.version
-
-
-def spark_connector_bundle() -> Bundle:
-    """Spark's Kafka source for exactly the installed pyspark version.
-
-    Jars pyspark already ships (Hadoop client, Scala, compression codecs, SLF4J) are left
-    out so the driver never sees two versions of one library.
-    """
-    from importlib import metadata
-    from importlib.util import find_spec
-
-    version = metadata.version("pyspark")
-    spec = find_spec("pyspark")  # locates the package without importing it
-    shipped: frozenset[str] = frozenset()
-    if spec is not None and spec.submodule_search_locations:
-        from lamina.stack.fetch import artifact_of
-
-        jars_dir = Path(next(iter(spec.submodule_search_locations))) / "jars"
-        shipped = frozenset(artifact_of(j) for j in jars_dir.glob("*.jar"))
-    return Bundle(
-        "spark-sql-kafka",
-        version,
-        (f"org.apache.spark:spark-sql-kafka-0-10_2.13:{version}",),
-        exclude_artifacts=shipped - {"kafka-clients", "commons-pool2"},
-    )
 
 
 # Cassandra 5.0's conf/jvm17-server.options (module access it needs on Java 17).

@@ -14,13 +14,15 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from batch.master import arrow_schema, progress, record_progress, write_epoch
-from lamina.events import EVENT_TIME, parse_event
+from lamina.events import parse_event
+from lamina.master import arrow_schema, progress, record_progress, write_epoch
+from lamina.schema import EVENT_TIME
 from lamina.settings import Settings
 from lamina.views import Source
 from serving.cassandra import session
 from serving.query import QueryService
-from serving.store import Store, insert_cql, realtime_table
+from serving.schema import insert_cql, realtime_table
+from serving.store import Store
 from tests import truth
 from tests.integration.airflow_harness import AirflowHarness, newest_run
 from tests.integration.answers import answers
@@ -197,7 +199,7 @@ def test_every_dag_structure(
             assert build["type"] == "_PythonDecoratedOperator"
         else:
             assert build["type"] == "SparkSubmitOperator"
-            assert build["application"] == str(ROOT / "batch" / "submit_main.py")
+            assert build["application"] == str(ROOT / "batch" / "driver.py")
             assert build["conn_id"] == "lamina_spark"
 
 

@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 
-from batch.master import complete_cutoff, import_files
-from batch.run import run_batch
+from batch.imports import import_files
+from batch.recompute import run_batch
 from lamina.errors import NotFoundError, PublishError
+from lamina.master import complete_cutoff
 from lamina.settings import Settings
 from lamina.views import load_views
 from serving.cassandra import session
 from serving.query import QueryService
-from serving.store import Published, Store, batch_table
+from serving.schema import batch_table
+from serving.store import Published, Store
 from tests import truth
 from tests.conftest import ROOT, isolated
 from tests.integration.answers import answers, assert_exact
@@ -195,7 +197,7 @@ def test_no_complete_epoch_is_a_clear_error(stack: Settings, tmp_path: Path, spa
 def test_crash_mid_batch_leaves_published_version(
     private_world: dict[str, Any], spark: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import batch.run
+    import batch.recompute
 
     settings, catalog = private_world["settings"], private_world["catalog"]
     view = catalog.view("web_pageviews")
@@ -205,7 +207,7 @@ def test_crash_mid_batch_leaves_published_version(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("executor lost")
 
-    monkeypatch.setattr(batch.run, "aggregate", boom)
+    monkeypatch.setattr(batch.recompute, "aggregate", boom)
     with pytest.raises(RuntimeError, match="executor lost"):
         run_batch(spark, settings, catalog, ["web_pageviews"])
     with session(settings.cassandra) as s:

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.run import run_batch
+from batch.recompute import run_batch
 from lamina.settings import Settings
 from lamina.views import load_views
 from serving.cassandra import session

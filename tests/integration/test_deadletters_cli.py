@@ -13,10 +13,10 @@ import pytest
 from kafka import KafkaProducer
 
 from lamina.settings import Settings
+from lamina.streams import deadletter_topic, ensure_topics
 from lamina.views import load_views
 from speed.deadletters import read_deadletters
-from speed.jobs import ensure_topics, start_archiver
-from speed.status import deadletter_topic
+from speed.queries import start_archiver
 from tests.conftest import run_lamina
 from tests.integration.streams import (
     drop_private_world,

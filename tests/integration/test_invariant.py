@@ -27,14 +27,14 @@ from typing import Any
 
 import pytest
 
-from batch.master import complete_cutoff
-from batch.run import run_batch
+from batch.recompute import run_batch
+from lamina.master import complete_cutoff
 from lamina.settings import Settings
+from lamina.streams import checkpoint_path, ensure_topics, status_file
 from lamina.views import load_views
 from serving.store import open_store
 from speed.deadletters import read_deadletters
-from speed.jobs import CLOCK_SKEW_S, ensure_topics
-from speed.status import checkpoint_path, status_file
+from speed.queries import CLOCK_SKEW_S
 from tests import truth
 from tests.conftest import ROOT
 from tests.integration.streams import (

@@ -11,8 +11,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from lamina.settings import Settings
-from speed.jobs import ensure_topics
-from speed.status import end_offsets, topic_offsets
+from lamina.streams import end_offsets, ensure_topics, topic_offsets
 
 
 def with_partitions(settings: Settings, partitions: int) -> Settings:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from batch.master import import_files
-from batch.run import run_batch
+from batch.imports import import_files
+from batch.recompute import run_batch
 from lamina.settings import Settings
 from lamina.views import ViewCatalog, load_views
 from serving.api import create_app

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lamina.settings import Settings
+from lamina.streams import deadletter_topic, end_offsets, speed_query, write_status
 from lamina.views import ViewCatalog, load_views
 from serving.api import create_app
 from serving.metrics import StateCollector
 from serving.store import open_store
-from speed.status import deadletter_topic, end_offsets, speed_query, write_status
 from tests.conftest import ROOT
 from tests.integration.streams import private_views
 from tests.integration.test_api import RANGE
@@ -67,7 +67,7 @@ def produce(settings: Settings, topic: str, n: int) -> None:
 
 
 def speed_status(offsets: dict[str, dict[str, int]], written_at: float) -> dict[str, Any]:
-    """A status file as :class:`speed.jobs.ProgressRecorder` writes it."""
+    """A status file as :class:`speed.queries.ProgressRecorder` writes it."""
     return {
         "batch_id": 7,
         "input_rows": 30,

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import uvicorn
 
-from batch.master import import_files
-from batch.run import run_batch
+from batch.imports import import_files
+from batch.recompute import run_batch
 from lamina.settings import Settings
 from serving.api import create_app
 from tests import truth

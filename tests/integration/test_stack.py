@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from lamina import process
 from lamina.errors import PortInUseError, StackError
 from lamina.settings import Settings
-from lamina.stack import process
 from lamina.stack.manager import ServiceStatus, Stack
 
 

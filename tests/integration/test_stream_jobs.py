@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from lamina.process import alive
 from lamina.settings import Settings
-from lamina.stack.process import alive
-from lamina.views import load_views
+from lamina.streams import ensure_topics
+from lamina.views import ViewCatalog, load_views
 from serving.api import create_app
-from speed import registry
-from speed.jobs import ensure_topics
+from speed import launcher
+from speed.api import jobs_router
 from tests import truth
 from tests.conftest import run_lamina
 from tests.integration.streams import (
@@ -51,6 +53,11 @@ def jset(env: dict[str, str]) -> Iterator[Settings]:
     drop_private_world(settings)
 
 
+def jobs_app(settings: Settings, catalog: ViewCatalog) -> FastAPI:
+    """The app ``lamina serve`` runs: serving plus the speed layer's ``/jobs`` router."""
+    return create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
+
+
 def lamina(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return run_lamina(env, *args, timeout=180)
 
@@ -62,7 +69,7 @@ def wait_caught_up(settings: Settings, job_id: str, topic: str) -> None:
     deadline = time.monotonic() + 240
     st: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        st = registry.status(settings, job_id)
+        st = launcher.status(settings, job_id)
         assert st["state"] in ("starting", "running"), (st, Path(st["log"]).read_text()[-3000:])
         (q,) = st["queries"]
         done = q["processed_offsets"] or {}
@@ -97,7 +104,9 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         again = lamina(env, "stream", "submit", VIEW)
         assert again.returncode == 1
         assert f"job {job_id}" in again.stderr and "already uses the checkpoint" in again.stderr
-        with TestClient(create_app(settings, catalog)) as client:
+        with TestClient(
+            create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
+        ) as client:
             r = client.post("/jobs", json={"job": VIEW})
             assert r.status_code == 409 and job_id in r.json()["error"], r.text
             assert r.json()["hint"]
@@ -113,7 +122,9 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         assert table.returncode == 0 and f"speed-{VIEW}" in table.stdout
 
         # Stop over HTTP: graceful, the process ends, the registry says stopped.
-        with TestClient(create_app(settings, catalog)) as client:
+        with TestClient(
+            create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
+        ) as client:
             r = client.post(f"/jobs/{job_id}/stop")
             assert r.status_code == 200, r.text
             stopped = r.json()
@@ -142,4 +153,4 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         assert [q["query"] for q in st["queries"]] == [f"speed-{VIEW}"]
         assert st["queries"][0]["lag"] == 0
     finally:
-        registry.stop(settings, job_id, timeout_s=30)  # a no-op once it stopped
+        launcher.stop(settings, job_id, timeout_s=30)  # a no-op once it stopped

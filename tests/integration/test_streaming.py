@@ -11,10 +11,10 @@ import pytest
 
 from lamina.buckets import ingest_epoch
 from lamina.settings import Settings
+from lamina.streams import checkpoint_path, ensure_topics, speed_query
 from lamina.views import load_views
 from serving.store import open_store
-from speed.jobs import ensure_topics, start_speed
-from speed.status import checkpoint_path, speed_query
+from speed.queries import start_speed
 from tests import truth
 from tests.integration.streams import (
     check_answers,

@@ -28,7 +28,7 @@ FILES = 4
 def write_events(view: View, events: list[dict[str, Any]], directory: Path) -> None:
     """The parsed events as ``FILES`` master-dataset files (their schema, no Kafka origin),
     one micro-batch each when streamed."""
-    from batch.master import arrow_schema
+    from lamina.master import arrow_schema
 
     rows = [parse_event(ev, view.source) for ev in events]
     assert all(isinstance(r, dict) for r in rows)
@@ -43,7 +43,7 @@ def write_events(view: View, events: list[dict[str, Any]], directory: Path) -> N
 def cells(view: View, rows: list[Any]) -> dict[tuple[Any, int], dict[str, Any]]:
     """``{(key, bucket): {aggregation: state}}`` of aggregated Spark rows."""
     from serving.merge import decode
-    from serving.store import state_row
+    from serving.writer import state_row
 
     return {
         (tuple(r[k] for k in view.keys), r["bucket"]): decode(view, state_row(view, r))
@@ -55,14 +55,15 @@ def cells(view: View, rows: list[Any]) -> dict[tuple[Any, int], dict[str, Any]]:
 def test_batch_and_stream_aggregate_alike(
     spark: Any, settings: Settings, tmp_path: Path, name: str
 ) -> None:
-    from batch.translate import aggregate, event_schema
+    from engine.schema import event_schema
+    from engine.translate import aggregate
     from serving.merge import present
 
     view = CATALOG.view(name)
     events = GENERATORS[name](1500, seed=21).good
     source_dir = tmp_path / "events"
     write_events(view, events, source_dir)
-    schema = event_schema(view)
+    schema = event_schema(view.source)
 
     static = cells(
         view, aggregate(spark.read.schema(schema).parquet(str(source_dir)), view).collect()
@@ -105,3 +106,18 @@ def test_batch_and_stream_aggregate_alike(
         assert set(got) == set(want)
         problems = {c: p for c in want if (p := truth.check(name, got[c], want[c], q=0.5))}
         assert problems == {}
+
+
+def test_every_monoid_has_a_spark_translation_with_its_state_columns(spark: Any) -> None:
+    """A monoid without an engine translation, or one whose columns differ from the state
+    columns it declares, would only fail in a running job."""
+    from engine.translate import AGGREGATIONS, _agg_exprs
+    from lamina.monoids import MONOIDS
+
+    assert set(AGGREGATIONS) == set(MONOIDS)
+    used = set()
+    for view in CATALOG.views.values():
+        names = [str(e).rsplit(" AS ", 1)[1].strip("`'>") for e in _agg_exprs(view)]
+        assert names == [c for c, _ in view.value_columns], view.name
+        used |= {a.fn for a in view.aggregations.values()}
+    assert used == set(MONOIDS), "conf/views.toml should exercise every aggregation"

@@ -1,4 +1,4 @@
-"""Lamina's SparkSession: what ``batch.spark.spark_session`` promises, in local mode (no services).
+"""Lamina's SparkSession: what ``engine.session.spark_session`` promises, in local mode.
 
 The JVM is shared by the whole pytest session: whichever test starts it first, a later
 ``spark_session`` call must still give a session that follows the settings it was given.
@@ -13,16 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from lamina.jars import ensure_bundle, jars, spark_connector_bundle
 from lamina.settings import Settings, load_settings
-from lamina.stack.fetch import ensure_bundle, jars
-from lamina.stack.services import spark_connector_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_COLUMNS = ["key", "value", "topic", "partition", "offset", "timestamp", "timestampType"]
 
 
 def test_session_follows_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    from batch.spark import spark_session
+    from engine.session import spark_session
 
     # Extra Spark settings arrive as JSON in the environment and reach the session.
     monkeypatch.setenv("LAMINA_SPARK__CONF", json.dumps({"spark.lamina.probe": "from-env"}))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina.events import EVENT_TIME, Rejection, parse_event
+from lamina.events import Rejection, parse_event
+from lamina.schema import EVENT_TIME
 from lamina.views import load_views
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from lamina.stack.fetch import Bundle, _pom, artifact_of, is_fetched
+from lamina.jars import Bundle, _pom, artifact_of, is_fetched
 
 
 @pytest.mark.parametrize(

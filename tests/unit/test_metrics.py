@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.metrics_core import Metric
 
 from lamina.settings import Settings
+from lamina.streams import QueryStatus
 from lamina.views import load_views
 from serving.metrics import (
     UNKNOWN_VIEW,
@@ -22,7 +23,6 @@ from serving.metrics import (
     stream_queries,
 )
 from serving.store import Published
-from speed.status import QueryStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_views(ROOT / "conf" / "views.toml")

@@ -46,7 +46,7 @@ def test_bad_airflow_settings_are_rejected(
 def test_spark_master_of_a_connection(
     conn_type: str, host: str, port: int | None, master: str
 ) -> None:
-    from batch.dag_tasks import spark_master
+    from dags.lamina_tasks import spark_master
 
     conn = SimpleNamespace(conn_type=conn_type, host=host, port=port)
     assert spark_master(conn) == master

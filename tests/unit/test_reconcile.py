@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batch.pipeline import divergence_problems, freshness
+from batch.freshness import freshness
 from batch.reconcile import Reconciliation, realtime_overlap, reconcile
+from batch.steps import divergence_problems
 from lamina.monoids import Distinct, Mean, Quantiles, Sum
 from lamina.views import View, load_views
 from serving.merge import encode, plus, zero

@@ -1,6 +1,6 @@
 """Submitted streaming jobs: launch through ``spark-submit``, detached, and keep a registry.
 
-A job runs one of ``archiver`` or a view's speed query (see :func:`speed.status.job_queries`)
+A job runs one of ``archiver`` or a view's speed query (see :func:`lamina.streams.job_queries`)
 in its own ``spark-submit`` process (client deploy mode: the driver is
 :mod:`speed.driver`). Its registry entry is a directory ``<jobs_dir>/<id>/``:
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import secrets
 import signal
@@ -33,19 +32,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina.context import load_catalog
 from lamina.errors import ConfigError, ConflictError, NotFoundError
+from lamina.files import read_json, write_json_atomic
+from lamina.jars import spark_connector_jars
+from lamina.process import alive, cmdline, spawn
 from lamina.settings import Settings
-from lamina.stack.fetch import ensure_bundle, jars
-from lamina.stack.process import alive, cmdline, spawn
-from lamina.stack.services import spark_connector_bundle
-from lamina.views import ViewCatalog, load_views
-from speed.status import (
+from lamina.streams import (
     ARCHIVER,
     checkpoint_path,
     job_queries,
     lock_checkpoint,
     query_statuses,
 )
+from lamina.views import ViewCatalog
 
 LIVE = ("starting", "running", "stopping")
 
@@ -84,17 +84,11 @@ def _dir(settings: Settings, job_id: str) -> Path:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_json_atomic(path, data, indent=2)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data
+    return read_json(path) or {}
 
 
 def report(jobs_dir: Path, job_id: str, **fields: Any) -> None:
@@ -232,7 +226,7 @@ def _launch(settings: Settings, job: Job) -> None:
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     d = _dir(settings, job.id)
     (d / "driver.json").unlink(missing_ok=True)
-    connector = jars(ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir))
+    connector = spark_connector_jars(settings.stack.cache_dir)
     job.launcher_pid = spawn(
         submit_argv(settings, job, connector),
         log_file=Path(job.log),
@@ -325,7 +319,7 @@ def stop(
     progress: Callable[[str], None] = lambda _m: None,
 ) -> Job:
     """Stop a job gracefully: SIGTERM to its driver, which stops each query between
-    micro-batches (:func:`speed.jobs.stop_gracefully`) and reports ``stopped``.
+    micro-batches (:func:`speed.queries.stop_gracefully`) and reports ``stopped``.
 
     With ``wait``, blocks until the process ended; past ``timeout_s`` (default: the
     settings' graceful timeout plus 30 s) the process group is killed. A job that is not
@@ -375,11 +369,11 @@ def status(settings: Settings, job_id: str) -> dict[str, Any]:
     """The job and the latest progress of each of its queries (rates, batch duration, Kafka
     lag in records, last micro-batch id, time since last progress). An archiver's entry
     also gives, per source, the ingest epoch before which the master dataset is complete."""
-    from batch.master import complete_cutoff
+    from lamina.master import complete_cutoff
 
     job = load(settings, job_id)
     saved = job_settings(settings.jobs_dir, job_id)
-    catalog = load_views(saved.pipeline.views_file)
+    catalog = load_catalog(saved)
     queries = job_queries(catalog, job.what)
     out: dict[str, Any] = {
         **job.as_dict(),

@@ -1,28 +1,12 @@
-"""The master dataset: every accepted event, immutable, append-only Parquet.
-
-Layout, per source, partitioned by ingest epoch:
-
-- ``<master_dir>/<source>/stream/ingest_epoch=<E>/...`` written by the archiver, Spark's
-  exactly-once file sink (its ``_spark_metadata`` log says which files are committed);
-- ``<master_dir>/<source>/imports/ingest_epoch=<E>/<writer>-<uuid>.parquet`` written by
-  ``lamina master import``.
-
-Each row holds the source's typed fields, ``_event_time`` (float seconds, UTC), and where it
-came from: ``topic``, ``partition``, ``offset`` (null for imported files). Files appear
-atomically (written under a dot-name Spark ignores, then renamed).
-
-Progress: each writer records in ``<source>/_progress/<writer>.json`` the epoch before which
-it has written everything (``complete_before``). A batch cuts off at the smallest
-``complete_before`` of the active writers (or the largest of finished ones if none is
-active), so it never reads half an epoch.
-"""
+"""``lamina master import``: historical files (JSON lines, CSV, Parquet) into the master
+dataset (:mod:`lamina.master`), validated by the same rule as the stream; rejects go to the
+source's dead-letter directory with their reason and origin."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import os
 import time
 import uuid
 from collections import Counter
@@ -36,91 +20,13 @@ import pyarrow.parquet as pq
 
 from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
-from lamina.events import EVENT_TIME, Rejection, parse_event
+from lamina.events import Rejection, parse_event
+from lamina.master import arrow_schema, deadletter_dir, progress, record_progress, write_epoch
+from lamina.schema import EVENT_TIME, ORIGIN
 from lamina.settings import Settings
 from lamina.views import Source
 
 log = logging.getLogger(__name__)
-
-ARROW_TYPES = {
-    "string": pa.string(),
-    "long": pa.int64(),
-    "double": pa.float64(),
-    "boolean": pa.bool_(),
-}
-ORIGIN = [("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64())]
-
-
-def arrow_schema(source: Source) -> pa.Schema:
-    """Schema of a master file of ``source`` (``ingest_epoch`` lives in the path)."""
-    return pa.schema(
-        [pa.field(f, ARROW_TYPES[t]) for f, t in source.fields.items()]
-        + [pa.field(EVENT_TIME, pa.float64(), nullable=False)]
-        + [pa.field(n, t) for n, t in ORIGIN]
-    )
-
-
-def source_dir(settings: Settings, source: Source) -> Path:
-    return settings.master_dir / source.name
-
-
-def imports_dir(settings: Settings, source: Source) -> Path:
-    return source_dir(settings, source) / "imports"
-
-
-def stream_dir(settings: Settings, source: Source) -> Path:
-    """The archiver's file-sink root (read it whole: Spark honours its metadata log)."""
-    return source_dir(settings, source) / "stream"
-
-
-def deadletter_dir(settings: Settings, source: Source) -> Path:
-    return settings.master_dir / "_deadletters" / source.name
-
-
-def write_epoch(
-    settings: Settings, source: Source, epoch: int, table: pa.Table, writer: str
-) -> Path:
-    """Append one Parquet file of events to ingest epoch ``epoch``; atomic by rename."""
-    d = imports_dir(settings, source) / f"ingest_epoch={epoch}"
-    d.mkdir(parents=True, exist_ok=True)
-    name = f"{writer}-{uuid.uuid4().hex}.parquet"
-    tmp = d / f".{name}.tmp"
-    pq.write_table(table.cast(arrow_schema(source)), tmp, compression="zstd")
-    os.replace(tmp, d / name)
-    return d / name
-
-
-def record_progress(
-    settings: Settings, source: Source, writer: str, complete_before: int, *, active: bool
-) -> None:
-    """Record that ``writer`` has written every event of epochs ``< complete_before``."""
-    d = source_dir(settings, source) / "_progress"
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{writer}.json.tmp"
-    tmp.write_text(
-        json.dumps(
-            {"complete_before": complete_before, "active": active, "updated_at": time.time()}
-        )
-    )
-    os.replace(tmp, d / f"{writer}.json")
-
-
-def progress(settings: Settings, source: Source) -> dict[str, dict[str, Any]]:
-    d = source_dir(settings, source) / "_progress"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
-
-
-def complete_cutoff(settings: Settings, source: Source) -> int | None:
-    """The epoch a batch may cut off at: every event of earlier epochs is in the dataset."""
-    writers = progress(settings, source)
-    active = [w["complete_before"] for w in writers.values() if w.get("active")]
-    if active:
-        return int(min(active))
-    done = [w["complete_before"] for w in writers.values()]
-    return int(max(done)) if done else None
-
-
-# -- import -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -227,8 +133,8 @@ def import_files(
                 for f in source.fields:
                     buf[f].append(parsed[f])
                 buf[EVENT_TIME].append(parsed[EVENT_TIME])
-                for name, _ in ORIGIN:
-                    buf[name].append(None)
+                for col in ORIGIN:
+                    buf[col.name].append(None)
                 report.accepted += 1
                 if len(buf[EVENT_TIME]) >= chunk_rows:
                     flush()

@@ -1,9 +1,9 @@
-"""spark-submit entry point of a batch build: ``spark-submit batch/submit_main.py VIEW --cutoff E``.
+"""spark-submit entry point of a batch build: ``spark-submit batch/driver.py VIEW --cutoff E``.
 
 The Airflow ``spark_submit`` runner (``SparkSubmitOperator``) runs this file; it builds one
-new, unpublished version of ``VIEW`` at ``cutoff`` with :func:`batch.pipeline.build` and
+new, unpublished version of ``VIEW`` at ``cutoff`` with :func:`batch.steps.build` and
 prints ``{"view", "cutoff", "version"}`` as one JSON line. The DAG's next task finds the
-version in the store (:func:`batch.pipeline.built_version`).
+version in the store (:func:`batch.steps.built_version`).
 
 Settings come from ``$LAMINA_CONFIG`` and ``LAMINA_*`` variables like every step, except the
 Spark master: spark-submit (its ``--master``, deploy mode and resources, from the Airflow
@@ -21,14 +21,14 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="submit_main.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="batch/driver.py", description=__doc__.splitlines()[0])
     parser.add_argument("view", help="view name from the views file")
     parser.add_argument("--cutoff", type=int, required=True, help="ingest-epoch cutoff (s)")
     args = parser.parse_args(argv)
 
     from pyspark.sql import SparkSession
 
-    from batch.pipeline import build
+    from batch.steps import build
     from lamina.errors import LaminaError
 
     # The first session takes spark-submit's configuration; the build's own session

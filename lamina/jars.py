@@ -1,4 +1,7 @@
-"""Fetch service jars from Maven Central into the jar cache (once), with Maven itself.
+"""The jar cache: service jars and Spark's connectors fetched from Maven Central once.
+
+Used by the local stack (Kafka, Cassandra) and by every Spark session and spark-submit
+(the Kafka connector), so it lives in the core rather than in the stack manager.
 
 A bundle is a named set of Maven coordinates resolved with their runtime dependencies into
 ``<cache_dir>/jars/<name>-<version>/``. A bundle is complete when its ``.complete`` marker
@@ -123,3 +126,31 @@ def jars(directory: Path) -> list[Path]:
 
 def classpath(directories: Iterable[Path]) -> str:
     return ":".join(str(d / "*") for d in directories)
+
+
+def spark_connector_bundle() -> Bundle:
+    """Spark's Kafka source for exactly the installed pyspark version.
+
+    Jars pyspark already ships (Hadoop client, Scala, compression codecs, SLF4J) are left
+    out so the driver never sees two versions of one library.
+    """
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    version = metadata.version("pyspark")
+    spec = find_spec("pyspark")  # locates the package without importing it
+    shipped: frozenset[str] = frozenset()
+    if spec is not None and spec.submodule_search_locations:
+        jars_dir = Path(next(iter(spec.submodule_search_locations))) / "jars"
+        shipped = frozenset(artifact_of(j) for j in jars_dir.glob("*.jar"))
+    return Bundle(
+        "spark-sql-kafka",
+        version,
+        (f"org.apache.spark:spark-sql-kafka-0-10_2.13:{version}",),
+        exclude_artifacts=shipped - {"kafka-clients", "commons-pool2"},
+    )
+
+
+def spark_connector_jars(cache_dir: Path) -> list[Path]:
+    """The Kafka connector's jars for the installed pyspark, fetched into ``cache_dir`` once."""
+    return jars(ensure_bundle(spark_connector_bundle(), cache_dir))

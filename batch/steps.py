@@ -4,42 +4,32 @@ Each step loads settings and views itself and opens (and closes) its own Spark s
 Cassandra connection, so an Airflow task (or any scheduler) only passes the view name and
 small values (cutoff, version) between steps. No aggregation logic lives in the DAGs.
 
-Also here, for every orchestrator and the serving metrics alike: which views a recompute
-covers (:func:`select_views`, :func:`recompute_cutoff`) and how stale a view is
-(:func:`freshness`, :func:`check_freshness`).
+Also here, for every orchestrator: which views a recompute covers (:func:`select_views`,
+:func:`recompute_cutoff`). How stale a view is lives in :mod:`batch.freshness`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch.master import complete_cutoff
 from batch.reconcile import Reconciliation
-from lamina.errors import NotFoundError, PublishError, StaleViewError
-from lamina.settings import Settings, load_settings
-from lamina.views import View, ViewCatalog, load_views
-from serving.store import PUBLISHABLE, Published, open_store
+from lamina.context import load_context
+from lamina.errors import NotFoundError, PublishError
+from lamina.master import complete_cutoff
+from lamina.settings import Settings
+from lamina.views import ViewCatalog
+from serving.store import PUBLISHABLE, open_store
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def context() -> tuple[Settings, ViewCatalog]:
-    """Settings ($LAMINA_CONFIG, else the repository's conf/lamina.toml) and the views."""
-    settings = load_settings(None if _has_config() else ROOT / "conf" / "lamina.toml")
-    views = settings.pipeline.views_file
-    return settings, load_views(views if views.is_absolute() else ROOT / views)
-
-
-def _has_config() -> bool:
-    import os
-
-    return bool(os.environ.get("LAMINA_CONFIG")) or Path("conf/lamina.toml").is_file()
+    """Settings and views of a step (see :mod:`lamina.context`; this repository is the root)."""
+    return load_context(root=ROOT)
 
 
 def pending_cutoff(view_name: str) -> int | None:
@@ -89,8 +79,8 @@ def recompute_cutoff(view_name: str, from_scratch: bool) -> int | None:
 
 def build(view_name: str, cutoff: int | None = None) -> int:
     """Recompute the view into a new unpublished version; returns its number."""
-    from batch.run import build_view
-    from batch.spark import spark_session
+    from batch.recompute import build_view
+    from engine.session import spark_session
 
     settings, catalog = context()
     view = catalog.view(view_name)
@@ -224,75 +214,10 @@ def publish(view_name: str, version: int) -> dict[str, Any]:
 
 def maintain(view_name: str) -> dict[str, Any]:
     """Garbage-collect old versions and purge covered real-time epochs."""
-    from batch.run import maintain as run_maintain
+    from batch.recompute import collect_and_purge
 
     settings, catalog = context()
     view = catalog.view(view_name)
     with open_store(settings.cassandra, catalog) as store:
-        dropped, purged = run_maintain(store, view)
+        dropped, purged = collect_and_purge(store, view)
     return {"view": view_name, "collected": dropped, "purged_rows": purged}
-
-
-@dataclass(frozen=True)
-class Freshness:
-    """How old a view's published batch is, against the view's ``max_staleness_s``.
-
-    ``age_s`` is the time since the published cutoff (the end of the ingest time the batch
-    covers, :meth:`serving.store.Published.cutoff_age_s`); ``None`` when no version is
-    published, which counts as stale.
-    """
-
-    view: str
-    version: int | None
-    cutoff: int | None
-    age_s: float | None
-    limit_s: float
-
-    @property
-    def stale(self) -> bool:
-        return self.age_s is None or self.age_s > self.limit_s
-
-    def describe(self) -> str:
-        if self.age_s is None:
-            return f"view {self.view!r} has no published batch version"
-        return (
-            f"view {self.view!r} version {self.version}: published cutoff {self.cutoff} is "
-            f"{self.age_s:.0f}s old (limit {self.limit_s:.0f}s)"
-        )
-
-
-def freshness(view: View, published: Published | None, now: float) -> Freshness:
-    """Pure staleness arithmetic of one view at ``now`` (epoch seconds).
-
-    The limit is the view definition's ``max_staleness_s``: set it to about two schedule
-    intervals plus slack (the default, 3 h, is two ``@hourly`` runs plus one hour), so one
-    failed or skipped run does not alert but two do.
-    """
-    return Freshness(
-        view.name,
-        None if published is None else published.version,
-        None if published is None else published.cutoff,
-        None if published is None else published.cutoff_age_s(now),
-        float(view.max_staleness_s),
-    )
-
-
-def check_freshness(view_name: str, now: float | None = None) -> dict[str, Any]:
-    """Read the published version of ``view_name`` and raise :class:`StaleViewError` if it
-    is stale (see :func:`freshness`); returns the figures otherwise."""
-    settings, catalog = context()
-    view = catalog.view(view_name)
-    with open_store(settings.cassandra, catalog) as store:
-        pub = store.published(view)
-    f = freshness(view, pub, time.time() if now is None else now)
-    if f.stale:
-        raise StaleViewError(
-            f"{f.describe()}: stale",
-            view=f.view,
-            age_s=f.age_s,
-            limit_s=f.limit_s,
-            hint="check the archiver and the lamina_batch_<view> DAG runs, or recompute with "
-            "lamina_recompute",
-        )
-    log.info("fresh: %s", f.describe())
-    return {"view": f.view, "version": f.version, "age_s": f.age_s, "limit_s": f.limit_s}

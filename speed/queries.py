@@ -15,13 +15,12 @@ Exactly-once, end to end:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,20 +29,19 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming.listener import StreamingQueryListener
 from pyspark.sql.streaming.query import StreamingQuery
 
-from batch.master import record_progress, stream_dir
-from batch.translate import aggregate
+from engine.kafka import RAW, REASON, kafka_records, parse_records, rejected, valid
+from engine.translate import aggregate
 from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
-from lamina.events import EVENT_TIME
+from lamina.master import record_progress, stream_dir
+from lamina.schema import INGEST_EPOCH, master_columns
 from lamina.settings import Settings
-from lamina.views import Source, View, ViewCatalog
-from serving.store import open_store, partition_writer, realtime_table
-from speed.parse import RAW, REASON, parse_records, rejected, valid
-from speed.status import (
+from lamina.streams import (
     ARCHIVER,
     archiver_queries,
     checkpoint_path,
     deadletter_topic,
+    ensure_topics,
     job_names,
     job_queries,
     lock_checkpoint,
@@ -52,41 +50,16 @@ from speed.status import (
     speed_query,
     write_status,
 )
+from lamina.views import Source, View, ViewCatalog
+from serving.schema import realtime_table
+from serving.store import open_store
+from serving.writer import partition_writer
 
 log = logging.getLogger(__name__)
 
 CLOCK_SKEW_S = 5.0
 """Allowance between broker clocks (which stamp records) and the driver's clock (which stamps
 progress): an epoch counts as complete only once it ended this long before the trigger."""
-
-
-def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
-    """Create missing topics (configured partition count) so a stream can start first."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        existing = set(admin.list_topics())
-        for t in sorted(set(topics) - existing):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(t, settings.kafka.partitions, 1)])
-    finally:
-        admin.close()
-
-
-def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:
-    reader = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
-        .option("subscribe", topic)
-        .option("startingOffsets", "earliest")
-        .option("failOnDataLoss", "false")
-    )
-    if settings.pipeline.max_offsets_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", settings.pipeline.max_offsets_per_trigger)
-    return reader.load()
 
 
 def checkpoint(settings: Settings, name: str) -> str:
@@ -164,13 +137,13 @@ def start_archiver(
     parsed = parse_records(
         kafka_records(spark, settings, source.topic), source, settings.pipeline.epoch_seconds
     )
-    columns = [*source.fields, EVENT_TIME, "topic", "partition", "offset", "ingest_epoch"]
+    columns = [c.name for c in master_columns(source)] + [INGEST_EPOCH]
     name, dl_name = archiver_queries(source)
     writer = (
         valid(parsed)
         .select(*columns)
         .writeStream.format("parquet")
-        .partitionBy("ingest_epoch")
+        .partitionBy(INGEST_EPOCH)
         .option("path", str(stream_dir(settings, source)))
         .option("checkpointLocation", checkpoint(settings, name))
         .queryName(name)
@@ -213,7 +186,7 @@ def _upsert(settings: Settings, view: View) -> Callable[[DataFrame, int], None]:
     )
 
     def upsert(batch: DataFrame, batch_id: int) -> None:
-        out = batch.withColumn("ingest_epoch", F.unix_seconds(F.col("ingest_window.start")))
+        out = batch.withColumn(INGEST_EPOCH, F.unix_seconds(F.col("ingest_window.start")))
         out.rdd.mapPartitions(write).sum()
 
     return upsert

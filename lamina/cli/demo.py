@@ -8,6 +8,7 @@ the batch and real-time contributions side by side, and how to query the running
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from lamina.cli.common import say
 from lamina.settings import Settings
 
 URLS = ("/", "/pricing", "/docs", "/blog/lambda", "/signup", "/checkout")
@@ -128,17 +130,17 @@ def run_demo(
     from rich.progress import Progress
     from rich.table import Table
 
-    from batch.run import run_batch
-    from batch.spark import spark_session
+    from batch.recompute import run_batch
+    from engine.session import spark_session
+    from lamina.context import load_catalog
     from lamina.stack.manager import Stack
-    from lamina.views import load_views
     from serving.store import open_store
-    from speed.jobs import start_all
+    from speed.queries import start_all
 
     console = Console()
     stack = Stack(settings)
     stack.up(progress=progress)
-    catalog = load_views(settings.pipeline.views_file)
+    catalog = load_catalog(settings)
     topics = {s.topic: s.topic for s in catalog.sources.values()}
     progress("starting Spark: the archiver and the speed jobs of " + ", ".join(catalog.views))
     spark = spark_session(settings, "lamina-demo")
@@ -232,3 +234,15 @@ def run_demo(
             "  .venv/bin/lamina stack down            # stop Kafka and Cassandra"
         )
     return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    return run_demo(settings, events=args.events, stop=args.stop, progress=say)
+
+
+def register(sub: Any) -> None:
+    """Add ``lamina demo`` to the ``lamina`` parser's subcommands."""
+    demo = sub.add_parser("demo", help="run the demo pipeline on the local stack")
+    demo.add_argument("--events", type=int, default=20_000, help="events to produce")
+    demo.add_argument("--stop", action="store_true", help="stop the stack at the end")
+    demo.set_defaults(func=cmd_demo)

@@ -13,9 +13,9 @@ import pytest
 
 from lamina.errors import ConfigError, ConflictError, NotFoundError
 from lamina.settings import Settings
+from lamina.streams import job_queries, release_locks, try_lock
 from lamina.views import load_views
-from speed import registry
-from speed.status import job_queries, release_locks, try_lock
+from speed import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,11 +33,11 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def test_parse_conf() -> None:
-    assert registry.parse_conf(["a.b=1", "c= x=y"]) == {"a.b": "1", "c": " x=y"}
+    assert launcher.parse_conf(["a.b=1", "c= x=y"]) == {"a.b": "1", "c": " x=y"}
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        registry.parse_conf(["spark.executor.memory"])
+        launcher.parse_conf(["spark.executor.memory"])
     with pytest.raises(ConfigError):
-        registry.parse_conf(["=2g"])
+        launcher.parse_conf(["=2g"])
 
 
 def test_job_queries() -> None:
@@ -68,7 +68,7 @@ def test_checkpoint_lock_is_exclusive_between_processes(settings: Settings) -> N
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         assert try_lock(settings, "speed-x", hold=False) == "pid holder-proc"
         with pytest.raises(ConflictError, match="holder-proc"):
-            registry.ensure_free(settings, [], ["speed-x"], me="")
+            launcher.ensure_free(settings, [], ["speed-x"], me="")
     finally:
         holder.kill()
         holder.wait()
@@ -81,7 +81,7 @@ def test_checkpoint_lock_is_exclusive_between_processes(settings: Settings) -> N
 def write_job(settings: Settings, job_id: str, pid: int | None, **driver: object) -> None:
     d = settings.jobs_dir / job_id
     d.mkdir(parents=True)
-    job = registry.Job(
+    job = launcher.Job(
         id=job_id,
         what="web_pageviews",
         master="local[2]",
@@ -92,7 +92,7 @@ def write_job(settings: Settings, job_id: str, pid: int | None, **driver: object
         log=str(d / "job.log"),
         launcher_pid=pid,
     )
-    registry._save(settings, job)
+    launcher._save(settings, job)
     if driver:
         (d / "driver.json").write_text(json.dumps(driver))
 
@@ -104,34 +104,34 @@ def test_state_is_derived_from_files_and_process(settings: Settings) -> None:
     )
     try:
         write_job(settings, "live", proc.pid, state="running", driver_pid=proc.pid)
-        assert registry.load(settings, "live").state == "running"
+        assert launcher.load(settings, "live").state == "running"
         # Its checkpoint is taken: a new job on it is refused, naming the live one.
         with pytest.raises(ConflictError, match="job live"):
-            registry.ensure_free(
+            launcher.ensure_free(
                 settings, [str(settings.checkpoint_dir / "speed-web_pageviews")], [], me=""
             )
-        registry.ensure_free(
+        launcher.ensure_free(
             settings, [str(settings.checkpoint_dir / "speed-web_pageviews")], [], me="live"
         )
     finally:
         proc.kill()
         proc.wait()
     # The same pid no longer runs and nothing was reported: failed, pointing at the log.
-    assert registry.load(settings, "live").state == "failed"
-    assert "job.log" in registry.load(settings, "live").message
+    assert launcher.load(settings, "live").state == "failed"
+    assert "job.log" in launcher.load(settings, "live").message
     # A final report wins.
     write_job(settings, "done", None, final="stopped", message="stopped on request")
-    assert registry.load(settings, "done").state == "stopped"
+    assert launcher.load(settings, "done").state == "stopped"
     # A live pid that is not the job (recycled pid) does not count as the job.
     write_job(settings, "recycled", 1, state="running")
-    assert registry.load(settings, "recycled").state == "failed"
-    assert [j.id for j in registry.jobs(settings)] == ["live", "done", "recycled"]
+    assert launcher.load(settings, "recycled").state == "failed"
+    assert [j.id for j in launcher.jobs(settings)] == ["live", "done", "recycled"]
     with pytest.raises(NotFoundError, match="lamina stream list"):
-        registry.load(settings, "nope")
+        launcher.load(settings, "nope")
 
 
 def test_submit_line(settings: Settings) -> None:
-    job = registry.Job(
+    job = launcher.Job(
         id="j1",
         what="archiver",
         master="spark://h:7077",
@@ -141,7 +141,7 @@ def test_submit_line(settings: Settings) -> None:
         submitted_at=0.0,
         log="/tmp/x.log",
     )
-    argv = registry.submit_argv(settings, job, [Path("/c/a.jar"), Path("/c/b.jar")])
+    argv = launcher.submit_argv(settings, job, [Path("/c/a.jar"), Path("/c/b.jar")])
     assert argv[0].endswith("/bin/spark-submit") and Path(argv[0]).exists()
     assert argv[argv.index("--master") + 1] == "spark://h:7077"
     assert "spark.executor.memory=2g" in argv

@@ -1,4 +1,5 @@
-"""Start, find and stop the stack's own background processes, by pid file.
+"""Start, find and stop background processes by pid file (the dev stack's services, the
+speed layer's submitted jobs).
 
 A process is "ours" only if its pid file exists *and* the live process's command line
 contains the service's marker (its own state directory), so a recycled pid is never killed.

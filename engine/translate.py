@@ -1,6 +1,6 @@
 """The one place a view becomes Spark: filter, bucket, and aggregate into monoid states.
 
-Batch (:mod:`batch.run`) and speed (:mod:`speed`) both call :func:`aggregate`, so the two
+Batch (:mod:`batch.recompute`) and speed (:mod:`speed`) both call :func:`aggregate`, so the two
 engines cannot diverge. The output columns are exactly ``view.keys``, ``bucket``, any extra
 group columns, then ``view.value_columns`` — the states :mod:`lamina.monoids` merges.
 """
@@ -11,17 +11,9 @@ from collections.abc import Callable, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from lamina.events import EVENT_TIME
-from lamina.views import Condition, View
-
-SPARK_TYPES: dict[str, T.DataType] = {
-    "string": T.StringType(),
-    "long": T.LongType(),
-    "double": T.DoubleType(),
-    "boolean": T.BooleanType(),
-}
+from lamina.schema import EVENT_TIME, FieldType
+from lamina.views import Aggregation, Condition, View
 
 
 def condition(c: Condition) -> Column:
@@ -50,33 +42,42 @@ def bucket_column(view: View) -> Column:
     return (F.floor(millis / F.lit(width_ms)) * F.lit(view.bucket.seconds)).cast("long")
 
 
+def _distinct(col: Column, view: View, agg: Aggregation, name: str) -> list[Column]:
+    lg_k = view.monoids[name].params.get("lg_k", 12)
+    ftype = view.source.fields[agg.field or ""]
+    # hll_sketch_agg takes strings, ints, longs and binary; doubles/booleans go as text.
+    arg = col if ftype in (FieldType.STRING, FieldType.LONG) else col.cast("string")
+    return [F.hll_sketch_agg(arg, lg_k).alias(name)]
+
+
+def _quantiles(col: Column, view: View, agg: Aggregation, name: str) -> list[Column]:
+    k = view.monoids[name].params.get("k", 200)
+    return [F.kll_sketch_agg_double(col.cast("double"), k).alias(name)]
+
+
+_Translation = Callable[[Column, View, Aggregation, str], list[Column]]
+
+AGGREGATIONS: dict[str, _Translation] = {
+    "count": lambda col, view, agg, name: [F.count(col).alias(name)],
+    "sum": lambda col, view, agg, name: [F.sum(col).alias(name)],
+    "min": lambda col, view, agg, name: [F.min(col).alias(name)],
+    "max": lambda col, view, agg, name: [F.max(col).alias(name)],
+    "mean": lambda col, view, agg, name: [
+        F.sum(col.cast("double")).alias(f"{name}_sum"),
+        F.count(col).alias(f"{name}_count"),
+    ],
+    "distinct": _distinct,
+    "quantiles": _quantiles,
+}
+"""Each monoid's Spark aggregation: the state columns of ``Monoid.columns(name)``, in order
+(``tests/spark/test_parity.py`` checks every monoid of :data:`lamina.monoids.MONOIDS` has one)."""
+
+
 def _agg_exprs(view: View) -> list[Column]:
     exprs: list[Column] = []
     for name, agg in view.aggregations.items():
-        m = view.monoids[name]
         col = F.col(agg.field) if agg.field else F.lit(1)
-        if agg.fn == "count":
-            exprs.append(F.count(col).alias(name))
-        elif agg.fn == "sum":
-            exprs.append(F.sum(col).alias(name))
-        elif agg.fn == "min":
-            exprs.append(F.min(col).alias(name))
-        elif agg.fn == "max":
-            exprs.append(F.max(col).alias(name))
-        elif agg.fn == "mean":
-            exprs.append(F.sum(col.cast("double")).alias(f"{name}_sum"))
-            exprs.append(F.count(col).alias(f"{name}_count"))
-        elif agg.fn == "distinct":
-            lg_k = m.params.get("lg_k", 12)
-            ftype = view.source.fields[agg.field or ""]
-            # hll_sketch_agg takes strings, ints, longs and binary; doubles/booleans go as text.
-            arg = col if ftype in ("string", "long") else col.cast("string")
-            exprs.append(F.hll_sketch_agg(arg, lg_k).alias(name))
-        elif agg.fn == "quantiles":
-            k = m.params.get("k", 200)
-            exprs.append(F.kll_sketch_agg_double(col.cast("double"), k).alias(name))
-        else:  # pragma: no cover - views are validated against MONOIDS
-            raise ValueError(f"no Spark translation for aggregation {agg.fn!r}")
+        exprs.extend(AGGREGATIONS[agg.fn](col, view, agg, name))
     return exprs
 
 
@@ -95,12 +96,3 @@ def aggregate(events: DataFrame, view: View, extra_groups: Sequence[str] = ()) -
     df = df.withColumn("bucket", bucket_column(view))
     groups = [*view.keys, "bucket", *extra_groups]
     return df.groupBy(*groups).agg(*_agg_exprs(view))
-
-
-def event_schema(view_or_fields: View | dict[str, str]) -> T.StructType:
-    """Spark schema of parsed events: the source's typed fields plus ``_event_time``."""
-    fields = view_or_fields.source.fields if isinstance(view_or_fields, View) else view_or_fields
-    return T.StructType(
-        [T.StructField(f, SPARK_TYPES[t], True) for f, t in fields.items()]
-        + [T.StructField(EVENT_TIME, T.DoubleType(), False)]
-    )

@@ -1,8 +1,9 @@
-"""Names and progress of the streaming queries, readable without Spark.
+"""The streams' Spark-free contract: query names, checkpoint locks, progress files, Kafka
+topics and offsets.
 
 Every streaming query has a name, a checkpoint under ``settings.checkpoint_dir`` and a
 ``lamina-status.json`` next to it, rewritten by the job after each micro-batch (see
-:class:`speed.jobs.ProgressRecorder`). This module reads those files and Kafka's end
+:class:`speed.queries.ProgressRecorder`). This module reads those files and Kafka's end
 offsets, so the CLI, the HTTP API and the metrics endpoint can report rates and lag without
 starting a JVM.
 
@@ -15,16 +16,18 @@ Queries of a job:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from lamina.errors import ConflictError
+from lamina.files import read_json, write_json_atomic
 from lamina.settings import Settings
 from lamina.views import Source, ViewCatalog
 
@@ -106,7 +109,7 @@ def lock_checkpoint(settings: Settings, query: str, *, hold: bool = True) -> Non
     Two processes writing one checkpoint corrupt it, so a second one is refused with
     :class:`~lamina.errors.ConflictError` naming the holder (see :func:`try_lock`). The lock
     protects a checkpoint directory on a local filesystem; on shared cluster storage the job
-    registry's check (:mod:`speed.registry`) is what stops a second submit.
+    registry's check (:mod:`speed.launcher`) is what stops a second submit.
     """
     holder = try_lock(settings, query, hold=hold)
     if holder is not None:
@@ -130,11 +133,7 @@ def status_file(settings: Settings, query: str) -> Path:
 
 def write_status(settings: Settings, query: str, status: dict[str, Any]) -> None:
     """Atomically replace ``query``'s status file."""
-    path = status_file(settings, query)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status))
-    tmp.replace(path)
+    write_json_atomic(status_file(settings, query), status)
 
 
 @dataclass(frozen=True)
@@ -164,11 +163,7 @@ class QueryStatus:
 
 def read_status(settings: Settings, query: str) -> dict[str, Any] | None:
     """The raw status the job last wrote for ``query``, or ``None`` if it never reported."""
-    try:
-        data: dict[str, Any] = json.loads(status_file(settings, query).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data
+    return read_json(status_file(settings, query))
 
 
 def offsets_client(settings: Settings, timeout_ms: int = 3000) -> Any:
@@ -271,3 +266,19 @@ def query_statuses(
             )
         )
     return out
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
+    """Create missing topics (configured partition count) so a stream can start first."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        existing = set(admin.list_topics())
+        for t in sorted(set(topics) - existing):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(t, settings.kafka.partitions, 1)])
+    finally:
+        admin.close()

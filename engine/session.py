@@ -7,9 +7,8 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from lamina.jars import spark_connector_jars
 from lamina.settings import Settings
-from lamina.stack.fetch import ensure_bundle, jars
-from lamina.stack.services import spark_connector_bundle
 
 
 def spark_session(settings: Settings, app_name: str) -> SparkSession:
@@ -42,8 +41,8 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         )
         .config("spark.sql.streaming.forceDeleteTempCheckpointLocation", "true")
     )
-    bundle = ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir)
-    builder = builder.config("spark.jars", ",".join(str(j) for j in jars(bundle)))
+    connector = spark_connector_jars(settings.stack.cache_dir)
+    builder = builder.config("spark.jars", ",".join(str(j) for j in connector))
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

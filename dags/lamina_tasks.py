@@ -8,7 +8,7 @@
   recompute run in the worker (``runner = "taskflow"``) or by ``SparkSubmitOperator``
   (``runner = "spark_submit"``).
 
-Orchestration only: every task calls :mod:`batch.pipeline`.
+Orchestration only: every task calls :mod:`batch.steps`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from typing import Any
 from airflow.sdk import Connection, get_current_context, task
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+import batch
 from lamina.settings import AirflowSettings, Settings, environment
 
-SUBMIT_MAIN = Path(__file__).resolve().parent / "submit_main.py"
-"""The application ``spark-submit`` runs for a build (see :mod:`batch.submit_main`)."""
+BATCH_DRIVER = Path(batch.__file__).with_name("driver.py")
+"""The application ``spark-submit`` runs for a build (:mod:`batch.driver`)."""
 
 alerts = logging.getLogger("lamina.alerts")
 
@@ -80,7 +81,7 @@ def endpoint_env(af: AirflowSettings) -> dict[str, str]:
 @contextmanager
 def lamina_endpoints(af: AirflowSettings) -> Iterator[dict[str, str]]:
     """Run a block with :func:`endpoint_env` applied to ``os.environ`` (restored after), so
-    the :mod:`batch.pipeline` steps' settings use the connections' endpoints."""
+    the :mod:`batch.steps` steps' settings use the connections' endpoints."""
     env = endpoint_env(af)
     with environment(env):
         yield env
@@ -102,9 +103,9 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
 
     ``taskflow``: ``recompute`` builds in the worker and returns the version. ``spark_submit``:
     a ``submission`` task resolves the arguments and the driver's endpoint variables, the
-    ``SparkSubmitOperator`` ``recompute`` runs :mod:`batch.submit_main`, and ``validate``
+    ``SparkSubmitOperator`` ``recompute`` runs :mod:`batch.driver`, and ``validate``
     finds the version built at that cutoff during this run. ``validate`` lets an older
-    cutoff through only for a ``from_scratch`` run (see :func:`batch.pipeline.validate`).
+    cutoff through only for a ``from_scratch`` run (see :func:`batch.steps.validate`).
     """
     af = settings.airflow
     build_timeout = timedelta(seconds=af.build_timeout_s)
@@ -121,7 +122,7 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
         first = submission(cutoff)
         recompute = SparkSubmitOperator(
             task_id="recompute",
-            application=str(SUBMIT_MAIN),
+            application=str(BATCH_DRIVER),
             application_args=first["args"],
             env_vars=first["env"],
             conn_id=af.spark_conn_id,
@@ -135,7 +136,7 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
 
         @task(execution_timeout=build_timeout)
         def recompute_in_worker(cutoff: int) -> int:
-            from batch.pipeline import build
+            from batch.steps import build
 
             with lamina_endpoints(af):
                 return build(view_name, cutoff)
@@ -145,8 +146,8 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
 
     @task(retries=0)
     def validate(cutoff: int, version: int | None) -> int:
-        from batch.pipeline import built_version
-        from batch.pipeline import validate as check
+        from batch.steps import built_version
+        from batch.steps import validate as check
 
         ctx = get_current_context()
         with lamina_endpoints(af):
@@ -158,14 +159,14 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
 
     @task
     def publish(version: int) -> dict[str, object]:
-        from batch.pipeline import publish as do_publish
+        from batch.steps import publish as do_publish
 
         with lamina_endpoints(af):
             return do_publish(view_name, version)
 
     @task
     def purge_and_gc() -> dict[str, object]:
-        from batch.pipeline import maintain
+        from batch.steps import maintain
 
         with lamina_endpoints(af):
             return maintain(view_name)

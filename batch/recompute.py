@@ -1,7 +1,7 @@
 """``lamina batch run``: recompute views from the master dataset and publish new versions.
 
 For each view: pick the cutoff (complete ingest epochs only), read the master dataset up to
-it, drop duplicate event ids, aggregate through :func:`batch.translate.aggregate`, write a
+it, drop duplicate event ids, aggregate through :func:`engine.translate.aggregate`, write a
 new version table with concurrent prepared inserts from the Spark tasks, reconcile it with
 the real-time view on the epochs both cover (report stored per version), then publish it
 with one catalog write. A crash before the publish leaves the published version untouched
@@ -18,24 +18,18 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from batch.master import complete_cutoff, imports_dir, stream_dir
 from batch.reconcile import Reconciliation, realtime_overlap, reconcile
-from batch.translate import aggregate, event_schema
+from engine.schema import master_schema
+from engine.translate import aggregate
 from lamina.errors import PublishError
-from lamina.events import EVENT_TIME
+from lamina.master import complete_cutoff, imports_dir, stream_dir
+from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
-from serving.store import (
-    Published,
-    Store,
-    Version,
-    batch_table,
-    open_store,
-    partition_writer,
-    state_row,
-)
+from serving.schema import batch_table
+from serving.store import Published, Store, Version, open_store
+from serving.writer import partition_writer, state_row
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +45,13 @@ class BatchResult:
     published: Published
 
 
-def master_schema(view: View) -> T.StructType:
-    schema = event_schema(view)
-    for name, dtype in (
-        ("topic", T.StringType()),
-        ("partition", T.IntegerType()),
-        ("offset", T.LongType()),
-        ("ingest_epoch", T.LongType()),
-    ):
-        schema = schema.add(name, dtype, True)
-    return schema
-
-
 def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
     """Every event of the view's source with ingest epoch ``< cutoff``, one per event id.
 
     Reads the archiver's file sink through its metadata log (committed files only) and the
     imported files, pruned to the epochs before the cutoff.
     """
-    schema = master_schema(view)
+    schema = master_schema(view.source)
     parts: list[DataFrame] = []
     stream = stream_dir(settings, view.source)
     if (stream / "_spark_metadata").exists():
@@ -87,7 +69,7 @@ def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int
     df = parts[0]
     for p in parts[1:]:
         df = df.unionByName(p)
-    df = df.where(F.col("ingest_epoch") < F.lit(cutoff))
+    df = df.where(F.col(INGEST_EPOCH) < F.lit(cutoff))
     # Redeliveries of one event (producer retries, replays) carry the same id: keep one.
     return df.dropDuplicates([view.source.event_id])
 
@@ -125,7 +107,7 @@ def build_view(
     timings: dict[str, float] = {}
     try:
         events = read_master(spark, settings, view, cut).select(
-            *view.source.fields, EVENT_TIME, "ingest_epoch", "topic"
+            *view.source.fields, EVENT_TIME, INGEST_EPOCH, "topic"
         )
         events.cache()
         n_events = events.count()
@@ -168,7 +150,7 @@ def reconcile_version(
     ``events`` are the master dataset's events before ``cutoff`` with their ``ingest_epoch``
     and ``topic``. Only events that came through Kafka (``topic`` set) are compared: imported
     files never reach the speed layer. The overlap is ``[first real-time epoch still present,
-    cutoff)``; its events are aggregated by :func:`batch.translate.aggregate` (the same
+    cutoff)``; its events are aggregated by :func:`engine.translate.aggregate` (the same
     translation the version and the speed layer use) and streamed to the driver, where
     :func:`batch.reconcile.reconcile` compares them with the fold of the real-time rows.
     """
@@ -176,7 +158,7 @@ def reconcile_version(
     cells: Iterable[tuple[tuple[Any, ...], int, tuple[Any, ...]]] = ()
     if realtime.first_epoch is not None:
         overlap = events.where(
-            F.col("topic").isNotNull() & (F.col("ingest_epoch") >= F.lit(realtime.first_epoch))
+            F.col("topic").isNotNull() & (F.col(INGEST_EPOCH) >= F.lit(realtime.first_epoch))
         )
         cells = (
             (tuple(r[k] for k in view.keys), r["bucket"], state_row(view, r))
@@ -209,7 +191,7 @@ def run_view(
     )
 
 
-def maintain(
+def collect_and_purge(
     store: Store, view: View, progress: Callable[[str], None] = log.info
 ) -> tuple[list[int], int]:
     """After a publish: drop versions beyond ``retain_versions`` and purge real-time rows
@@ -240,5 +222,5 @@ def run_batch(
     with open_store(settings.cassandra, catalog) as store:
         for view in chosen:
             results.append(run_view(spark, settings, store, view, cutoff=cutoff, progress=progress))
-            maintain(store, view, progress)
+            collect_and_purge(store, view, progress)
     return results

@@ -1,4 +1,5 @@
-"""Kafka records -> parsed events or dead letters, in Spark, with the shared validator.
+"""Kafka in Spark: a topic as a streaming source, and its records parsed into events or
+dead letters with the shared validator.
 
 One Arrow-batched Python pass (``mapInArrow``) calls :func:`lamina.events.parse_event` on
 every record, so the stream accepts and rejects exactly what ``master import`` and the
@@ -11,30 +12,53 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from batch.translate import SPARK_TYPES
-from lamina.events import EVENT_TIME, Rejection, parse_event
+from engine.schema import spark_schema
+from lamina.events import Rejection, parse_event
+from lamina.schema import (
+    EVENT_TIME,
+    INGEST_EPOCH,
+    KAFKA_TIMESTAMP,
+    ORIGIN,
+    Column,
+    FieldType,
+    event_columns,
+)
+from lamina.settings import Settings
 from lamina.views import Source
 
 REASON = "_reason"
 RAW = "_raw"
-ORIGIN = ["topic", "partition", "offset", "timestamp"]
+KAFKA_ORIGIN = [c.name for c in (*ORIGIN, KAFKA_TIMESTAMP)]
+
+
+def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:
+    """``topic`` as a streaming DataFrame of Kafka records, from the earliest offset."""
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", "false")
+    )
+    if settings.pipeline.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", settings.pipeline.max_offsets_per_trigger)
+    return reader.load()
 
 
 def parsed_schema(source: Source) -> T.StructType:
-    return T.StructType(
-        [T.StructField(f, SPARK_TYPES[t], True) for f, t in source.fields.items()]
-        + [
-            T.StructField(EVENT_TIME, T.DoubleType(), True),
-            T.StructField(REASON, T.StringType(), True),
-            T.StructField(RAW, T.BinaryType(), True),
-            T.StructField("topic", T.StringType(), True),
-            T.StructField("partition", T.IntegerType(), True),
-            T.StructField("offset", T.LongType(), True),
-            T.StructField("timestamp", T.TimestampType(), True),
+    """A parsed record: the event's columns (all null if rejected), why it was rejected and
+    its raw bytes (null if valid), and where it came from."""
+    return spark_schema(
+        [
+            *event_columns(source, time_nullable=True),
+            Column(REASON, FieldType.STRING),
+            Column(RAW, FieldType.BINARY),
+            *ORIGIN,
+            KAFKA_TIMESTAMP,
         ]
     )
 
@@ -46,7 +70,7 @@ def _parser(source: Source, schema: pa.Schema):  # type: ignore[no-untyped-def]
         for batch in batches:
             cols: dict[str, list[object]] = {n: [] for n in schema.names}
             values = batch.column("value").to_pylist()
-            origin = {c: batch.column(c).to_pylist() for c in ORIGIN}
+            origin = {c: batch.column(c).to_pylist() for c in KAFKA_ORIGIN}
             for i, raw in enumerate(values):
                 ev = parse_event(raw if raw is not None else b"", source)
                 if isinstance(ev, Rejection):
@@ -61,7 +85,7 @@ def _parser(source: Source, schema: pa.Schema):  # type: ignore[no-untyped-def]
                     cols[EVENT_TIME].append(ev[EVENT_TIME])
                     cols[REASON].append(None)
                     cols[RAW].append(None)
-                for c in ORIGIN:
+                for c in KAFKA_ORIGIN:
                     cols[c].append(origin[c][i])
             yield pa.RecordBatch.from_pydict(cols, schema=schema)
 
@@ -79,10 +103,10 @@ def parse_records(records: DataFrame, source: Source, epoch_seconds: int) -> Dat
     schema = parsed_schema(source)
     arrow = to_arrow_schema(schema, timezone="UTC")
     # Arrow carries Spark timestamps as UTC microseconds; keep that exact type.
-    parsed = records.select("value", *ORIGIN).mapInArrow(_parser(source, arrow), schema)
+    parsed = records.select("value", *KAFKA_ORIGIN).mapInArrow(_parser(source, arrow), schema)
     millis = F.floor(F.unix_micros(F.col("timestamp")) / 1000).cast("long")
     return parsed.withColumn(
-        "ingest_epoch",
+        INGEST_EPOCH,
         (F.floor(millis / F.lit(epoch_seconds * 1000)) * F.lit(epoch_seconds)).cast("long"),
     )
 

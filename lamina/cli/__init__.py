@@ -1,0 +1,76 @@
+"""The ``lamina`` command line: one module per command group, each importing its layer
+lazily (inside the command), so ``lamina --help`` and ``lamina stack`` start no JVM and
+load no engine.
+
+Every :class:`~lamina.errors.LaminaError` is printed as one line on stderr (what is wrong
+and how to fix it) with exit status 1; usage errors exit with 2, like argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lamina import __version__
+from lamina.cli import batch, demo, query, serve, stack, stream
+from lamina.errors import LaminaError
+from lamina.settings import load_settings
+
+GROUPS = (stack, query, batch, stream, serve, demo)
+"""Command groups, in ``--help`` order."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lamina`` parser with every group's commands."""
+    p = argparse.ArgumentParser(
+        prog="lamina",
+        description="Lamina: a Lambda-architecture platform (Kafka, Spark, Cassandra, Airflow).",
+    )
+    p.add_argument("--version", action="version", version=f"lamina {__version__}")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="settings file (default: $LAMINA_CONFIG, else ./conf/lamina.toml)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for group in GROUPS:
+        group.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Client libraries narrate every connection at INFO; operators want Lamina's own lines.
+    # The driver logs each refused connection of a readiness poll as an ERROR with a traceback.
+    for noisy, quiet in (
+        ("kafka", logging.WARNING),
+        ("cassandra", logging.CRITICAL),
+        ("py4j", logging.WARNING),
+    ):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else quiet)
+    try:
+        settings = load_settings(args.config)
+        return int(args.func(settings, args))
+    except LaminaError as exc:
+        print(f"lamina: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m lamina.cli``: the ``lamina`` command without the installed entry point."""
+
+import sys
+
+from lamina.cli import main
+
+sys.exit(main())

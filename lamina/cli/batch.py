@@ -1,0 +1,160 @@
+"""``lamina master import`` and ``lamina batch``: the master dataset and the batch layer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lamina.cli.common import connect_store, find_source, say
+from lamina.context import load_catalog
+from lamina.settings import Settings
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("lamina")
+
+
+def cmd_master_import(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.imports import import_files
+
+    report = import_files(
+        settings,
+        find_source(settings, args.source),
+        args.paths,
+        on_progress=lambda ok, bad: say(f"... {ok} accepted, {bad} rejected"),
+    )
+    say(
+        f"imported {report.accepted} events into {settings.master_dir / args.source} "
+        f"(ingest epoch {report.epoch}); rejected {report.rejected}"
+    )
+    for reason, n in report.reasons.most_common():
+        say(f"  rejected {n}: {reason}")
+    if report.deadletters:
+        say(f"rejected rows with their reasons: {report.deadletters}")
+    return 0
+
+
+def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.recompute import run_batch
+    from engine.session import spark_session
+
+    catalog = load_catalog(settings)
+    for v in args.view or []:
+        catalog.view(v)  # unknown names fail before Spark starts
+    spark = spark_session(settings, "lamina-batch")
+    try:
+        results = run_batch(spark, settings, catalog, args.view, cutoff=args.cutoff, progress=say)
+    finally:
+        spark.stop()
+    for r in results:
+        say(
+            f"{r.view}: version {r.version} published (cutoff {r.cutoff}, {r.events} events "
+            f"-> {r.rows} rows, {r.timings['total_s']:.1f}s)"
+        )
+    return 0
+
+
+def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:
+    view = load_catalog(settings).view(args.view)
+    with connect_store(settings) as store:
+        pub = store.published(view)
+        versions = store.versions(view)
+    if not versions:
+        print(
+            f"view {view.name} has no batch versions yet: run `lamina batch run --view {view.name}`"
+        )
+        return 0
+    print(f"{'version':>7}  {'state':<10} {'cutoff (UTC)':<20} {'rows':>9} {'seconds':>8}  hash")
+    for v in versions:
+        mark = "*" if pub and pub.version == v.version else " "
+        cut = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.cutoff))
+        secs = v.timings.get("total_s", 0.0)
+        print(
+            f"{v.version:>6}{mark}  {v.state:<10} {cut:<20} {v.rows:>9} {secs:>8.1f}  "
+            f"{v.definition_hash}"
+        )
+    return 0
+
+
+def cmd_batch_report(settings: Settings, args: argparse.Namespace) -> int:
+    """Print the reconciliation report stored with a version (see ``batch.reconcile``)."""
+    from lamina.errors import NotFoundError
+
+    view = load_catalog(settings).view(args.view)
+    with connect_store(settings) as store:
+        versions = store.versions(view)
+        version = args.version or (versions[0].version if versions else None)
+        report = None if version is None else store.reconciliation(view, version)
+    if report is None:
+        raise NotFoundError(
+            f"view {view.name!r} has no reconciliation report for version {version}",
+            hint="reports are written by builds; see `lamina batch versions VIEW`",
+        )
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    span = (
+        f"epochs {report['epoch_from']}..{report['cutoff']}"
+        if report["epoch_from"] is not None
+        else "no real-time rows before the cutoff"
+    )
+    print(
+        f"{view.name} v{report['version']} vs real time ({span}, {report['realtime_rows']} rows):"
+        f" {report['cells']} cells, {report['equal']} equal, {report['differing']} differing,"
+        f" {report['missing_realtime']} missing in real time, {report['missing_batch']} missing"
+        f" in batch ({report['divergence']:.1%} diverging)"
+    )
+    for smp in report["samples"]:
+        print(
+            f"  {smp['kind']:<16} key {smp['key']} bucket {smp['bucket']} "
+            f"{', '.join(smp['aggregations'])}: batch {smp['batch']} vs real time {smp['realtime']}"
+        )
+    return 0
+
+
+def cmd_batch_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    view = load_catalog(settings).view(args.view)
+    with connect_store(settings) as store:
+        pub = store.rollback(view, args.version)
+    say(f"{view.name}: version {pub.version} (cutoff {pub.cutoff}) is published again")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add this group's commands to the ``lamina`` parser's subcommands."""
+    master = sub.add_parser("master", help="the master dataset")
+    msub = master.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = msub.add_parser("import", help="append historical events from JSONL, CSV or Parquet")
+    imp.add_argument("source", help="source name from the views file")
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    imp.set_defaults(func=cmd_master_import)
+    batch = sub.add_parser("batch", help="batch views: recompute, versions, rollback")
+    bsub = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = bsub.add_parser("run", help="recompute views from the master dataset and publish")
+    run.add_argument("--view", action="append", metavar="VIEW", help="repeatable; default all")
+    run.add_argument(
+        "--cutoff",
+        type=int,
+        metavar="EPOCH_S",
+        help="ingest-epoch cutoff (default: the last complete epoch)",
+    )
+    run.set_defaults(func=cmd_batch_run)
+    ver = bsub.add_parser("versions", help="list a view's batch versions (* = published)")
+    ver.add_argument("view")
+    ver.set_defaults(func=cmd_batch_versions)
+    rep = bsub.add_parser(
+        "report", help="a version's reconciliation with the real-time view (default: newest)"
+    )
+    rep.add_argument("view")
+    rep.add_argument("--version", type=int, metavar="N", help="version number (default: newest)")
+    rep.add_argument("--format", choices=("table", "json"), default="table")
+    rep.set_defaults(func=cmd_batch_report)
+    rb = bsub.add_parser("rollback", help="publish an older retained version again")
+    rb.add_argument("view")
+    rb.add_argument("version", type=int)
+    rb.set_defaults(func=cmd_batch_rollback)

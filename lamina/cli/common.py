@@ -1,0 +1,63 @@
+"""What the command groups share: output helpers and argument types."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from lamina.context import load_catalog
+from lamina.errors import ConfigError
+from lamina.settings import Settings
+
+if TYPE_CHECKING:
+    from lamina.views import Source
+    from serving.store import Store
+
+
+def say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+def find_source(settings: Settings, name: str) -> Source:
+    catalog = load_catalog(settings)
+    if name not in catalog.sources:
+        raise ConfigError(
+            f"unknown source {name!r}", hint=f"declared sources: {', '.join(catalog.sources)}"
+        )
+    return catalog.sources[name]
+
+
+def connect_store(settings: Settings) -> AbstractContextManager[Store]:
+    from serving.store import open_store
+
+    return open_store(settings.cassandra)
+
+
+def fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.0f}"
+    return "null" if v is None else str(v)
+
+
+def age(ts: float | None) -> str:
+    return "-" if ts is None else f"{time.time() - ts:.0f}s ago"
+
+
+def print_job(job: dict[str, object]) -> None:
+    print(
+        f"{job['id']:<40} {job['what']:<16} {job['state']:<9} {job['master']:<10} "
+        f"pid {job['driver_pid'] or job['launcher_pid'] or '-'!s:<8} "
+        f"{job['app_id'] or '-'!s:<24} restarts {job['restarts']}"
+    )
+
+
+def non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return n

@@ -1,0 +1,39 @@
+"""``lamina serve``: the HTTP API (serving's query routes plus the speed layer's ``/jobs``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING, Any
+
+from lamina.cli.common import say
+from lamina.context import load_catalog
+from lamina.settings import Settings
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("lamina")
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving.api import create_app
+    from speed.api import jobs_router
+
+    catalog = load_catalog(settings)
+    app = create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
+    host = args.host or settings.serving.host
+    port = args.port or settings.serving.port
+    say(f"serving on http://{host}:{port} (OpenAPI docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add this group's commands to the ``lamina`` parser's subcommands."""
+    serve = sub.add_parser("serve", help="run the HTTP query API (OpenAPI at /docs)")
+    serve.add_argument("--host", help="default: serving.host")
+    serve.add_argument("--port", type=int, help="default: serving.port")
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,36 @@
+"""Settings plus the view catalog: how every entry point (CLI, Airflow tasks, a submitted
+streaming driver, the demo) finds them, by one rule.
+
+- Settings: an explicit file, else ``$LAMINA_CONFIG``, else ``./conf/lamina.toml``, else
+  (only where a ``root`` is given: Airflow tasks, whose working directory is Airflow's) the
+  ``conf/lamina.toml`` of that project root; ``LAMINA_*`` environment variables override.
+- Views: ``[pipeline] views_file``; a relative path is relative to ``root`` when one is
+  given, else to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lamina.settings import CONFIG_ENV, Settings, load_settings
+from lamina.views import ViewCatalog, load_views
+
+
+def load_catalog(settings: Settings, root: Path | None = None) -> ViewCatalog:
+    """The views of ``settings.pipeline.views_file`` (relative paths against ``root``)."""
+    path = settings.pipeline.views_file
+    if root is not None and not path.is_absolute():
+        path = root / path
+    return load_views(path)
+
+
+def load_context(
+    config: Path | str | None = None, *, root: Path | None = None
+) -> tuple[Settings, ViewCatalog]:
+    """Settings and views by the rule in the module docstring."""
+    if config is None and root is not None:
+        found = os.environ.get(CONFIG_ENV) or Path("conf/lamina.toml").is_file()
+        config = None if found else root / "conf" / "lamina.toml"
+    settings = load_settings(config)
+    return settings, load_catalog(settings, root)

@@ -1,0 +1,121 @@
+"""The master dataset's on-disk contract: every accepted event, immutable, append-only Parquet.
+
+Layout, per source, partitioned by ingest epoch:
+
+- ``<master_dir>/<source>/stream/ingest_epoch=<E>/...`` written by the archiver (speed
+  layer), Spark's exactly-once file sink (its ``_spark_metadata`` log says which files are
+  committed);
+- ``<master_dir>/<source>/imports/ingest_epoch=<E>/<writer>-<uuid>.parquet`` written by
+  ``lamina master import`` (:mod:`batch.imports`).
+
+Each row holds :func:`lamina.schema.master_columns`: the source's typed fields,
+``_event_time`` (float seconds, UTC), and where it came from: ``topic``, ``partition``,
+``offset`` (null for imported files). Files appear atomically (written under a dot-name
+Spark ignores, then renamed).
+
+Progress: each writer records in ``<source>/_progress/<writer>.json`` the epoch before which
+it has written everything (``complete_before``). A batch cuts off at the smallest
+``complete_before`` of the active writers (or the largest of finished ones if none is
+active), so it never reads half an epoch.
+
+Both engines write here and the batch reads it, so it lives in the engine-free core.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lamina.errors import LaminaError
+from lamina.files import read_json, write_json_atomic
+from lamina.schema import FieldType, master_columns
+from lamina.settings import Settings
+from lamina.views import Source
+
+ARROW_TYPES: dict[FieldType, pa.DataType] = {
+    FieldType.STRING: pa.string(),
+    FieldType.LONG: pa.int64(),
+    FieldType.DOUBLE: pa.float64(),
+    FieldType.BOOLEAN: pa.bool_(),
+    FieldType.INT: pa.int32(),
+    FieldType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    FieldType.BINARY: pa.binary(),
+}
+
+
+def arrow_schema(source: Source) -> pa.Schema:
+    """Schema of a master file of ``source`` (``ingest_epoch`` lives in the path)."""
+    return pa.schema(
+        [pa.field(c.name, ARROW_TYPES[c.type], nullable=c.nullable) for c in master_columns(source)]
+    )
+
+
+def source_dir(settings: Settings, source: Source) -> Path:
+    return settings.master_dir / source.name
+
+
+def imports_dir(settings: Settings, source: Source) -> Path:
+    return source_dir(settings, source) / "imports"
+
+
+def stream_dir(settings: Settings, source: Source) -> Path:
+    """The archiver's file-sink root (read it whole: Spark honours its metadata log)."""
+    return source_dir(settings, source) / "stream"
+
+
+def deadletter_dir(settings: Settings, source: Source) -> Path:
+    return settings.master_dir / "_deadletters" / source.name
+
+
+def write_epoch(
+    settings: Settings, source: Source, epoch: int, table: pa.Table, writer: str
+) -> Path:
+    """Append one Parquet file of events to ingest epoch ``epoch``; atomic by rename."""
+    d = imports_dir(settings, source) / f"ingest_epoch={epoch}"
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"{writer}-{uuid.uuid4().hex}.parquet"
+    tmp = d / f".{name}.tmp"
+    pq.write_table(table.cast(arrow_schema(source)), tmp, compression="zstd")
+    os.replace(tmp, d / name)
+    return d / name
+
+
+def record_progress(
+    settings: Settings, source: Source, writer: str, complete_before: int, *, active: bool
+) -> None:
+    """Record that ``writer`` has written every event of epochs ``< complete_before``."""
+    path = source_dir(settings, source) / "_progress" / f"{writer}.json"
+    write_json_atomic(
+        path, {"complete_before": complete_before, "active": active, "updated_at": time.time()}
+    )
+
+
+def progress(settings: Settings, source: Source) -> dict[str, dict[str, Any]]:
+    """Each writer's last recorded progress, by writer name."""
+    d = source_dir(settings, source) / "_progress"
+    found: dict[str, dict[str, Any]] = {}
+    for p in sorted(d.glob("*.json")):
+        data = read_json(p)
+        if data is None:
+            # A cutoff computed without this writer could cover epochs it has not finished.
+            raise LaminaError(
+                f"unreadable progress file {p}", hint="restore it or remove the writer"
+            )
+        found[p.stem] = data
+    return found
+
+
+def complete_cutoff(settings: Settings, source: Source) -> int | None:
+    """The epoch a batch may cut off at: every event of earlier epochs is in the dataset."""
+    writers = progress(settings, source)
+    active = [w["complete_before"] for w in writers.values() if w.get("active")]
+    if active:
+        return int(min(active))
+    done = [w["complete_before"] for w in writers.values()]
+    return int(max(done)) if done else None

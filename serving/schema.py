@@ -1,0 +1,85 @@
+"""Lamina's Cassandra schema: table names and DDL generated from view definitions.
+
+Tables, all in the configured keyspace (never hand-written per view):
+
+- ``catalog``: one row per view, the *published* batch version and its cutoff. Publishing is
+  one single-row write, hence atomic: a reader sees the old (version, cutoff) or the new.
+- ``versions``: every batch version of a view (state, cutoff, row count, timings, hash).
+- ``b_<view>_v<N>``: batch view version N; ``PRIMARY KEY ((keys...), bucket)`` so a key's
+  bucket range is one partition slice.
+- ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``.
+- ``reconciliation``: per view and version, the JSON report comparing the version with the
+  real-time view on the epochs both cover (see :mod:`batch.reconcile`); kept after the
+  version's table is garbage-collected, as history.
+"""
+
+from __future__ import annotations
+
+from lamina.schema import INGEST_EPOCH, FieldType
+from lamina.views import View
+
+CQL_TYPES: dict[FieldType, str] = {
+    FieldType.STRING: "text",
+    FieldType.LONG: "bigint",
+    FieldType.DOUBLE: "double",
+    FieldType.BOOLEAN: "boolean",
+}
+
+
+def batch_table(view: View, version: int) -> str:
+    return f"b_{view.name}_v{version}"
+
+
+def realtime_table(view: View) -> str:
+    return f"rt_{view.name}"
+
+
+def _key_columns(view: View) -> str:
+    return ", ".join(f"{k} {CQL_TYPES[view.source.fields[k]]}" for k in view.keys)
+
+
+def _value_columns(view: View) -> str:
+    return ", ".join(f"{c} {t}" for c, t in view.value_columns)
+
+
+def batch_ddl(view: View, version: int, keyspace: str) -> str:
+    keys = ", ".join(view.keys)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{batch_table(view, version)} "
+        f"({_key_columns(view)}, bucket bigint, {_value_columns(view)}, "
+        f"PRIMARY KEY (({keys}), bucket))"
+    )
+
+
+def realtime_ddl(view: View, keyspace: str) -> str:
+    keys = ", ".join(view.keys)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{realtime_table(view)} "
+        f"({_key_columns(view)}, bucket bigint, ingest_epoch bigint, {_value_columns(view)}, "
+        f"PRIMARY KEY (({keys}), bucket, ingest_epoch))"
+    )
+
+
+def insert_cql(view: View, table: str, *, realtime: bool = False) -> str:
+    cols = [
+        *view.keys,
+        "bucket",
+        *([INGEST_EPOCH] if realtime else []),
+        *(c for c, _ in view.value_columns),
+    ]
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
+def catalog_ddl(keyspace: str) -> list[str]:
+    """The bookkeeping tables: ``catalog``, ``versions``, ``reconciliation``."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.catalog (view_name text PRIMARY KEY, "
+        "version int, cutoff bigint, rows bigint, published_at double, definition_hash text)",
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.versions (view_name text, version int, "
+        "state text, cutoff bigint, rows bigint, started_at double, finished_at double, "
+        "definition_hash text, timings text, PRIMARY KEY (view_name, version)) "
+        "WITH CLUSTERING ORDER BY (version DESC)",
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.reconciliation (view_name text, version int, "
+        "report text, created_at double, PRIMARY KEY (view_name, version)) "
+        "WITH CLUSTERING ORDER BY (version DESC)",
+    ]
