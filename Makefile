@@ -50,7 +50,7 @@ mutate: setup $(MUTATE_STAMP) ## mutation testing (slow, not in CI): mutmut on t
 	$(BIN)/python -m tests.mutants --mutmut-stats mutants/mutmut-cicd-stats.json \
 	    --json mutation-report.json $(ARGS)
 
-lint: setup ## ruff lint + format check, mypy on the shared core, import layers
+lint: setup ## ruff lint + format check, mypy (core and layers), import layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

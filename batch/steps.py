@@ -212,7 +212,7 @@ def publish(view_name: str, version: int) -> dict[str, Any]:
     return {"view": view_name, "version": pub.version, "cutoff": pub.cutoff, "rows": pub.rows}
 
 
-def maintain(view_name: str) -> dict[str, Any]:
+def collect_and_purge(view_name: str) -> dict[str, Any]:
     """Garbage-collect old versions and purge covered real-time epochs."""
     from batch.recompute import collect_and_purge
 

@@ -4,7 +4,8 @@ One task per view, ``check_<view>``, on a short schedule (``[airflow] freshness_
 it fails when the published cutoff is older than the view's ``max_staleness_s`` (about two
 schedule intervals plus slack) or nothing is published, and its ``on_failure_callback``
 logs one ``ALERT lamina ...`` line. No retries: the next run checks again. The staleness
-arithmetic lives in :func:`batch.steps.freshness` (the serving metrics reuse it).
+arithmetic lives in :func:`batch.freshness.freshness` (the serving metrics export the same
+cutoff age, :meth:`serving.store.Published.cutoff_age_s`).
 
 Why not Airflow's Deadline Alerts: they fire when a DAG *run* has not finished by a time
 relative to its logical date or queue time. Staleness is a property of the published data:

@@ -166,10 +166,10 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
 
     @task
     def purge_and_gc() -> dict[str, object]:
-        from batch.steps import maintain
+        from batch.steps import collect_and_purge
 
         with lamina_endpoints(af):
-            return maintain(view_name)
+            return collect_and_purge(view_name)
 
     validated = validate(cutoff, recomputed)
     recompute >> validated

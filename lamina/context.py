@@ -1,5 +1,5 @@
-"""Settings plus the view catalog: how every entry point (CLI, Airflow tasks, a submitted
-streaming driver, the demo) finds them, by one rule.
+"""Settings plus the view catalog, found by one rule (the CLI, the Airflow steps, the demo;
+a submitted streaming driver reads the settings saved at submit time, then its views here).
 
 - Settings: an explicit file, else ``$LAMINA_CONFIG``, else ``./conf/lamina.toml``, else
   (only where a ``root`` is given: Airflow tasks, whose working directory is Airflow's) the
@@ -10,10 +10,9 @@ streaming driver, the demo) finds them, by one rule.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from lamina.settings import CONFIG_ENV, Settings, load_settings
+from lamina.settings import Settings, default_config_path, load_settings
 from lamina.views import ViewCatalog, load_views
 
 
@@ -29,8 +28,7 @@ def load_context(
     config: Path | str | None = None, *, root: Path | None = None
 ) -> tuple[Settings, ViewCatalog]:
     """Settings and views by the rule in the module docstring."""
-    if config is None and root is not None:
-        found = os.environ.get(CONFIG_ENV) or Path("conf/lamina.toml").is_file()
-        config = None if found else root / "conf" / "lamina.toml"
+    if config is None and root is not None and default_config_path() is None:
+        config = root / "conf" / "lamina.toml"
     settings = load_settings(config)
     return settings, load_catalog(settings, root)

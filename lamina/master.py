@@ -18,7 +18,8 @@ it has written everything (``complete_before``). A batch cuts off at the smalles
 ``complete_before`` of the active writers (or the largest of finished ones if none is
 active), so it never reads half an epoch.
 
-Both engines write here and the batch reads it, so it lives in the engine-free core.
+The archiver (speed layer, Spark) and ``master import`` (batch layer, pyarrow) write here and
+the batch reads it, so the contract lives in the engine-free core.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from functools import reduce
 from typing import Any, ClassVar
 
 from lamina.errors import QueryError
+from lamina.schema import FieldType
 
 
 class Monoid(ABC):
@@ -119,7 +120,7 @@ class Count(Monoid):
 
 
 def _cql_number(field_type: str | None) -> str:
-    return "bigint" if field_type == "long" else "double"
+    return "bigint" if field_type == FieldType.LONG else "double"
 
 
 class Sum(Monoid):

@@ -55,8 +55,8 @@ def realtime_ddl(view: View, keyspace: str) -> str:
     keys = ", ".join(view.keys)
     return (
         f"CREATE TABLE IF NOT EXISTS {keyspace}.{realtime_table(view)} "
-        f"({_key_columns(view)}, bucket bigint, ingest_epoch bigint, {_value_columns(view)}, "
-        f"PRIMARY KEY (({keys}), bucket, ingest_epoch))"
+        f"({_key_columns(view)}, bucket bigint, {INGEST_EPOCH} bigint, {_value_columns(view)}, "
+        f"PRIMARY KEY (({keys}), bucket, {INGEST_EPOCH}))"
     )
 
 

@@ -20,6 +20,7 @@ from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
 from lamina.errors import NotFoundError, PublishError
+from lamina.schema import INGEST_EPOCH
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
 from serving.cassandra import ensure_keyspace, session
@@ -283,7 +284,7 @@ class Store:
         self, view: View, key: Sequence[Any], b_from: int, b_to: int
     ) -> Iterator[Any]:
         where = " AND ".join(f"{k} = ?" for k in view.keys)
-        cols = ", ".join(["bucket", "ingest_epoch", *(c for c, _ in view.value_columns)])
+        cols = ", ".join(["bucket", INGEST_EPOCH, *(c for c, _ in view.value_columns)])
         stmt = self.prepare(
             f"SELECT {cols} FROM {self.ks}.{realtime_table(view)} "
             f"WHERE {where} AND bucket >= ? AND bucket < ?"
@@ -296,7 +297,7 @@ class Store:
         """Every real-time row of epochs ``< before_epoch``: a scan of the whole table, which
         holds only the epochs no purge has removed yet. Rows are ``(*keys, bucket,
         ingest_epoch[, *value columns])``."""
-        cols = [*view.keys, "bucket", "ingest_epoch"]
+        cols = [*view.keys, "bucket", INGEST_EPOCH]
         if values:
             cols += [c for c, _ in view.value_columns]
         rows = self.session.execute(

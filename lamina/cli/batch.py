@@ -7,14 +7,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lamina.cli.common import connect_store, find_source, say
 from lamina.context import load_catalog
 from lamina.settings import Settings
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("lamina")
 

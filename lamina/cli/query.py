@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lamina.cli.common import connect_store, fmt
 from lamina.context import load_catalog
 from lamina.settings import Settings
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("lamina")
 

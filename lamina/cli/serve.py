@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lamina.cli.common import say
 from lamina.context import load_catalog
 from lamina.settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("lamina")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lamina.cli.common import say
 from lamina.settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("lamina")
 
 
 def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:

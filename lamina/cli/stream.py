@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lamina.cli.common import age, find_source, fmt, non_negative, print_job, say
 from lamina.context import load_catalog
 from lamina.errors import LaminaError
 from lamina.settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger("lamina")
 
 
 def cmd_stream_run(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,1 +1,1 @@
-"""The local stack manager: fetch jars, start, probe and stop Kafka and Cassandra."""
+"""The local stack manager: start, probe and stop Kafka and Cassandra (jars via lamina.jars)."""

@@ -104,9 +104,7 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         again = lamina(env, "stream", "submit", VIEW)
         assert again.returncode == 1
         assert f"job {job_id}" in again.stderr and "already uses the checkpoint" in again.stderr
-        with TestClient(
-            create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
-        ) as client:
+        with TestClient(jobs_app(settings, catalog)) as client:
             r = client.post("/jobs", json={"job": VIEW})
             assert r.status_code == 409 and job_id in r.json()["error"], r.text
             assert r.json()["hint"]
@@ -122,9 +120,7 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         assert table.returncode == 0 and f"speed-{VIEW}" in table.stdout
 
         # Stop over HTTP: graceful, the process ends, the registry says stopped.
-        with TestClient(
-            create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
-        ) as client:
+        with TestClient(jobs_app(settings, catalog)) as client:
             r = client.post(f"/jobs/{job_id}/stop")
             assert r.status_code == 200, r.text
             stopped = r.json()

@@ -1,4 +1,4 @@
-"""The jar fetcher's pure parts: artifact names and the generated POM."""
+"""The jar cache's pure parts (lamina.jars): artifact names and the generated POM."""
 
 from __future__ import annotations
 
