@@ -1,23 +1,22 @@
 """Kafka in Spark: a topic as a streaming source, and its records parsed into events or
 dead letters with the shared validator.
 
-One Arrow-batched Python pass (``mapInArrow``) calls :func:`lamina.events.parse_event` on
-every record, so the stream accepts and rejects exactly what ``master import`` and the
-tests' ground truth do. Valid rows carry the typed fields, ``_event_time``, the record's
-``ingest_epoch`` and its origin; rejected rows carry the reason and the raw bytes.
+The parser is Spark expressions generated from the source definition (JSON into a variant,
+per-field type checks on the variant's types, the event-time grammar in arithmetic): no
+Python runs per record. It implements the rules of :mod:`lamina.events` (the reference,
+which ``master import`` and the tests' ground truth use); ``tests/spark/test_parser_parity.py``
+feeds both the same valid and malformed records and requires the same decisions and values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pyarrow as pa
+from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from engine.schema import spark_schema
-from lamina.events import Rejection, parse_event
+from lamina.events import ISO_8601, MAX_EVENT_TIME, MIN_EVENT_TIME
 from lamina.schema import (
     EVENT_TIME,
     INGEST_EPOCH,
@@ -63,51 +62,161 @@ def parsed_schema(source: Source) -> T.StructType:
     )
 
 
-def _parser(source: Source, schema: pa.Schema):  # type: ignore[no-untyped-def]
-    names = list(source.fields)
+_INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
+_NUMBER = r"^(TINYINT|SMALLINT|INT|BIGINT|FLOAT|DOUBLE|DECIMAL\(.*)$"
 
-    def parse(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            cols: dict[str, list[object]] = {n: [] for n in schema.names}
-            values = batch.column("value").to_pylist()
-            origin = {c: batch.column(c).to_pylist() for c in KAFKA_ORIGIN}
-            for i, raw in enumerate(values):
-                ev = parse_event(raw if raw is not None else b"", source)
-                if isinstance(ev, Rejection):
-                    for n in names:
-                        cols[n].append(None)
-                    cols[EVENT_TIME].append(None)
-                    cols[REASON].append(ev.reason)
-                    cols[RAW].append(raw)
-                else:
-                    for n in names:
-                        cols[n].append(ev[n])
-                    cols[EVENT_TIME].append(ev[EVENT_TIME])
-                    cols[REASON].append(None)
-                    cols[RAW].append(None)
-                for c in KAFKA_ORIGIN:
-                    cols[c].append(origin[c][i])
-            yield pa.RecordBatch.from_pydict(cols, schema=schema)
 
-    return parse
+_ISO_PARSE = "yyyy-MM-dd['T'HH:mm[:ss[.SSSSSSSSS]][XXX]]"
+
+
+def _iso_seconds(text: SparkColumn) -> SparkColumn:
+    """``text`` (grammar :data:`lamina.events.ISO_8601`) as float seconds, or null if it is
+    not in the grammar or not a real time. The grammar is checked by its regex; the text is
+    then brought to one spelling (``T``, ``.``, ``Z``, ``+HH:MM``) and parsed strictly by
+    Spark's datetime parser (which rejects day 31 of a 30-day month, second 60, ...)."""
+    canon = F.translate(text, "t ,z", "TT.Z")
+    with_offset = F.regexp_replace(
+        F.regexp_replace(canon, r"([+-][0-9]{2})$", "$1:00"), r"([+-][0-9]{2})([0-9]{2})$", "$1:$2"
+    )
+    canon = F.when(F.length(text) > 10, with_offset).otherwise(canon)
+    micros = F.unix_micros(F.try_to_timestamp(canon, F.lit(_ISO_PARSE)))
+    return F.when(text.rlike(ISO_8601), micros.cast("double") / F.lit(1e6))
+
+
+def _field(
+    fv: SparkColumn, kind: SparkColumn, name: str, ftype: FieldType
+) -> tuple[SparkColumn, SparkColumn]:
+    """The typed value of field ``name`` (its variant ``fv`` and that variant's type ``kind``;
+    null when absent or JSON null), and the reason it is unusable (null when fine), by the
+    rules of :func:`lamina.events._typed`."""
+    present = fv.isNotNull() & ~F.is_variant_null(fv)
+    wrong = F.concat(F.lit(f"field {name!r} should be {ftype}, got "), F.lower(kind))
+    if ftype == FieldType.STRING:
+        ok, value = kind == "STRING", F.try_variant_get(fv, "$", "string")
+    elif ftype == FieldType.LONG:
+        ok, value = kind.isin(*_INT_TYPES), F.try_variant_get(fv, "$", "bigint")
+    elif ftype == FieldType.BOOLEAN:
+        ok, value = kind == "BOOLEAN", F.try_variant_get(fv, "$", "boolean")
+    else:  # double: any JSON number, by its decimal text (correctly rounded, as float())
+        ok = kind.rlike(_NUMBER)
+        value = F.when(
+            kind.isin("DOUBLE", "FLOAT"), F.try_variant_get(fv, "$", "double")
+        ).otherwise(F.try_variant_get(fv, "$", "string").try_cast("double"))
+        finite = ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+        bad = F.when(present & ~ok, wrong).when(
+            present & ~finite,
+            F.concat(F.lit(f"field {name!r} is not a finite number: "), value.cast("string")),
+        )
+        return F.when(present & ok & finite, value), bad
+    return F.when(present & ok, value), F.when(present & ~ok, wrong)
+
+
+def _py_type(first: SparkColumn, text: SparkColumn) -> SparkColumn:
+    """The type name the Python reference gives the JSON value starting with ``first``."""
+    return (
+        F.when(first == "[", "list")
+        .when(first == '"', "str")
+        .when(first.isin("t", "f"), "bool")
+        .when(first == "n", "NoneType")
+        .when(text.rlike(r"^[ \t\n\r]*-?[0-9]+([ \t\n\r]|$)"), "int")
+        .otherwise("float")
+    )
+
+
+def parse(df: DataFrame, source: Source, value: str = "value") -> DataFrame:
+    """``df`` plus ``source``'s typed fields, :data:`EVENT_TIME` and :data:`REASON` (null if
+    the event is valid; fields and time are null if not), parsed from the binary column
+    ``value`` by the rules of :mod:`lamina.events`, natively (no Python per record; each
+    step is its own projection so the JSON is parsed once, not once per use).
+    """
+    keep = [F.col(c) for c in df.columns]
+    text = F.col(value).cast("string")
+    df = df.select("*", F.try_parse_json(text).alias("__v"))
+    v = F.col("__v")
+    df = df.select(
+        "*",
+        # The first character of a JSON text says its type (a whole-object schema would not
+        # be cheap): '{' object, '[' array, '"' string, t/f boolean, n null, else a number.
+        F.substring(F.regexp_replace(text, r"^[ \t\n\r]+", ""), 1, 1).alias("__top"),
+        *(F.try_variant_get(v, f"$.{f}", "variant").alias(f"__f_{f}") for f in source.fields),
+        F.try_variant_get(v, f"$.{source.event_time}", "string").alias("__t"),
+    )
+    df = df.select(
+        "*", *(F.schema_of_variant(F.col(f"__f_{f}")).alias(f"__k_{f}") for f in source.fields)
+    )
+    parsed = {
+        f: _field(F.col(f"__f_{f}"), F.col(f"__k_{f}"), f, t) for f, t in source.fields.items()
+    }
+    df = df.select(
+        "*",
+        *(val.alias(f"__val_{f}") for f, (val, _) in parsed.items()),
+        *(bad.alias(f"__bad_{f}") for f, (_, bad) in parsed.items()),
+    )
+    t_text = F.col("__t")
+    if source.event_time_format == "iso8601":
+        seconds = _iso_seconds(t_text)
+        time_bad = F.when(
+            F.col("__seconds").isNull(),
+            F.concat(F.lit("event time '"), t_text, F.lit("' is not ISO-8601")),
+        )
+    else:
+        per = 1000.0 if source.event_time_format == "epoch_ms" else 1.0
+        seconds = F.col(f"__val_{source.event_time}").cast("double") / F.lit(per)
+        time_bad = F.lit(None).cast("string")
+    df = df.select("*", seconds.alias("__seconds"))
+    df = df.select("*", time_bad.alias("__time_bad"))
+    seconds = F.col("__seconds")
+    in_range = (seconds >= F.lit(MIN_EVENT_TIME)) & (seconds < F.lit(MAX_EVENT_TIME))
+    top = F.col("__top")
+    reason = F.coalesce(
+        F.when(F.col(value).isNull(), F.lit("not valid JSON: an empty record")),
+        F.when(~F.is_valid_utf8(text), F.lit("not valid JSON: not valid UTF-8")),
+        F.when(v.isNull(), F.lit("not valid JSON")),
+        F.when(top != "{", F.concat(F.lit("not a JSON object but "), _py_type(top, text))),
+        *(F.col(f"__bad_{f}") for f in source.fields),
+        *(
+            F.when(F.col(f"__val_{role}").isNull(), F.lit(f"missing field {role!r}"))
+            for role in (source.event_id, source.event_time)
+        ),
+        F.col("__time_bad"),
+        F.when(
+            ~in_range,
+            F.concat(
+                F.lit("event time "),
+                t_text,
+                F.lit(f" ({source.event_time_format}) is outside 1970..2200"),
+            ),
+        ),
+    )
+    df = df.select("*", reason.alias(REASON))
+    ok = F.col(REASON).isNull()
+    return df.select(
+        *keep,
+        *(F.when(ok, F.col(f"__val_{f}")).alias(f) for f in source.fields),
+        F.when(ok, seconds).alias(EVENT_TIME),
+        F.col(REASON),
+    )
 
 
 def parse_records(records: DataFrame, source: Source, epoch_seconds: int) -> DataFrame:
     """Parse a Kafka source DataFrame (batch or streaming) of ``source``'s topic.
 
-    Adds ``ingest_epoch``: the broker timestamp floored to ``epoch_seconds`` (the same rule
-    as :func:`lamina.buckets.ingest_epoch`), as epoch seconds.
+    Valid rows carry the typed fields, ``_event_time``, their origin and ``ingest_epoch``:
+    the broker timestamp floored to ``epoch_seconds`` (the rule of
+    :func:`lamina.buckets.ingest_epoch`), as epoch seconds; rejected rows carry the reason
+    and the raw bytes. A record can only be accepted or rejected: nothing in it can make the
+    expressions fail.
     """
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    schema = parsed_schema(source)
-    arrow = to_arrow_schema(schema, timezone="UTC")
-    # Arrow carries Spark timestamps as UTC microseconds; keep that exact type.
-    parsed = records.select("value", *KAFKA_ORIGIN).mapInArrow(_parser(source, arrow), schema)
+    parsed = parse(records.select("value", *KAFKA_ORIGIN), source)
     millis = F.floor(F.unix_micros(F.col("timestamp")) / 1000).cast("long")
-    return parsed.withColumn(
-        INGEST_EPOCH,
-        (F.floor(millis / F.lit(epoch_seconds * 1000)) * F.lit(epoch_seconds)).cast("long"),
+    return parsed.select(
+        *(c.name for c in event_columns(source)),
+        REASON,
+        F.when(F.col(REASON).isNotNull(), F.col("value")).alias(RAW),
+        *KAFKA_ORIGIN,
+        (F.floor(millis / F.lit(epoch_seconds * 1000)) * F.lit(epoch_seconds))
+        .cast("long")
+        .alias(INGEST_EPOCH),
     )
 
 

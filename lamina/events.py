@@ -1,22 +1,54 @@
 """Parsing and validating one raw event against its source: the rules every path shares.
 
-The speed layer, the archiver, ``master import`` and the tests' ground truth all call
-:func:`parse_event`, so an event is valid (or rejected, with the same reason) everywhere.
+``master import`` and the tests' ground truth call :func:`parse_event`; the streams run the
+same rules as Spark expressions (:mod:`engine.kafka`), checked against this reference by a
+property test (``tests/spark/test_parser_parity.py``). The rules:
+
+- a record is UTF-8 text holding one JSON value (RFC 8259: no ``NaN``/``Infinity``, no
+  duplicate keys at any depth, no lone surrogate escapes, at most :data:`MAX_DEPTH` levels of
+  nesting, integers of at most :data:`MAX_INT_DIGITS` digits); leading JSON whitespace is
+  skipped and anything after the value is ignored (as Jackson, the engines' parser, does);
+- the value is an object; each declared field, when present and not null, has its declared
+  type (``long``: a JSON integer in 64 bits; ``double``: any finite JSON number; ``string``,
+  ``boolean``: the JSON type); the event id and time are present;
+- the event time is ``iso8601`` text in the grammar of :data:`ISO_8601` (a naive time is UTC),
+  or a number of seconds / milliseconds (``epoch_s`` / ``epoch_ms``), within 1970..2200.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from lamina.schema import EVENT_TIME, FieldType
 from lamina.views import Source
 
 # Event times outside [1970, 2200) are treated as unusable (mistaken units, garbage).
-_MIN_TIME, _MAX_TIME = 0.0, 7_258_118_400.0
+MIN_EVENT_TIME, MAX_EVENT_TIME = 0.0, 7_258_118_400.0
+
+MAX_DEPTH = 1000
+"""Deepest nesting of objects and arrays a record may have (Jackson's default limit)."""
+MAX_INT_DIGITS = 1000
+"""Longest JSON integer, in digits (Jackson's default number-length limit)."""
+MAX_KEY_LENGTH = 50_000
+"""Longest object key, in characters (Jackson's default name-length limit)."""
+
+ISO_8601 = (
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?"
+    r"(?:([Zz])|([+-])([0-9]{2})(?::?([0-9]{2}))?)?)?$"
+)
+"""Accepted ``iso8601`` event times: ``YYYY-MM-DD``, optionally followed by ``T`` (or ``t`` or
+a space) and ``HH:MM[:SS[.fraction]]`` (1-9 fraction digits, ``.`` or ``,``; truncated to
+microseconds) and an offset ``Z``, ``+HH``, ``+HH:MM`` or ``+HHMM`` of at most 18 hours
+(none: UTC). The Spark parser checks text against the same expression."""
+_ISO = re.compile(ISO_8601)
+_JSON_WS = " \t\n\r"
 
 
 @dataclass(frozen=True)
@@ -55,7 +87,10 @@ def _typed(field: str, ftype: str, value: Any, coerce: bool) -> Any:
     if not ok:
         raise ValueError(f"field {field!r} should be {ftype}, got {type(value).__name__} {value!r}")
     if ftype == "double":
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the double range
+            value = math.inf
         if not math.isfinite(value):
             raise ValueError(f"field {field!r} is not a finite number: {value!r}")
     if ftype == "long" and not -(2**63) <= value < 2**63:
@@ -74,18 +109,117 @@ def event_time_seconds(value: Any, fmt: str) -> float:
     if fmt == "iso8601":
         if not isinstance(value, str):
             raise ValueError(f"event time {value!r} is not an ISO-8601 string")
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"event time {value!r} is not ISO-8601") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        seconds = dt.timestamp()
+        seconds = _iso_seconds(value)
     else:
         seconds = float(value) / (1000.0 if fmt == "epoch_ms" else 1.0)
-    if not math.isfinite(seconds) or not _MIN_TIME <= seconds < _MAX_TIME:
+    if not math.isfinite(seconds) or not MIN_EVENT_TIME <= seconds < MAX_EVENT_TIME:
         raise ValueError(f"event time {value!r} ({fmt}) is outside 1970..2200")
     return seconds
+
+
+def _iso_seconds(text: str) -> float:
+    m = _ISO.match(text)
+    try:
+        if m is None:
+            raise ValueError
+        y, mo, d, h, mi, sec, frac, _zulu, sign, oh, om = m.groups()
+        tz = UTC
+        if sign:
+            if int(om or 0) > 59 or int(oh) * 60 + int(om or 0) > 18 * 60:
+                raise ValueError
+            offset = timedelta(hours=int(oh), minutes=int(om or 0))
+            tz = timezone(offset if sign == "+" else -offset)
+        micros = int((frac or "").ljust(6, "0")[:6])
+        dt = datetime(int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(sec or 0), micros, tz)
+    except ValueError:
+        raise ValueError(f"event time {text!r} is not ISO-8601") from None
+    return dt.timestamp()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a duplicate key")
+    if any(len(k) > MAX_KEY_LENGTH for k in out):
+        raise ValueError(f"a key of more than {MAX_KEY_LENGTH} characters")
+    return out
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=_int, parse_constant=_reject_constant, object_pairs_hook=_object
+)
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of ``text``'s JSON (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _lone_surrogate(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if any("\ud800" <= c <= "\udfff" for c in x):
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """The JSON value ``raw`` holds, by the rules of the module docstring; raises
+    ``ValueError`` with the reason."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"not valid UTF-8: {e.reason} at byte {e.start}") from None
+    text = raw.lstrip(_JSON_WS)
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    limit = sys.getrecursionlimit()
+    try:
+        if limit < 2 * MAX_DEPTH:  # the C scanner counts nesting against the recursion limit
+            sys.setrecursionlimit(2 * MAX_DEPTH + 100)
+        value, _ = _DECODER.raw_decode(text)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+    finally:
+        sys.setrecursionlimit(limit)
+    if _lone_surrogate(value):
+        raise ValueError("a lone surrogate escape (not Unicode text)")
+    return value
 
 
 def parse_event(
@@ -101,8 +235,8 @@ def parse_event(
     """
     if isinstance(raw, bytes | str):
         try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+            obj = decode_json(raw)
+        except ValueError as e:
             return Rejection(f"not valid JSON: {e}")
     else:
         obj = raw

@@ -41,12 +41,10 @@ GOOD = [
 ]
 LONG = b"[" + b"1, " * 40 + b"1]"
 BAD = {
-    # raw record -> the reason the validator gives (counts 3, 2, 1: a stable summary order)
-    b"{not json": "not valid JSON: Expecting property name enclosed in double quotes: "
-    "line 1 column 2 (char 1)",
-    b"caf\xe9 au lait": "not valid JSON: 'utf-8' codec can't decode byte 0xe9 in position 3: "
-    "invalid continuation byte",
-    b"": "not valid JSON: Expecting value: line 1 column 1 (char 0)",
+    # raw record -> the reason the stream gives (counts 3, 2, 1: a stable summary order)
+    b"{not json": "not valid JSON",
+    b"caf\xe9 au lait": "not valid JSON: not valid UTF-8",
+    b"": "not valid JSON",
     b"[1, 2]": "not a JSON object but list",
     LONG: "not a JSON object but list",
     GOOD[0].replace(b'"e0"', b"null"): "missing field 'event_id'",
