@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from engine.schema import spark_schema
-from lamina.events import ISO_8601, MAX_EVENT_TIME, MIN_EVENT_TIME
+from lamina.events import ISO_8601, MAX_EVENT_TIME, MIN_EVENT_TIME, ROOT_KINDS
 from lamina.schema import (
     EVENT_TIME,
     INGEST_EPOCH,
@@ -111,16 +111,12 @@ def _field(
     return F.when(present & ok, value), F.when(present & ~ok, wrong)
 
 
-def _py_type(first: SparkColumn, text: SparkColumn) -> SparkColumn:
-    """The type name the Python reference gives the JSON value starting with ``first``."""
-    return (
-        F.when(first == "[", "list")
-        .when(first == '"', "str")
-        .when(first.isin("t", "f"), "bool")
-        .when(first == "n", "NoneType")
-        .when(text.rlike(r"^[ \t\n\r]*-?[0-9]+([ \t\n\r]|$)"), "int")
-        .otherwise("float")
-    )
+def _root_kind(first: SparkColumn) -> SparkColumn:
+    """:data:`lamina.events.ROOT_KINDS` (digits and ``-``: a number; else null)."""
+    kind = F.lit(None).cast("string")
+    for ch, name in ROOT_KINDS.items():
+        kind = F.when(first == ch, F.lit(name)).otherwise(kind)
+    return F.when(first.rlike("^[-0-9]$"), F.lit("number")).otherwise(kind)
 
 
 def parse(df: DataFrame, source: Source, value: str = "value") -> DataFrame:
@@ -171,8 +167,15 @@ def parse(df: DataFrame, source: Source, value: str = "value") -> DataFrame:
     reason = F.coalesce(
         F.when(F.col(value).isNull(), F.lit("not valid JSON: an empty record")),
         F.when(~F.is_valid_utf8(text), F.lit("not valid JSON: not valid UTF-8")),
+        F.when(top == "", F.lit("not valid JSON: an empty record")),
+        F.when(
+            top != "{",
+            F.coalesce(
+                F.concat(F.lit("not a JSON object but "), _root_kind(top)),
+                F.lit("not valid JSON"),
+            ),
+        ),
         F.when(v.isNull(), F.lit("not valid JSON")),
-        F.when(top != "{", F.concat(F.lit("not a JSON object but "), _py_type(top, text))),
         *(F.col(f"__bad_{f}") for f in source.fields),
         *(
             F.when(F.col(f"__val_{role}").isNull(), F.lit(f"missing field {role!r}"))

@@ -8,9 +8,10 @@ property test (``tests/spark/test_parser_parity.py``). The rules:
   duplicate keys at any depth, no lone surrogate escapes, at most :data:`MAX_DEPTH` levels of
   nesting, integers of at most :data:`MAX_INT_DIGITS` digits); leading JSON whitespace is
   skipped and anything after the value is ignored (as Jackson, the engines' parser, does);
-- the value is an object; each declared field, when present and not null, has its declared
-  type (``long``: a JSON integer in 64 bits; ``double``: any finite JSON number; ``string``,
-  ``boolean``: the JSON type); the event id and time are present;
+- the value is an object (decided by its first character, before parsing); each declared
+  field, when present and not null, has its declared type (``long``: a JSON integer in 64
+  bits; ``double``: any finite JSON number; ``string``, ``boolean``: the JSON type); the
+  event id and time are present;
 - the event time is ``iso8601`` text in the grammar of :data:`ISO_8601` (a naive time is UTC),
   or a number of seconds / milliseconds (``epoch_s`` / ``epoch_ms``), within 1970..2200.
 """
@@ -197,15 +198,25 @@ def _lone_surrogate(obj: Any) -> bool:
     return False
 
 
-def decode_json(raw: bytes | str) -> Any:
-    """The JSON value ``raw`` holds, by the rules of the module docstring; raises
-    ``ValueError`` with the reason."""
+ROOT_KINDS = {"[": "list", '"': "str", "t": "bool", "f": "bool", "n": "null"}
+"""What a record that does not start with ``{`` holds, by its first character (digits and
+``-``: a number); any other first character is not JSON. Both parsers decide "not an object"
+from the first character alone, before parsing."""
+
+
+def _json_text(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"not valid UTF-8: {e.reason} at byte {e.start}") from None
-    text = raw.lstrip(_JSON_WS)
+    return raw.lstrip(_JSON_WS)
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """The JSON value ``raw`` holds, by the rules of the module docstring; raises
+    ``ValueError`` with the reason."""
+    text = _json_text(raw)
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
     limit = sys.getrecursionlimit()
@@ -235,7 +246,13 @@ def parse_event(
     """
     if isinstance(raw, bytes | str):
         try:
-            obj = decode_json(raw)
+            text = _json_text(raw)
+            if not text:
+                return Rejection("not valid JSON: an empty record")
+            if text[0] != "{":
+                kind = ROOT_KINDS.get(text[0], "number" if text[0] in "-0123456789" else "")
+                return Rejection(f"not a JSON object but {kind}" if kind else "not valid JSON")
+            obj = decode_json(text)
         except ValueError as e:
             return Rejection(f"not valid JSON: {e}")
     else:

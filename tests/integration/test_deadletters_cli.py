@@ -44,7 +44,7 @@ BAD = {
     # raw record -> the reason the stream gives (counts 3, 2, 1: a stable summary order)
     b"{not json": "not valid JSON",
     b"caf\xe9 au lait": "not valid JSON: not valid UTF-8",
-    b"": "not valid JSON",
+    b"": "not valid JSON: an empty record",
     b"[1, 2]": "not a JSON object but list",
     LONG: "not a JSON object but list",
     GOOD[0].replace(b'"e0"', b"null"): "missing field 'event_id'",
