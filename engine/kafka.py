@@ -2,10 +2,11 @@
 dead letters with the shared validator.
 
 The parser is Spark expressions generated from the source definition (JSON into a variant,
-per-field type checks on the variant's types, the event-time grammar in arithmetic): no
-Python runs per record. It implements the rules of :mod:`lamina.events` (the reference,
-which ``master import`` and the tests' ground truth use); ``tests/spark/test_parser_parity.py``
-feeds both the same valid and malformed records and requires the same decisions and values.
+per-field type checks on the variant's types, event times by the grammar's regex and a
+strict ``try_to_timestamp``): no Python runs per record. It implements the rules of
+:mod:`lamina.events` (the reference, which ``master import`` and the tests' ground truth
+use); ``tests/spark/test_parser_parity.py`` feeds both the same valid and malformed records
+and requires the same decisions and values.
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ from __future__ import annotations
 from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from engine.schema import spark_schema
 from lamina.events import ISO_8601, MAX_EVENT_TIME, MIN_EVENT_TIME, ROOT_KINDS
 from lamina.schema import (
     EVENT_TIME,
     INGEST_EPOCH,
     KAFKA_TIMESTAMP,
     ORIGIN,
-    Column,
     FieldType,
     event_columns,
 )
@@ -46,20 +44,6 @@ def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFr
     if settings.pipeline.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", settings.pipeline.max_offsets_per_trigger)
     return reader.load()
-
-
-def parsed_schema(source: Source) -> T.StructType:
-    """A parsed record: the event's columns (all null if rejected), why it was rejected and
-    its raw bytes (null if valid), and where it came from."""
-    return spark_schema(
-        [
-            *event_columns(source, time_nullable=True),
-            Column(REASON, FieldType.STRING),
-            Column(RAW, FieldType.BINARY),
-            *ORIGIN,
-            KAFKA_TIMESTAMP,
-        ]
-    )
 
 
 _INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
@@ -135,10 +119,12 @@ def parse(df: DataFrame, source: Source, value: str = "value") -> DataFrame:
         # be cheap): '{' object, '[' array, '"' string, t/f boolean, n null, else a number.
         F.substring(F.regexp_replace(text, r"^[ \t\n\r]+", ""), 1, 1).alias("__top"),
         *(F.try_variant_get(v, f"$.{f}", "variant").alias(f"__f_{f}") for f in source.fields),
-        F.try_variant_get(v, f"$.{source.event_time}", "string").alias("__t"),
     )
     df = df.select(
-        "*", *(F.schema_of_variant(F.col(f"__f_{f}")).alias(f"__k_{f}") for f in source.fields)
+        "*",
+        *(F.schema_of_variant(F.col(f"__f_{f}")).alias(f"__k_{f}") for f in source.fields),
+        # The time field's text whatever its type (for messages and the iso8601 grammar).
+        F.try_variant_get(F.col(f"__f_{source.event_time}"), "$", "string").alias("__t"),
     )
     parsed = {
         f: _field(F.col(f"__f_{f}"), F.col(f"__k_{f}"), f, t) for f, t in source.fields.items()

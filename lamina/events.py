@@ -50,6 +50,9 @@ microseconds) and an offset ``Z``, ``+HH``, ``+HH:MM`` or ``+HHMM`` of at most 1
 (none: UTC). The Spark parser checks text against the same expression."""
 _ISO = re.compile(ISO_8601)
 _JSON_WS = " \t\n\r"
+_SHALLOW = 200
+"""Records with at most this many brackets cannot nest deep enough to hit the default
+recursion limit (1000) from any reasonable call depth."""
 
 
 @dataclass(frozen=True)
@@ -213,21 +216,25 @@ def _json_text(raw: bytes | str) -> str:
     return raw.lstrip(_JSON_WS)
 
 
-def decode_json(raw: bytes | str) -> Any:
-    """The JSON value ``raw`` holds, by the rules of the module docstring; raises
-    ``ValueError`` with the reason."""
-    text = _json_text(raw)
-    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+def _decode(text: str) -> Any:
+    """The JSON value at the start of ``text`` (from :func:`_json_text`), by the rules of the
+    module docstring; raises ``ValueError`` with the reason."""
+    brackets = text.count("[") + text.count("{")
+    if brackets > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
-    limit = sys.getrecursionlimit()
-    try:
-        if limit < 2 * MAX_DEPTH:  # the C scanner counts nesting against the recursion limit
-            sys.setrecursionlimit(2 * MAX_DEPTH + 100)
+    if brackets <= _SHALLOW:
         value, _ = _DECODER.raw_decode(text)
-    except RecursionError:
-        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
-    finally:
-        sys.setrecursionlimit(limit)
+    else:
+        # The C scanner counts nesting against the (process-wide) recursion limit; raise it
+        # only for the rare record that could nest deeper than the default allows.
+        limit = sys.getrecursionlimit()
+        try:
+            sys.setrecursionlimit(max(limit, 2 * MAX_DEPTH + 100))
+            value, _ = _DECODER.raw_decode(text)
+        except RecursionError:
+            raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+        finally:
+            sys.setrecursionlimit(limit)
     if _lone_surrogate(value):
         raise ValueError("a lone surrogate escape (not Unicode text)")
     return value
@@ -252,7 +259,7 @@ def parse_event(
             if text[0] != "{":
                 kind = ROOT_KINDS.get(text[0], "number" if text[0] in "-0123456789" else "")
                 return Rejection(f"not a JSON object but {kind}" if kind else "not valid JSON")
-            obj = decode_json(text)
+            obj = _decode(text)
         except ValueError as e:
             return Rejection(f"not valid JSON: {e}")
     else:

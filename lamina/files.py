@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    # Reading the umask means setting it; done once, at import (normally single-threaded),
+    # not per write, where another thread could create a file while it is 0.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = None) -> None:
     """Replace ``path`` with ``data`` as JSON so that readers see the old or the new file,
     never a partial one (written to a unique temporary file in the same directory, then
@@ -18,19 +29,13 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = None) -> No
     try:
         # mkstemp creates 0600; give the file what a plain open() would (0666 minus umask),
         # so a reader running as another user (Airflow, the API) can still read it.
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=indent, default=str)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -66,10 +66,10 @@ KAFKA_TIMESTAMP = Column("timestamp", FieldType.TIMESTAMP)
 """The broker timestamp of a Kafka record (the ingest epoch is derived from it)."""
 
 
-def event_columns(source: Source, *, time_nullable: bool = False) -> list[Column]:
+def event_columns(source: Source) -> list[Column]:
     """A parsed event of ``source``: its declared fields, then :data:`EVENT_TIME`."""
     return [Column(f, t) for f, t in source.fields.items()] + [
-        Column(EVENT_TIME, FieldType.DOUBLE, nullable=time_nullable)
+        Column(EVENT_TIME, FieldType.DOUBLE, nullable=False)
     ]
 
 
