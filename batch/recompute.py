@@ -23,7 +23,7 @@ from batch.reconcile import Reconciliation, realtime_overlap, reconcile
 from engine.schema import master_schema
 from engine.translate import aggregate
 from lamina.errors import PublishError
-from lamina.master import complete_cutoff, imports_dir, stream_dir
+from lamina.master import archive_dir, complete_cutoff, epoch_dirs, imports_dir, stream_dir
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
@@ -48,22 +48,22 @@ class BatchResult:
 def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
     """Every event of the view's source with ingest epoch ``< cutoff``, one per event id.
 
-    Reads the archiver's file sink through its metadata log (committed files only) and the
-    imported files, pruned to the epochs before the cutoff.
+    Reads the source job's archive and the imported files, pruned to the epochs before the
+    cutoff (and the legacy file-sink archive through its metadata log, when present).
     """
     schema = master_schema(view.source)
     parts: list[DataFrame] = []
     stream = stream_dir(settings, view.source)
     if (stream / "_spark_metadata").exists():
         parts.append(spark.read.schema(schema).parquet(str(stream)))
-    imports = imports_dir(settings, view.source)
-    epochs = [p for p in imports.glob("ingest_epoch=*") if int(p.name.split("=")[1]) < cutoff]
-    if epochs:
-        parts.append(
-            spark.read.schema(schema)
-            .option("basePath", str(imports))
-            .parquet(*(str(p) for p in epochs))
-        )
+    for root in (archive_dir(settings, view.source), imports_dir(settings, view.source)):
+        epochs = [d for e, d in epoch_dirs(root).items() if e < cutoff]
+        if epochs:
+            parts.append(
+                spark.read.schema(schema)
+                .option("basePath", str(root))
+                .parquet(*(str(p) for p in epochs))
+            )
     if not parts:
         return spark.createDataFrame([], schema)
     df = parts[0]

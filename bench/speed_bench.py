@@ -5,16 +5,18 @@ dataset and private checkpoints under ``--workdir`` (dropped at the end unless
 ``--keep-data``):
 
 ``catchup``
-    Preloads ``--events`` events (split evenly across the sources of the chosen views) into
-    Kafka as fast as the kafka-python producer goes (pre-serialized JSON, several producer
-    processes), then starts the streaming jobs in this process with
-    ``speed.queries.start_all(..., trigger_s=None)`` and times how long they take to drain the
-    topics (``processAllAvailable`` per query, one thread each). The micro-batch
-    ``durationMs`` of every query is summed so the report says where the time went. Then,
-    with the streams stopped, batch reads of the same topics separate the costs: Kafka read
-    alone, + parse (``engine.kafka.parse_records``, Python ``mapInArrow``), + dedup and
-    aggregate (no Cassandra, ``noop`` sink), + the speed layer's own Cassandra upsert
-    (``speed.queries._upsert``).
+    Preloads ``--events`` events (split evenly across ``--sources``) into Kafka as fast as
+    the kafka-python producer goes (pre-serialized JSON, several producer processes), then
+    starts the source jobs in this process with ``speed.queries.start_all(...,
+    trigger_s=None)`` (archive, dead letters, duplicate index and every view of each source:
+    production's work) and times how long they take to drain the topics
+    (``processAllAvailable`` per query, one thread each). Each job's own report gives the
+    time per step summed over its micro-batches (read + parse, archive, dedup, per view
+    aggregate and Cassandra write), Spark's ``durationMs`` the streaming overhead around it.
+    Then, with the streams stopped, the ceilings of the same run: a bare Spark batch read of
+    the same Kafka records (count), and read + native parse + dedup + per-view aggregation as
+    one batch job (``noop`` sink). The catch-up rate is printed as a fraction of the bare
+    read, next to the peers the issue names.
 
 ``freshness``
     ``lamina stream run --trigger T`` and ``lamina serve`` run as subprocesses with the
@@ -110,16 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="events in total, split evenly across the sources of --views (1,000,000)",
     )
     c.add_argument(
-        "--views",
+        "--sources",
         nargs="+",
         default=None,
-        metavar="VIEW",
-        help="speed views to run (default: every view of conf/views.toml)",
-    )
-    c.add_argument(
-        "--no-archiver",
-        action="store_true",
-        help="run only the speed views (no archiver / dead-letter queries)",
+        metavar="SOURCE",
+        help="source jobs to run, each with all its views (default: every source a view of "
+        "conf/views.toml reads)",
     )
     c.add_argument(
         "--span-hours",
@@ -146,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c.add_argument(
         "--no-split",
         action="store_true",
-        help="skip the batch cost split (Kafka read / parse / aggregate / Cassandra write)",
+        help="skip the ceilings (batch reads of the same topics: bare read, parse, aggregate)",
     )
     c.add_argument(
         "--split-repeat",
@@ -179,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="*",
         default=[],
         metavar="JOB",
-        help="jobs for `lamina stream run` ('archiver' and/or views; default: all)",
+        help="source jobs for `lamina stream run` (default: every source a view reads)",
     )
     f.add_argument("--urls", type=int, default=1000, help="URLs of the background load (1000)")
     f.add_argument("--marker-interval", type=float, default=0.2, help="s between markers (0.2)")
@@ -542,76 +540,23 @@ def _noop(df: Any) -> None:
     df.write.format("noop").mode("overwrite").save()
 
 
-def cost_split(
-    spark: Any, settings: Settings, sources: list[Source], views: list[View], repeat: int
-) -> Any:
-    """Batch reads of the same topics, each step adding one piece of the speed job:
-    Kafka read -> + parse (mapInArrow) -> + dedup/filter/aggregate (noop sink) -> + the
-    speed layer's Cassandra upsert (``speed.queries._upsert``, same rows again, idempotent)."""
-    from pyspark.sql import functions as F
-
-    from engine.kafka import parse_records, valid
-    from engine.translate import aggregate
-    from speed.queries import _upsert
-
-    eps = settings.pipeline.epoch_seconds
-
-    def raw(topic: str) -> Any:
-        return (
-            spark.read.format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
-            .option("subscribe", topic)
-            .option("startingOffsets", "earliest")
-            .option("endingOffsets", "latest")
-            .load()
-        )
-
-    out: dict[str, Any] = {"sources": {}, "views": {}}
-    for src in sources:
-        read_s = _best_of(repeat, lambda t=src.topic: _noop(raw(t).select("value", "timestamp")))
-        parse_s = _best_of(repeat, lambda s=src: _noop(parse_records(raw(s.topic), s, eps)))
-        out["sources"][src.name] = {"kafka_read_s": round(read_s, 3), "parse_s": round(parse_s, 3)}
-        console.print(f"  {src.name}: Kafka read {read_s:.2f}s, read + parse {parse_s:.2f}s")
-    for view in views:
-
-        def states(v: View = view) -> Any:
-            events = (
-                valid(parse_records(raw(v.source.topic), v.source, eps))
-                .dropDuplicates([v.source.event_id])
-                .withColumn("ingest_window", F.window("timestamp", f"{eps} seconds"))
-            )
-            return aggregate(events, v, extra_groups=["ingest_window"])
-
-        agg_s = _best_of(repeat, lambda: _noop(states()))
-        upsert = _upsert(settings, view)
-        write_total_s = _best_of(repeat, lambda u=upsert: u(states(), -1))
-        out["views"][view.name] = {
-            "aggregate_noop_s": round(agg_s, 3),
-            "aggregate_write_s": round(write_total_s, 3),
-        }
-        console.print(
-            f"  {view.name}: read + parse + aggregate {agg_s:.2f}s, "
-            f"+ Cassandra upsert {write_total_s:.2f}s"
-        )
-    return out
-
-
 def run_catchup(args: argparse.Namespace) -> int:
     from engine.session import spark_session
+    from lamina.streams import job_names, read_source_report
     from speed.queries import start_all
 
     priv = private_setup(args.workdir.absolute(), "sbench")
     settings, catalog = priv.settings, priv.catalog
-    names = args.views or list(catalog.views)
-    views = [catalog.view(v) for v in names]
-    sources = list({v.source.name: v.source for v in views}.values())
+    names = args.sources or job_names(catalog)
+    sources = [catalog.sources[n] for n in names]
+    views = [v for v in catalog.views.values() if v.source.name in names]
     cores = args.cores or common.spark_cores(settings.spark.master)
     result = base_result(args, priv) | {"cores": cores}
     console.print(
         f"[bold]Lamina speed benchmark — catchup[/]: keyspace [cyan]"
         f"{settings.cassandra.keyspace}[/], topics *-{priv.suffix}, {args.events:,} events over "
-        f"{', '.join(s.name for s in sources)}; views {', '.join(names)}; "
-        f"archiver {'off' if args.no_archiver else 'on'}; {settings.spark.master}"
+        f"{', '.join(names)}; views {', '.join(v.name for v in views)}; archive, dead letters "
+        f"and duplicate index on; {settings.spark.master}"
     )
     if args.max_offsets_per_trigger:
         settings = settings.model_copy(
@@ -653,10 +598,9 @@ def run_catchup(args: argparse.Namespace) -> int:
         console.print(f"Spark session in {result['spark_start_s']:.1f}s; starting the queries")
 
         t0 = time.monotonic()
-        jobs = names if args.no_archiver else ["archiver", *names]
-        queries = start_all(spark, settings, catalog, jobs, trigger_s=None)
+        queries = start_all(spark, settings, catalog, names, trigger_s=None)
         started_s = time.monotonic() - t0
-        with console.status(f"{len(queries)} queries draining {args.events:,} events ..."):
+        with console.status(f"{len(queries)} source jobs draining {args.events:,} events ..."):
             drained = drain(queries, args.timeout)
         wall = time.monotonic() - t0
         # Progress events reach listeners asynchronously: merge in recentProgress too.
@@ -670,9 +614,11 @@ def run_catchup(args: argparse.Namespace) -> int:
                 got.setdefault(int(d["batchId"]), d)
             per_query[q.name] = summarize_progress([got[k] for k in sorted(got)])
             per_query[q.name]["drained_s"] = round(started_s + drained[q.name], 3)
+            per_query[q.name]["report"] = read_source_report(settings, q.name) or {}
         for q in queries:
             q.stop()
         queries = []
+        result["memory"] = memory_peaks(spark)
         result["stream"] = {
             "queries": per_query,
             "start_all_s": round(started_s, 3),
@@ -683,9 +629,9 @@ def run_catchup(args: argparse.Namespace) -> int:
         print_stream(result, args)
 
         if not args.no_split:
-            console.print("cost split: batch reads of the same topics (streams stopped) ...")
+            console.print("ceilings: batch reads of the same topics (streams stopped) ...")
             result["split"] = cost_split(spark, settings, sources, views, args.split_repeat)
-            print_split(result, views)
+            print_split(result, args)
     finally:
         for q in queries:
             with contextlib.suppress(Exception):
@@ -698,96 +644,168 @@ def run_catchup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _op_label(key: str) -> str:
-    name = key.split(":", 1)[1]
-    return "dedup" if "dedup" in name.lower() else "agg" if "save" in name.lower() else name
-
-
 def print_stream(result: dict[str, Any], args: argparse.Namespace) -> None:
     st = result["stream"]
+    mem = result.get("memory", {})
     table = Table(
         title=f"catch-up of {args.events:,} events: {st['wall_s']:.1f}s wall = "
         f"{st['events_per_s']:,.0f} events/s = {st['events_per_s_per_core']:,.0f} "
-        f"events/s/core ({result['cores']} cores; start_all {st['start_all_s']:.1f}s included)"
+        f"events/s/core ({result['cores']} cores; start {st['start_all_s']:.1f}s included)"
     )
-    cols = [
-        "query",
-        "drained s",
-        "batches",
-        "rows",
-        *[k for k in DURATION_KEYS],
-        "state rows updated",
-    ]
+    steps: list[str] = []
+    for q in st["queries"].values():
+        for k in q["report"].get("timings_since_start_s", {}):
+            if k not in steps and k != "total":
+                steps.append(k)
+    cols = ["query", "drained s", "batches", "rows", *steps, "steps sum", "trigger", "overhead"]
     for c in cols:
         table.add_column(c, justify="left" if c == "query" else "right")
     for name, q in st["queries"].items():
-        d = q["duration_ms"]
+        spent = q["report"].get("timings_since_start_s", {})
+        trigger = q["duration_ms"].get("triggerExecution", 0) / 1000
+        total = spent.get("total", 0.0)
         table.add_row(
             name,
             f"{q['drained_s']:.1f}",
             f"{q['data_batches']}/{q['batches']}",
             f"{q['input_rows']:,}",
-            *[f"{d.get(k, 0) / 1000:.1f}" for k in DURATION_KEYS],
-            " / ".join(
-                f"{_op_label(k)} {v.get('numRowsUpdated', 0):,}" for k, v in q["state"].items()
-            )
-            or "-",
+            *[f"{spent.get(k, 0):.1f}" for k in steps],
+            f"{total:.1f}",
+            f"{trigger:.1f}",
+            f"{trigger - total:.1f}",
+        )
+        counters = q["report"].get("counters", {})
+        index = q["report"].get("dedup_index", {})
+        console.print(
+            f"  {name}: {counters}; duplicate index {index.get('ids', 0):,} ids, "
+            f"{index.get('bytes', 0) / 1e6:.1f} MB"
         )
     console.print(table)
     console.print(
-        "durationMs parts are summed over each query's micro-batches, in seconds; the queries "
-        "run concurrently on the same cores, so their sums exceed the wall time. addBatch = "
-        "the micro-batch's Spark job (parse, state store, sink: Cassandra upsert / Parquet / "
-        "Kafka)."
+        "Seconds per step summed over each job's micro-batches (the jobs run concurrently on "
+        "the same cores, so sums exceed the wall time): read_parse = Kafka read + native "
+        "parse (the first action on the cached micro-batch); archive = Parquet write + "
+        "rename; aggregate:V = view V's Spark aggregation; write:V = its Cassandra "
+        "read-modify-write. overhead = Spark's triggerExecution minus the steps (planning, "
+        "offsets, commit). "
+        f"Peak memory: Python driver {mem.get('python_driver_peak_mb', '?')} MB, Spark JVM "
+        f"(driver + executors, local mode) {mem.get('jvm_peak_mb', '?')} MB."
     )
 
 
-def print_split(result: dict[str, Any], views: list[View]) -> None:
-    sp = result["split"]
-    stq = result["stream"]["queries"]
-    table = Table(title="where a speed view's time goes (batch reads, one job at a time)")
-    for c in (
-        "view",
-        "Kafka read s",
-        "parse s",
-        "dedup+agg s",
-        "Cassandra write s",
-        "sum s",
-        "stream addBatch s",
-        "stream overhead s",
-    ):
-        table.add_column(c, justify="left" if c == "view" else "right")
-    for v in views:
-        s = sp["sources"][v.source.name]
-        w = sp["views"][v.name]
-        parse = s["parse_s"] - s["kafka_read_s"]
-        agg = w["aggregate_noop_s"] - s["parse_s"]
-        write = w["aggregate_write_s"] - w["aggregate_noop_s"]
-        w["derived"] = {
-            "kafka_read_s": s["kafka_read_s"],
-            "parse_s": round(parse, 3),
-            "dedup_aggregate_s": round(agg, 3),
-            "cassandra_write_s": round(write, 3),
+def cost_split(
+    spark: Any, settings: Settings, sources: list[Source], views: list[View], repeat: int
+) -> Any:
+    """The ceilings, as batch jobs over the same topics (streams stopped), per source: the
+    bare Kafka read (count of the records), + native parse, + dedup by event id and every
+    view's aggregation per (key, bucket, ingest epoch) into a ``noop`` sink: the work of the
+    source job without the streaming, the archive and Cassandra."""
+    from engine.kafka import parse_records, valid
+    from engine.translate import aggregate
+    from lamina.schema import INGEST_EPOCH
+
+    eps = settings.pipeline.epoch_seconds
+
+    def raw(topic: str) -> Any:
+        return (
+            spark.read.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+            .option("subscribe", topic)
+            .option("startingOffsets", "earliest")
+            .option("endingOffsets", "latest")
+            .load()
+        )
+
+    def full(src: Source) -> None:
+        events = valid(parse_records(raw(src.topic), src, eps)).dropDuplicates([src.event_id])
+        events = events.cache()
+        for v in views:
+            if v.source.name == src.name:
+                _noop(aggregate(events, v, extra_groups=[INGEST_EPOCH]))
+        events.unpersist()
+
+    out: dict[str, Any] = {"sources": {}}
+    for src in sources:
+        read_s = _best_of(repeat, lambda t=src.topic: raw(t).select("value").count())
+        parse_s = _best_of(repeat, lambda s=src: _noop(parse_records(raw(s.topic), s, eps)))
+        job_s = _best_of(repeat, lambda s=src: full(s))
+        out["sources"][src.name] = {
+            "kafka_read_s": round(read_s, 3),
+            "parse_s": round(parse_s, 3),
+            "parse_dedup_aggregate_s": round(job_s, 3),
         }
-        q = stq.get(f"speed-{v.name}", {})
-        add = q.get("duration_ms", {}).get("addBatch", 0) / 1000
-        table.add_row(
-            v.name,
-            f"{s['kafka_read_s']:.2f}",
-            f"{parse:.2f}",
-            f"{agg:.2f}",
-            f"{write:.2f}",
-            f"{w['aggregate_write_s']:.2f}",
-            f"{add:.2f}",
-            f"{add - w['aggregate_write_s']:.2f}",
+        console.print(
+            f"  {src.name}: bare Kafka read {read_s:.2f}s, read + parse {parse_s:.2f}s, "
+            f"+ dedup + aggregate every view {job_s:.2f}s"
         )
-    console.print(table)
-    console.print(
-        "Each column is the difference of two batch jobs over the whole topic (Kafka read; "
-        "+ parse; + dedup/filter/aggregate to a noop sink; + the speed job's own upsert). "
-        "'stream overhead' = the streaming query's summed addBatch minus the batch sum: "
-        "state store (RocksDB), watermark dedup and concurrency with the other queries."
+    return out
+
+
+PEERS = {
+    "Flink Nexmark windowed queries (RocksDB, exactly-once)": (22_000, 34_000),
+    "Druid ingestion, 30 dimensions": (23_000, 23_000),
+    "Storm, 2014 (8-vCPU node)": (37_000, 37_000),
+}
+"""Events/s per core of the peers issue #11 names."""
+
+
+def memory_peaks(spark: Any) -> dict[str, float]:
+    """Peak resident memory (MB) of this Python driver and of the Spark JVM (driver and
+    executors in local mode), from /proc (Linux)."""
+
+    def hwm(pid: int) -> float:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return float("nan")
+
+    jvm = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    return {"python_driver_peak_mb": hwm(os.getpid()), "jvm_peak_mb": hwm(jvm)}
+
+
+def print_split(result: dict[str, Any], args: argparse.Namespace) -> None:
+    sp = result["split"]["sources"]
+    st = result["stream"]
+    n = args.events
+    read_s = sum(s["kafka_read_s"] for s in sp.values())
+    job_s = sum(s["parse_dedup_aggregate_s"] for s in sp.values())
+    bare = n / read_s if read_s else float("nan")
+    batch = n / job_s if job_s else float("nan")
+    rate = st["events_per_s"]
+    result["ceilings"] = {
+        "bare_kafka_read_events_per_s": round(bare, 1),
+        "batch_parse_dedup_aggregate_events_per_s": round(batch, 1),
+        "catchup_fraction_of_bare_read": round(rate / bare, 4),
+        "catchup_fraction_of_batch_job": round(rate / batch, 4),
+    }
+    table = Table(title="catch-up next to its ceilings (same run, same machine) and the peers")
+    table.add_column("what")
+    table.add_column("events/s", justify="right")
+    table.add_column("per core", justify="right")
+    table.add_column("catch-up as % of it", justify="right")
+    cores = result["cores"]
+    table.add_row(
+        "Lamina catch-up (source jobs, archive on)", f"{rate:,.0f}", f"{rate / cores:,.0f}", ""
     )
+    table.add_row(
+        "bare Spark batch read of the same records",
+        f"{bare:,.0f}",
+        f"{bare / cores:,.0f}",
+        f"{100 * rate / bare:.0f}%",
+    )
+    table.add_row(
+        "same records: parse + dedup + aggregate, one batch job",
+        f"{batch:,.0f}",
+        f"{batch / cores:,.0f}",
+        f"{100 * rate / batch:.0f}%",
+    )
+    for name, (lo, hi) in PEERS.items():
+        per = f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+        table.add_row(f"peer: {name}", "", per, "")
+    console.print(table)
 
 
 # -- freshness ---------------------------------------------------------------------------------
@@ -980,9 +998,11 @@ class Freshness:
 
     def monitor_loop(self) -> None:
         """The stream's micro-batches of the view (status file written by the stream)."""
-        from lamina.streams import status_file
+        from lamina.streams import source_query, status_file
 
-        path = status_file(self.priv.settings, f"speed-{FRESH_VIEW}")
+        path = status_file(
+            self.priv.settings, source_query(self.priv.catalog.view(FRESH_VIEW).source)
+        )
         while not self.stop_poll.is_set():
             try:
                 d = json.loads(path.read_text())
@@ -1185,7 +1205,7 @@ def print_freshness(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"load: target {ld['target_per_s']:,.0f}/s, achieved [bold]"
         f"{ld['achieved_per_s_measured']:,.0f}/s[/] while measuring "
         f"({ld['sent_total']:,} sent, {ld['produce_errors']} errors); "
-        f"speed-{FRESH_VIEW} micro-batches seen: {mb.get('observed', 0)}"
+        f"source job of {FRESH_VIEW} micro-batches seen: {mb.get('observed', 0)}"
         + (
             f", trigger p50 {mb['trigger_ms_p50']:.0f} ms (max {mb['trigger_ms_max']:.0f}), "
             f"{mb['input_rows_mean']:,.0f} rows/batch on average"

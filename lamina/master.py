@@ -2,9 +2,12 @@
 
 Layout, per source, partitioned by ingest epoch:
 
-- ``<master_dir>/<source>/stream/ingest_epoch=<E>/...`` written by the archiver (speed
-  layer), Spark's exactly-once file sink (its ``_spark_metadata`` log says which files are
-  committed);
+- ``<master_dir>/<source>/archive/ingest_epoch=<E>/b<N>-<i>.parquet`` written by the
+  speed layer's source job, micro-batch ``N`` (:mod:`speed.microbatch`): written under
+  ``archive/_staging/`` and renamed into place, replacing whatever an interrupted attempt of
+  the same micro-batch left, so a replayed micro-batch rewrites its files, never adds;
+- ``<master_dir>/<source>/stream/`` the archive of Lamina <= 0.3 (Spark's file sink with its
+  ``_spark_metadata`` log), still read when present;
 - ``<master_dir>/<source>/imports/ingest_epoch=<E>/<writer>-<uuid>.parquet`` written by
   ``lamina master import`` (:mod:`batch.imports`).
 
@@ -66,8 +69,38 @@ def imports_dir(settings: Settings, source: Source) -> Path:
 
 
 def stream_dir(settings: Settings, source: Source) -> Path:
-    """The archiver's file-sink root (read it whole: Spark honours its metadata log)."""
+    """The legacy file-sink archive (read it whole: Spark honours its metadata log)."""
     return source_dir(settings, source) / "stream"
+
+
+def archive_dir(settings: Settings, source: Source) -> Path:
+    """The source job's archive: ``ingest_epoch=<E>/b<N>-<i>.parquet`` per micro-batch."""
+    return source_dir(settings, source) / "archive"
+
+
+def archive_file(batch_id: int, index: int) -> str:
+    """The name of the ``index``-th file micro-batch ``batch_id`` wrote into an epoch."""
+    return f"b{batch_id:012d}-{index:05d}.parquet"
+
+
+def archive_batch(name: str) -> int | None:
+    """The micro-batch that wrote archive file ``name`` (``None``: not an archive file)."""
+    if len(name) > 14 and name[0] == "b" and name[13] == "-" and name[1:13].isdigit():
+        return int(name[1:13])
+    return None
+
+
+def epoch_dirs(root: Path) -> dict[int, Path]:
+    """The ``ingest_epoch=<E>`` directories under ``root``, by epoch."""
+    out: dict[int, Path] = {}
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith("ingest_epoch="):
+                try:
+                    out[int(d.name.split("=", 1)[1])] = d
+                except ValueError:
+                    continue
+    return out
 
 
 def deadletter_dir(settings: Settings, source: Source) -> Path:

@@ -7,11 +7,9 @@ Every streaming query has a name, a checkpoint under ``settings.checkpoint_dir``
 offsets, so the CLI, the HTTP API and the metrics endpoint can report rates and lag without
 starting a JVM.
 
-Queries of a job:
-
-- ``archiver``: ``archiver-<source>`` (Kafka -> master dataset) and ``deadletters-<source>``
-  (rejected records -> ``<topic>.deadletters``) for each source;
-- a view ``V``: ``speed-V`` (Kafka -> real-time table).
+A job is a source: one query ``source-<name>`` reads the source's topic once and writes the
+master dataset, the dead letters (``<topic>.deadletters``), the listed duplicates
+(``<topic>.duplicates``) and every real-time view of the source (:mod:`speed.microbatch`).
 """
 
 from __future__ import annotations
@@ -26,42 +24,53 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lamina.errors import ConflictError
+from lamina.errors import ConflictError, NotFoundError
 from lamina.files import read_json, write_json_atomic
 from lamina.settings import Settings
 from lamina.views import Source, ViewCatalog
 
 ARCHIVER = "archiver"
+"""The name the source jobs record their master-dataset progress under (``_progress/``)."""
 
 
 def deadletter_topic(source: Source) -> str:
     return f"{source.topic}.deadletters"
 
 
-def archiver_queries(source: Source) -> list[str]:
-    return [f"{ARCHIVER}-{source.name}", f"deadletters-{source.name}"]
+def duplicates_topic(source: Source) -> str:
+    """Where a source job lists the duplicates it could not drop (see :mod:`speed.dedup`)."""
+    return f"{source.topic}.duplicates"
 
 
-def speed_query(view_name: str) -> str:
-    return f"speed-{view_name}"
+def source_query(source: Source) -> str:
+    return f"source-{source.name}"
 
 
 def job_names(catalog: ViewCatalog) -> list[str]:
-    """Every job of a deployment: the archiver and each view's speed job."""
-    return [ARCHIVER, *catalog.views]
+    """Every job of a deployment: each source a view reads (a source no view reads has
+    nothing to keep fresh; ``master import`` archives its history)."""
+    return list(dict.fromkeys(v.source.name for v in catalog.views.values()))
+
+
+def job_source(catalog: ViewCatalog, what: str) -> Source:
+    """The source of job ``what``; raises :class:`~lamina.errors.NotFoundError` for anything
+    else, naming the job a view belongs to (jobs were per view before Lamina 0.4)."""
+    names = job_names(catalog)
+    if what in names:
+        return catalog.sources[what]
+    hint = f"jobs are sources: {', '.join(names) or 'none'}"
+    if what in catalog.views:
+        src = catalog.views[what].source.name
+        hint = f"view {what!r} is kept by the job of its source: {src!r}"
+    elif what == ARCHIVER:
+        hint = f"every source job archives its source: {', '.join(names) or 'none'}"
+    raise NotFoundError(f"unknown streaming job {what!r}", hint=hint)
 
 
 def job_queries(catalog: ViewCatalog, what: str) -> dict[str, Source]:
-    """The queries a job runs, each with the source it reads.
-
-    ``what`` is ``archiver`` (every source used by a view) or a view name; raises
-    :class:`~lamina.errors.NotFoundError` for an unknown view.
-    """
-    if what == ARCHIVER:
-        sources = {v.source.name: v.source for v in catalog.views.values()}
-        return {q: src for src in sources.values() for q in archiver_queries(src)}
-    view = catalog.view(what)
-    return {speed_query(view.name): view.source}
+    """The queries job ``what`` (a source name) runs, each with the source it reads."""
+    src = job_source(catalog, what)
+    return {source_query(src): src}
 
 
 def checkpoint_path(settings: Settings, query: str) -> Path:
@@ -129,6 +138,16 @@ def release_locks() -> None:
 
 def status_file(settings: Settings, query: str) -> Path:
     return checkpoint_path(settings, query) / "lamina-status.json"
+
+
+def source_report_file(settings: Settings, query: str) -> Path:
+    """The source job's own report (:mod:`speed.microbatch`): the last micro-batch's counts
+    and time per step, running counters, duplicate index size, real-time cell I/O."""
+    return checkpoint_path(settings, query) / "lamina-source.json"
+
+
+def read_source_report(settings: Settings, query: str) -> dict[str, Any] | None:
+    return read_json(source_report_file(settings, query))
 
 
 def write_status(settings: Settings, query: str, status: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ from lamina.streams import (
     job_names,
     job_queries,
     query_statuses,
-    speed_query,
+    source_query,
     topic_offsets,
 )
 from lamina.views import Source, ViewCatalog
@@ -71,8 +71,8 @@ def outcome(status: int) -> str:
 
 
 def stream_queries(catalog: ViewCatalog) -> dict[str, Source]:
-    """Every streaming query of the deployment (archiver, dead letters and speed view of each
-    source and view of ``catalog``), each with the source it reads."""
+    """Every streaming query of the deployment (one per source a view of ``catalog``
+    reads), each with the source it reads."""
     return {q: src for job in job_names(catalog) for q, src in job_queries(catalog, job).items()}
 
 
@@ -195,7 +195,7 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         ["view"],
     )
     for view in catalog.views.values():
-        st = streams.get(speed_query(view.name))
+        st = streams.get(source_query(view.source))
         if st is not None and st.age_s is not None:
             fresh.add_metric([view.name], st.age_s)
 

@@ -7,7 +7,9 @@ Tables, all in the configured keyspace (never hand-written per view):
 - ``versions``: every batch version of a view (state, cutoff, row count, timings, hash).
 - ``b_<view>_v<N>``: batch view version N; ``PRIMARY KEY ((keys...), bucket)`` so a key's
   bucket range is one partition slice.
-- ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``.
+- ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``, plus
+  ``applied_batch``: the last micro-batch of the source job folded into the row (a replayed
+  micro-batch skips the rows that already hold it: exactly-once read-modify-write).
 - ``reconciliation``: per view and version, the JSON report comparing the version with the
   real-time view on the epochs both cover (see :mod:`batch.reconcile`); kept after the
   version's table is garbage-collected, as history.
@@ -51,12 +53,31 @@ def batch_ddl(view: View, version: int, keyspace: str) -> str:
     )
 
 
+APPLIED_BATCH = "applied_batch"
+
+
 def realtime_ddl(view: View, keyspace: str) -> str:
     keys = ", ".join(view.keys)
     return (
         f"CREATE TABLE IF NOT EXISTS {keyspace}.{realtime_table(view)} "
         f"({_key_columns(view)}, bucket bigint, {INGEST_EPOCH} bigint, {_value_columns(view)}, "
-        f"PRIMARY KEY (({keys}), bucket, {INGEST_EPOCH}))"
+        f"{APPLIED_BATCH} bigint, PRIMARY KEY (({keys}), bucket, {INGEST_EPOCH}))"
+    )
+
+
+def realtime_cell_cql(view: View, keyspace: str) -> str:
+    """Read one real-time cell: its value columns, then ``applied_batch``."""
+    where = " AND ".join(f"{k} = ?" for k in (*view.keys, "bucket", INGEST_EPOCH))
+    cols = ", ".join([*(c for c, _ in view.value_columns), APPLIED_BATCH])
+    return f"SELECT {cols} FROM {keyspace}.{realtime_table(view)} WHERE {where}"
+
+
+def realtime_upsert_cql(view: View, keyspace: str) -> str:
+    """Write one real-time cell: keys, bucket, ingest epoch, value columns, applied batch."""
+    cols = [*view.keys, "bucket", INGEST_EPOCH, *(c for c, _ in view.value_columns), APPLIED_BATCH]
+    return (
+        f"INSERT INTO {keyspace}.{realtime_table(view)} ({', '.join(cols)}) "
+        f"VALUES ({', '.join('?' * len(cols))})"
     )
 
 

@@ -24,7 +24,14 @@ from lamina.schema import INGEST_EPOCH
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
 from serving.cassandra import ensure_keyspace, session
-from serving.schema import batch_ddl, batch_table, catalog_ddl, realtime_ddl, realtime_table
+from serving.schema import (
+    APPLIED_BATCH,
+    batch_ddl,
+    batch_table,
+    catalog_ddl,
+    realtime_ddl,
+    realtime_table,
+)
 from serving.writer import write_rows
 
 PUBLISHABLE = ("ready", "published", "superseded")
@@ -100,6 +107,17 @@ class Store:
             s.execute(ddl)
         for view in catalog.views.values():
             s.execute(realtime_ddl(view, self.ks))
+            self._add_column(realtime_table(view), APPLIED_BATCH, "bigint")
+
+    def _add_column(self, table: str, column: str, cql_type: str) -> None:
+        """Add ``column`` to a table created by an older Lamina (idempotent)."""
+        found = self.session.execute(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s "
+            "AND table_name = %s AND column_name = %s",
+            (self.ks, table, column),
+        ).one()
+        if found is None:
+            self.session.execute(f"ALTER TABLE {self.ks}.{table} ADD {column} {cql_type}")
 
     # -- versions -----------------------------------------------------------------------
 

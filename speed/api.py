@@ -19,9 +19,12 @@ from speed import launcher
 
 
 class Submission(BaseModel):
-    """A job to launch: ``archiver`` or a view name, with an optional master and Spark conf."""
+    """A job to launch: a source name, with an optional master and Spark conf."""
 
-    job: str = Field(description="'archiver' or a view name", examples=["web_pageviews"])
+    job: str = Field(
+        description="a source name (its job keeps every view of the source)",
+        examples=["web_pageviews"],
+    )
     master: str | None = Field(default=None, description="Spark master URL (default: settings)")
     conf: dict[str, str] = Field(default_factory=dict, description="extra spark.* settings")
 

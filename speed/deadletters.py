@@ -1,4 +1,5 @@
-"""Reading a source's dead letters (its ``<topic>.deadletters`` Kafka topic).
+"""Reading a source's dead letters (its ``<topic>.deadletters`` Kafka topic) and its listed
+duplicates (``<topic>.duplicates``, same shape).
 
 The dead-letter sink is at least once (a replayed micro-batch may write a record again), so
 letters are keyed by their origin (topic, partition, offset) and each origin is shown once.
@@ -14,7 +15,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from lamina.settings import Settings
-from lamina.streams import deadletter_topic
+from lamina.streams import deadletter_topic, duplicates_topic
 from lamina.views import Source
 
 
@@ -42,10 +43,11 @@ def _letter(record: Any) -> dict[str, Any]:
 
 
 def read_deadletters(
-    settings: Settings, source: Source, timeout_s: float = 10.0
+    settings: Settings, source: Source, timeout_s: float = 10.0, *, topic: str | None = None
 ) -> list[dict[str, Any]]:
-    """Every distinct dead letter of ``source``, oldest first."""
-    topic = deadletter_topic(source)
+    """Every distinct dead letter of ``source``, oldest first (``topic``: read another
+    listing of the same shape instead, e.g. :func:`read_duplicates`)."""
+    topic = topic or deadletter_topic(source)
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         enable_auto_commit=False,
@@ -75,3 +77,11 @@ def read_deadletters(
         return sorted(seen.values(), key=lambda d: (d["timestamp"], d["partition"], d["offset"]))
     finally:
         consumer.close()
+
+
+def read_duplicates(
+    settings: Settings, source: Source, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """Every duplicate the source job listed (counted by the speed layer, or possibly twice
+    in the merged answer until the next batch: see :mod:`speed.dedup`), oldest first."""
+    return read_deadletters(settings, source, timeout_s, topic=duplicates_topic(source))

@@ -1,6 +1,6 @@
 """Submitted streaming jobs: launch through ``spark-submit``, detached, and keep a registry.
 
-A job runs one of ``archiver`` or a view's speed query (see :func:`lamina.streams.job_queries`)
+A job runs one source's query (see :func:`lamina.streams.job_queries`)
 in its own ``spark-submit`` process (client deploy mode: the driver is
 :mod:`speed.driver`). Its registry entry is a directory ``<jobs_dir>/<id>/``:
 
@@ -39,11 +39,11 @@ from lamina.jars import spark_connector_jars
 from lamina.process import alive, cmdline, spawn
 from lamina.settings import Settings
 from lamina.streams import (
-    ARCHIVER,
     checkpoint_path,
     job_queries,
     lock_checkpoint,
     query_statuses,
+    read_source_report,
 )
 from lamina.views import ViewCatalog
 
@@ -278,7 +278,7 @@ def submit(
     master: str | None = None,
     conf: dict[str, str] | None = None,
 ) -> Job:
-    """Launch ``what`` (``archiver`` or a view name) detached and register it.
+    """Launch ``what`` (a source name) detached and register it.
 
     Returns at once, with the job ``starting``. Raises :class:`NotFoundError` for an unknown
     view and :class:`ConflictError` if its checkpoints are in use.
@@ -367,8 +367,9 @@ def restart(
 
 def status(settings: Settings, job_id: str) -> dict[str, Any]:
     """The job and the latest progress of each of its queries (rates, batch duration, Kafka
-    lag in records, last micro-batch id, time since last progress). An archiver's entry
-    also gives, per source, the ingest epoch before which the master dataset is complete."""
+    lag in records, last micro-batch id, time since last progress), the ingest epoch before
+    which the master dataset of its source is complete, and the source report (counts of
+    records, rejects, duplicates; time per step of the last micro-batch; index size)."""
     from lamina.master import complete_cutoff
 
     job = load(settings, job_id)
@@ -379,9 +380,8 @@ def status(settings: Settings, job_id: str) -> dict[str, Any]:
         **job.as_dict(),
         "queries": [q.as_dict() for q in query_statuses(saved, queries)],
     }
-    if job.what == ARCHIVER:
-        out["complete_before_epoch"] = {
-            src.name: complete_cutoff(saved, src)
-            for src in {s.name: s for s in queries.values()}.values()
-        }
+    out["complete_before_epoch"] = {
+        src.name: complete_cutoff(saved, src) for src in queries.values()
+    }
+    out["sources"] = {src.name: read_source_report(saved, q) for q, src in queries.items()}
     return out

@@ -1,16 +1,11 @@
-"""The streaming jobs: the archiver (Kafka -> master dataset + dead letters) and the speed
-views (Kafka -> real-time tables). All run in one SparkSession; each is a named query with
-its own checkpoint under ``settings.checkpoint_dir``, so a restarted job (even after
-``kill -9``) resumes where its last committed micro-batch ended.
+"""The streaming jobs: one query per source, ``source-<name>``, each reading its Kafka topic
+once and keeping every output of the source from that one read (:mod:`speed.microbatch`):
+the master dataset, the dead letters, the duplicate listing and the real-time views.
 
-Exactly-once, end to end:
-
-- archiver: Spark's file sink with checkpoint (committed files are listed in its metadata
-  log; the batch layer reads through it);
-- speed views: stateful aggregation in update mode per (key, bucket, ingest epoch); each
-  micro-batch upserts *absolute* states, so a replayed micro-batch rewrites the same rows;
-- dead letters: Kafka sink (at least once), keyed by the record's origin; ``lamina
-  deadletters`` shows each origin once.
+All of a process's jobs run in one SparkSession; each query has its own checkpoint under
+``settings.checkpoint_dir``, so a restarted job (even after ``kill -9``) replays its last
+uncommitted micro-batch with the same offsets, and every output of that replay rewrites
+rather than adds.
 """
 
 from __future__ import annotations
@@ -24,36 +19,32 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 from pyspark.sql.streaming.listener import StreamingQueryListener
 from pyspark.sql.streaming.query import StreamingQuery
 
-from engine.kafka import RAW, REASON, kafka_records, parse_records, rejected, valid
-from engine.translate import aggregate
+from engine.kafka import kafka_records, parse_records
 from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
-from lamina.master import record_progress, stream_dir
-from lamina.schema import INGEST_EPOCH, master_columns
+from lamina.master import record_progress
 from lamina.settings import Settings
 from lamina.streams import (
     ARCHIVER,
-    archiver_queries,
     checkpoint_path,
     deadletter_topic,
+    duplicates_topic,
     ensure_topics,
     job_names,
     job_queries,
     lock_checkpoint,
     read_status,
     release_locks,
-    speed_query,
+    source_query,
     write_status,
 )
-from lamina.views import Source, View, ViewCatalog
-from serving.schema import realtime_table
+from lamina.views import Source, ViewCatalog
 from serving.store import open_store
-from serving.writer import partition_writer
+from speed.microbatch import SourceBatches
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +59,7 @@ def checkpoint(settings: Settings, name: str) -> str:
 
 class ProgressRecorder(StreamingQueryListener):
     """Writes each query's latest progress next to its checkpoint (for ``stream status``
-    and tests) and, for archiver queries, the epochs the master dataset now holds whole."""
+    and tests) and the epochs the master dataset now holds whole."""
 
     def __init__(self, settings: Settings, archivers: dict[str, Source]) -> None:
         self.settings = settings
@@ -92,7 +83,7 @@ class ProgressRecorder(StreamingQueryListener):
             log.exception("could not record idle progress")
 
     def _archived_until(self, query: str, timestamp: str) -> None:
-        """If ``query`` is an archiver that was caught up at ``timestamp`` (ISO-8601, UTC):
+        """If ``query`` is a source job that was caught up at ``timestamp`` (ISO-8601, UTC):
         every record the broker appended before then is archived, so every epoch that ended
         before then (less the clock-skew allowance) is complete."""
         source = self.archivers.get(query)
@@ -130,87 +121,21 @@ class ProgressRecorder(StreamingQueryListener):
             log.exception("could not record progress of %s", p.name)
 
 
-def start_archiver(
-    spark: SparkSession, settings: Settings, source: Source, trigger_s: float | None = None
-) -> list[StreamingQuery]:
-    """Kafka -> master dataset (exactly-once file sink) and rejected records -> dead letters."""
+def start_source(
+    spark: SparkSession,
+    settings: Settings,
+    catalog: ViewCatalog,
+    source: Source,
+    trigger_s: float | None = None,
+) -> StreamingQuery:
+    """Kafka -> (master dataset, dead letters, duplicate listing, every view of ``source``)."""
     parsed = parse_records(
         kafka_records(spark, settings, source.topic), source, settings.pipeline.epoch_seconds
     )
-    columns = [c.name for c in master_columns(source)] + [INGEST_EPOCH]
-    name, dl_name = archiver_queries(source)
+    name = source_query(source)
+    views = [v for v in catalog.views.values() if v.source.name == source.name]
     writer = (
-        valid(parsed)
-        .select(*columns)
-        .writeStream.format("parquet")
-        .partitionBy(INGEST_EPOCH)
-        .option("path", str(stream_dir(settings, source)))
-        .option("checkpointLocation", checkpoint(settings, name))
-        .queryName(name)
-    )
-    dead = (
-        rejected(parsed)
-        .select(
-            F.concat_ws(":", "topic", "partition", "offset").alias("key"),
-            F.to_json(
-                F.struct(
-                    F.col(REASON).alias("reason"),
-                    F.base64(F.col(RAW)).alias("raw_base64"),
-                    "topic",
-                    "partition",
-                    "offset",
-                    F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss.SSSXXX").alias("timestamp"),
-                )
-            ).alias("value"),
-        )
-        .writeStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
-        .option("topic", deadletter_topic(source))
-        .option("checkpointLocation", checkpoint(settings, dl_name))
-        .queryName(dl_name)
-    )
-    if trigger_s:
-        writer = writer.trigger(processingTime=f"{trigger_s} seconds")
-        dead = dead.trigger(processingTime=f"{trigger_s} seconds")
-    return [writer.start(), dead.start()]
-
-
-def _upsert(settings: Settings, view: View) -> Callable[[DataFrame, int], None]:
-    """The speed view's ``foreachBatch``: upsert the micro-batch's absolute states."""
-    write = partition_writer(
-        settings.cassandra,
-        view,
-        realtime_table(view),
-        settings.pipeline.write_concurrency,
-        realtime=True,
-    )
-
-    def upsert(batch: DataFrame, batch_id: int) -> None:
-        out = batch.withColumn(INGEST_EPOCH, F.unix_seconds(F.col("ingest_window.start")))
-        out.rdd.mapPartitions(write).sum()
-
-    return upsert
-
-
-def start_speed(
-    spark: SparkSession, settings: Settings, view: View, trigger_s: float | None = None
-) -> StreamingQuery:
-    """Kafka -> real-time table of ``view``: states per (key, bucket, ingest epoch)."""
-    epoch_s = settings.pipeline.epoch_seconds
-    parsed = parse_records(kafka_records(spark, settings, view.source.topic), view.source, epoch_s)
-    # The watermark is on ingest (broker) time: an epoch's state is dropped a few epochs after
-    # it closed; its final values are in Cassandra by then. Redeliveries within it are dropped.
-    events = (
-        valid(parsed)
-        .withWatermark("timestamp", f"{3 * epoch_s} seconds")
-        .dropDuplicatesWithinWatermark([view.source.event_id])
-        .withColumn("ingest_window", F.window("timestamp", f"{epoch_s} seconds"))
-    )
-    states = aggregate(events, view, extra_groups=["ingest_window"])
-    name = speed_query(view.name)
-    writer = (
-        states.writeStream.outputMode("update")
-        .foreachBatch(_upsert(settings, view))
+        parsed.writeStream.foreachBatch(SourceBatches(spark, settings, source, views, name))
         .option("checkpointLocation", checkpoint(settings, name))
         .queryName(name)
     )
@@ -222,12 +147,13 @@ def start_speed(
 def lock_jobs(
     settings: Settings, catalog: ViewCatalog, jobs: Sequence[str] | None
 ) -> dict[str, dict[str, Source]]:
-    """Lock the checkpoints of every query of ``jobs`` (``None``: the archiver and every
-    view) for this process; returns each job's queries. Call it before starting Spark to
-    refuse a job that runs elsewhere without paying for a JVM (locks are re-entrant)."""
+    """Lock the checkpoints of every query of ``jobs`` (source names; ``None``: every
+    source a view reads) for this process; returns each job's queries. Call it before
+    starting Spark to refuse a job that runs elsewhere without paying for a JVM (locks are
+    re-entrant)."""
     chosen = job_names(catalog) if jobs is None else list(dict.fromkeys(jobs))
     if not chosen:
-        raise ConfigError("no streaming job chosen", hint="name 'archiver' and/or views")
+        raise ConfigError("no streaming job chosen", hint="name sources (lamina stream jobs)")
     queries_of = {job: job_queries(catalog, job) for job in chosen}
     for names in queries_of.values():
         for query in names:
@@ -243,8 +169,8 @@ def start_all(
     *,
     trigger_s: float | None = None,
 ) -> list[StreamingQuery]:
-    """Start the queries of ``jobs``: ``archiver`` (every source used by a view) and/or view
-    names (their speed queries); ``None`` starts the archiver and every view.
+    """Start the query of each job in ``jobs`` (source names; ``None``: every source a view
+    reads).
 
     Each query's checkpoint is locked first (:func:`lock_jobs`), so a job already running
     elsewhere on this machine is refused before anything starts.
@@ -254,18 +180,16 @@ def start_all(
         pass  # the real-time tables must exist before the first upsert
     sources = {src.name: src for names in queries_of.values() for src in names.values()}
     ensure_topics(
-        settings, [t for src in sources.values() for t in (src.topic, deadletter_topic(src))]
+        settings,
+        [
+            t
+            for src in sources.values()
+            for t in (src.topic, deadletter_topic(src), duplicates_topic(src))
+        ],
     )
-    # The archiver's sources, by the name of their archive query (what the listener watches).
-    archived = {archiver_queries(src)[0]: src for src in queries_of.get(ARCHIVER, {}).values()}
+    archived = {source_query(src): src for src in sources.values()}
     spark.streams.addListener(ProgressRecorder(settings, archived))
-    queries: list[StreamingQuery] = []
-    for src in archived.values():
-        queries += start_archiver(spark, settings, src, trigger_s)
-    for job in queries_of:
-        if job != ARCHIVER:
-            queries.append(start_speed(spark, settings, catalog.view(job), trigger_s))
-    return queries
+    return [start_source(spark, settings, catalog, src, trigger_s) for src in sources.values()]
 
 
 def stop_gracefully(query: StreamingQuery, timeout_s: float) -> None:

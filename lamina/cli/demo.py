@@ -1,6 +1,7 @@
 """``lamina demo``: the whole Lambda pipeline on the local stack, with real merged answers.
 
-Starts Kafka and Cassandra, the archiver and the three example views' speed jobs; produces
+Starts Kafka and Cassandra and one streaming job per source (archive, dead letters and the
+three example views, from one read of each topic); produces
 sample web, IoT and metering events (some hours and a day late, some redelivered, a few
 malformed); runs a batch and publishes it; keeps producing; then prints merged answers with
 the batch and real-time contributions side by side, and how to query the running stack.
@@ -142,7 +143,12 @@ def run_demo(
     stack.up(progress=progress)
     catalog = load_catalog(settings)
     topics = {s.topic: s.topic for s in catalog.sources.values()}
-    progress("starting Spark: the archiver and the speed jobs of " + ", ".join(catalog.views))
+    progress(
+        "starting Spark: one job per source ("
+        + ", ".join(sorted({v.source.name for v in catalog.views.values()}))
+        + ") keeping the master dataset and the views "
+        + ", ".join(catalog.views)
+    )
     spark = spark_session(settings, "lamina-demo")
     queries = start_all(spark, settings, catalog, trigger_s=2)
     rng = random.Random()
@@ -167,7 +173,7 @@ def run_demo(
             with console.status("streams catching up ..."):
                 for q in queries:
                     q.processAllAvailable()
-            progress(f"archiver and speed views caught up in {time.monotonic() - t0:.1f}s")
+            progress(f"source jobs caught up in {time.monotonic() - t0:.1f}s")
             if phase == "history":
                 wait = settings.pipeline.epoch_seconds + 2
                 with console.status(f"letting the current ingest epoch close ({wait}s) ..."):

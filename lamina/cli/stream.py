@@ -1,4 +1,5 @@
-"""``lamina stream`` and ``lamina deadletters``: the speed layer's jobs and rejects."""
+"""``lamina stream``, ``lamina deadletters`` and ``lamina duplicates``: the speed layer's
+jobs, its rejects and the duplicates it could not drop."""
 
 from __future__ import annotations
 
@@ -103,9 +104,10 @@ def cmd_stream_restart(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
-    from speed.deadletters import read_deadletters
+    from speed.deadletters import read_deadletters, read_duplicates
 
-    letters = read_deadletters(settings, find_source(settings, args.source))
+    read = read_duplicates if args.what == "duplicates" else read_deadletters
+    letters = read(settings, find_source(settings, args.source))
     newest = letters[-args.limit :] if args.limit else []
     if args.format == "json":
         print(json.dumps(newest, indent=2))
@@ -116,23 +118,24 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{d['topic']}[{d['partition']}]@{d['offset']}  {d['reason']}  raw={d['raw'][:80]!r}")
     counts = Counter(d["reason"].split(":")[0] for d in letters)
     summary = ", ".join(f"{n} {r}" for r, n in counts.most_common())
-    say(
-        f"{len(letters)} dead letters for source {args.source}"
-        + (f": {summary}" if summary else "")
-    )
+    noun = "listed duplicates" if args.what == "duplicates" else "dead letters"
+    say(f"{len(letters)} {noun} for source {args.source}" + (f": {summary}" if summary else ""))
     return 0
 
 
 def register(sub: Any) -> None:
     """Add this group's commands to the ``lamina`` parser's subcommands."""
-    stream = sub.add_parser("stream", help="streaming jobs: the archiver and the speed views")
+    stream = sub.add_parser(
+        "stream",
+        help="streaming jobs, one per source: archive, dead letters and real-time views",
+    )
     stsub = stream.add_subparsers(dest="action", required=True, metavar="ACTION")
-    srun = stsub.add_parser("run", help="run the archiver and speed jobs in the foreground")
+    srun = stsub.add_parser("run", help="run source jobs in the foreground")
     srun.add_argument(
         "jobs",
         nargs="*",
-        metavar="JOB",
-        help="'archiver' and/or view names (default: archiver + every view)",
+        metavar="SOURCE",
+        help="source names (default: every source a view reads)",
     )
     srun.add_argument(
         "--trigger",
@@ -144,11 +147,11 @@ def register(sub: Any) -> None:
     ssub_ = stsub.add_parser(
         "submit",
         help="launch a job through spark-submit, detached, and register it",
-        description="Launch 'archiver' or one view's speed job with spark-submit (client "
-        "mode), detached, logging to a file under spark.jobs_dir. Refused if another running "
-        "job or process uses its checkpoint.",
+        description="Launch one source's job (its archive, dead letters and every view of "
+        "the source) with spark-submit (client mode), detached, logging to a file under "
+        "spark.jobs_dir. Refused if another running job or process uses its checkpoint.",
     )
-    ssub_.add_argument("job", metavar="JOB", help="'archiver' or a view name")
+    ssub_.add_argument("job", metavar="SOURCE", help="a source name")
     ssub_.add_argument("--master", help="Spark master URL (default: spark.master)")
     ssub_.add_argument(
         "--conf",
@@ -182,7 +185,16 @@ def register(sub: Any) -> None:
     )
     srestart.add_argument("id", metavar="ID")
     srestart.set_defaults(func=cmd_stream_restart)
-    dead = sub.add_parser("deadletters", help="rejected events of a source, with reasons")
+    for what, text in (
+        ("deadletters", "rejected events of a source, with reasons"),
+        ("duplicates", "duplicates the speed layer could not drop (past its horizon, reordered)"),
+    ):
+        _listing(sub, what, text)
+
+
+def _listing(sub: Any, what: str, text: str) -> None:
+    dead = sub.add_parser(what, help=text)
+    dead.set_defaults(what=what)
     dead.add_argument("source")
     dead.add_argument(
         "--limit",

@@ -55,11 +55,16 @@ def settings_under(env: dict[str, str]) -> Iterator[Settings]:
         yield load_settings()
 
 
-def produce(settings: Settings, topic: str, records: list[bytes]) -> None:
+def produce(settings: Settings, topic: str, records: list[bytes], *, salt: str = "") -> None:
+    """Send ``records``; a record's key (hence partition) is a hash of it and ``salt``:
+    redeliveries share the key, as producer retries do; a ``salt`` sends re-sends the way
+    another producer would, to any partition."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=5)
     try:
-        # Redeliveries share the event's key, hence its partition (as producer retries do).
-        futures = [producer.send(topic, key=str(hash(r) % 7).encode(), value=r) for r in records]
+        futures = [
+            producer.send(topic, key=str(hash(salt.encode() + r) % 7).encode(), value=r)
+            for r in records
+        ]
         producer.flush()
         for f in futures:
             f.get(timeout=30)  # every record acknowledged, or the test fails here
@@ -98,11 +103,12 @@ def topic_records(settings: Settings, topic: str) -> list[Any]:
 
 def first_delivery_epochs(settings: Settings, topic: str, epoch_s: int) -> dict[bytes, int]:
     """For each distinct record value in ``topic``, the ingest epoch of its first delivery
-    (lowest offset): its broker timestamp floored to ``epoch_s`` seconds, computed here from
-    the records Kafka returns, not by Lamina."""
+    (earliest broker timestamp, on whichever partition): floored to ``epoch_s`` seconds,
+    computed here from the records Kafka returns, not by Lamina."""
     out: dict[bytes, int] = {}
-    for r in topic_records(settings, topic):  # offset order; redeliveries share a partition
-        out.setdefault(r.value, r.timestamp // (epoch_s * 1000) * epoch_s)
+    for r in topic_records(settings, topic):
+        epoch = r.timestamp // (epoch_s * 1000) * epoch_s
+        out[r.value] = min(out.get(r.value, epoch), epoch)
     return out
 
 
@@ -120,7 +126,7 @@ def drop_private_world(settings: Settings) -> None:
         s.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
-        topics = {t for m in mine for t in (m, f"{m}.deadletters")}
+        topics = {t for m in mine for t in (m, f"{m}.deadletters", f"{m}.duplicates")}
         doomed = sorted(topics & set(admin.list_topics()))
         if doomed:
             admin.delete_topics(doomed, timeout_ms=60_000)

@@ -1,14 +1,17 @@
 """The invariant, end to end, on real Kafka, Spark and Cassandra, with a hard kill.
 
 Events with late arrivals (hours and days), redeliveries and bad records are produced in
-rounds; the archiver and the speed jobs run in a separate process (``lamina stream run``);
-batch runs happen between rounds; the streaming process is killed with SIGKILL once, in the
-middle of a micro-batch, and restarted; after two batches with different cutoffs the views
-are rolled back to the older version and forward again. At every checkpoint, for every key
-and bucket of the three example views, the merged answer of the HTTP API equals the truth
-computed from the produced events, and so does its provenance: ``from_batch`` and
-``realtime_epochs`` are what the ingest epochs of the records (read back from Kafka) and the
-published cutoff imply. Each bad record is in the dead letters exactly once.
+rounds; the source jobs run in a separate process (``lamina stream run``); batch runs happen
+between rounds; the streaming process is killed with SIGKILL once, in the middle of a
+micro-batch's writes (its archive files written, its views not yet committed), and
+restarted; events are re-sent minutes after their originals, from another producer (any
+partition), over several micro-batches, some of them already inside a published batch;
+after two batches with different cutoffs the views are rolled back to the older version and
+forward again. At every checkpoint, for every key and bucket of the three example views,
+the merged answer of the HTTP API equals the truth computed from the produced events, and
+so does its provenance: ``from_batch`` and ``realtime_epochs`` are what the ingest epochs of
+the records (read back from Kafka) and the published cutoff imply. Each bad record is in the
+dead letters exactly once.
 """
 
 from __future__ import annotations
@@ -28,9 +31,15 @@ from typing import Any
 import pytest
 
 from batch.recompute import run_batch
-from lamina.master import complete_cutoff
+from lamina.master import archive_dir, archive_file, complete_cutoff
 from lamina.settings import Settings
-from lamina.streams import checkpoint_path, ensure_topics, status_file
+from lamina.streams import (
+    checkpoint_path,
+    ensure_topics,
+    read_source_report,
+    source_query,
+    status_file,
+)
 from lamina.views import load_views
 from serving.store import open_store
 from speed.deadletters import read_deadletters
@@ -190,17 +199,30 @@ def running_batches(
     return out
 
 
-def kill_mid_batch(
-    settings: Settings, proc: StreamProcess, queries: list[str], after: dict[str, int]
+def archived(settings: Settings, source: Any, batch: int) -> bool:
+    """Whether micro-batch ``batch`` of ``source`` has renamed archive files into place."""
+    name = archive_file(batch, 0)[:14]
+    return any(archive_dir(settings, source).glob(f"ingest_epoch=*/{name}*"))
+
+
+def kill_mid_writes(
+    settings: Settings,
+    proc: StreamProcess,
+    sources: dict[str, Any],
+    after: dict[str, int],
 ) -> dict[str, int]:
-    """SIGKILL the stream as soon as a speed query is in the middle of a micro-batch with new
-    records; returns the micro-batches that were cut short (uncommitted after the kill)."""
-    speed = [q for q in queries if q.startswith("speed-")]
+    """SIGKILL the stream as soon as a source query is in the middle of a micro-batch with
+    new records whose archive files are written (the real-time writes come next, the commit
+    last); returns the micro-batches that were cut short (uncommitted after the kill)."""
+    queries = list(sources)
     deadline = time.monotonic() + 180
-    while not running_batches(settings, speed, after):
+    while True:
         proc.assert_alive()
-        assert time.monotonic() < deadline, f"no micro-batch seen running after {after}"
-        time.sleep(0.02)
+        running = running_batches(settings, queries, after)
+        if any(archived(settings, sources[q], n) for q, n in running.items()):
+            break
+        assert time.monotonic() < deadline, f"no micro-batch seen writing after {after}"
+        time.sleep(0.005)
     proc.kill_hard()
     cut_short = running_batches(settings, queries, after)  # nothing can commit any more
     assert cut_short, "every micro-batch committed before the kill landed"
@@ -245,9 +267,8 @@ def test_merged_answers_stay_exact(
     catalog = load_views(settings.pipeline.views_file)
     sources = {v: catalog.view(v).source for v in GENS}
     topics = {v: sources[v].topic for v in GENS}
-    queries = {f"speed-{v}": topics[v] for v in GENS}
-    queries |= {f"archiver-{sources[v].name}": topics[v] for v in GENS}
-    queries |= {f"deadletters-{sources[v].name}": topics[v] for v in GENS}
+    queries = {source_query(sources[v]): topics[v] for v in GENS}
+    by_query = {source_query(sources[v]): sources[v] for v in GENS}
     produced: dict[str, list[dict[str, Any]]] = {v: [] for v in GENS}
     valid_raw: dict[str, list[bytes]] = {v: [] for v in GENS}
     bad: dict[str, list[bytes]] = {v: [] for v in GENS}
@@ -291,7 +312,7 @@ def test_merged_answers_stay_exact(
         assert {v: r.cutoff >= bounds[v] for v, r in results.items()} == dict.fromkeys(GENS, True)
         return results
 
-    ensure_topics(settings, [t for v in GENS for t in (topics[v], f"{topics[v]}.deadletters")])
+    ensure_topics(settings, [topics[v] for v in GENS])
     proc = StreamProcess(env, tmp_path / "stream.log")
     proc.start()
     try:
@@ -320,7 +341,7 @@ def test_merged_answers_stay_exact(
         before = latest_batches(settings, list(queries))
         with ThreadPoolExecutor(1) as pool:
             sending = pool.submit(round_of, 400, 13)
-            kill_mid_batch(settings, proc, list(queries), before)
+            kill_mid_writes(settings, proc, by_query, before)
             sending.result()
         round_of(400, seed=14)
         proc.start()
@@ -336,10 +357,28 @@ def test_merged_answers_stay_exact(
         cut2 = {v: r.cutoff for v, r in second.items()}
         assert all(cut2[v] > cut1[v] for v in GENS), (cut1, cut2)
         check(cut2)
+        # Round 5, with re-sends minutes after their originals (rounds 1 and 3, inside the
+        # published batch; round 4, in the batch too) from another producer, so on any
+        # partition, over several micro-batches: the speed layer drops every one of them.
         round_of(200, seed=15)
+        resent = 0
+        for i in range(3):
+            for view in GENS:
+                originals = (
+                    valid_raw[view][i * 50 : i * 50 + 50] + valid_raw[view][-60 - i * 40 :][:40]
+                )
+                produce(settings, topics[view], originals, salt=f"resend-{i}")
+                resent += len(originals)
+            time.sleep(1.5)
         wait_caught_up(settings, queries, proc)
         mixed = mixed_cells(check(cut2))
         assert all(mixed.values()), mixed
+        reports = {q: read_source_report(settings, q) or {} for q in queries}
+        counters = {q: r.get("counters", {}) for q, r in reports.items()}
+        assert sum(c.get("duplicates", 0) for c in counters.values()) >= resent, counters
+        assert {q: c.get("beyond_horizon") for q, c in counters.items()} == dict.fromkeys(
+            queries, 0
+        ), counters
 
         # Roll back to the first version, after the purges, with real-time rows of epochs
         # on both sides of the second cutoff: exact, with the rows since the first cutoff.

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lamina.settings import Settings
-from lamina.streams import deadletter_topic, end_offsets, speed_query, write_status
+from lamina.streams import deadletter_topic, end_offsets, source_query, write_status
 from lamina.views import ViewCatalog, load_views
 from serving.api import create_app
 from serving.metrics import StateCollector
@@ -187,7 +187,7 @@ def test_stream_gauges_and_lag(
     client: TestClient, metrics_settings: Settings, catalog: ViewCatalog
 ) -> None:
     view = catalog.view("web_pageviews")
-    topic, query = view.source.topic, speed_query(view.name)
+    topic, query = view.source.topic, source_query(view.source)
     produce(metrics_settings, topic, 20)  # the topic exists, with records on its partitions
     processed = end_offsets(metrics_settings, {topic})
     assert processed[topic]
@@ -212,7 +212,7 @@ def test_stream_gauges_and_lag(
     ):
         assert age is not None and t0 - written_at - 0.01 <= age <= t1 - written_at + 0.01
     # Queries that never reported progress have no samples.
-    other = speed_query("iot_temperature")
+    other = source_query(catalog.view("iot_temperature").source)
     assert get(samples, "lamina_stream_last_batch_id", query=other) is None
     assert not [k for k in samples if k[0].startswith("lamina_stream") and ("query", other) in k[1]]
 
@@ -244,7 +244,7 @@ def test_scrape_with_kafka_down_reports_the_rest(
     down = with_checkpoints(metrics_settings, tmp_path).model_copy(
         update={"kafka": metrics_settings.kafka.model_copy(update={"port": refused_port})}
     )
-    query = speed_query("web_pageviews")
+    query = source_query(world["catalog"].view("web_pageviews").source)
     write_status(down, query, speed_status({"pageviews": {"0": 0}}, time.time()))
     with TestClient(create_app(down, world["catalog"])) as c:
         started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Submitted streaming jobs: ``lamina stream submit|list|status|stop|restart`` and the same
 operations on the HTTP API, against the real Kafka, Cassandra and ``spark-submit``.
 
-One job's life: submit a speed view; a second submit on its checkpoint is refused (CLI and
+One job's life: submit a source's job; a second submit on its checkpoint is refused (CLI and
 HTTP); status shows progress and zero lag once caught up; the merged answers equal the
 truth; stop (HTTP) ends it gracefully; events produced meanwhile are picked up after a
 restart (CLI) with nothing lost and nothing counted twice.
@@ -39,6 +39,8 @@ from tests.integration.streams import (
 )
 
 VIEW = "cloud_metering"
+JOB = "metering"  # the source of VIEW: its job keeps the view
+QUERY = f"source-{JOB}"
 
 
 @pytest.fixture(scope="module")
@@ -91,21 +93,21 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
     first = truth.metering(400, seed=31)
     produce(settings, topic, first.raw)
 
-    out = lamina(env, "stream", "submit", VIEW, "--conf", "spark.ui.enabled=false", "--format=json")
+    out = lamina(env, "stream", "submit", JOB, "--conf", "spark.ui.enabled=false", "--format=json")
     assert out.returncode == 0, out.stderr
     job = json.loads(out.stdout)
     job_id = job["id"]
     try:
-        assert job["what"] == VIEW and job["master"] == settings.spark.master
+        assert job["what"] == JOB and job["master"] == settings.spark.master
         assert job["conf"] == {"spark.ui.enabled": "false"}
-        assert job["checkpoints"] == [str(settings.checkpoint_dir / f"speed-{VIEW}")]
+        assert job["checkpoints"] == [str(settings.checkpoint_dir / QUERY)]
 
         # The checkpoint is taken: a second submit is refused, by the CLI and over HTTP.
-        again = lamina(env, "stream", "submit", VIEW)
+        again = lamina(env, "stream", "submit", JOB)
         assert again.returncode == 1
         assert f"job {job_id}" in again.stderr and "already uses the checkpoint" in again.stderr
         with TestClient(jobs_app(settings, catalog)) as client:
-            r = client.post("/jobs", json={"job": VIEW})
+            r = client.post("/jobs", json={"job": JOB})
             assert r.status_code == 409 and job_id in r.json()["error"], r.text
             assert r.json()["hint"]
             assert client.post("/jobs", json={"job": "nope"}).status_code == 404
@@ -114,10 +116,10 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         wait_caught_up(settings, job_id, topic)
         check_answers(settings, {VIEW: first.good})
         # The checkpoint lock also stops a foreground run (before it starts a JVM).
-        fg = lamina(env, "stream", "run", VIEW)
+        fg = lamina(env, "stream", "run", JOB)
         assert fg.returncode == 1 and "is in use by pid" in fg.stderr, fg.stderr
         table = lamina(env, "stream", "status", job_id)
-        assert table.returncode == 0 and f"speed-{VIEW}" in table.stdout
+        assert table.returncode == 0 and QUERY in table.stdout
 
         # Stop over HTTP: graceful, the process ends, the registry says stopped.
         with TestClient(jobs_app(settings, catalog)) as client:
@@ -146,7 +148,7 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         assert out.returncode == 0, out.stderr
         st = json.loads(out.stdout)
         assert st["id"] == job_id and st["state"] == "stopped", st
-        assert [q["query"] for q in st["queries"]] == [f"speed-{VIEW}"]
+        assert [q["query"] for q in st["queries"]] == [QUERY]
         assert st["queries"][0]["lag"] == 0
     finally:
         launcher.stop(settings, job_id, timeout_s=30)  # a no-op once it stopped

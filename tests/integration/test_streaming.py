@@ -11,10 +11,10 @@ import pytest
 
 from lamina.buckets import ingest_epoch
 from lamina.settings import Settings
-from lamina.streams import checkpoint_path, ensure_topics, speed_query
+from lamina.streams import checkpoint_path, ensure_topics, source_query
 from lamina.views import load_views
 from serving.store import open_store
-from speed.queries import start_speed
+from speed.queries import start_source
 from tests import truth
 from tests.integration.streams import (
     check_answers,
@@ -67,7 +67,7 @@ def test_restarts_and_a_replayed_micro_batch_count_once(
         return len(g.raw)
 
     round_of(300, seed=51)
-    query = start_speed(spark, settings, view)
+    query = start_source(spark, settings, catalog, view.source)
     try:
         query.processAllAvailable()
         check_answers(settings, {VIEW: produced})
@@ -75,21 +75,21 @@ def test_restarts_and_a_replayed_micro_batch_count_once(
         query.stop()
     # Records produced while it is down: the restarted query takes them in one micro-batch.
     sent = round_of(200, seed=52)
-    query = start_speed(spark, settings, view)
+    query = start_source(spark, settings, catalog, view.source)
     try:
         query.processAllAvailable()
         check_answers(settings, {VIEW: produced})
         (replayed,) = [p.batchId for p in query.recentProgress if p.numInputRows == sent]
     finally:
         query.stop()
-    crash_after_sink(checkpoint_path(settings, speed_query(VIEW)), replayed)
+    crash_after_sink(checkpoint_path(settings, source_query(view.source)), replayed)
 
     # The replay runs in a later ingest epoch than the first run of that micro-batch: rows
     # keyed by anything but the records' own (broker) timestamps would not overwrite.
     now_epoch = ingest_epoch(int(time.time() * 1000), EPOCH_S)
     while ingest_epoch(int(time.time() * 1000), EPOCH_S) == now_epoch:
         time.sleep(0.1)
-    query = start_speed(spark, settings, view)
+    query = start_source(spark, settings, catalog, view.source)
     try:
         query.processAllAvailable()
         rerun = [p for p in query.recentProgress if p.batchId == replayed]

@@ -13,7 +13,7 @@ import pytest
 
 from lamina.errors import ConfigError, ConflictError, NotFoundError
 from lamina.settings import Settings
-from lamina.streams import job_queries, release_locks, try_lock
+from lamina.streams import job_names, job_queries, release_locks, try_lock
 from lamina.views import load_views
 from speed import launcher
 
@@ -42,12 +42,14 @@ def test_parse_conf() -> None:
 
 def test_job_queries() -> None:
     catalog = load_views(ROOT / "conf" / "views.toml")
-    assert list(job_queries(catalog, "web_pageviews")) == ["speed-web_pageviews"]
-    archiver = job_queries(catalog, "archiver")
-    assert {q.split("-", 1)[0] for q in archiver} == {"archiver", "deadletters"}
-    assert len(archiver) == 2 * len({v.source.name for v in catalog.views.values()})
-    with pytest.raises(NotFoundError):
-        job_queries(catalog, "no_such_view")
+    assert job_names(catalog) == ["pageviews", "sensors", "metering"]
+    assert job_queries(catalog, "pageviews") == {"source-pageviews": catalog.sources["pageviews"]}
+    with pytest.raises(NotFoundError, match="kept by the job of its source: 'pageviews'"):
+        job_queries(catalog, "web_pageviews")  # jobs were per view before 0.4
+    with pytest.raises(NotFoundError, match="every source job archives"):
+        job_queries(catalog, "archiver")
+    with pytest.raises(NotFoundError, match="jobs are sources: pageviews, sensors, metering"):
+        job_queries(catalog, "no_such_source")
 
 
 def test_checkpoint_lock_is_exclusive_between_processes(settings: Settings) -> None:
@@ -133,7 +135,7 @@ def test_state_is_derived_from_files_and_process(settings: Settings) -> None:
 def test_submit_line(settings: Settings) -> None:
     job = launcher.Job(
         id="j1",
-        what="archiver",
+        what="pageviews",
         master="spark://h:7077",
         conf={"spark.executor.memory": "2g"},
         queries=[],

@@ -70,12 +70,8 @@ def test_unknown_views_share_one_label() -> None:
 def test_every_streaming_query_is_watched() -> None:
     queries = stream_queries(CATALOG)
     sources = {v.source.name for v in CATALOG.views.values()}
-    assert set(queries) == (
-        {f"archiver-{s}" for s in sources}
-        | {f"deadletters-{s}" for s in sources}
-        | {f"speed-{v}" for v in CATALOG.views}
-    )
-    assert queries["speed-web_pageviews"].name == "pageviews"
+    assert set(queries) == {f"source-{s}" for s in sources}
+    assert queries["source-pageviews"].name == "pageviews"
 
 
 def test_nothing_read_gives_parts_down_and_only_static_samples() -> None:
@@ -111,7 +107,7 @@ def test_batch_gauges_of_a_snapshot() -> None:
 def test_stream_and_deadletter_gauges_of_a_snapshot() -> None:
     streams = [
         QueryStatus(
-            query="speed-web_pageviews",
+            query="source-pageviews",
             topic="pageviews",
             batch_id=12,
             last_progress=NOW - 8,
@@ -121,23 +117,23 @@ def test_stream_and_deadletter_gauges_of_a_snapshot() -> None:
             batch_duration_ms=250,
             lag=17,
         ),
-        QueryStatus(query="archiver-pageviews", topic="pageviews", batch_id=3, age_s=2.0),
-        QueryStatus(query="speed-iot_temperature", topic="sensor-readings"),
+        QueryStatus(query="source-metering", topic="pageviews", batch_id=3, age_s=2.0),
+        QueryStatus(query="source-sensors", topic="sensor-readings"),
     ]
     got = samples(Snapshot(NOW, deadletters={"pageviews": 5}, streams=streams))
-    assert got[("lamina_stream_lag_records", ("speed-web_pageviews", "pageviews"))] == 17
-    assert got[("lamina_stream_last_batch_duration_seconds", ("speed-web_pageviews",))] == 0.25
-    assert got[("lamina_stream_last_batch_id", ("speed-web_pageviews",))] == 12
-    assert got[("lamina_stream_input_rows_per_second", ("speed-web_pageviews",))] == 40.0
-    assert got[("lamina_stream_processed_rows_per_second", ("speed-web_pageviews",))] == 80.0
-    assert got[("lamina_stream_progress_age_seconds", ("speed-web_pageviews",))] == 8.0
+    assert got[("lamina_stream_lag_records", ("source-pageviews", "pageviews"))] == 17
+    assert got[("lamina_stream_last_batch_duration_seconds", ("source-pageviews",))] == 0.25
+    assert got[("lamina_stream_last_batch_id", ("source-pageviews",))] == 12
+    assert got[("lamina_stream_input_rows_per_second", ("source-pageviews",))] == 40.0
+    assert got[("lamina_stream_processed_rows_per_second", ("source-pageviews",))] == 80.0
+    assert got[("lamina_stream_progress_age_seconds", ("source-pageviews",))] == 8.0
     assert got[("lamina_realtime_freshness_seconds", ("web_pageviews",))] == 8.0
-    assert got[("lamina_stream_last_batch_id", ("archiver-pageviews",))] == 3
+    assert got[("lamina_stream_last_batch_id", ("source-metering",))] == 3
     # Unknown values (no lag, never reported) have no sample rather than a made-up zero.
     assert not [
-        k for k in got if k[0] == "lamina_stream_lag_records" and k[1][0] != "speed-web_pageviews"
+        k for k in got if k[0] == "lamina_stream_lag_records" and k[1][0] != "source-pageviews"
     ]
-    assert not [k for k in got if "speed-iot_temperature" in k[1]]
+    assert not [k for k in got if "source-sensors" in k[1]]
     assert ("lamina_realtime_freshness_seconds", ("iot_temperature",)) not in got
     assert got[("lamina_deadletter_records", ("pageviews", "pageviews.deadletters"))] == 5
     assert got[("lamina_up", ("kafka",))] == 1.0
@@ -174,7 +170,7 @@ def full_metrics() -> ServingMetrics:
     m.observe("describe", "nope", 404, 0.002)
     pub = Published("web_pageviews", 4, int(NOW) - 600, 10, NOW - 300, "h")
     streams = [
-        QueryStatus(query="speed-web_pageviews", topic="pageviews", batch_id=12, age_s=8.0, lag=17)
+        QueryStatus(query="source-pageviews", topic="pageviews", batch_id=12, age_s=8.0, lag=17)
     ]
     snapshot = Snapshot(
         NOW,
@@ -218,7 +214,7 @@ def test_openmetrics_when_the_scraper_asks_for_it() -> None:
     assert (
         gauge("lamina_deadletter_records", source="pageviews", topic="pageviews.deadletters") == 5
     )
-    assert gauge("lamina_stream_lag_records", query="speed-web_pageviews", topic="pageviews") == 17
+    assert gauge("lamina_stream_lag_records", query="source-pageviews", topic="pageviews") == 17
     assert gauge("lamina_realtime_freshness_seconds", view="web_pageviews") == 8.0
 
 

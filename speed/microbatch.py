@@ -1,0 +1,355 @@
+"""One micro-batch of a source job: every output of a source from one Kafka read and one parse.
+
+A source job is one streaming query per source (``source-<name>``). Spark reads the new
+Kafka records and parses them natively (:func:`engine.kafka.parse_records`); the
+``foreachBatch`` function :class:`SourceBatches` then, on the cached micro-batch:
+
+1. writes the rejected records to ``<topic>.deadletters`` (at least once, keyed by origin;
+   ``lamina deadletters`` shows each origin once);
+2. archives the valid ones into the master dataset, files named by micro-batch id, renamed
+   into place over any earlier attempt's: a replay rewrites, never adds (:mod:`lamina.master`);
+3. judges every valid record against the source's duplicate index (:mod:`speed.dedup`),
+   once for all views; duplicates past the horizon and reordered copies are listed in
+   ``<topic>.duplicates`` and counted;
+4. aggregates the kept events per view into partial states per (key, bucket, ingest epoch)
+   and folds them into the real-time tables (:mod:`speed.realtime`), exactly once per cell.
+
+After a ``kill -9`` anywhere in there, Spark replays the micro-batch with the same offsets:
+the archive files are replaced, the dead letters and listings may repeat (shown once), the
+index is rebuilt from the archive of earlier micro-batches (so the verdicts repeat), and the
+cells that already hold the micro-batch are skipped. Every output is exactly-once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from engine.kafka import RAW, REASON
+from engine.schema import master_schema
+from engine.translate import aggregate
+from lamina.files import read_json, write_json_atomic
+from lamina.master import (
+    archive_batch,
+    archive_dir,
+    archive_file,
+    epoch_dirs,
+    imports_dir,
+    stream_dir,
+)
+from lamina.schema import INGEST_EPOCH, master_columns
+from lamina.settings import Settings
+from lamina.streams import deadletter_topic, duplicates_topic, source_report_file
+from lamina.views import Source, View
+from serving.cassandra import shared_session
+from speed.dedup import KEPT, LISTED, DedupIndex, Verdict
+from speed.realtime import RealtimeCells
+
+log = logging.getLogger(__name__)
+
+H1, H2 = "_h1", "_h2"
+
+
+def id_hashes(source: Source) -> list[Any]:
+    """The two 64-bit hashes identifying an event id (see :mod:`speed.dedup`)."""
+    col = F.col(source.event_id).cast("string")
+    return [F.xxhash64(col).alias(H1), F.xxhash64(F.lit("lamina"), col).alias(H2)]
+
+
+def _before(batch: int | None, first: int) -> bool:
+    return batch is not None and batch < first
+
+
+COUNTERS = ("records", "rejected", "archived", "duplicates", "beyond_horizon", "reordered")
+
+
+class Laps:
+    """Seconds spent per step of one micro-batch: ``lap(name)`` closes the current step."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.monotonic()
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - self.last, 4)
+        self.last = now
+
+
+@dataclass
+class SourceBatches:
+    """The ``foreachBatch`` function of one source's query (see the module docstring)."""
+
+    spark: SparkSession
+    settings: Settings
+    source: Source
+    views: list[View]
+    query: str
+    index: DedupIndex | None = None
+    cells: dict[str, RealtimeCells] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    last_batch: int = -1
+    spent: dict[str, float] = field(default_factory=dict)
+    """Seconds per step, summed over the micro-batches this process ran."""
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        lap = Laps()
+        if self.index is None:
+            self._start(batch_id)
+            lap("start")
+        batch.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts = self._run(batch, batch_id, lap)
+        finally:
+            batch.unpersist()
+        lap.timings["total"] = round(time.monotonic() - lap.t0, 4)
+        self._report(batch_id, counts, lap.timings)
+
+    # -- the steps --------------------------------------------------------------------
+
+    def _run(self, batch: DataFrame, batch_id: int, lap: Laps) -> dict[str, int]:
+        src = self.source
+        meta = batch.select(
+            F.col(REASON).isNull().alias("ok"),
+            *id_hashes(src),
+            INGEST_EPOCH,
+            "partition",
+            "offset",
+        ).toArrow()
+        lap("read_parse")
+        ok = meta.column("ok").to_numpy(zero_copy_only=False)
+        counts = dict.fromkeys(COUNTERS, 0)
+        counts["records"] = len(ok)
+        counts["rejected"] = int((~ok).sum())
+        if counts["rejected"]:
+            self._deadletters(batch.where(F.col(REASON).isNotNull()))
+            lap("deadletters")
+        valid = batch.where(F.col(REASON).isNull())
+        if not ok.any():
+            return counts
+        counts["archived"] = int(ok.sum())
+        self._archive(valid, batch_id)
+        lap("archive")
+        dropped = self._dedup(meta.filter(pa.array(ok)), batch_id, counts)
+        lap("dedup")
+        events = valid
+        if len(dropped):
+            gone = self.spark.createDataFrame(dropped)
+            events = valid.join(F.broadcast(gone), ["partition", "offset"], "left_anti")
+        for view in self.views:
+            rows = aggregate(events, view, extra_groups=[INGEST_EPOCH]).collect()
+            lap(f"aggregate:{view.name}")
+            self.cells[view.name].apply(rows, batch_id)
+            lap(f"write:{view.name}")
+        return counts
+
+    def _deadletters(self, rejected: DataFrame) -> None:
+        (
+            rejected.select(
+                F.concat_ws(":", "topic", "partition", "offset").alias("key"),
+                F.to_json(
+                    F.struct(
+                        F.col(REASON).alias("reason"),
+                        F.base64(F.col(RAW)).alias("raw_base64"),
+                        "topic",
+                        "partition",
+                        "offset",
+                        F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss.SSSXXX").alias(
+                            "timestamp"
+                        ),
+                    )
+                ).alias("value"),
+            )
+            .write.format("kafka")
+            .option("kafka.bootstrap.servers", self.settings.kafka.bootstrap_servers)
+            .option("topic", deadletter_topic(self.source))
+            .save()
+        )
+
+    def _archive(self, valid: DataFrame, batch_id: int) -> None:
+        """Write the micro-batch's valid events into the archive, replacing any earlier
+        attempt's files of the same micro-batch (same offsets, hence same events)."""
+        root = archive_dir(self.settings, self.source)
+        staging = root / "_staging" / f"b{batch_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        columns = [c.name for c in master_columns(self.source)] + [INGEST_EPOCH]
+        (
+            valid.select(*columns)
+            .write.mode("overwrite")
+            .partitionBy(INGEST_EPOCH)
+            .option("compression", "zstd")
+            .parquet(str(staging))
+        )
+        prefix = archive_file(batch_id, 0)[:14]
+        for d in sorted(epoch_dirs(staging).values()):
+            target = root / d.name
+            target.mkdir(parents=True, exist_ok=True)
+            for old in target.glob(prefix + "*"):
+                old.unlink()
+            files = sorted(p for p in d.iterdir() if p.suffix == ".parquet")
+            for i, f in enumerate(files):
+                os.replace(f, target / archive_file(batch_id, i))
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _dedup(self, meta: pa.Table, batch_id: int, counts: dict[str, int]) -> pa.Table:
+        """Judge the micro-batch's valid records; returns the ``(partition, offset)`` of
+        those to drop. Listed copies go to ``<topic>.duplicates``."""
+        assert self.index is not None
+        epoch = meta.column(INGEST_EPOCH).to_numpy()
+        part = meta.column("partition").to_numpy()
+        off = meta.column("offset").to_numpy()
+        order = np.lexsort((off, part, epoch))  # Kafka order (see speed.dedup)
+        meta = meta.take(pa.array(order))
+        verdict = self.index.judge(
+            meta.column(H1).to_numpy(), meta.column(H2).to_numpy(), epoch[order]
+        )
+        self.index.evict()
+        counts["duplicates"] = int((verdict == Verdict.DUPLICATE).sum())
+        counts["beyond_horizon"] = int((verdict == Verdict.BEYOND_HORIZON).sum())
+        counts["reordered"] = int((verdict == Verdict.REORDERED).sum())
+        listed = np.isin(verdict, LISTED)
+        if listed.any():
+            self._list(meta.filter(pa.array(listed)), verdict[listed])
+        drop = ~np.isin(verdict, KEPT)
+        return meta.filter(pa.array(drop)).select(["partition", "offset"])
+
+    def _list(self, meta: pa.Table, verdict: np.ndarray) -> None:
+        """Record copies the speed layer may count differently from the batch layer."""
+        from kafka import KafkaProducer
+
+        horizon = self.settings.pipeline.dedup_horizon_s
+        why = {
+            Verdict.BEYOND_HORIZON: f"duplicate past the dedup horizon ({horizon} s): counted "
+            "by the speed layer until the batch layer covers it",
+            Verdict.REORDERED: "duplicate read before an earlier copy on another partition: "
+            "may be counted twice until the batch layer covers it",
+        }
+        producer = KafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        try:
+            for row, v in zip(meta.to_pylist(), verdict, strict=True):
+                origin = f"{self.source.topic}:{row['partition']}:{row['offset']}"
+                letter = {
+                    "reason": why[Verdict(int(v))],
+                    "topic": self.source.topic,
+                    "partition": row["partition"],
+                    "offset": row["offset"],
+                    "ingest_epoch": row[INGEST_EPOCH],
+                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+                producer.send(
+                    duplicates_topic(self.source),
+                    key=origin.encode(),
+                    value=json.dumps(letter).encode(),
+                )
+            producer.flush()
+        finally:
+            producer.close()
+
+    # -- startup ------------------------------------------------------------------------
+
+    def _start(self, first_batch: int) -> None:
+        """Build the duplicate index from the master dataset (archive files of earlier
+        micro-batches, imports, the legacy archive), and the views' writers."""
+        settings, src = self.settings, self.source
+        pipeline = settings.pipeline
+        archive = epoch_dirs(archive_dir(settings, src))
+        imports = epoch_dirs(imports_dir(settings, src))
+        high = max([*archive, *imports], default=None)
+        self.index = DedupIndex(horizon=pipeline.dedup_horizon_s, retain=pipeline.dedup_retain_s)
+        if high is not None:
+            self.index.high = high
+            floor = self.index.floor
+            paths = [
+                str(f)
+                for e, d in archive.items()
+                if e >= floor
+                for f in d.iterdir()
+                if _before(archive_batch(f.name), first_batch)
+            ]
+            paths += [str(d) for e, d in imports.items() if e >= floor]
+            self._seed(paths, floor)
+        session = shared_session(settings.cassandra, settings.cassandra.keyspace)
+        for view in self.views:
+            self.cells[view.name] = RealtimeCells(
+                session,
+                settings.cassandra.keyspace,
+                view,
+                written_before=max(archive, default=None),
+                cache_seconds=pipeline.dedup_retain_s,
+                concurrency=pipeline.write_concurrency,
+            )
+        saved = read_json(source_report_file(settings, self.query)) or {}
+        self.counters = {k: int(saved.get("counters", {}).get(k, 0)) for k in COUNTERS}
+        self.last_batch = int(saved.get("batch_id", -1))
+        log.info(
+            "source %s: duplicate index of %d ids (%.1f MB) from the master dataset",
+            src.name,
+            len(self.index),
+            self.index.nbytes / 1e6,
+        )
+
+    def _seed(self, paths: list[str], floor: int) -> None:
+        assert self.index is not None
+        legacy = stream_dir(self.settings, self.source)
+        reader = self.spark.read.schema(master_schema(self.source))
+        frames = []
+        if paths:
+            base = str(archive_dir(self.settings, self.source))
+            frames.append(reader.option("basePath", base).parquet(*paths))
+        if (legacy / "_spark_metadata").exists():
+            frames.append(reader.parquet(str(legacy)))
+        if not frames:
+            return
+        df = frames[0]
+        for f in frames[1:]:
+            df = df.unionByName(f)
+        seen = (
+            df.where(F.col(INGEST_EPOCH) >= floor)
+            .select(*id_hashes(self.source), INGEST_EPOCH)
+            .groupBy(H1, H2)
+            .agg(F.max(INGEST_EPOCH).alias(INGEST_EPOCH))
+            .toArrow()
+        )
+        self.index.load(
+            seen.column(H1).to_numpy(),
+            seen.column(H2).to_numpy(),
+            seen.column(INGEST_EPOCH).to_numpy(),
+        )
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def _report(self, batch_id: int, counts: dict[str, int], timings: dict[str, float]) -> None:
+        if batch_id > self.last_batch:  # a replayed micro-batch is counted once
+            for k in COUNTERS:
+                self.counters[k] = self.counters.get(k, 0) + counts.get(k, 0)
+            self.last_batch = batch_id
+        for k, v in timings.items():
+            self.spent[k] = round(self.spent.get(k, 0.0) + v, 4)
+        assert self.index is not None
+        write_json_atomic(
+            source_report_file(self.settings, self.query),
+            {
+                "batch_id": batch_id,
+                "batch": counts,
+                "timings_s": timings,
+                "timings_since_start_s": self.spent,
+                "counters": self.counters,
+                "dedup_index": {"ids": len(self.index), "bytes": self.index.nbytes},
+                "cells": {
+                    v: {"reads": c.reads, "writes": c.writes, "cached": len(c.cache)}
+                    for v, c in self.cells.items()
+                },
+                "written_at": time.time(),
+            },
+        )

@@ -1,0 +1,147 @@
+"""A view's real-time table, kept by read-modify-write with exactly-once per micro-batch.
+
+Each micro-batch of a source job aggregates its new events per view into partial states per
+cell ``(key, bucket, ingest epoch)`` (Spark, :func:`engine.translate.aggregate`); this module
+folds them into the stored states with the same monoid ``plus`` the serving merge uses, and
+writes each touched cell back with ``applied_batch`` = the micro-batch id.
+
+Exactly-once: a cell whose stored ``applied_batch`` is already this micro-batch's id (or a
+later one) is skipped, so a micro-batch replayed after a crash (Spark replays the same
+offsets, hence the same partial states) adds to the cells it had not reached, never twice to
+the ones it had. One Cassandra row write is atomic, so a cell is either before or after.
+
+Reads are avoided where they cannot find anything: the cells this process wrote are cached
+(the job is the tables' only writer: its checkpoint lock says so), and a cell of an epoch
+later than anything archived before the job started and than anything it wrote since cannot
+exist yet. Steady state therefore writes only; reads happen after a restart and for cells
+of epochs evicted from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent_with_args
+
+from lamina.schema import INGEST_EPOCH
+from lamina.views import View
+from serving.merge import decode, encode, plus
+from serving.schema import realtime_cell_cql, realtime_upsert_cql
+from serving.writer import state_row
+
+log = logging.getLogger(__name__)
+
+Cell = tuple[Any, ...]
+"""``(*key, bucket, ingest_epoch)``."""
+
+
+class RealtimeCells:
+    """The real-time cells of ``view``, as this job wrote them.
+
+    ``written_before``: no cell of an epoch above it was written before this process started
+    (``None``: unknown, read every cell once). ``cache_seconds``: how far below the
+    latest the cache keeps (in seconds, like the epochs).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        keyspace: str,
+        view: View,
+        *,
+        written_before: int | None,
+        cache_seconds: int,
+        concurrency: int,
+    ) -> None:
+        self.view = view
+        self.session = session
+        self.read_stmt = session.prepare(realtime_cell_cql(view, keyspace))
+        self.write_stmt = session.prepare(realtime_upsert_cql(view, keyspace))
+        self.cache: dict[Cell, tuple[int, tuple[Any, ...]]] = {}
+        self.high = written_before
+        self.cache_seconds = cache_seconds
+        self.concurrency = concurrency
+        self.reads = 0
+        self.writes = 0
+
+    def _prefix(self) -> tuple[str, ...]:
+        return (*self.view.keys, "bucket", INGEST_EPOCH)
+
+    def apply(self, rows: Iterable[Any], batch_id: int) -> int:
+        """Fold micro-batch ``batch_id``'s partial states (rows with the key fields,
+        ``bucket``, ``ingest_epoch`` and the view's state columns) into the table; returns
+        the number of cells written."""
+        prefix = self._prefix()
+        partial: dict[Cell, tuple[Any, ...]] = {}
+        for r in rows:
+            partial[tuple(r[c] for c in prefix)] = state_row(self.view, r)
+        if not partial:
+            return 0
+        top = max(c[-1] for c in partial)
+        try:
+            stored = self._stored(list(partial))
+            out: list[tuple[Cell, tuple[Any, ...]]] = []
+            for cell, values in partial.items():
+                prev = stored.get(cell)
+                if prev is not None and prev[0] >= batch_id:
+                    continue  # a replayed micro-batch: this cell already holds it
+                if prev is not None:
+                    merged = plus(self.view, decode(self.view, prev[1]), decode(self.view, values))
+                    values = encode(self.view, merged)
+                out.append((cell, values))
+            self._write(out, batch_id)
+        except BaseException:
+            # What reached Cassandra is unknown: forget it all and read it back next time.
+            self.cache.clear()
+            self.high = top if self.high is None else max(self.high, top)
+            raise
+        for cell, values in out:
+            self.cache[cell] = (batch_id, values)
+        self.high = top if self.high is None else max(self.high, top)
+        self._evict()
+        return len(out)
+
+    def _stored(self, cells: Sequence[Cell]) -> dict[Cell, tuple[int, tuple[Any, ...]]]:
+        """The stored ``(applied_batch, values)`` of ``cells`` that exist."""
+        found: dict[Cell, tuple[int, tuple[Any, ...]]] = {}
+        unknown = []
+        for cell in cells:
+            hit = self.cache.get(cell)
+            if hit is not None:
+                found[cell] = hit
+            elif self.high is None or cell[-1] <= self.high:
+                unknown.append(cell)
+        if unknown:
+            self.reads += len(unknown)
+            results = execute_concurrent_with_args(
+                self.session, self.read_stmt, unknown, concurrency=self.concurrency
+            )
+            for cell, (ok, result) in zip(unknown, results, strict=True):
+                if not ok:
+                    raise result
+                row = result.one()
+                if row is not None:
+                    values = tuple(row)
+                    found[cell] = (int(values[-1] or -1), tuple(values[:-1]))
+        return found
+
+    def _write(self, cells: list[tuple[Cell, tuple[Any, ...]]], batch_id: int) -> None:
+        if not cells:
+            return
+        params = [(*cell, *values, batch_id) for cell, values in cells]
+        for ok, result in execute_concurrent_with_args(
+            self.session, self.write_stmt, params, concurrency=self.concurrency
+        ):
+            if not ok:
+                raise result
+        self.writes += len(params)
+
+    def _evict(self) -> None:
+        if self.high is None:
+            return
+        floor = self.high - self.cache_seconds
+        if len(self.cache) and min(c[-1] for c in self.cache) < floor:
+            self.cache = {c: v for c, v in self.cache.items() if c[-1] >= floor}
