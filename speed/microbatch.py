@@ -108,7 +108,7 @@ class SourceBatches:
         if self.index is None:
             self._start(batch_id)
             lap("start")
-        batch.persist(StorageLevel.MEMORY_AND_DISK)
+        batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         try:
             counts = self._run(batch, batch_id, lap)
         finally:
@@ -286,7 +286,9 @@ class SourceBatches:
                 settings.cassandra.keyspace,
                 view,
                 written_before=max(archive, default=None),
-                cache_seconds=pipeline.dedup_retain_s,
+                # An epoch's cells change only while Kafka records of that epoch are read:
+                # the current epoch and, at a micro-batch boundary, the one before it.
+                cache_seconds=3 * pipeline.epoch_seconds,
                 concurrency=pipeline.write_concurrency,
             )
         saved = read_json(source_report_file(settings, self.query)) or {}

@@ -20,19 +20,43 @@ of epochs evicted from the cache.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
+from cassandra.query import BatchStatement, BatchType
 
-from lamina.schema import INGEST_EPOCH
 from lamina.views import View
 from serving.merge import decode, encode, plus
 from serving.schema import realtime_cell_cql, realtime_upsert_cql
-from serving.writer import state_row
 
 log = logging.getLogger(__name__)
+
+BATCH_ROWS = 100
+BATCH_BYTES = 40_000
+"""Bounds of one unlogged single-partition batch: rows, and estimated bytes below
+Cassandra's default ``batch_size_fail_threshold`` (50 KiB; sketches are up to a few kB)."""
+
+
+def _size(params: tuple[Any, ...]) -> int:
+    return sum(len(v) if isinstance(v, bytes | str) else 8 for v in params) + 8 * len(params)
+
+
+def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """``rows`` cut into runs within :data:`BATCH_ROWS` and :data:`BATCH_BYTES`."""
+    chunk: list[tuple[Any, ...]] = []
+    size = 0
+    for r in rows:
+        n = _size(r)
+        if chunk and (len(chunk) >= BATCH_ROWS or size + n > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(r)
+        size += n
+    if chunk:
+        yield chunk
+
 
 Cell = tuple[Any, ...]
 """``(*key, bucket, ingest_epoch)``."""
@@ -42,7 +66,9 @@ class RealtimeCells:
     """The real-time cells of ``view``, as this job wrote them.
 
     ``written_before``: no cell of an epoch above it was written before this process started
-    (``None``: unknown, read every cell once). ``cache_seconds``: how far below the
+    (``None``: no source job ever wrote any; a row left by Lamina <= 0.3's per-view queries,
+    which has no ``applied_batch``, is then replaced, not added to: the job re-derives every
+    epoch it reads from Kafka). ``cache_seconds``: how far below the
     latest the cache keeps (in seconds, like the epochs).
     """
 
@@ -62,22 +88,30 @@ class RealtimeCells:
         self.write_stmt = session.prepare(realtime_upsert_cql(view, keyspace))
         self.cache: dict[Cell, tuple[int, tuple[Any, ...]]] = {}
         self.high = written_before
+        self.known_after = written_before
+        """Cells of later epochs were all written by this process: absent from the cache
+        (and not evicted) means absent from the table."""
+        self.evicted_below: int | None = None
         self.cache_seconds = cache_seconds
         self.concurrency = concurrency
         self.reads = 0
         self.writes = 0
 
-    def _prefix(self) -> tuple[str, ...]:
-        return (*self.view.keys, "bucket", INGEST_EPOCH)
-
     def apply(self, rows: Iterable[Any], batch_id: int) -> int:
         """Fold micro-batch ``batch_id``'s partial states (rows with the key fields,
         ``bucket``, ``ingest_epoch`` and the view's state columns) into the table; returns
         the number of cells written."""
-        prefix = self._prefix()
+        n = len(self.view.keys) + 2
+        blobs = [i for i, (_, t) in enumerate(self.view.value_columns) if t == "blob"]
         partial: dict[Cell, tuple[Any, ...]] = {}
         for r in rows:
-            partial[tuple(r[c] for c in prefix)] = state_row(self.view, r)
+            t = tuple(r)  # positional: keys, bucket, ingest_epoch, then the state columns
+            values = t[n:]
+            if blobs:
+                values = tuple(
+                    bytes(v) if i in blobs and v is not None else v for i, v in enumerate(values)
+                )
+            partial[t[:n]] = values
         if not partial:
             return 0
         top = max(c[-1] for c in partial)
@@ -97,6 +131,7 @@ class RealtimeCells:
             # What reached Cassandra is unknown: forget it all and read it back next time.
             self.cache.clear()
             self.high = top if self.high is None else max(self.high, top)
+            self.known_after = self.high
             raise
         for cell, values in out:
             self.cache[cell] = (batch_id, values)
@@ -112,7 +147,7 @@ class RealtimeCells:
             hit = self.cache.get(cell)
             if hit is not None:
                 found[cell] = hit
-            elif self.high is None or cell[-1] <= self.high:
+            elif self._may_exist(cell[-1]):
                 unknown.append(cell)
         if unknown:
             self.reads += len(unknown)
@@ -123,21 +158,43 @@ class RealtimeCells:
                 if not ok:
                     raise result
                 row = result.one()
-                if row is not None:
+                if row is not None and row[-1] is not None:  # None: a legacy row, replaced
                     values = tuple(row)
-                    found[cell] = (int(values[-1] or -1), tuple(values[:-1]))
+                    found[cell] = (int(values[-1]), tuple(values[:-1]))
         return found
 
+    def _may_exist(self, epoch: int) -> bool:
+        """Whether a cell of ``epoch`` missing from the cache may be in the table."""
+        if self.known_after is not None and epoch <= self.known_after:
+            return True  # written before this process started, perhaps
+        return self.evicted_below is not None and epoch < self.evicted_below
+
     def _write(self, cells: list[tuple[Cell, tuple[Any, ...]]], batch_id: int) -> None:
+        """Write ``cells``: grouped by Cassandra partition (the view's key) into unlogged
+        batches of at most :data:`BATCH_ROWS` rows, one round trip each (a single-partition
+        batch is applied atomically by its replica; no cross-partition coordination)."""
         if not cells:
             return
-        params = [(*cell, *values, batch_id) for cell, values in cells]
-        for ok, result in execute_concurrent_with_args(
-            self.session, self.write_stmt, params, concurrency=self.concurrency
+        n_keys = len(self.view.keys)
+        by_partition: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        for cell, values in cells:
+            by_partition.setdefault(cell[:n_keys], []).append((*cell, *values, batch_id))
+        statements: list[tuple[Any, Any]] = []
+        for rows in by_partition.values():
+            for chunk in _chunks(rows):
+                if len(chunk) == 1:
+                    statements.append((self.write_stmt, chunk[0]))
+                    continue
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for params in chunk:
+                    batch.add(self.write_stmt, params)
+                statements.append((batch, ()))
+        for ok, result in execute_concurrent(
+            self.session, statements, concurrency=self.concurrency
         ):
             if not ok:
                 raise result
-        self.writes += len(params)
+        self.writes += len(cells)
 
     def _evict(self) -> None:
         if self.high is None:
@@ -145,3 +202,4 @@ class RealtimeCells:
         floor = self.high - self.cache_seconds
         if len(self.cache) and min(c[-1] for c in self.cache) < floor:
             self.cache = {c: v for c, v in self.cache.items() if c[-1] >= floor}
+            self.evicted_below = max(floor, self.evicted_below or floor)

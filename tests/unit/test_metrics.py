@@ -246,3 +246,17 @@ def test_the_endpoint_negotiates_the_format() -> None:
     text = client.get("/metrics", headers={"Accept": "text/plain"})
     assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "lamina_query_duration_seconds" in text.text and "# EOF" not in text.text
+
+
+def test_source_job_counters_are_counters_by_outcome() -> None:
+    report = {
+        "counters": {"records": 10, "duplicates": 3, "beyond_horizon": 1, "reordered": 0},
+        "dedup_index": {"ids": 7, "bytes": 168},
+    }
+    got = samples(Snapshot(NOW, sources={"pageviews": report}))
+    assert got[("lamina_speed_records_total", ("pageviews", "beyond_horizon"))] == 1
+    assert got[("lamina_speed_records_total", ("pageviews", "duplicates"))] == 3
+    assert got[("lamina_speed_records_total", ("pageviews", "reordered"))] == 0
+    assert got[("lamina_speed_dedup_index_ids", ("pageviews",))] == 7
+    # No report (the job never ran a micro-batch): no samples, not zeros.
+    assert not [k for k in samples(Snapshot(NOW)) if k[0].startswith("lamina_speed_")]
