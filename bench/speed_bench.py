@@ -7,9 +7,9 @@ dataset and private checkpoints under ``--workdir`` (dropped at the end unless
 ``catchup``
     Preloads ``--events`` events (split evenly across ``--sources``) into Kafka as fast as
     the kafka-python producer goes (pre-serialized JSON, several producer processes), then
-    starts the source jobs in this process with ``speed.queries.start_all(...,
-    trigger_s=None)`` (archive, dead letters, duplicate index and every view of each source:
-    production's work) and times how long they take to drain the topics
+    starts the source jobs in this process with ``speed.queries.start_all(...)`` (default
+    trigger, ``pipeline.max_offsets_per_trigger``; archive, dead letters, duplicate index
+    and every view of each source: production's work) and times how long they take to drain the topics
     (``processAllAvailable`` per query, one thread each). Each job's own report gives the
     time per step summed over its micro-batches (read + parse, archive, dedup, per view
     aggregate and Cassandra write), Spark's ``durationMs`` the streaming overhead around it.
@@ -600,7 +600,7 @@ def run_catchup(args: argparse.Namespace) -> int:
         console.print(f"Spark session in {result['spark_start_s']:.1f}s; starting the queries")
 
         t0 = time.monotonic()
-        queries = start_all(spark, settings, catalog, names, trigger_s=None)
+        queries = start_all(spark, settings, catalog, names, trigger_s=None)  # pipeline.trigger_s
         started_s = time.monotonic() - t0
         with console.status(f"{len(queries)} source jobs draining {args.events:,} events ..."):
             drained = drain(queries, args.timeout)

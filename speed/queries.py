@@ -173,8 +173,11 @@ def start_all(
     reads).
 
     Each query's checkpoint is locked first (:func:`lock_jobs`), so a job already running
-    elsewhere on this machine is refused before anything starts.
+    elsewhere on this machine is refused before anything starts. ``trigger_s`` defaults to
+    ``pipeline.trigger_s`` (0: as fast as possible).
     """
+    if trigger_s is None:
+        trigger_s = settings.pipeline.trigger_s
     queries_of = lock_jobs(settings, catalog, jobs)
     with open_store(settings.cassandra, catalog):
         pass  # the real-time tables must exist before the first upsert

@@ -141,7 +141,7 @@ def register(sub: Any) -> None:
         "--trigger",
         type=float,
         metavar="SECONDS",
-        help="micro-batch interval (default: as fast as possible)",
+        help="micro-batch interval (default: pipeline.trigger_s, 0.5; 0 = back to back)",
     )
     srun.set_defaults(func=cmd_stream_run)
     ssub_ = stsub.add_parser(
