@@ -10,13 +10,13 @@ dataset and private checkpoints under ``--workdir`` (dropped at the end unless
     starts the source jobs in this process with ``speed.queries.start_all(...)`` (default
     trigger, ``pipeline.max_offsets_per_trigger``; archive, dead letters, duplicate index
     and every view of each source: production's work) and times how long they take to
-    drain the topics (``processAllAvailable`` per query, one thread each). Each job's own report gives the
-    time per step summed over its micro-batches (read + parse, archive, dedup, per view
-    aggregate and Cassandra write), Spark's ``durationMs`` the streaming overhead around it.
-    Then, with the streams stopped, the ceilings of the same run: a bare Spark batch read of
-    the same Kafka records (count), and read + native parse + dedup + per-view aggregation as
-    one batch job (``noop`` sink). The catch-up rate is printed as a fraction of the bare
-    read, next to the peers the issue names.
+    drain the topics (``processAllAvailable`` per query, one thread each). Each job's own
+    report gives the time per step summed over its micro-batches (read + parse, archive,
+    dedup, per view aggregate and Cassandra write), Spark's ``durationMs`` the streaming
+    overhead around it. Then, with the streams stopped, the ceilings of the same run: a
+    bare Spark batch read of the same Kafka records (count), and read + native parse +
+    dedup + per-view aggregation as one batch job (``noop`` sink). The catch-up rate is
+    printed as a fraction of the bare read, next to the peers the issue names.
 
 ``freshness``
     ``lamina stream run --trigger T`` and ``lamina serve`` run as subprocesses with the
