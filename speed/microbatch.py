@@ -161,9 +161,6 @@ class SourceBatches:
         counts = dict.fromkeys(COUNTERS, 0)
         counts["records"] = len(ok)
         counts["rejected"] = int((~ok).sum())
-        if counts["rejected"]:
-            self._deadletters(batch.where(F.col(REASON).isNotNull()))
-            lap("deadletters")
         valid = batch.where(F.col(REASON).isNull())
         if ok.any():
             counts["archived"] = int(ok.sum())
