@@ -106,9 +106,9 @@ def _field(
 def _first_char(text: SparkColumn) -> SparkColumn:
     """The first character of ``text`` after JSON whitespace ("" if none): trimmed from a
     64-character prefix, the whole text only when that prefix is all whitespace."""
-    head = F.ltrim(F.substring(text, 1, 64), F.lit(" \t\n\r"))
-    whole = F.regexp_replace(text, r"^[ \t\n\r]+", "")
-    return F.substring(F.when(head != "", head).otherwise(whole), 1, 1)
+    head = F.regexp_extract(F.substring(text, 1, 64), r"^[ \t\n\r]*([^ \t\n\r])", 1)
+    whole = F.substring(F.regexp_replace(text, r"^[ \t\n\r]+", ""), 1, 1)
+    return F.when(head != "", head).otherwise(whole)
 
 
 def _root_kind(first: SparkColumn) -> SparkColumn:

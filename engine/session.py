@@ -47,4 +47,17 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
+    _quiet(session, "org.apache.spark.scheduler.DAGScheduler")
     return session
+
+
+def _quiet(session: SparkSession, logger: str) -> None:
+    """Log only errors of ``logger``: stopping a streaming query between micro-batches makes
+    the DAGScheduler warn twice that the query's job group has no active job to cancel."""
+    try:
+        jvm = session.sparkContext._jvm
+        assert jvm is not None
+        level = jvm.org.apache.logging.log4j.Level.ERROR
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(logger, level)
+    except Exception:  # a logging tweak must never stop a job
+        pass

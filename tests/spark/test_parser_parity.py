@@ -296,4 +296,6 @@ def test_poison_records_become_dead_letters_not_failures(spark: Any) -> None:
     ]
     for raw in poison:
         assert isinstance(parse_event(raw, source), Rejection), raw[:40]
-    check(spark, source, [good, *poison, good])
+    # The first character is looked for in a 64-character prefix, then in the whole text.
+    padded = [b" " * 100 + b"[1]", b"\n\t" * 40 + good, b" " * 63 + b"\r" + good, b" " * 200]
+    check(spark, source, [good, *poison, *padded, good])
