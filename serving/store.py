@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from cassandra import InvalidRequest
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
@@ -117,7 +118,11 @@ class Store:
             (self.ks, table, column),
         ).one()
         if found is None:
-            self.session.execute(f"ALTER TABLE {self.ks}.{table} ADD {column} {cql_type}")
+            try:
+                self.session.execute(f"ALTER TABLE {self.ks}.{table} ADD {column} {cql_type}")
+            except InvalidRequest as exc:  # another process added it since the check
+                if "already exist" not in str(exc) and "conflicts" not in str(exc):
+                    raise
 
     # -- versions -----------------------------------------------------------------------
 

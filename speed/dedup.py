@@ -64,6 +64,23 @@ class _Run:
         return len(self.h1)
 
 
+_SHIFT = np.int64(1) << np.int64(33)
+
+
+def _running_max_by_group(values: I64, group: I64) -> I64:
+    """The running maximum of ``values`` within each group of consecutive rows (``group``:
+    non-decreasing group numbers). Vectorised for values in ``[0, 2**33)`` (epoch seconds
+    until 2242): offset by group, one cumulative max never crosses a group boundary."""
+    if len(values) and (values.min() < 0 or values.max() >= _SHIFT):
+        out = values.copy()
+        for g in np.unique(group):
+            sel = group == g
+            out[sel] = np.maximum.accumulate(values[sel])
+        return out
+    offset = group.astype(np.int64) * _SHIFT
+    return np.asarray(np.maximum.accumulate(values + offset) - offset, dtype=np.int64)
+
+
 def _sorted_run(h1: I64, h2: I64, epoch: I64) -> _Run:
     order = np.lexsort((h2, h1))
     return _Run(h1[order], h2[order], epoch[order])
@@ -104,9 +121,10 @@ class DedupIndex:
         h1, h2, epoch = (np.asarray(a, dtype=np.int64) for a in (h1, h2, epoch))
         if len(h1):
             self._add(_sorted_run(h1, h2, epoch))
-            self._note_high(int(epoch.max()))
 
-    def _note_high(self, epoch: int) -> None:
+    def advance(self, epoch: int) -> None:
+        """The latest epoch read (by the caller's definition, the same live and after a
+        rebuild): ids last seen before :attr:`floor` no longer count, and are evicted."""
         self.high = epoch if self.high is None else max(self.high, epoch)
 
     def _find(self, h1: I64, h2: I64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
@@ -128,51 +146,51 @@ class DedupIndex:
         """The verdict of each copy of one micro-batch, given in Kafka order
         (``(ingest_epoch, partition, offset)``), and remember them all.
 
-        Deterministic: the verdicts depend on the copies and the index only.
+        Each copy is judged against the latest epoch a copy of its id was seen in before it:
+        the index's entry (unless older than :attr:`floor`: evicted or not yet, it no longer
+        counts) or an earlier copy in this batch. Deterministic: the verdicts depend on the
+        copies, the index's entries and :attr:`floor` only.
         """
         h1, h2, epoch = (np.asarray(a, dtype=np.int64) for a in (h1, h2, epoch))
         n = len(h1)
         verdict = np.zeros(n, dtype=np.int8)
         if n == 0:
             return verdict
-        # Copies of one id inside this batch: after the first, each is judged against the
-        # copy just before it (epochs are non-decreasing in Kafka order).
-        order = np.lexsort((np.arange(n), h2, h1))
+        none = np.iinfo(np.int64).min
+        order = np.lexsort((np.arange(n), h2, h1))  # by id, Kafka order within an id
         s1, s2, se = h1[order], h2[order], epoch[order]
         same = np.zeros(n, dtype=bool)
         same[1:] = (s1[1:] == s1[:-1]) & (s2[1:] == s2[:-1])
-        gap = np.zeros(n, dtype=np.int64)
-        gap[1:] = se[1:] - se[:-1]
-        inner = np.where(
-            gap <= self.horizon,
-            Verdict.DUPLICATE,
-            np.where(gap <= self.retain, Verdict.BEYOND_HORIZON, Verdict.NEW),
-        )
-        sorted_verdict = np.where(same, inner, Verdict.NEW).astype(np.int8)
         first = ~same
-        # The first copy in the batch is judged against the index.
-        f1, f2, fe = s1[first], s2[first], se[first]
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1  # each row's id, as an index into starts
+        # The index's entry of each id (none if absent or older than the floor).
+        f1, f2 = s1[first], s2[first]
         run_of, pos = self._find(f1, f2)
-        known = run_of >= 0
-        last = np.zeros(len(f1), dtype=np.int64)
+        stored = np.full(len(f1), none, dtype=np.int64)
         for i, run in enumerate(self.runs):
             sel = run_of == i
-            last[sel] = run.epoch[pos[sel]]
-        d = fe - last
-        fv = np.full(len(f1), Verdict.NEW, dtype=np.int8)
-        fv[known & (d < 0)] = Verdict.REORDERED
-        fv[known & (d >= 0) & (d <= self.horizon)] = Verdict.DUPLICATE
-        fv[known & (d > self.horizon) & (d <= self.retain)] = Verdict.BEYOND_HORIZON
-        sorted_verdict[first] = fv
-        verdict[order] = sorted_verdict
-        # Remember: the latest epoch per id (a run of one id ends where the next begins).
-        latest = np.maximum.reduceat(se, np.flatnonzero(first))
+            stored[sel] = run.epoch[pos[sel]]
+        stored[stored < self.floor] = none
+        # Latest epoch seen before each row: max(index entry, earlier copies in the batch).
+        earlier = np.full(n, none, dtype=np.int64)
+        earlier[1:] = np.where(same[1:], _running_max_by_group(se, group)[:-1], none)
+        before = np.maximum(earlier, stored[group])
+        known = before != none
+        d = se - np.where(known, before, 0)
+        sv = np.full(n, Verdict.NEW, dtype=np.int8)
+        sv[known & (d < 0)] = Verdict.REORDERED
+        sv[known & (d >= 0) & (d <= self.horizon)] = Verdict.DUPLICATE
+        sv[known & (d > self.horizon) & (d <= self.retain)] = Verdict.BEYOND_HORIZON
+        verdict[order] = sv
+        # Remember the latest epoch per id.
+        latest = np.maximum(np.maximum.reduceat(se, starts), stored)
         for i, run in enumerate(self.runs):
             sel = run_of == i
             run.epoch[pos[sel]] = np.maximum(run.epoch[pos[sel]], latest[sel])
-        if (~known).any():
-            self._add(_sorted_run(f1[~known], f2[~known], latest[~known]))
-        self._note_high(int(se.max()))
+        new = run_of < 0
+        if new.any():
+            self._add(_sorted_run(f1[new], f2[new], latest[new]))
         return verdict
 
     def _add(self, run: _Run) -> None:

@@ -30,6 +30,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from pyspark.sql import functions as F
 from engine.kafka import RAW, REASON
 from engine.schema import master_schema
 from engine.translate import aggregate
+from lamina.errors import LaminaError
 from lamina.files import read_json, write_json_atomic
 from lamina.master import (
     archive_batch,
@@ -52,7 +54,12 @@ from lamina.master import (
 )
 from lamina.schema import INGEST_EPOCH, master_columns
 from lamina.settings import Settings
-from lamina.streams import deadletter_topic, duplicates_topic, source_report_file
+from lamina.streams import (
+    checkpoint_path,
+    deadletter_topic,
+    duplicates_topic,
+    source_report_file,
+)
 from lamina.views import Source, View
 from serving.cassandra import shared_session
 from speed.dedup import KEPT, LISTED, DedupIndex, Verdict
@@ -173,12 +180,14 @@ class SourceBatches:
             # The archive is written by a second thread while the views are updated (they
             # are what makes an event visible; a replay rewrites both).
             archiving = Background(lambda: self._archive(valid, batch_id))
-            for view in self.views:
-                rows = aggregate(events, view, extra_groups=[INGEST_EPOCH]).collect()
-                lap(f"aggregate:{view.name}")
-                self.cells[view.name].apply(rows, batch_id)
-                lap(f"write:{view.name}")
-            lap.timings["archive"] = archiving.result()
+            try:
+                for view in self.views:
+                    rows = aggregate(events, view, extra_groups=[INGEST_EPOCH]).collect()
+                    lap(f"aggregate:{view.name}")
+                    self.cells[view.name].apply(rows, batch_id)
+                    lap(f"write:{view.name}")
+            finally:
+                lap.timings["archive"] = archiving.result()  # joined even if a view failed
             lap("archive_wait")
         if counts["rejected"]:
             self._deadletters(batch.where(F.col(REASON).isNotNull()))
@@ -245,6 +254,7 @@ class SourceBatches:
         verdict = self.index.judge(
             meta.column(H1).to_numpy(), meta.column(H2).to_numpy(), epoch[order]
         )
+        self.index.advance(int(epoch.max()))
         self.index.evict()
         counts["duplicates"] = int((verdict == Verdict.DUPLICATE).sum())
         counts["beyond_horizon"] = int((verdict == Verdict.BEYOND_HORIZON).sum())
@@ -295,27 +305,35 @@ class SourceBatches:
         settings, src = self.settings, self.source
         pipeline = settings.pipeline
         archive = epoch_dirs(archive_dir(settings, src))
+        high = self._archived_high(archive, first_batch)
+        index = DedupIndex(horizon=pipeline.dedup_horizon_s, retain=pipeline.dedup_retain_s)
         imports = epoch_dirs(imports_dir(settings, src))
-        high = max([*archive, *imports], default=None)
-        self.index = DedupIndex(horizon=pipeline.dedup_horizon_s, retain=pipeline.dedup_retain_s)
         if high is not None:
-            self.index.high = high
-            floor = self.index.floor
-            paths = [
+            # The same "latest epoch read" the live job had after the micro-batch before.
+            index.advance(high)
+        # Imports are seeded but never move the index's clock (an import takes the current
+        # epoch); before any micro-batch, the newest import says what is recent.
+        ref = high if high is not None else max(imports, default=None)
+        if ref is not None:
+            floor = ref - index.retain - index.slack
+            files = [
                 str(f)
                 for e, d in archive.items()
                 if e >= floor
                 for f in d.iterdir()
                 if _before(archive_batch(f.name), first_batch)
             ]
-            paths += [str(d) for e, d in imports.items() if e >= floor]
-            self._seed(paths, floor)
+            self._seed(index, files, [str(d) for e, d in imports.items() if e >= floor], floor)
+        self.index = index
         session = shared_session(settings.cassandra, settings.cassandra.keyspace)
         for view in self.views:
             self.cells[view.name] = RealtimeCells(
                 session,
                 settings.cassandra.keyspace,
                 view,
+                # Cells of later epochs cannot exist (an interrupted attempt of this
+                # micro-batch counts: its epochs are in the archive, or it wrote only new
+                # cells of its own, which the replay rewrites).
                 written_before=max(archive, default=None),
                 # An epoch's cells change only while Kafka records of that epoch are read:
                 # the current epoch and, at a micro-batch boundary, the one before it.
@@ -328,18 +346,40 @@ class SourceBatches:
         log.info(
             "source %s: duplicate index of %d ids (%.1f MB) from the master dataset",
             src.name,
-            len(self.index),
-            self.index.nbytes / 1e6,
+            len(index),
+            index.nbytes / 1e6,
         )
 
-    def _seed(self, paths: list[str], floor: int) -> None:
-        assert self.index is not None
+    def _archived_high(self, archive: dict[int, Path], first_batch: int) -> int | None:
+        """The newest epoch holding files of micro-batches before ``first_batch``; refuses
+        an archive holding later micro-batches (a checkpoint reset: replaying batch ids
+        would replace files of the earlier run)."""
+        for epoch in sorted(archive, reverse=True):
+            batches = {archive_batch(f.name) for f in archive[epoch].iterdir()} - {None}
+            later = {b for b in batches if b is not None and b > first_batch}
+            if later:
+                raise LaminaError(
+                    f"the archive of source {self.source.name!r} holds micro-batch "
+                    f"{max(later)} but its streaming checkpoint starts at micro-batch "
+                    f"{first_batch}: the checkpoint was reset or replaced",
+                    hint=f"restore the checkpoint ({checkpoint_path(self.settings, self.query)})"
+                    f" or move {archive_dir(self.settings, self.source)} aside before starting"
+                    " from scratch",
+                )
+            if any(b is not None and b < first_batch for b in batches):
+                return epoch
+        return None
+
+    def _seed(self, index: DedupIndex, files: list[str], imports: list[str], floor: int) -> None:
         legacy = stream_dir(self.settings, self.source)
         reader = self.spark.read.schema(master_schema(self.source))
         frames = []
-        if paths:
+        if files:
             base = str(archive_dir(self.settings, self.source))
-            frames.append(reader.option("basePath", base).parquet(*paths))
+            frames.append(reader.option("basePath", base).parquet(*files))
+        if imports:
+            base = str(imports_dir(self.settings, self.source))
+            frames.append(reader.option("basePath", base).parquet(*imports))
         if (legacy / "_spark_metadata").exists():
             frames.append(reader.parquet(str(legacy)))
         if not frames:
@@ -354,7 +394,7 @@ class SourceBatches:
             .agg(F.max(INGEST_EPOCH).alias(INGEST_EPOCH))
             .toArrow()
         )
-        self.index.load(
+        index.load(
             seen.column(H1).to_numpy(),
             seen.column(H2).to_numpy(),
             seen.column(INGEST_EPOCH).to_numpy(),

@@ -101,3 +101,57 @@ def test_restarts_and_a_replayed_micro_batch_count_once(
         check_answers(settings, {VIEW: produced})
     finally:
         query.stop()
+
+
+def test_a_job_started_after_an_import_drops_re_sends_of_imported_events(
+    speed_settings: Settings, spark: Any
+) -> None:
+    """The duplicate index is seeded from the imports too (read with their own base path):
+    events re-sent to Kafka minutes after `lamina master import` wrote them are dropped by
+    the speed layer; the batch counts them once."""
+    import json
+
+    import pyarrow as pa
+
+    from batch.recompute import run_batch
+    from lamina.events import parse_event
+    from lamina.master import arrow_schema, record_progress, write_epoch
+    from lamina.schema import EVENT_TIME
+    from lamina.streams import read_source_report
+
+    settings = speed_settings
+    catalog = load_views(settings.pipeline.views_file)
+    view = catalog.view(VIEW)
+    source = view.source
+    ensure_topics(settings, [source.topic])
+    with open_store(settings.cassandra, catalog):
+        pass
+    g = truth.pageviews(300, seed=61)
+    rows = [
+        r for r in (parse_event(raw, source) for raw in dict.fromkeys(g.raw)) if isinstance(r, dict)
+    ]
+    cols = {f: [r[f] for r in rows] for f in [*source.fields, EVENT_TIME]}
+    cols |= {
+        "topic": [None] * len(rows),
+        "partition": [None] * len(rows),
+        "offset": [None] * len(rows),
+    }
+    epoch = ingest_epoch(int(time.time() * 1000), EPOCH_S)
+    write_epoch(settings, source, epoch, pa.table(cols, schema=arrow_schema(source)), "import")
+    record_progress(settings, source, "import", epoch + EPOCH_S, active=False)
+    produce(settings, source.topic, g.raw)  # every record again, through Kafka
+    query = start_source(spark, settings, catalog, source)
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    report = read_source_report(settings, source_query(source)) or {}
+    counters = report.get("counters", {})
+    assert counters.get("archived") == len(rows) + (len(g.raw) - len(dict.fromkeys(g.raw))), (
+        counters
+    )
+    assert counters.get("duplicates") == counters.get("archived"), counters  # all dropped
+    assert json.dumps(counters)  # the report is plain JSON
+    # The batch covers the import (and the archived copies): each event counted once.
+    run_batch(spark, settings, catalog, [VIEW], cutoff=epoch + EPOCH_S)
+    check_answers(settings, {VIEW: g.good})
