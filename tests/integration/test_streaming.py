@@ -155,3 +155,37 @@ def test_a_job_started_after_an_import_drops_re_sends_of_imported_events(
     # The batch covers the import (and the archived copies): each event counted once.
     run_batch(spark, settings, catalog, [VIEW], cutoff=epoch + EPOCH_S)
     check_answers(settings, {VIEW: g.good})
+
+
+def test_a_reset_checkpoint_is_refused_before_it_replaces_archive_files(
+    speed_settings: Settings, spark: Any
+) -> None:
+    """Micro-batch ids restart at 0 with a new checkpoint: the job must not replace the
+    archive files earlier micro-batches wrote under the same ids."""
+    import shutil
+
+    from lamina.master import archive_dir
+
+    settings = speed_settings
+    catalog = load_views(settings.pipeline.views_file)
+    source = catalog.view(VIEW).source
+    ensure_topics(settings, [source.topic])
+    with open_store(settings.cassandra, catalog):
+        pass
+    for seed in (71, 72):  # two micro-batches: 0 and 1
+        produce(settings, source.topic, truth.pageviews(50, seed=seed).raw)
+        query = start_source(spark, settings, catalog, source)
+        try:
+            query.processAllAvailable()
+        finally:
+            query.stop()
+    before = sorted(p.name for p in archive_dir(settings, source).rglob("b*.parquet"))
+    assert {p[:13] for p in before} >= {"b000000000000", "b000000000001"}
+    shutil.rmtree(checkpoint_path(settings, source_query(source)))
+    query = start_source(spark, settings, catalog, source)
+    try:
+        with pytest.raises(Exception, match="checkpoint was reset or replaced"):
+            query.processAllAvailable()
+    finally:
+        query.stop()
+    assert sorted(p.name for p in archive_dir(settings, source).rglob("b*.parquet")) == before
