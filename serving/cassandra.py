@@ -78,6 +78,16 @@ def shared_session(settings: CassandraSettings, keyspace: str | None = None) -> 
     return found[1]
 
 
+def close_shared() -> None:
+    """Shut down this process's shared sessions (a process that used them calls this before
+    it exits: the driver's scheduler thread otherwise fails noisily at interpreter exit)."""
+    import os
+
+    for key in [k for k in _SHARED if k[0] == os.getpid()]:
+        cluster_, _ = _SHARED.pop(key)
+        cluster_.shutdown()
+
+
 def release_version(settings: CassandraSettings) -> str:
     """Ask the node for its version with a real CQL query (the readiness probe)."""
     with session(settings) as s:

@@ -43,6 +43,7 @@ from lamina.streams import (
     write_status,
 )
 from lamina.views import Source, ViewCatalog
+from serving.cassandra import close_shared
 from serving.store import open_store
 from speed.microbatch import SourceBatches
 
@@ -255,5 +256,6 @@ def run_until_stopped(
             requested.wait(1.0)
     finally:
         spark.stop()
+        close_shared()
         release_locks()
     return failed

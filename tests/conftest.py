@@ -82,6 +82,9 @@ def spark(settings: Settings) -> Iterator[Any]:
     session = spark_session(settings, "lamina-tests")
     yield session
     session.stop()
+    from serving.cassandra import close_shared
+
+    close_shared()  # source jobs run in this process used the shared session
 
 
 def isolated(settings: Settings, tmp: Path) -> Settings:
