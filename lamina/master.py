@@ -78,15 +78,21 @@ def archive_dir(settings: Settings, source: Source) -> Path:
     return source_dir(settings, source) / "archive"
 
 
+def archive_prefix(batch_id: int) -> str:
+    """What the names of every archive file of micro-batch ``batch_id`` start with."""
+    return f"b{batch_id:012d}-"
+
+
 def archive_file(batch_id: int, index: int) -> str:
     """The name of the ``index``-th file micro-batch ``batch_id`` wrote into an epoch."""
-    return f"b{batch_id:012d}-{index:05d}.parquet"
+    return f"{archive_prefix(batch_id)}{index:05d}.parquet"
 
 
 def archive_batch(name: str) -> int | None:
     """The micro-batch that wrote archive file ``name`` (``None``: not an archive file)."""
-    if len(name) > 14 and name[0] == "b" and name[13] == "-" and name[1:13].isdigit():
-        return int(name[1:13])
+    n = len(archive_prefix(0))
+    if len(name) > n and name[0] == "b" and name[n - 1] == "-" and name[1 : n - 1].isdigit():
+        return int(name[1 : n - 1])
     return None
 
 

@@ -47,12 +47,18 @@ def _flush(
     return len(chunk)
 
 
+def state_values(view: View, values: Sequence[Any]) -> tuple[Any, ...]:
+    """State column values (``view.value_columns`` order) as stored: blobs as ``bytes``
+    (Spark returns sketches as ``bytearray``)."""
+    return tuple(
+        bytes(v) if t == "blob" and v is not None else v
+        for v, (_, t) in zip(values, view.value_columns, strict=True)
+    )
+
+
 def state_row(view: View, row: Any) -> tuple[Any, ...]:
     """The stored values of one output row, in ``view.value_columns`` order."""
-    return tuple(
-        bytes(row[c]) if t == "blob" and row[c] is not None else row[c]
-        for c, t in view.value_columns
-    )
+    return state_values(view, [row[c] for c, _ in view.value_columns])
 
 
 def partition_writer(

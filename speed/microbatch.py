@@ -48,6 +48,7 @@ from lamina.master import (
     archive_batch,
     archive_dir,
     archive_file,
+    archive_prefix,
     epoch_dirs,
     imports_dir,
     stream_dir,
@@ -171,7 +172,7 @@ class SourceBatches:
         valid = batch.where(F.col(REASON).isNull())
         if ok.any():
             counts["archived"] = int(ok.sum())
-            dropped = self._dedup(meta.filter(pa.array(ok)), batch_id, counts)
+            dropped = self._dedup(meta.filter(pa.array(ok)), counts)
             lap("dedup")
             events = valid
             if len(dropped):
@@ -231,7 +232,7 @@ class SourceBatches:
             .option("compression", "zstd")
             .parquet(str(staging))
         )
-        prefix = archive_file(batch_id, 0)[:14]
+        prefix = archive_prefix(batch_id)
         for d in sorted(epoch_dirs(staging).values()):
             target = root / d.name
             target.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ class SourceBatches:
                 os.replace(f, target / archive_file(batch_id, i))
         shutil.rmtree(staging, ignore_errors=True)
 
-    def _dedup(self, meta: pa.Table, batch_id: int, counts: dict[str, int]) -> pa.Table:
+    def _dedup(self, meta: pa.Table, counts: dict[str, int]) -> pa.Table:
         """Judge the micro-batch's valid records; returns the ``(partition, offset)`` of
         those to drop. Listed copies go to ``<topic>.duplicates``."""
         assert self.index is not None
@@ -355,8 +356,9 @@ class SourceBatches:
         an archive holding later micro-batches (a checkpoint reset: replaying batch ids
         would replace files of the earlier run)."""
         for epoch in sorted(archive, reverse=True):
-            batches = {archive_batch(f.name) for f in archive[epoch].iterdir()} - {None}
-            later = {b for b in batches if b is not None and b > first_batch}
+            found = (archive_batch(f.name) for f in archive[epoch].iterdir())
+            batches = {b for b in found if b is not None}
+            later = {b for b in batches if b > first_batch}
             if later:
                 raise LaminaError(
                     f"the archive of source {self.source.name!r} holds micro-batch "
@@ -366,7 +368,7 @@ class SourceBatches:
                     f" or move {archive_dir(self.settings, self.source)} aside before starting"
                     " from scratch",
                 )
-            if any(b is not None and b < first_batch for b in batches):
+            if any(b < first_batch for b in batches):
                 return epoch
         return None
 

@@ -30,6 +30,7 @@ from cassandra.query import BatchStatement, BatchType
 from lamina.views import View
 from serving.merge import decode, encode, plus
 from serving.schema import realtime_cell_cql, realtime_upsert_cql
+from serving.writer import state_values
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +103,10 @@ class RealtimeCells:
         ``bucket``, ``ingest_epoch`` and the view's state columns) into the table; returns
         the number of cells written."""
         n = len(self.view.keys) + 2
-        blobs = [i for i, (_, t) in enumerate(self.view.value_columns) if t == "blob"]
         partial: dict[Cell, tuple[Any, ...]] = {}
         for r in rows:
             t = tuple(r)  # positional: keys, bucket, ingest_epoch, then the state columns
-            values = t[n:]
-            if blobs:
-                values = tuple(
-                    bytes(v) if i in blobs and v is not None else v for i, v in enumerate(values)
-                )
-            partial[t[:n]] = values
+            partial[t[:n]] = state_values(self.view, t[n:])
         if not partial:
             return 0
         top = max(c[-1] for c in partial)

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from batch.recompute import run_batch
-from lamina.master import archive_dir, archive_file, complete_cutoff
+from lamina.master import archive_dir, archive_prefix, complete_cutoff
 from lamina.settings import Settings
 from lamina.streams import (
     checkpoint_path,
@@ -201,7 +201,7 @@ def running_batches(
 
 def archived(settings: Settings, source: Any, batch: int) -> bool:
     """Whether micro-batch ``batch`` of ``source`` has renamed archive files into place."""
-    name = archive_file(batch, 0)[:14]
+    name = archive_prefix(batch)
     return any(archive_dir(settings, source).glob(f"ingest_epoch=*/{name}*"))
 
 
