@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from lamina.jars import spark_connector_jars
 from lamina.settings import Settings
+
+POOLS = Path(__file__).with_name("pools.xml")
+"""The FAIR scheduler's pools (``views`` before ``archive``; see the file)."""
 
 
 def spark_session(settings: Settings, app_name: str) -> SparkSession:
@@ -17,7 +21,9 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     The Kafka connector jars (fetched once into the jar cache, for the installed pyspark
     version) are always on the classpath through ``spark.jars``: a JVM's classpath is fixed
     when the first session starts, and batch and streaming jobs share one process in tests.
-    Local mode by default; any master URL works (the jars are shipped to executors).
+    Local mode by default; any master URL works (the jars are shipped to executors). Jobs
+    are scheduled FAIR across the pools of :data:`POOLS`, so that a micro-batch's view
+    updates take free task slots before its archive write.
     """
     # Executors must run the driver's interpreter (the project's virtualenv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -35,6 +41,8 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", "false")
+        .config("spark.scheduler.mode", "FAIR")
+        .config("spark.scheduler.allocation.file", str(POOLS))
         .config(
             "spark.sql.streaming.stateStore.providerClass",
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",

@@ -30,12 +30,13 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark import InheritableThread, StorageLevel
+from pyspark import InheritableThread, SparkContext, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -77,26 +78,38 @@ def id_hashes(source: Source) -> list[Any]:
     return [F.xxhash64(col).alias(H1), F.xxhash64(F.lit("lamina"), col).alias(H2)]
 
 
+def _partial_states(events: DataFrame, view: View) -> list[Any]:
+    """``view``'s partial states of ``events`` per (key, bucket, ingest epoch)."""
+    return aggregate(events, view, extra_groups=[INGEST_EPOCH]).collect()
+
+
 def _before(batch: int | None, first: int) -> bool:
     return batch is not None and batch < first
 
+
+SINGLE_TASK_ROWS = 100_000
+"""Micro-batches with at most this many valid records aggregate in one task."""
 
 COUNTERS = ("records", "rejected", "archived", "duplicates", "beyond_horizon", "reordered")
 
 
 class Background:
     """Run ``work`` in a thread that inherits this one's Spark job group and properties (so
-    stopping the query cancels its jobs too); :meth:`result` waits and returns its seconds,
-    or raises what it raised."""
+    stopping the query cancels its jobs too), its Spark jobs in the scheduler pool ``pool``
+    (:data:`engine.session.POOLS`); :meth:`result` waits and returns what ``work`` returned,
+    or raises what it raised. :attr:`seconds` is how long it ran."""
 
-    def __init__(self, work: Callable[[], object]) -> None:
+    def __init__(self, work: Callable[[], Any], pool: str | None = None) -> None:
         self.error: BaseException | None = None
+        self.value: Any = None
         self.seconds = 0.0
 
         def run() -> None:
             t0 = time.monotonic()
             try:
-                work()
+                if pool is not None:
+                    SparkContext.getOrCreate().setLocalProperty("spark.scheduler.pool", pool)
+                self.value = work()
             except BaseException as exc:  # re-raised in the caller's thread
                 self.error = exc
             self.seconds = round(time.monotonic() - t0, 4)
@@ -104,11 +117,11 @@ class Background:
         self.thread = InheritableThread(target=run, daemon=True)
         self.thread.start()
 
-    def result(self) -> float:
+    def result(self) -> Any:
         self.thread.join()
         if self.error is not None:
             raise self.error
-        return self.seconds
+        return self.value
 
 
 class Laps:
@@ -178,17 +191,27 @@ class SourceBatches:
             if len(dropped):
                 gone = self.spark.createDataFrame(dropped)
                 events = valid.join(F.broadcast(gone), ["partition", "offset"], "left_anti")
-            # The archive is written by a second thread while the views are updated (they
-            # are what makes an event visible; a replay rewrites both).
-            archiving = Background(lambda: self._archive(valid, batch_id))
+            if counts["archived"] <= SINGLE_TASK_ROWS:
+                # One task, no shuffle: a small micro-batch's aggregation costs its fixed
+                # overheads once (what bounds freshness), and leaves the other cores free.
+                events = events.coalesce(1)
+            # Every view's aggregation is submitted at once (their jobs take the free task
+            # slots first: the views make events visible), then the archive, which runs on
+            # the slots left; the cells are folded in as the aggregations complete. A replay
+            # rewrites both.
+            jobs = [Background(partial(_partial_states, events, v), "views") for v in self.views]
+            archiving = Background(lambda: self._archive(valid, batch_id), "archive")
             try:
-                for view in self.views:
-                    rows = aggregate(events, view, extra_groups=[INGEST_EPOCH]).collect()
+                for view, job in zip(self.views, jobs, strict=True):
+                    rows = job.result()
                     lap(f"aggregate:{view.name}")
                     self.cells[view.name].apply(rows, batch_id)
                     lap(f"write:{view.name}")
             finally:
-                lap.timings["archive"] = archiving.result()  # joined even if a view failed
+                for job in jobs:  # joined even if a view failed
+                    job.thread.join()
+                archiving.result()
+                lap.timings["archive"] = archiving.seconds
             lap("archive_wait")
         if counts["rejected"]:
             self._deadletters(batch.where(F.col(REASON).isNotNull()))
