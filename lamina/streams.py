@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lamina.errors import ConflictError, NotFoundError
+from lamina.errors import ConfigError, ConflictError, NotFoundError
 from lamina.files import read_json, write_json_atomic
 from lamina.settings import Settings
 from lamina.views import Source, ViewCatalog
@@ -287,8 +287,16 @@ def query_statuses(
     return out
 
 
+TIMESTAMP_TYPE = "message.timestamp.type"
+LOG_APPEND_TIME = "LogAppendTime"
+
+
 def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
-    """Create missing topics (configured partition count) so a stream can start first."""
+    """Create missing topics (configured partition count) so a stream can start first.
+
+    They are created with broker timestamps (``message.timestamp.type=LogAppendTime``)
+    whatever the broker's default: a record's ingest epoch is its broker timestamp.
+    """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -297,7 +305,56 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
     try:
         existing = set(admin.list_topics())
         for t in sorted(set(topics) - existing):
+            new = NewTopic(
+                t, settings.kafka.partitions, 1, topic_configs={TIMESTAMP_TYPE: LOG_APPEND_TIME}
+            )
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(t, settings.kafka.partitions, 1)])
+                admin.create_topics([new])
     finally:
         admin.close()
+
+
+def timestamp_types(settings: Settings, topics: Iterable[str]) -> dict[str, str]:
+    """Each topic's effective ``message.timestamp.type`` (``CreateTime`` or
+    ``LogAppendTime``), as the broker reports it."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    names = sorted(set(topics))
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs=[TIMESTAMP_TYPE]) for t in names],
+            config_filter="all",
+        )
+    finally:
+        admin.close()
+    configs = found.get("topic", {})
+    return {t: str(configs.get(t, {}).get(TIMESTAMP_TYPE, {}).get("value")) for t in names}
+
+
+def require_broker_timestamps(settings: Settings, sources: Iterable[Source]) -> None:
+    """Refuse source topics whose records carry the producer's clock (``CreateTime``).
+
+    Ingest epochs, the batch cutoff and the duplicate horizon are all read from record
+    timestamps: with ``CreateTime`` a producer's clock (or a replayed old timestamp) would
+    file events into epochs a published batch already covers, where neither layer counts
+    them. Raises :class:`~lamina.errors.ConfigError` naming each topic and the fix.
+    """
+    by_topic = {s.topic: s for s in sources}
+    kinds = timestamp_types(settings, by_topic)
+    wrong = sorted(t for t, kind in kinds.items() if kind != LOG_APPEND_TIME)
+    if wrong:
+        boot = settings.kafka.bootstrap_servers
+        raise ConfigError(
+            "source topic(s) "
+            + ", ".join(f"{t!r} ({kinds[t]})" for t in wrong)
+            + f" must use broker timestamps ({TIMESTAMP_TYPE}={LOG_APPEND_TIME}): ingest "
+            "epochs come from record timestamps, and producer clocks would file events into "
+            "epochs a published batch already covers",
+            hint=" ; ".join(
+                f"kafka-configs.sh --bootstrap-server {boot} --alter --entity-type topics "
+                f"--entity-name {t} --add-config {TIMESTAMP_TYPE}={LOG_APPEND_TIME}"
+                for t in wrong
+            ),
+        )

@@ -39,6 +39,7 @@ from lamina.streams import (
     lock_checkpoint,
     read_status,
     release_locks,
+    require_broker_timestamps,
     source_query,
     write_status,
 )
@@ -149,9 +150,10 @@ def lock_jobs(
     settings: Settings, catalog: ViewCatalog, jobs: Sequence[str] | None
 ) -> dict[str, dict[str, Source]]:
     """Lock the checkpoints of every query of ``jobs`` (source names; ``None``: every
-    source a view reads) for this process; returns each job's queries. Call it before
-    starting Spark to refuse a job that runs elsewhere without paying for a JVM (locks are
-    re-entrant)."""
+    source a view reads) for this process, create their topics if missing and refuse
+    source topics without broker timestamps (:func:`lamina.streams.require_broker_timestamps`);
+    returns each job's queries. Call it before starting Spark to refuse a job that cannot
+    run without paying for a JVM (locks are re-entrant)."""
     chosen = job_names(catalog) if jobs is None else list(dict.fromkeys(jobs))
     if not chosen:
         raise ConfigError("no streaming job chosen", hint="name sources (lamina stream jobs)")
@@ -159,6 +161,16 @@ def lock_jobs(
     for names in queries_of.values():
         for query in names:
             lock_checkpoint(settings, query)
+    sources = {src.name: src for names in queries_of.values() for src in names.values()}
+    ensure_topics(
+        settings,
+        [
+            t
+            for src in sources.values()
+            for t in (src.topic, deadletter_topic(src), duplicates_topic(src))
+        ],
+    )
+    require_broker_timestamps(settings, sources.values())
     return queries_of
 
 
@@ -173,8 +185,9 @@ def start_all(
     """Start the query of each job in ``jobs`` (source names; ``None``: every source a view
     reads).
 
-    Each query's checkpoint is locked first (:func:`lock_jobs`), so a job already running
-    elsewhere on this machine is refused before anything starts. ``trigger_s`` defaults to
+    Each query's checkpoint is locked and its topics checked first (:func:`lock_jobs`), so
+    a job already running elsewhere on this machine, or reading a topic with producer
+    timestamps, is refused before anything starts. ``trigger_s`` defaults to
     ``pipeline.trigger_s`` (0: as fast as possible).
     """
     if trigger_s is None:
@@ -183,14 +196,6 @@ def start_all(
     with open_store(settings.cassandra, catalog):
         pass  # the real-time tables must exist before the first upsert
     sources = {src.name: src for names in queries_of.values() for src in names.values()}
-    ensure_topics(
-        settings,
-        [
-            t
-            for src in sources.values()
-            for t in (src.topic, deadletter_topic(src), duplicates_topic(src))
-        ],
-    )
     archived = {source_query(src): src for src in sources.values()}
     spark.streams.addListener(ProgressRecorder(settings, archived))
     return [start_source(spark, settings, catalog, src, trigger_s) for src in sources.values()]

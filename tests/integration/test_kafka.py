@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
+from lamina.errors import ConfigError
 from lamina.settings import Settings
-from lamina.streams import end_offsets, ensure_topics, topic_offsets
+from lamina.streams import (
+    end_offsets,
+    ensure_topics,
+    require_broker_timestamps,
+    timestamp_types,
+    topic_offsets,
+)
+from lamina.views import parse_views
+from tests.conftest import run_lamina
 
 
 def with_partitions(settings: Settings, partitions: int) -> Settings:
@@ -113,3 +125,73 @@ def test_topic_offsets_of_each_partition(stack: Settings, prefix: str) -> None:
     assert first == {topic: {"0": 2, "1": 0}, missing: {}}
     assert last == {topic: {"0": 5, "1": 3}, missing: {}}
     assert end_offsets(stack, {topic}) == {topic: {"0": 5, "1": 3}}
+
+
+def _topic_config(settings: Settings, topic: str, key: str) -> dict[str, object]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs=[key])], config_filter="all"
+        )
+    finally:
+        admin.close()
+    return dict(found["topic"][topic][key])
+
+
+def _source(topic: str) -> str:
+    return f"""
+[sources.clicks]
+topic = "{topic}"
+event_id = "id"
+event_time = "ts"
+event_time_format = "epoch_ms"
+fields = {{ id = "string", ts = "long", url = "string" }}
+
+[views.clicks_by_url]
+source = "clicks"
+keys = ["url"]
+bucket = "hour"
+aggregations = {{ n = {{ fn = "count" }} }}
+"""
+
+
+def test_ensure_topics_sets_broker_timestamps_on_the_topic(stack: Settings, prefix: str) -> None:
+    """Not left to the broker's default (a production broker's is CreateTime)."""
+    topic = f"{prefix}-ts"
+    ensure_topics(stack, [topic])
+    found = _topic_config(stack, topic, "message.timestamp.type")
+    assert found["value"] == "LogAppendTime"
+    assert found["config_source"] == "DYNAMIC_TOPIC_CONFIG"
+
+
+def test_a_source_topic_with_producer_timestamps_is_refused(
+    stack: Settings, prefix: str, tmp_path: Path
+) -> None:
+    topic = f"{prefix}-create-time"
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap_servers)
+    try:
+        admin.create_topics(
+            [NewTopic(topic, 1, 1, topic_configs={"message.timestamp.type": "CreateTime"})]
+        )
+    finally:
+        admin.close()
+    assert timestamp_types(stack, [topic]) == {topic: "CreateTime"}
+    catalog = parse_views(tomllib.loads(_source(topic)))
+    with pytest.raises(ConfigError) as err:
+        require_broker_timestamps(stack, catalog.sources.values())
+    assert topic in str(err.value) and "CreateTime" in str(err.value)
+    assert "message.timestamp.type=LogAppendTime" in (err.value.hint or "")
+
+    # A user's `lamina stream run`: a clear error before any JVM starts, nothing started.
+    views = tmp_path / "views.toml"
+    views.write_text(_source(topic))
+    env = {
+        "LAMINA_PIPELINE__VIEWS_FILE": str(views),
+        "LAMINA_SPARK__CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+        "LAMINA_PIPELINE__MASTER_DIR": str(tmp_path / "master"),
+    }
+    out = run_lamina(env, "stream", "run", timeout=60)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr + out.stdout
+    assert "CreateTime" in out.stderr + out.stdout
+    assert not (tmp_path / "master").exists()
