@@ -39,6 +39,8 @@ def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFr
         .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
+        # Records deleted before they were read are detected, counted and (by default)
+        # refused by the source job itself, with offsets in the message (speed.microbatch).
         .option("failOnDataLoss", "false")
     )
     if settings.pipeline.max_offsets_per_trigger:

@@ -88,3 +88,7 @@ class StaleViewError(LaminaError, RuntimeError):
         self.age_s = age_s
         self.limit_s = limit_s
         super().__init__(message, hint=hint)
+
+
+class DataLossError(LaminaError, RuntimeError):
+    """Kafka deleted records (retention) before the source job archived them."""

@@ -158,6 +158,11 @@ class PipelineSettings(_Section):
     it took longer (catch-up). ``0``: back to back, which makes idle jobs poll Kafka without
     pause; measured at 10k events/s on 2 cores, 0.5 s gave 2.5x lower latency than 0
     (bench/README.md)."""
+    fail_on_data_loss: bool = True
+    """A source job stops, naming the partitions and offsets, when Kafka deleted records
+    (retention) before it archived them: the master dataset would silently miss them.
+    ``false``: it goes on without them and counts them (``lost`` in ``stream status`` and
+    ``lamina_speed_records{outcome="lost"}``)."""
     dedup_horizon_s: int = Field(default=600, ge=0)
     """The speed layer drops a copy of an event when it saw a copy of the same event id at
     most this many seconds of ingest time earlier (see ``speed/dedup.py``). Later copies are

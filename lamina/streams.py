@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sys
 import time
@@ -75,6 +76,18 @@ def job_queries(catalog: ViewCatalog, what: str) -> dict[str, Source]:
 
 def checkpoint_path(settings: Settings, query: str) -> Path:
     return settings.checkpoint_dir / query
+
+
+def planned_offsets(settings: Settings, query: str, batch_id: int) -> dict[int, int] | None:
+    """The Kafka offsets (per partition) up to which micro-batch ``batch_id`` of ``query``
+    reads, from the query's checkpoint (its offset log); ``None`` if not logged."""
+    path = checkpoint_path(settings, query) / "offsets" / str(batch_id)
+    try:
+        last = path.read_text().strip().splitlines()[-1]
+        (offsets,) = json.loads(last).values()
+    except (OSError, IndexError, ValueError):
+        return None
+    return {int(p): int(o) for p, o in offsets.items()}
 
 
 _HELD: dict[str, IO[str]] = {}

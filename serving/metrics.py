@@ -258,7 +258,8 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         "Records the source job handled, by outcome: records (read), rejected (dead letters), "
         "archived, duplicates (dropped within the dedup horizon), beyond_horizon (duplicates "
         "counted by the speed layer until the next batch), reordered (duplicates read before "
-        "an earlier copy; may count twice until the next batch)",
+        "an earlier copy; may count twice until the next batch), lost (deleted by Kafka "
+        "before they were read, with pipeline.fail_on_data_loss off)",
         labels=["source", "outcome"],
     )
     index = _gauge(
@@ -266,9 +267,16 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         "Event ids in the source job's duplicate index (24 bytes each)",
         ["source"],
     )
+    failed = _gauge(
+        "lamina_speed_job_failed",
+        "1 if the source job's last micro-batch stopped it on purpose (records deleted by "
+        "Kafka before they were archived, ...): see `lamina stream status`",
+        ["source"],
+    )
     for name, report in (snapshot.sources or {}).items():
         for outcome, n in sorted(report.get("counters", {}).items()):
             handled.add_metric([name, outcome], n)
+        failed.add_metric([name], 1.0 if report.get("failed") else 0.0)
         ids = report.get("dedup_index", {}).get("ids")
         if ids is not None:
             index.add_metric([name], ids)
@@ -286,6 +294,7 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         *(family for family, _ in per_query),
         handled,
         index,
+        failed,
     ]
 
 

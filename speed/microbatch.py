@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from engine.kafka import RAW, REASON
 from engine.schema import master_schema
 from engine.translate import aggregate
-from lamina.errors import LaminaError
+from lamina.errors import DataLossError, LaminaError
 from lamina.files import read_json, write_json_atomic
 from lamina.master import (
     archive_batch,
@@ -60,6 +60,7 @@ from lamina.streams import (
     checkpoint_path,
     deadletter_topic,
     duplicates_topic,
+    planned_offsets,
     source_report_file,
 )
 from lamina.views import Source, View
@@ -90,7 +91,19 @@ def _before(batch: int | None, first: int) -> bool:
 SINGLE_TASK_ROWS = 100_000
 """Micro-batches with at most this many valid records aggregate in one task."""
 
-COUNTERS = ("records", "rejected", "archived", "duplicates", "beyond_horizon", "reordered")
+COUNTERS = (
+    "records",
+    "rejected",
+    "archived",
+    "duplicates",
+    "beyond_horizon",
+    "reordered",
+    "lost",
+)
+
+FAILURES: dict[str, str] = {}
+"""Why a source query of this process failed on purpose (a :class:`LaminaError` raised in its
+micro-batch), by query name: Spark's own message would be a Python traceback."""
 
 
 class Background:
@@ -161,6 +174,10 @@ class SourceBatches:
         batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         try:
             counts = self._run(batch, batch_id, lap)
+        except LaminaError as exc:
+            FAILURES[self.query] = str(exc)
+            self._report_failure(batch_id, str(exc))
+            raise
         finally:
             batch.unpersist()
         lap.timings["total"] = round(time.monotonic() - lap.t0, 4)
@@ -178,8 +195,9 @@ class SourceBatches:
             "offset",
         ).toArrow()
         lap("read_parse")
-        ok = meta.column("ok").to_numpy(zero_copy_only=False)
         counts = dict.fromkeys(COUNTERS, 0)
+        counts["lost"] = self._lost(batch_id, meta)  # raises unless told to go on
+        ok = meta.column("ok").to_numpy(zero_copy_only=False)
         counts["records"] = len(ok)
         counts["rejected"] = int((~ok).sum())
         valid = batch.where(F.col(REASON).isNull())
@@ -217,6 +235,59 @@ class SourceBatches:
             self._deadletters(batch.where(F.col(REASON).isNotNull()))
             lap("deadletters")
         return counts
+
+    def _lost(self, batch_id: int, meta: pa.Table) -> int:
+        """Records of this micro-batch's offset ranges that Kafka deleted (retention) before
+        they were read: checked after the read, against the partitions' earliest offsets
+        (offsets in a range that were read are not lost). Raises :class:`DataLossError`
+        unless ``pipeline.fail_on_data_loss`` is off; returns how many were lost.
+
+        An offset without a record (a transaction marker) inside a deleted range counts as
+        lost too: the count is an upper bound, exact for non-transactional producers.
+        """
+        start = planned_offsets(self.settings, self.query, batch_id - 1) if batch_id else None
+        end = planned_offsets(self.settings, self.query, batch_id)
+        if not start or not end:
+            return 0  # the first micro-batch starts at the earliest offsets
+        earliest = self._earliest(list(end))
+        part = meta.column("partition").to_numpy()
+        off = meta.column("offset").to_numpy()
+        gaps = []
+        for p, hi in sorted(end.items()):
+            lo = start.get(p)
+            gone = min(earliest.get(p, 0), hi)
+            if lo is None or gone <= lo:
+                continue
+            read = int(((part == p) & (off >= lo) & (off < gone)).sum())
+            if gone - lo - read > 0:
+                gaps.append((p, lo, gone, gone - lo - read))
+        lost = sum(n for *_, n in gaps)
+        if lost and self.settings.pipeline.fail_on_data_loss:
+            where = ", ".join(f"partition {p} offsets {lo}..{hi - 1}" for p, lo, hi, _ in gaps)
+            raise DataLossError(
+                f"source {self.source.name!r}: Kafka deleted {lost} record(s) of topic "
+                f"{self.source.topic!r} before the job archived them ({where}); the job "
+                "stops rather than leave them out of the master dataset",
+                hint="re-send or `lamina master import` what is recoverable, then run once "
+                "with pipeline.fail_on_data_loss = false (LAMINA_PIPELINE__FAIL_ON_DATA_LOSS"
+                "=false) to go on past them (counted as lost); give the topic a retention "
+                "(retention.ms) longer than the job may be down",
+            )
+        if lost:
+            log.warning(
+                "source %s: %d records deleted by Kafka before archived", self.source.name, lost
+            )
+        return lost
+
+    def _earliest(self, partitions: list[int]) -> dict[int, int]:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        try:
+            tps = [TopicPartition(self.source.topic, p) for p in partitions]
+            return {tp.partition: int(o) for tp, o in consumer.beginning_offsets(tps).items()}
+        finally:
+            consumer.close()
 
     def _deadletters(self, rejected: DataFrame) -> None:
         (
@@ -426,6 +497,13 @@ class SourceBatches:
         )
 
     # -- reporting ----------------------------------------------------------------------
+
+    def _report_failure(self, batch_id: int, reason: str) -> None:
+        """Record in the report that micro-batch ``batch_id`` stopped the job, and why."""
+        path = source_report_file(self.settings, self.query)
+        report = read_json(path) or {}
+        report["failed"] = {"batch_id": batch_id, "reason": reason, "at": time.time()}
+        write_json_atomic(path, report)
 
     def _report(self, batch_id: int, counts: dict[str, int], timings: dict[str, float]) -> None:
         if batch_id > self.last_batch:  # a replayed micro-batch is counted once

@@ -46,7 +46,7 @@ from lamina.streams import (
 from lamina.views import Source, ViewCatalog
 from serving.cassandra import close_shared
 from serving.store import open_store
-from speed.microbatch import SourceBatches
+from speed.microbatch import FAILURES, SourceBatches
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,9 @@ def run_until_stopped(
             for q in queries:
                 exc = None if q.isActive else q.exception()
                 if exc is not None:
-                    reason = (str(exc).strip().splitlines() or ["?"])[0]
+                    reason = (
+                        FAILURES.get(q.name or "") or (str(exc).strip().splitlines() or ["?"])[0]
+                    )
                     failed = f"streaming query {q.name} failed: {reason}"
                     say(failed)
                     for other in queries:

@@ -189,3 +189,75 @@ def test_a_reset_checkpoint_is_refused_before_it_replaces_archive_files(
     finally:
         query.stop()
     assert sorted(p.name for p in archive_dir(settings, source).rglob("b*.parquet")) == before
+
+
+def test_records_deleted_by_kafka_before_they_were_archived_stop_the_job(
+    speed_settings: Settings, spark: Any
+) -> None:
+    """Retention caught up with a stopped job: it refuses to skip (naming the offsets), and
+    archives nothing of that micro-batch; told to go on, it counts what was lost."""
+    from kafka import KafkaAdminClient, TopicPartition
+
+    from lamina.master import archive_dir
+    from lamina.streams import read_source_report
+    from speed.microbatch import FAILURES
+
+    settings = speed_settings
+    catalog = load_views(settings.pipeline.views_file)
+    source = catalog.view(VIEW).source
+    query_name = source_query(source)
+    ensure_topics(settings, [source.topic])
+    with open_store(settings.cassandra, catalog):
+        pass
+    produce(settings, source.topic, truth.pageviews(60, seed=81).raw)
+    query = start_source(spark, settings, catalog, source)
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    archived = sorted(p.name for p in archive_dir(settings, source).rglob("b*.parquet"))
+    first = read_source_report(settings, query_name)
+    assert first is not None
+    read_before = first["counters"]["records"]
+
+    # While the job is down: 60 more records, then "retention" deletes all but the last
+    # 10 of each partition (the first 60 were archived, so only new records are lost).
+    produce(settings, source.topic, truth.pageviews(60, seed=82).raw)
+    from tests.integration.streams import end_offsets
+
+    ends = {int(p): o for p, o in end_offsets(settings, source.topic).items()}
+    cut = {p: max(0, o - 10) for p, o in ends.items()}
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        admin.delete_records({TopicPartition(source.topic, p): o for p, o in cut.items()})
+    finally:
+        admin.close()
+    total = sum(ends.values())
+    deleted_new = sum(cut.values()) - read_before  # deleted records the job never read
+    assert deleted_new > 0
+
+    query = start_source(spark, settings, catalog, source)
+    try:
+        with pytest.raises(Exception, match="before the job archived them"):
+            query.processAllAvailable()
+    finally:
+        query.stop()
+    reason = FAILURES[query_name]
+    assert f"Kafka deleted {deleted_new} record(s)" in reason and "offsets" in reason
+    report = read_source_report(settings, query_name)
+    assert report is not None and report["failed"]["reason"] == reason
+    assert sorted(p.name for p in archive_dir(settings, source).rglob("b*.parquet")) == archived
+
+    # Told to go on: the rest is archived, the loss counted, the failure cleared.
+    go_on = settings.model_copy(
+        update={"pipeline": settings.pipeline.model_copy(update={"fail_on_data_loss": False})}
+    )
+    query = start_source(spark, go_on, catalog, source)
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    report = read_source_report(settings, query_name)
+    assert report is not None and "failed" not in report
+    assert report["counters"]["lost"] == deleted_new
+    assert report["counters"]["records"] == total - deleted_new
