@@ -70,8 +70,28 @@ def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int
     for p in parts[1:]:
         df = df.unionByName(p)
     df = df.where(F.col(INGEST_EPOCH) < F.lit(cutoff))
-    # Redeliveries of one event (producer retries, replays) carry the same id: keep one.
-    return df.dropDuplicates([view.source.event_id])
+    return first_copies(df, view.source.event_id)
+
+
+FIRST_COPY_ORDER = (INGEST_EPOCH, "partition", "offset")
+"""Which copy of an event id the batch keeps: the smallest (ingest epoch, Kafka partition,
+offset), imported copies (no partition) first within an epoch, then the other columns: the
+copy the speed layer's duplicate index keeps too (it reads Kafka in that order and is
+seeded with the imports), so both layers count the same copy."""
+
+
+def first_copies(events: DataFrame, event_id: str) -> DataFrame:
+    """One row per ``event_id``: its first copy by :data:`FIRST_COPY_ORDER` (deterministic,
+    whatever the files' order; redeliveries by producer retries or replays share the id)."""
+    columns = events.columns
+    rest = [c for c in columns if c not in FIRST_COPY_ORDER and c != event_id]
+    first = F.min(F.struct(*FIRST_COPY_ORDER, *rest)).alias("_first")
+    return (
+        events.groupBy(event_id)
+        .agg(first)
+        .select(event_id, *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)))
+        .select(*columns)
+    )
 
 
 def resolve_cutoff(settings: Settings, view: View, cutoff: int | None) -> int:
@@ -216,11 +236,21 @@ def run_batch(
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> list[BatchResult]:
-    """Recompute and publish each named view (all by default), then collect garbage."""
+    """Recompute and publish each named view (all by default), then collect garbage.
+
+    ``cutoff`` (default: each source's complete cutoff when the run starts) is the same for
+    every view of a source."""
     chosen = [catalog.view(v) for v in views] if views else list(catalog.views.values())
+    # One cutoff per source, taken before the first build: the views of a source answer
+    # for the same events, however long the builds take.
+    cuts: dict[str, int] = {}
+    for view in chosen:
+        if view.source.name not in cuts:
+            cuts[view.source.name] = resolve_cutoff(settings, view, cutoff)
     results = []
     with open_store(settings.cassandra, catalog) as store:
         for view in chosen:
-            results.append(run_view(spark, settings, store, view, cutoff=cutoff, progress=progress))
+            cut = cuts[view.source.name]
+            results.append(run_view(spark, settings, store, view, cutoff=cut, progress=progress))
             collect_and_purge(store, view, progress)
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,43 @@ def test_gc_while_a_reader_is_in_flight(private_world: dict[str, Any], spark: An
         assert newest is not None and newest.version > store.raced.version
     got = {(r["key"], b["bucket_start"]): b for r in out["results"] for b in r["buckets"]}
     assert_exact(view, got, want)
+
+
+def test_one_batch_run_uses_one_cutoff_per_source(
+    stack: Settings, tmp_path: Path, spark: Any
+) -> None:
+    """An import that completes while `batch run` builds the first view of a source does
+    not reach the second: the views of a source answer for the same events."""
+    settings = isolated(stack, tmp_path)
+    text = (ROOT / "conf" / "views.toml").read_text() + (
+        '\n[views.metering_by_type]\nsource = "metering"\nkeys = ["instance_type"]\n'
+        'bucket = "day"\n[views.metering_by_type.aggregations]\nrecords = { fn = "count" }\n'
+    )
+    views_file = tmp_path / "views.toml"
+    views_file.write_text(text)
+    catalog = load_views(views_file)
+    source = catalog.sources["metering"]
+    g = truth.metering(800, seed=41)
+    first, later = g.good[:500], g.good[500:]
+    imported: list[int] = []
+
+    def import_part(part: list[dict[str, Any]], name: str) -> None:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(ev) + "\n" for ev in part))
+        imported.append(import_files(settings, source, [path]).epoch)
+
+    import_part(first, "first.jsonl")
+    time.sleep(settings.pipeline.epoch_seconds)  # the next import lands in a later epoch
+
+    def progress(message: str) -> None:
+        if not imported[1:] and "aggregating" in message:  # mid-build of the first view
+            import_part(later, "later.jsonl")
+
+    try:
+        results = run_batch(
+            spark, settings, catalog, ["cloud_metering", "metering_by_type"], progress=progress
+        )
+        assert imported[1] < complete_cutoff(settings, source)  # the import is complete
+        assert [(r.cutoff, r.events) for r in results] == [(results[0].cutoff, len(first))] * 2
+    finally:
+        drop_keyspace(settings)
