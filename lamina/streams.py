@@ -90,6 +90,22 @@ def planned_offsets(settings: Settings, query: str, batch_id: int) -> dict[int, 
     return {int(p): int(o) for p, o in offsets.items()}
 
 
+def committed_offsets(settings: Settings, query: str) -> dict[int, int] | None:
+    """The Kafka offsets (per partition) up to which ``query`` has processed and committed
+    its micro-batches, from its checkpoint (the offset log of the newest committed
+    micro-batch); ``None`` before the first commit."""
+    commits = checkpoint_path(settings, query) / "commits"
+    try:
+        done = [int(p.name) for p in commits.iterdir() if p.name.isdigit()]
+    except OSError:
+        return None
+    for batch_id in sorted(done, reverse=True):
+        found = planned_offsets(settings, query, batch_id)
+        if found is not None:
+            return found
+    return None
+
+
 _HELD: dict[str, IO[str]] = {}
 """Checkpoint locks this process holds, by lock-file path."""
 
@@ -260,7 +276,8 @@ def query_statuses(
     """The status of each query in ``queries`` (name -> source it reads).
 
     Lag is Kafka's end offsets now (``latest`` if the caller already read them, else one
-    round trip to Kafka for all queries) minus the offsets the last micro-batch processed;
+    round trip to Kafka for all queries) minus the offsets of the last committed micro-batch
+    (from the query's checkpoint);
     it is ``None`` with ``with_lag=False`` or when Kafka is unreachable.
     """
     if latest is None:
@@ -277,7 +294,14 @@ def query_statuses(
         if raw is None:
             out.append(QueryStatus(query=query, topic=source.topic))
             continue
-        processed = {p: int(o) for p, o in raw.get("end_offsets", {}).get(source.topic, {}).items()}
+        # What the checkpoint says is done, not what the listener last wrote (a restarted
+        # job re-running an unfinished micro-batch has not written its status yet).
+        committed = committed_offsets(settings, query)
+        processed = (
+            {str(p): o for p, o in committed.items()}
+            if committed is not None
+            else {p: int(o) for p, o in raw.get("end_offsets", {}).get(source.topic, {}).items()}
+        )
         lag = None
         if latest.get(source.topic):
             lag = sum(max(0, end - processed.get(p, 0)) for p, end in latest[source.topic].items())

@@ -59,6 +59,16 @@ def checkpoint(settings: Settings, name: str) -> str:
     return str(checkpoint_path(settings, name))
 
 
+def _offsets(text: str | None) -> dict[str, Any]:
+    """A source's offsets in a progress event: JSON, or ``{}`` when Spark has none to show
+    (``null``, or not JSON at all for a micro-batch re-run after a restart)."""
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 class ProgressRecorder(StreamingQueryListener):
     """Writes each query's latest progress next to its checkpoint (for ``stream status``
     and tests) and the epochs the master dataset now holds whole."""
@@ -102,8 +112,7 @@ class ProgressRecorder(StreamingQueryListener):
         p = event.progress
         try:
             src = p.sources[0]
-            end = json.loads(src.endOffset) if src.endOffset else {}
-            latest = json.loads(src.latestOffset) if src.latestOffset else {}
+            end, latest = _offsets(src.endOffset), _offsets(src.latestOffset)
             status = {
                 "name": p.name,
                 "batch_id": p.batchId,
