@@ -43,6 +43,81 @@ def _ident(kind: str, name: str) -> str:
     return name
 
 
+CQL_RESERVED = frozenset(
+    # Refused as unquoted column names by Cassandra 5.0.8 (tried one by one) ...
+    {
+        "add",
+        "allow",
+        "alter",
+        "and",
+        "apply",
+        "asc",
+        "authorize",
+        "batch",
+        "begin",
+        "by",
+        "columnfamily",
+        "create",
+        "delete",
+        "desc",
+        "describe",
+        "drop",
+        "entries",
+        "execute",
+        "from",
+        "full",
+        "grant",
+        "if",
+        "in",
+        "index",
+        "infinity",
+        "insert",
+        "into",
+        "is",
+        "keyspace",
+        "limit",
+        "materialized",
+        "modify",
+        "nan",
+        "norecursive",
+        "not",
+        "null",
+        "of",
+        "on",
+        "or",
+        "order",
+        "primary",
+        "rename",
+        "revoke",
+        "schema",
+        "select",
+        "set",
+        "table",
+        "to",
+        "token",
+        "truncate",
+        "unlogged",
+        "update",
+        "use",
+        "using",
+        "view",
+        "where",
+        "with",
+        # ... and reserved by the CQL reference, refused in some positions or versions.
+        "between",
+        "default",
+        "mbean",
+        "mbeans",
+        "replace",
+        "unset",
+    }
+)
+"""Words a view's Cassandra columns (its key fields and aggregation columns) may not be."""
+
+VIEW_COLUMNS = ("bucket", "ingest_epoch", "applied_batch")
+"""Columns every view table has besides its keys and aggregation columns."""
+
+
 def _declarable(value: Any) -> Any:
     if value not in DECLARABLE:
         raise ValueError(f"type {value!r} is not one of {', '.join(DECLARABLE)}")
@@ -246,6 +321,7 @@ def _build_view(name: str, raw: dict[str, Any], sources: dict[str, Source]) -> V
                 f"aggregation {agg_name!r}: {fn} needs a numeric field (long or double), but "
                 f"{field!r} is {source.fields[field]}; use count or distinct for it",
             )
+    _check_columns(name, keys, aggs, source)
     for cond in raw.get("filter") or []:
         f = cond.get("field") if isinstance(cond, dict) else None
         if f not in source.fields:
@@ -257,6 +333,36 @@ def _build_view(name: str, raw: dict[str, Any], sources: dict[str, Source]) -> V
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise _view_error(name, f"{where}: {err['msg']}") from None
+
+
+def _check_columns(view: str, keys: list[str], aggs: dict[str, Any], source: Source) -> None:
+    """The view's Cassandra columns (keys, :data:`VIEW_COLUMNS`, each aggregation's stored
+    columns) are distinct and none is a CQL reserved word."""
+    owner: dict[str, str] = {c: "a column every view has" for c in VIEW_COLUMNS}
+    named = [(k, f"key field {k!r}") for k in keys]
+    for agg_name, agg in aggs.items():
+        monoid = MONOIDS[agg["fn"]](
+            source.fields.get(agg.get("field") or ""), field=agg.get("field")
+        )
+        named += [(c, f"aggregation {agg_name!r}") for c, _ in monoid.columns(agg_name)]
+    for column, what in named:
+        if column in CQL_RESERVED:
+            raise _view_error(
+                view,
+                f"{what}: column {column!r} is a CQL reserved word; "
+                + (
+                    "key on another field (or rename the field in the source)"
+                    if what.startswith("key")
+                    else "rename the aggregation"
+                ),
+            )
+        if column in owner:
+            raise _view_error(
+                view,
+                f"{what}: column {column!r} is already {owner[column]}; rename "
+                + ("the field" if what.startswith("key") else "the aggregation"),
+            )
+        owner[column] = f"taken by {what}"
 
 
 class ViewCatalog(_Model):

@@ -192,3 +192,35 @@ def test_longest_allowed_names_load() -> None:
     doc["views"][view] = doc["views"].pop("web_pageviews")
     cat = parse_views(doc)
     assert cat.view(view).source.name == source
+
+
+@pytest.mark.parametrize(
+    ("key", "aggregations", "message"),
+    [
+        ("from", {"n": {"fn": "count"}}, r"key field 'from': column 'from' is a CQL reserved"),
+        ("url", {"order": {"fn": "count"}}, r"aggregation 'order': column 'order' is a CQL"),
+        ("bucket", {"n": {"fn": "count"}}, r"column 'bucket' is already a column every view"),
+        ("url", {"applied_batch": {"fn": "count"}}, r"'applied_batch' is already a column"),
+        ("url", {"url": {"fn": "count"}}, r"aggregation 'url': column 'url' is already taken"),
+        (
+            "url",
+            {"x": {"fn": "mean", "field": "load_ms"}, "x_sum": {"fn": "sum", "field": "load_ms"}},
+            r"aggregation 'x_sum': column 'x_sum' is already taken by aggregation 'x'",
+        ),
+    ],
+)
+def test_view_columns_are_distinct_cql_identifiers(
+    key: str, aggregations: dict[str, Any], message: str
+) -> None:
+    """A view's Cassandra columns: no reserved word, no collision (a mean ``x`` stores
+    ``x_sum`` and ``x_count``)."""
+    doc = copy.deepcopy(DOC)
+    doc["sources"]["pageviews"]["fields"].update({"from": "string", "bucket": "string"})
+    doc["views"]["web_pageviews"]["keys"] = [key]
+    doc["views"]["web_pageviews"]["aggregations"] = aggregations
+    with pytest.raises(ViewDefinitionError, match=message):
+        parse_views(doc)
+    # A field named like a reserved word is fine as long as no view stores it as a column.
+    doc["views"]["web_pageviews"]["keys"] = ["url"]
+    doc["views"]["web_pageviews"]["aggregations"] = {"n": {"fn": "count", "field": "from"}}
+    parse_views(doc)
