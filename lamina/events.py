@@ -108,35 +108,34 @@ def _typed(field: str, ftype: str, value: Any, coerce: bool) -> Any:
     as ``ftype`` and then checked like a JSON value (so ``nan``, ``inf`` and numbers beyond
     64 bits are rejected by the same rules and with the same reasons).
     """
-    if value is None:
+    if value is None or (coerce and value == ""):
         return None
-    if coerce and value == "":
-        return None
-    if coerce and isinstance(value, str) and ftype != FieldType.STRING:
+    if ftype == FieldType.STRING:
+        if isinstance(value, str):
+            return value
+    elif coerce and isinstance(value, str):
         typed = _from_text(ftype, value)
         if typed is None:
             raise ValueError(f"field {field!r} should be {ftype}, got {_show(value)}")
         value = typed
-    ok = {
-        FieldType.STRING: isinstance(value, str),
-        FieldType.LONG: isinstance(value, int) and not isinstance(value, bool),
-        FieldType.DOUBLE: isinstance(value, int | float) and not isinstance(value, bool),
-        FieldType.BOOLEAN: isinstance(value, bool),
-    }[FieldType(ftype)]
-    if not ok:
-        raise ValueError(
-            f"field {field!r} should be {ftype}, got {type(value).__name__} {_show(value)}"
-        )
-    if ftype == "double":
-        try:
-            value = float(value)
-        except OverflowError:  # an integer beyond the double range
-            value = math.inf if value > 0 else -math.inf
-        if not math.isfinite(value):
-            raise ValueError(f"field {field!r} is not a finite number: {value!r}")
-    if ftype == "long" and not -(2**63) <= value < 2**63:
-        raise ValueError(f"field {field!r} does not fit a 64-bit long: {_show(value)}")
-    return value
+    if ftype == FieldType.LONG:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"field {field!r} does not fit a 64-bit long: {_show(value)}")
+            return value
+    elif ftype == FieldType.DOUBLE:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond the double range
+                value = math.inf if value > 0 else -math.inf
+            if not math.isfinite(value):
+                raise ValueError(f"field {field!r} is not a finite number: {value!r}")
+            return value
+    elif ftype == FieldType.BOOLEAN and isinstance(value, bool):
+        return value
+    got = f"{type(value).__name__} {_show(value)}"
+    raise ValueError(f"field {field!r} should be {ftype}, got {got}")
 
 
 def parse_text(field: str, ftype: str, text: str) -> Any:
@@ -259,7 +258,11 @@ def _not_text(row: dict[Any, Any]) -> str | None:
     for key, value in row.items():
         if isinstance(key, str) and _SURROGATE.search(key):
             return "a field name is not valid UTF-8 text (a lone surrogate)"
-        if _lone_surrogate(value):
+        if (
+            _SURROGATE.search(value)
+            if isinstance(value, str)
+            else isinstance(value, dict | list | tuple) and _lone_surrogate(value)
+        ):
             return f"field {_show(key)} is not valid UTF-8 text (a lone surrogate)"
     return None
 
