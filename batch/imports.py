@@ -1,12 +1,14 @@
 """``lamina master import``: historical files (JSON lines, CSV, Parquet) into the master
 dataset (:mod:`lamina.master`), validated by the same rule as the stream; rejects go to the
-source's dead-letter directory with their reason and origin."""
+source's dead-letter directory with their reason and origin. No record, whatever its bytes,
+stops an import: it is imported or it is a dead letter."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -27,6 +29,7 @@ from lamina.settings import Settings
 from lamina.views import Source
 
 log = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -41,8 +44,40 @@ class ImportReport:
     epoch: int = 0
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """A record the file's reader could not read: its text and why."""
+
+    text: str
+    reason: str
+
+
+def _csv_records(f: Iterable[str]) -> Iterator[dict[str, Any] | _Unreadable]:
+    """The rows of CSV text ``f``, each a dict, or :class:`_Unreadable` for a row the csv
+    module refuses (a field over its size limit): the next row is read after it."""
+    taken: list[str] = []
+
+    def lines() -> Iterator[str]:
+        for line in f:
+            taken.append(line)
+            yield line
+
+    reader = csv.DictReader(lines())
+    while True:
+        taken.clear()
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield _Unreadable("".join(taken), f"not valid CSV: {e}")
+            continue
+        yield row
+
+
 def _rows(path: Path) -> Iterator[tuple[int, Any, bool]]:
-    """``(line_or_row_number, raw, coerce)`` for each record of a JSONL, CSV or Parquet file."""
+    """``(line_or_row_number, raw, coerce)`` for each record of a JSONL, CSV or Parquet file
+    (``raw`` is :class:`_Unreadable` for a CSV row the reader refused)."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         with path.open("rb") as f:
@@ -50,8 +85,10 @@ def _rows(path: Path) -> Iterator[tuple[int, Any, bool]]:
                 if line.strip():
                     yield n, line, False
     elif suffix == ".csv":
-        with path.open(newline="") as f:
-            for n, row in enumerate(csv.DictReader(f), 2):
+        # UTF-8 whatever the locale; bytes that are not UTF-8 arrive as lone surrogates
+        # (``surrogateescape``), which the validator rejects, naming the field.
+        with path.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
+            for n, row in enumerate(_csv_records(f), 2):
                 yield n, row, True
     elif suffix == ".parquet":
         pf = pq.ParquetFile(path)
@@ -65,6 +102,25 @@ def _rows(path: Path) -> Iterator[tuple[int, Any, bool]]:
             f"cannot import {path}: unknown format {suffix or '(no extension)'!r}",
             hint="use .jsonl/.ndjson/.json (JSON lines), .csv or .parquet",
         )
+
+
+def _dead_text(raw: Any) -> str:
+    """A rejected record as text for its dead letter: a JSON line as it was, a CSV row the
+    reader refused as its lines, a decoded row as JSON; bytes that were not UTF-8 (and lone
+    surrogates) replaced by U+FFFD."""
+    if isinstance(raw, bytes):
+        text = raw.decode(errors="replace")
+    elif isinstance(raw, _Unreadable):
+        text = _SURROGATE.sub("\ufffd", raw.text).rstrip("\r")
+    else:
+        clean = {
+            _SURROGATE.sub("\ufffd", k) if isinstance(k, str) else k: (
+                _SURROGATE.sub("\ufffd", v) if isinstance(v, str) else v
+            )
+            for k, v in raw.items()
+        }
+        text = json.dumps(clean, default=str)
+    return text.rstrip("\n")
 
 
 def import_files(
@@ -106,23 +162,22 @@ def import_files(
         for path in paths:
             report.files.append(str(path))
             for n, raw, coerce in _rows(path):
-                parsed = parse_event(raw, source, coerce=coerce)
+                parsed = (
+                    Rejection(raw.reason)
+                    if isinstance(raw, _Unreadable)
+                    else parse_event(raw, source, coerce=coerce)
+                )
                 if isinstance(parsed, Rejection):
                     report.rejected += 1
                     report.reasons[parsed.reason.split(":")[0]] += 1
                     if dl_file is None:
                         dl_dir.mkdir(parents=True, exist_ok=True)
                         dl_file = dl_path.open("w")
-                    text = (
-                        raw.decode(errors="replace")
-                        if isinstance(raw, bytes)
-                        else (json.dumps(raw, default=str))
-                    )
                     dl_file.write(
                         json.dumps(
                             {
                                 "reason": parsed.reason,
-                                "raw": text.rstrip("\n"),
+                                "raw": _dead_text(raw),
                                 "file": str(path),
                                 "line": n,
                             }

@@ -52,13 +52,23 @@ _INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
 _NUMBER = r"^(TINYINT|SMALLINT|INT|BIGINT|FLOAT|DOUBLE|DECIMAL\(.*)$"
 
 
+def _whole(pattern: str) -> str:
+    """``pattern`` (``^...$``) for Java's regex (``rlike``), matching only whole texts: Java's
+    ``$`` also matches before a final line terminator (``\\n``, ``\\r``, ``\\u2028``, ...),
+    ``\\z`` only at the end (the reference uses ``re.fullmatch``)."""
+    assert pattern.startswith("^") and pattern.endswith("$"), pattern
+    return pattern[:-1] + r"\z"
+
+
 _ISO_PARSE = "yyyy-MM-dd['T'HH:mm[:ss[.SSSSSSSSS]][XXX]]"
-_ISO_CANONICAL = (
+_ISO_CANONICAL = _whole(
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"  # date, time to the second,
     r"(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"  # fraction, offset
 )
 """The spelling almost every producer uses (a subset of :data:`lamina.events.ISO_8601`):
-Spark's own string-to-timestamp cast parses it strictly and 5x faster than a pattern."""
+Spark's own string-to-timestamp cast parses it strictly and 5x faster than a pattern (it
+would trim a final newline: the pattern must match the whole text)."""
+_ISO_WHOLE = _whole(ISO_8601)
 
 
 def _iso_seconds(text: SparkColumn) -> SparkColumn:
@@ -74,7 +84,7 @@ def _iso_seconds(text: SparkColumn) -> SparkColumn:
     micros = F.when(text.rlike(_ISO_CANONICAL), F.unix_micros(F.try_to_timestamp(text))).otherwise(
         F.unix_micros(F.try_to_timestamp(canon, F.lit(_ISO_PARSE)))
     )
-    return F.when(text.rlike(ISO_8601), micros.cast("double") / F.lit(1e6))
+    return F.when(text.rlike(_ISO_WHOLE), micros.cast("double") / F.lit(1e6))
 
 
 def _field(
@@ -97,9 +107,9 @@ def _field(
             kind.isin("DOUBLE", "FLOAT"), F.try_variant_get(fv, "$", "double")
         ).otherwise(F.try_variant_get(fv, "$", "string").try_cast("double"))
         finite = ~F.isnan(value) & (F.abs(value) != F.lit(float("inf")))
+        shown = F.when(F.isnan(value), "nan").when(value > 0, "inf").otherwise("-inf")  # repr
         bad = F.when(present & ~ok, wrong).when(
-            present & ~finite,
-            F.concat(F.lit(f"field {name!r} is not a finite number: "), value.cast("string")),
+            present & ~finite, F.concat(F.lit(f"field {name!r} is not a finite number: "), shown)
         )
         return F.when(present & ok & finite, value), bad
     return F.when(present & ok, value), F.when(present & ~ok, wrong)

@@ -74,14 +74,19 @@ iso_times = st.one_of(
         digits(1, 12),
         digits(1, 31),
     ),
-    st.sampled_from(["", "2026", "20260101T100000Z", "2026-01-01T10", "٢٠٢٦-01-01"]),
+    st.sampled_from(
+        [
+            *("", "2026", "20260101T100000Z", "2026-01-01T10", "٢٠٢٦-01-01"),
+            *("2026-01-01T10:00:00Z\n", "2026-01-01\r", "2026-01-01T10:00Z\u2028"),
+        ]
+    ),
     st.text(max_size=12),
 )
 
 ints = st.one_of(
     digits(-(2**63), 2**63 - 1),
     digits(-(2**70), 2**70),
-    st.sampled_from([0, -1, 2**63, -(2**63) - 1]),
+    st.sampled_from([0, -1, 2**63, -(2**63) - 1, 10**400, -(10**400)]),
 )
 floats = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
@@ -130,7 +135,7 @@ def records(draw: st.DrawFn, source: Source) -> bytes:
     if mangle == 1:  # truncated
         text = text[: draw(st.integers(0, max(len(text) - 1, 0)))]
     elif mangle == 2:  # garbage after the value (ignored by both)
-        text += draw(st.sampled_from([" x", "}", "\n", " {}", ",1"]))
+        text += draw(st.sampled_from([" x", "}", "\n", " {}", ",1", "[" * 1001, "{" * 1001]))
     elif mangle == 3:
         text = "[" + text + "]"
     elif mangle == 4 and obj:
@@ -278,24 +283,127 @@ def test_event_times_decide_like_the_reference(spark: Any) -> None:
     assert 0.1 < accepted / len(raws) < 0.9, accepted
 
 
-def test_poison_records_become_dead_letters_not_failures(spark: Any) -> None:
-    """Records that make parsers throw (deep nesting, huge numbers, surrogates, bad bytes)
-    are rejected with a reason by both parsers, and valid neighbours still parse."""
-    source = SOURCES["iso"]
-    good = b'{"id":"a","ts":"2026-01-01T00:00:00Z","n":1,"x":0.5,"ok":true}'
-    poison = [
+H = b'{"id":"a","ts":"2026-01-01T00:00:00Z",'
+"""A valid record of ``iso``, open for one more field."""
+
+POISON = {
+    "iso": [
+        # Deep nesting: at the root, in a field, in objects; the limit and over it.
         b"[" * 100_000,
-        b'{"id":"a","ts":"2026-01-01","deep":' + b"[" * 1001 + b"]" * 1001 + b"}",
-        b'{"id":"a","ts":"2026-01-01","n":' + b"9" * 2000 + b"}",
-        b'{"id":"a","ts":"2026-01-01","x":1' + b"0" * 400 + b"}",
+        b"[" * 50_000,
+        H + b'"deep":' + b"[" * 50_000 + b"}",
+        H + b'"deep":' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}",
+        H + b'"deep":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        H + b'"deep":' + b"[" * 999 + b"]" * 999 + b"}",
+        # Anything after the object is ignored, however deep it would nest.
+        H[:-1] + b"}" + b"[" * 50_000,
+        H[:-1] + b"}x" + b"]" * 2000 + b"{" * 2000,
+        # Huge numbers: a 400-digit integer in a double and in a long, beyond 64 bits,
+        # beyond 1000 digits (integer part, fraction and exponent all count), 1e400.
+        H + b'"x":1' + b"0" * 400 + b"}",
+        H + b'"x":-1' + b"0" * 400 + b"}",
+        H + b'"x":1e400}',
+        H + b'"x":-1e400}',
+        H + b'"x":1e-400}',
+        H + b'"n":1' + b"0" * 400 + b"}",
+        H + b'"n":-1' + b"0" * 400 + b"}",
+        H + b'"n":9223372036854775808}',
+        H + b'"n":-9223372036854775809}',
+        H + b'"n":-9223372036854775808}',
+        H + b'"n":' + b"9" * 2000 + b"}",
+        H + b'"n":1' + b"0" * 999 + b"}",
+        H + b'"x":1.' + b"0" * 999 + b"}",
+        H + b'"x":1.' + b"0" * 1000 + b"}",
+        H + b'"x":1e-' + b"0" * 999 + b"}",
+        H + b'"x":1e+' + b"0" * 1000 + b"}",
+        H + b'"other":' + b"1" * 600 + b"." + b"1" * 401 + b"}",
+        # Lone surrogate escapes: in a used string field, in the event time, in a key, in
+        # an unused field, reversed pair; a valid pair is fine.
         b'{"id":"a\\udc00","ts":"2026-01-01"}',
+        b'{"id":"\\ud800","ts":"2026-01-01T00:00:00Z"}',
+        b'{"id":"a","ts":"2026-01-01\\ud800"}',
+        H + b'"\\ud800":1}',
+        H + b'"u":["\\ud800"]}',
+        H + b'"u":"\\udfff\\ud800"}',
+        H + b'"u":"\\ud83d\\ude00"}',
+        # Bytes that are not UTF-8: CESU-8 surrogate, stray and truncated bytes, after the
+        # object too.
         b'{"id":"a","ts":"2026-01-01","s":"\xed\xa0\x80"}',
+        b'{"id":"\xff","ts":"2026-01-01"}',
         b"\xff\xfe{}",
+        H[:-1] + b"}\xc3",
+        H[:-1] + b"} \xff",
+        # NaN and Infinity are not JSON, in whatever field; as text they are strings.
+        H + b'"x":NaN}',
+        H + b'"x":Infinity}',
+        H + b'"x":-Infinity}',
+        H + b'"n":NaN}',
+        H + b'"u":Infinity}',
+        H + b'"x":nan}',
+        H + b'"x":"NaN"}',
+        # Event times end where the grammar ends (Java's ``$``, as Python's, would allow a
+        # final line terminator, and Spark's cast trims it).
+        b'{"id":"a","ts":"2026-01-01T00:00:00Z\\n"}',
+        b'{"id":"a","ts":"2026-01-01T00:00:00Z\\r"}',
+        b'{"id":"a","ts":"2026-01-01T00:00:00+01:00\\n"}',
+        b'{"id":"a","ts":"2026-01-01\\n"}',
+        b'{"id":"a","ts":"2026-01-01T00:00:00Z\\u2028"}',
+        b'{"id":"a","ts":"2026-01-01T00:00:00Z\\u0085"}',
+        # Others: a 60k-character key, an empty record.
         b'{"id":"a","ts":"2026-01-01","k' + b"k" * 60_000 + b'":1}',
         b"",
-    ]
-    for raw in poison:
+    ],
+    "ms": [
+        b'{"id":1,"ts":1' + b"0" * 400 + b"}",
+        b'{"id":1' + b"0" * 400 + b',"ts":1767225600000}',
+        b'{"id":1,"ts":1767225600000,"x":1' + b"0" * 400 + b"}",
+        b'{"id":1,"ts":1767225600000,"x":1.7976931348623159e308}',
+        b'{"id":1,"ts":1767225600000,"x":1.7976931348623157e308}',
+        b'{"id":1,"ts":1767225600000,"s":"\\ud800"}',
+        b'{"id":1,"ts":NaN}',
+        b'{"id":1,"ts":1767225600000.0}',
+    ],
+    "s": [
+        b'{"id":"a","ts":1' + b"0" * 400 + b"}",
+        b'{"id":"a","ts":-1' + b"0" * 400 + b"}",
+        b'{"id":"a","ts":1e400}',
+        b'{"id":"a","ts":Infinity}',
+        b'{"id":"a","ts":1767225600,"n":1' + b"0" * 400 + b"}",
+        b'{"id":"a","ts":1767225600.' + b"0" * 998 + b"}",
+    ],
+}
+
+
+def test_poison_records_become_dead_letters_not_failures(spark: Any) -> None:
+    """Records that make parsers throw (deep nesting, huge numbers, surrogates, bad bytes,
+    NaN) are rejected with a reason by both parsers, and valid neighbours still parse."""
+    source = SOURCES["iso"]
+    good = b'{"id":"a","ts":"2026-01-01T00:00:00Z","n":1,"x":0.5,"ok":true}'
+    for raw in POISON["iso"][:5]:
         assert isinstance(parse_event(raw, source), Rejection), raw[:40]
     # The first character is looked for in a 64-character prefix, then in the whole text.
     padded = [b" " * 100 + b"[1]", b"\n\t" * 40 + good, b" " * 63 + b"\r" + good, b" " * 200]
-    check(spark, source, [good, *poison, *padded, good])
+    check(spark, source, [good, *POISON["iso"], *padded, good])
+
+
+@pytest.mark.parametrize("name", list(POISON))
+def test_poison_records_get_the_same_reasons(spark: Any, name: str) -> None:
+    """On the poison records the two parsers' reasons are the same text, not only the same
+    kind, where the native parser can know as much as the reference: JSON it cannot read,
+    a field that is not a finite number, an unusable event time (the native parser sees a
+    huge integer as a double, so its 'should be long' may be the reference's 'does not fit
+    a 64-bit long')."""
+    from engine.kafka import REASON, parse
+
+    source, raws = SOURCES[name], POISON[name]
+    check(spark, source, raws)
+    df = spark.createDataFrame(list(enumerate(raws)), "i int, value binary")
+    native = {r["i"]: r[REASON] for r in parse(df, source).collect()}
+    for i, raw in enumerate(raws):
+        want = parse_event(raw, source)
+        if not isinstance(want, Rejection):
+            continue
+        if "is not a finite number" in want.reason or want.reason.startswith("missing"):
+            assert native[i] == want.reason, raw[:60]
+        elif want.reason.startswith("not valid JSON"):
+            assert native[i] is not None and native[i].startswith("not valid JSON"), raw[:60]
