@@ -55,11 +55,18 @@ def _quantiles(col: Column, view: View, agg: Aggregation, name: str) -> list[Col
     return [F.kll_sketch_agg_double(col.cast("double"), k).alias(name)]
 
 
+def _sum(col: Column, view: View, agg: Aggregation, name: str) -> list[Column]:
+    # Longs are summed exactly and without overflow (a varint state; see lamina.monoids.Sum).
+    if view.source.fields[agg.field or ""] == FieldType.LONG:
+        col = col.cast("decimal(38,0)")
+    return [F.sum(col).alias(name)]
+
+
 _Translation = Callable[[Column, View, Aggregation, str], list[Column]]
 
 AGGREGATIONS: dict[str, _Translation] = {
     "count": lambda col, view, agg, name: [F.count(col).alias(name)],
-    "sum": lambda col, view, agg, name: [F.sum(col).alias(name)],
+    "sum": _sum,
     "min": lambda col, view, agg, name: [F.min(col).alias(name)],
     "max": lambda col, view, agg, name: [F.max(col).alias(name)],
     "mean": lambda col, view, agg, name: [

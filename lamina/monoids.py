@@ -124,11 +124,14 @@ def _cql_number(field_type: str | None) -> str:
 
 
 class Sum(Monoid):
+    """A sum of longs is an arbitrary-precision integer (Cassandra ``varint``; Spark sums
+    it as ``decimal(38,0)``): two values near 5e18 do not overflow. Doubles sum as doubles."""
+
     name = "sum"
     numeric_only = True
 
     def columns(self, prefix: str) -> list[tuple[str, str]]:
-        return [(prefix, _cql_number(self.field_type))]
+        return [(prefix, "varint" if self.field_type == FieldType.LONG else "double")]
 
     def combine(self, a: Any, b: Any) -> Any:
         return a + b
@@ -143,11 +146,14 @@ class Sum(Monoid):
 class Min(Sum):
     name = "min"
 
+    def columns(self, prefix: str) -> list[tuple[str, str]]:
+        return [(prefix, _cql_number(self.field_type))]
+
     def combine(self, a: Any, b: Any) -> Any:
         return min(a, b)
 
 
-class Max(Sum):
+class Max(Min):
     name = "max"
 
     def combine(self, a: Any, b: Any) -> Any:

@@ -49,9 +49,10 @@ def _flush(
 
 def state_values(view: View, values: Sequence[Any]) -> tuple[Any, ...]:
     """State column values (``view.value_columns`` order) as stored: blobs as ``bytes``
-    (Spark returns sketches as ``bytearray``)."""
+    (Spark returns sketches as ``bytearray``), varints as ``int`` (Spark returns the
+    ``decimal(38,0)`` sums of longs as ``Decimal``)."""
     return tuple(
-        bytes(v) if t == "blob" and v is not None else v
+        v if v is None else bytes(v) if t == "blob" else int(v) if t == "varint" else v
         for v, (_, t) in zip(values, view.value_columns, strict=True)
     )
 

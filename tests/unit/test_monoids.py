@@ -277,8 +277,17 @@ def test_quantiles_merge_within_rank_error() -> None:
         m.present(merged, q=1.5)
 
 
-@pytest.mark.parametrize("fn", ["sum", "min", "max"])
-def test_stored_column_type_follows_the_field(fn: str) -> None:
-    """Longs are stored as bigint (exact past 2**53), doubles as double."""
-    assert MONOIDS[fn]("long", field="x").columns("a") == [("a", "bigint")]
+@pytest.mark.parametrize(
+    ("fn", "long_type"), [("sum", "varint"), ("min", "bigint"), ("max", "bigint")]
+)
+def test_stored_column_type_follows_the_field(fn: str, long_type: str) -> None:
+    """Longs are stored exactly (past 2**53): min/max as bigint, a sum as varint (two longs
+    near 5e18 overflow 64 bits); doubles as double."""
+    assert MONOIDS[fn]("long", field="x").columns("a") == [("a", long_type)]
     assert MONOIDS[fn]("double", field="x").columns("a") == [("a", "double")]
+
+
+def test_a_sum_of_longs_does_not_overflow() -> None:
+    m = MONOIDS["sum"]("long", field="x")
+    big = 5 * 10**18
+    assert m.plus(m.lift(big), m.lift(big)) == 2 * big > 2**63
