@@ -24,13 +24,33 @@ def read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def _state(pid: int) -> str | None:
-    """The one-letter state of ``pid`` from /proc (``Z`` for a zombie), or None if gone."""
+def _stat_state(stat_file: Path) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = stat_file.read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc (``Z`` for a zombie), or None if gone.
+
+    A process whose main thread ended while other threads still run (a JVM shutting down:
+    its sockets are still open) shows ``Z`` for the main thread; it counts as the state of
+    a thread still running, so such a process is not taken for gone.
+    """
+    state = _stat_state(Path(f"/proc/{pid}/stat"))
+    if state != "Z":
+        return state
+    try:
+        tasks = [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)]
+    except (FileNotFoundError, ProcessLookupError):
+        return state
+    for task in tasks:
+        other = _stat_state(Path(f"/proc/{pid}/task/{task}/stat"))
+        if other not in (None, "Z"):
+            return other
+    return state
 
 
 def cmdline(pid: int, *, patience_s: float = 0.0) -> str | None:
