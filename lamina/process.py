@@ -86,11 +86,20 @@ def running_pid(pid_file: Path, marker: str) -> int | None:
 
 
 def spawn(
-    argv: Sequence[str], *, log_file: Path, pid_file: Path, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    *,
+    log_file: Path,
+    pid_file: Path,
+    env: Mapping[str, str] | None = None,
+    file_mode: int = 0o666,
 ) -> int:
-    """Start ``argv`` detached (own session, stdin closed), output appended to ``log_file``."""
+    """Start ``argv`` detached (own session, stdin closed), output appended to ``log_file``.
+
+    ``log_file`` and ``pid_file``, when this creates them, get ``file_mode`` minus the umask
+    (``0o600``: private); existing ones keep their permissions."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode)
+    with os.fdopen(log_fd, "ab") as out:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -99,7 +108,9 @@ def spawn(
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
-    pid_file.write_text(f"{proc.pid}\n")
+    pid_fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
+    with os.fdopen(pid_fd, "w") as f:
+        f.write(f"{proc.pid}\n")
     return proc.pid
 
 
