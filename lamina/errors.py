@@ -69,6 +69,16 @@ class PublishError(LaminaError, RuntimeError):
     """A batch could not be published (the published version is left untouched)."""
 
 
+class StoreUnavailableError(LaminaError, RuntimeError):
+    """The serving store (Cassandra) cannot be reached or does not answer in time: HTTP 503.
+
+    A condition of the deployment, not of the request: the same request succeeds once the
+    store answers again.
+    """
+
+    http_status = 503
+
+
 class ConflictError(LaminaError, RuntimeError):
     """The request collides with something running (e.g. a checkpoint already in use)."""
 

@@ -20,16 +20,20 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def write_json_atomic(path: Path, data: Any, *, indent: int | None = None) -> None:
+def write_json_atomic(
+    path: Path, data: Any, *, indent: int | None = None, mode: int | None = None
+) -> None:
     """Replace ``path`` with ``data`` as JSON so that readers see the old or the new file,
     never a partial one (written to a unique temporary file in the same directory, then
-    renamed over ``path``). Creates the parent directory."""
+    renamed over ``path``). Creates the parent directory.
+
+    The file gets the permissions ``mode`` (e.g. ``0o600`` for a private one), by default
+    what a plain ``open()`` gives (0666 minus the umask), so a reader running as another user
+    (Airflow, the API) can still read it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp creates 0600; give the file what a plain open() would (0666 minus umask),
-        # so a reader running as another user (Airflow, the API) can still read it.
-        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.fchmod(fd, 0o666 & ~_UMASK if mode is None else mode)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=indent, default=str)
         os.replace(tmp, path)

@@ -24,13 +24,33 @@ def read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def _state(pid: int) -> str | None:
-    """The one-letter state of ``pid`` from /proc (``Z`` for a zombie), or None if gone."""
+def _stat_state(stat_file: Path) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = stat_file.read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc (``Z`` for a zombie), or None if gone.
+
+    A process whose main thread ended while other threads still run (a JVM shutting down:
+    its sockets are still open) shows ``Z`` for the main thread; it counts as the state of
+    a thread still running, so such a process is not taken for gone.
+    """
+    state = _stat_state(Path(f"/proc/{pid}/stat"))
+    if state != "Z":
+        return state
+    try:
+        tasks = [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)]
+    except (FileNotFoundError, ProcessLookupError):
+        return state
+    for task in tasks:
+        other = _stat_state(Path(f"/proc/{pid}/task/{task}/stat"))
+        if other not in (None, "Z"):
+            return other
+    return state
 
 
 def cmdline(pid: int, *, patience_s: float = 0.0) -> str | None:
@@ -66,11 +86,20 @@ def running_pid(pid_file: Path, marker: str) -> int | None:
 
 
 def spawn(
-    argv: Sequence[str], *, log_file: Path, pid_file: Path, env: Mapping[str, str] | None = None
+    argv: Sequence[str],
+    *,
+    log_file: Path,
+    pid_file: Path,
+    env: Mapping[str, str] | None = None,
+    file_mode: int = 0o666,
 ) -> int:
-    """Start ``argv`` detached (own session, stdin closed), output appended to ``log_file``."""
+    """Start ``argv`` detached (own session, stdin closed), output appended to ``log_file``.
+
+    ``log_file`` and ``pid_file``, when this creates them, get ``file_mode`` minus the umask
+    (``0o600``: private); existing ones keep their permissions."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as out:
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode)
+    with os.fdopen(log_fd, "ab") as out:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -79,7 +108,9 @@ def spawn(
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
-    pid_file.write_text(f"{proc.pid}\n")
+    pid_fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode)
+    with os.fdopen(pid_fd, "w") as f:
+        f.write(f"{proc.pid}\n")
     return proc.pid
 
 

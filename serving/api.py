@@ -2,7 +2,11 @@
 
 Errors are JSON ``{"error": ..., "hint": ...}``: 404 for an unknown view or key, 400 for a bad
 range, granularity or parameter, 422 for a malformed parameter. User input never causes a 500.
-Prometheus metrics are at ``/metrics`` (see :mod:`serving.metrics`).
+While Cassandra is down or does not answer in time, every endpoint that reads it answers 503
+(with ``Retry-After``) naming Cassandra's address, and answers again by itself once Cassandra is
+back (see :mod:`serving.connection`); ``/health`` then answers 503 too. Prometheus metrics are
+at ``/metrics`` (see :mod:`serving.metrics`); they are served during an outage, with
+``lamina_up{part="cassandra"} 0``.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from lamina import __version__
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, StoreUnavailableError
 from lamina.settings import Settings
 from lamina.views import ViewCatalog
-from serving.cassandra import cluster
+from serving.connection import StoreConnection
 from serving.metrics import QueryLatencyMiddleware, ServingMetrics
 from serving.query import QueryService
-from serving.store import Store
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503: when a client may try again."""
 
 
 def create_app(
@@ -34,25 +40,27 @@ def create_app(
 ) -> FastAPI:
     """The API over ``catalog``'s views; connects to Cassandra when the app starts.
 
-    ``routers`` add the routes of higher layers (``lamina serve`` adds the speed layer's
-    ``/jobs`` router, :func:`speed.api.jobs_router`); serving itself knows no other layer.
+    An app started while Cassandra is unavailable starts anyway (logging a warning) and
+    connects on the first request after Cassandra is back; until then its store endpoints
+    answer 503. ``routers`` add the routes of higher layers (``lamina serve`` adds the speed
+    layer's ``/jobs`` router, :func:`speed.api.jobs_router`); serving itself knows no other
+    layer.
     """
-    state: dict[str, Any] = {}
     metrics = ServingMetrics(settings, catalog)
+    store = StoreConnection(settings, catalog)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        c = cluster(settings.cassandra)
-        s = c.connect()
-        store = Store(s, settings.cassandra)
-        store.ensure_schema(catalog)
-        state["service"] = QueryService(store, catalog, settings)
-        metrics.attach(store)
+        try:
+            await run_in_threadpool(store.service)
+        except StoreUnavailableError as exc:
+            log.warning("starting without the store: %s (%s)", exc.message, exc.hint)
+        metrics.attach(store.store)
         try:
             yield
         finally:
             metrics.detach()
-            c.shutdown()
+            store.close()
 
     app = FastAPI(
         title="Lamina serving API",
@@ -62,14 +70,22 @@ def create_app(
     )
     app.add_middleware(QueryLatencyMiddleware, metrics=metrics, endpoints=("describe", "query"))
 
-    def service() -> QueryService:
-        svc: QueryService = state["service"]
-        return svc
-
     @app.exception_handler(LaminaError)
     async def lamina_error(request: Request, exc: LaminaError) -> JSONResponse:
         status = exc.http_status if exc.http_status < 500 else 503
-        return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        return JSONResponse(
+            {"error": exc.message, "hint": exc.hint}, status_code=status, headers=headers
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not a condition of the request or the store: the traceback goes to the
+        # server's log (Starlette logs it after this answer), never to the client.
+        return JSONResponse(
+            {"error": f"internal error ({type(exc).__name__})", "hint": "see the server's log"},
+            status_code=500,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,9 +98,21 @@ def create_app(
             status_code=422,
         )
 
-    @app.get("/health", summary="Liveness")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/health",
+        summary="Health: 200 if the API runs and Cassandra answers, else 503",
+        responses={503: {"description": "Cassandra is unavailable"}},
+    )
+    async def health() -> JSONResponse:
+        try:
+            version = await run_in_threadpool(store.ping)
+        except StoreUnavailableError as exc:
+            return JSONResponse(
+                {"status": "unavailable", "store": "down", "error": exc.message, "hint": exc.hint},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return JSONResponse({"status": "ok", "store": "up", "cassandra": version})
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:
@@ -105,7 +133,7 @@ def create_app(
 
     @app.get("/views/{view}", summary="Describe a view: definition, published version, freshness")
     async def describe(view: str) -> dict[str, Any]:
-        return await run_in_threadpool(service().describe, view)
+        return await run_in_threadpool(store.call, QueryService.describe, view)
 
     @app.get("/views/{view}/query", summary="Merged answer per bucket for one or more keys")
     async def query(
@@ -122,7 +150,9 @@ def create_app(
         granularity: Annotated[str | None, Query(description="e.g. hour, day, 15m")] = None,
         q: Annotated[float, Query(ge=0.0, le=1.0, description="quantile to present")] = 0.5,
     ) -> dict[str, Any]:
-        return await run_in_threadpool(service().query, view, key, start, end, granularity, q)
+        return await run_in_threadpool(
+            store.call, QueryService.query, view, key, start, end, granularity, q
+        )
 
     for router in routers:
         app.include_router(router)

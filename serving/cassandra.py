@@ -6,11 +6,22 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cassandra import ConsistencyLevel
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra import ConsistencyLevel, OperationTimedOut, Timeout, Unavailable
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
+from cassandra.connection import ConnectionException
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
 
-from lamina.errors import ConfigError
+from lamina.errors import ConfigError, StoreUnavailableError
 from lamina.settings import CassandraSettings
 
 PROTOCOL_VERSION = 4
@@ -33,13 +44,26 @@ def _consistency(name: str) -> int:
         ) from None
 
 
-def cluster(settings: CassandraSettings, *, timeout_s: float = 10.0) -> Cluster:
-    """A driver ``Cluster`` for the configured contact point (not yet connected)."""
+def cluster(
+    settings: CassandraSettings, *, timeout_s: float = 10.0, reconnect_max_s: float | None = None
+) -> Cluster:
+    """A driver ``Cluster`` for the configured contact point (not yet connected).
+
+    Once connected, the driver reconnects to a node that went down by itself, waiting
+    longer after each failed attempt: by default up to 10 minutes between attempts (the
+    driver's policy), with ``reconnect_max_s`` at most that long and without ever giving up,
+    for long-lived processes that must answer again soon after an outage.
+    """
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
         consistency_level=_consistency(settings.consistency),
         request_timeout=timeout_s,
     )
+    extra = {}
+    if reconnect_max_s is not None:
+        extra["reconnection_policy"] = ExponentialReconnectionPolicy(
+            base_delay=min(0.5, reconnect_max_s), max_delay=reconnect_max_s, max_attempts=None
+        )
     return Cluster(
         [settings.host],
         port=settings.port,
@@ -47,7 +71,36 @@ def cluster(settings: CassandraSettings, *, timeout_s: float = 10.0) -> Cluster:
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=timeout_s,
         control_connection_timeout=timeout_s,
+        **extra,
     )
+
+
+_OUTAGES: tuple[tuple[type[BaseException], str], ...] = (
+    (NoHostAvailable, "cannot be reached"),
+    (ConnectionException, "cannot be reached"),
+    (OperationTimedOut, "did not answer in time"),
+    (Timeout, "did not answer in time"),
+    (Unavailable, "has too few live replicas"),
+)
+
+
+def unavailable(settings: CassandraSettings, exc: BaseException) -> StoreUnavailableError | None:
+    """The :class:`StoreUnavailableError` (HTTP 503) that ``exc``, raised by the driver,
+    means, naming Cassandra's configured address; ``None`` if ``exc`` is no outage (a
+    rejected statement, a bug), which the caller re-raises.
+
+    Outages: no node can be reached (refused, down, or not connected yet), a request timed
+    out, or too few replicas are alive for the consistency level.
+    """
+    for kind, what in _OUTAGES:
+        if isinstance(exc, kind):
+            address = f"{settings.host}:{settings.port}"
+            return StoreUnavailableError(
+                f"the store is unavailable: Cassandra at {address} {what} ({type(exc).__name__})",
+                hint=f"check that Cassandra at {address} runs (lamina stack status on the dev"
+                " stack); the API reconnects by itself: retry in a few seconds",
+            )
+    return None
 
 
 @contextmanager

@@ -8,9 +8,10 @@ one process, as in the tests). Two kinds of metrics:
   :class:`QueryLatencyMiddleware` for every request to a per-view endpoint;
 - gauges computed at scrape time by :class:`StateCollector` from three parts, each read once
   per scrape: ``cassandra`` (published version and versions of every view, through the app's
-  :class:`~serving.store.Store`), ``kafka`` (source and dead-letter topic offsets: one client, one
-  beginning-offsets and one end-offsets request for all partitions) and ``streaming`` (the
-  status files and Kafka lag of :mod:`lamina.streams`).
+  :class:`~serving.store.Store`, down while the app cannot connect to it), ``kafka`` (source
+  and dead-letter topic offsets: one client, one beginning-offsets and one end-offsets request
+  for all partitions) and ``streaming`` (the status files and Kafka lag of
+  :mod:`lamina.streams`).
 
 A scrape never fails because a part is down: ``lamina_up{part}`` is 0 for it and its metrics
 have no samples; the other parts are still reported.
@@ -308,7 +309,11 @@ class StateCollector:
     :data:`KAFKA_TIMEOUT_MS` per step and the streaming part is still reported, without lag.
     """
 
-    def __init__(self, settings: Settings, catalog: ViewCatalog, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, catalog: ViewCatalog, store: Store | Callable[[], Store]
+    ) -> None:
+        """``store``: the store, or a function returning it at each scrape (which may raise
+        while the store is unavailable: the ``cassandra`` part is then down)."""
         self.settings = settings
         self.catalog = catalog
         self.store = store
@@ -318,7 +323,7 @@ class StateCollector:
 
     def read(self) -> Snapshot:
         """One read of every part; a part that raises is logged and left ``None``."""
-        views = _guarded("cassandra", lambda: read_views(self.store, self.catalog))
+        views = _guarded("cassandra", lambda: read_views(self._store(), self.catalog))
         offsets = _guarded(
             "kafka", lambda: topic_offsets(self.settings, self.topics, KAFKA_TIMEOUT_MS)
         )
@@ -341,6 +346,9 @@ class StateCollector:
             },
         )
         return Snapshot(time.time(), views, dead, streams, reports)
+
+    def _store(self) -> Store:
+        return self.store if isinstance(self.store, Store) else self.store()
 
     def describe(self) -> list[Metric]:
         """The families without reading anything (the registry checks names with this)."""
@@ -376,8 +384,9 @@ class ServingMetrics:
         )
         self._state: StateCollector | None = None
 
-    def attach(self, store: Store) -> None:
-        """Start reporting the platform's state, read through ``store``, at each scrape."""
+    def attach(self, store: Store | Callable[[], Store]) -> None:
+        """Start reporting the platform's state, read through ``store`` (or the store
+        ``store()`` returns at each scrape: see :class:`StateCollector`), at each scrape."""
         self.detach()
         self._state = StateCollector(self.settings, self.catalog, store)
         self.registry.register(self._state)

@@ -16,18 +16,29 @@ reporting), ``running``, ``stopping`` (stop requested), ``stopped`` (stopped on 
 
 A second job on a checkpoint that a live job (or any process holding its checkpoint lock,
 e.g. ``lamina stream run``) uses is refused with :class:`~lamina.errors.ConflictError`.
+
+Submit, stop and restart change the registry under its lock (an exclusive ``flock`` of
+``<jobs_dir>/registry.lock``, held from the first read to the last write, launch included),
+so concurrent operations (CLI processes, API requests) run one after the other and each
+sees what the one before left: of two submits of one source the second is refused, of two
+restarts the second restarts the driver the first launched, and the registered driver is
+always the only one. Reading (list, status) takes no lock.
+
+The registry is private to the user running the jobs: its directories are created 0700,
+its files 0600 (``settings.json`` holds the whole configuration, ``conf`` may hold secrets).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
 import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +59,12 @@ from lamina.streams import (
 from lamina.views import ViewCatalog
 
 LIVE = ("starting", "running", "stopping")
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+"""Permissions of the registry's directories and files (see the module doc)."""
+
+LOCK_FILE = "registry.lock"
 
 
 @dataclass
@@ -84,7 +101,56 @@ def _dir(settings: Settings, job_id: str) -> Path:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_json_atomic(path, data, indent=2)
+    write_json_atomic(path, data, indent=2, mode=PRIVATE_FILE)
+
+
+@contextlib.contextmanager
+def registry_lock(
+    settings: Settings, doing: str, progress: Callable[[str], None] = lambda _m: None
+) -> Iterator[None]:
+    """Hold the registry's exclusive lock for the block (see the module doc), waiting for
+    the operation holding it to finish (``progress`` says so, naming it).
+
+    Waits at most as long as a stop may take plus a minute, then raises
+    :class:`ConflictError` naming the holder. The lock is an ``flock``: per open file, so it
+    also excludes other threads of this process (not re-entrant: take it once per
+    operation); the kernel drops it when its holder exits, however it exits.
+    """
+    root = settings.jobs_dir
+    root.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    with os.fdopen(fd, "r+") as f:
+        patience = settings.spark.stop_timeout_s + 90
+        deadline = time.monotonic() + patience
+        told = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                if time.monotonic() >= deadline:
+                    raise ConflictError(
+                        f"the job registry {root} is busy: {holder} did not finish within "
+                        f"{patience:.0f}s",
+                        hint="retry when it is done (lamina stream list shows the jobs)",
+                    ) from None
+                if not told:
+                    progress(f"waiting for {holder} to finish")
+                    told = True
+                time.sleep(0.05)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} ({' '.join(sys.argv)[:100]}): {doing}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -232,6 +298,7 @@ def _launch(settings: Settings, job: Job) -> None:
         log_file=Path(job.log),
         pid_file=d / "launcher.pid",
         env=env,
+        file_mode=PRIVATE_FILE,
     )
     _save(settings, job)
 
@@ -278,18 +345,31 @@ def submit(
     master: str | None = None,
     conf: dict[str, str] | None = None,
 ) -> Job:
-    """Launch ``what`` (a source name) detached and register it.
+    """Launch ``what`` (a source name) detached and register it, under the registry lock.
 
     Returns at once, with the job ``starting``. Raises :class:`NotFoundError` for an unknown
-    view and :class:`ConflictError` if its checkpoints are in use.
+    view and :class:`ConflictError` if its checkpoints are in use (also by a job submitted
+    concurrently: see the module doc).
     """
     queries = list(job_queries(catalog, what))
     settings = _absolute(settings)
     checkpoints = [str(checkpoint_path(settings, q)) for q in queries]
+    with registry_lock(settings, f"submit {what}"):
+        return _submit(settings, what, queries, checkpoints, master, conf)
+
+
+def _submit(
+    settings: Settings,
+    what: str,
+    queries: list[str],
+    checkpoints: list[str],
+    master: str | None,
+    conf: dict[str, str] | None,
+) -> Job:
     ensure_free(settings, checkpoints, queries, me="")
     job_id = f"{what.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     d = _dir(settings, job_id)
-    d.mkdir(parents=True)
+    d.mkdir(mode=PRIVATE_DIR)
     _write_json(d / "settings.json", settings.model_dump(mode="json"))
     job = Job(
         id=job_id,
@@ -323,8 +403,21 @@ def stop(
 
     With ``wait``, blocks until the process ended; past ``timeout_s`` (default: the
     settings' graceful timeout plus 30 s) the process group is killed. A job that is not
-    live is returned as it is.
+    live is returned as it is. Runs under the registry lock (see the module doc), waiting
+    included.
     """
+    with registry_lock(settings, f"stop {job_id}", progress):
+        return _stop(settings, job_id, timeout_s=timeout_s, wait=wait, progress=progress)
+
+
+def _stop(
+    settings: Settings,
+    job_id: str,
+    *,
+    timeout_s: float | None,
+    wait: bool,
+    progress: Callable[[str], None],
+) -> Job:
     job = load(settings, job_id)
     if job.state not in LIVE:
         return job
@@ -354,8 +447,15 @@ def restart(
     settings: Settings, job_id: str, *, progress: Callable[[str], None] = lambda _m: None
 ) -> Job:
     """Stop the job if it runs, then launch it again with the settings, master and conf it
-    was submitted with; it resumes from its checkpoints."""
-    job = stop(settings, job_id, progress=progress)
+    was submitted with; it resumes from its checkpoints. Stop and launch are one operation
+    under the registry lock: a concurrent restart waits, then restarts this launch (see the
+    module doc)."""
+    with registry_lock(settings, f"restart {job_id}", progress):
+        return _restart(settings, job_id, progress)
+
+
+def _restart(settings: Settings, job_id: str, progress: Callable[[str], None]) -> Job:
+    job = _stop(settings, job_id, timeout_s=None, wait=True, progress=progress)
     saved = job_settings(settings.jobs_dir, job_id)
     ensure_free(saved, job.checkpoints, job.queries, me=job_id)
     job.restarts += 1

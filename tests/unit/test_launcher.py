@@ -3,21 +3,30 @@ processes, how a job's state is derived from its files and its process, the subm
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from lamina.errors import ConfigError, ConflictError, NotFoundError
+from lamina.process import alive
 from lamina.settings import Settings
 from lamina.streams import job_names, job_queries, release_locks, try_lock
 from lamina.views import load_views
 from speed import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -150,3 +159,157 @@ def test_submit_line(settings: Settings) -> None:
     assert argv[argv.index("--jars") + 1] == "/c/a.jar,/c/b.jar"
     assert argv[-5].endswith("speed/driver.py")
     assert argv[-4:] == ["--job-id", "j1", "--jobs-dir", str(settings.jobs_dir)]
+
+
+FAKE_DRIVER = """
+import json, os, signal, sys, time
+
+args = sys.argv
+job_id, jobs_dir = args[args.index("--job-id") + 1], args[args.index("--jobs-dir") + 1]
+path = os.path.join(jobs_dir, job_id, "driver.json")
+
+
+def report(**fields):
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = {}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({**old, **fields}, f)
+    os.replace(tmp, path)
+
+
+def stop(*_):
+    report(final="stopped", message="stopped on request", ended_at=time.time())
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+report(driver_pid=os.getpid(), state="running", started_at=time.time())
+while True:
+    time.sleep(0.05)
+"""
+"""A stand-in for ``spark-submit ... speed/driver.py``: reports itself running, and stopped
+on SIGTERM, like the real driver (no JVM)."""
+
+
+@pytest.fixture
+def drivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Jobs launch :data:`FAKE_DRIVER`; yields the pids of every driver launched (all killed
+    at the end)."""
+    script = tmp_path / "fake_driver.py"
+    script.write_text(FAKE_DRIVER)
+    launched: list[int] = []
+    spawn = launcher.spawn
+
+    def submit_argv(settings: Settings, job: launcher.Job, connector: list[Path]) -> list[str]:
+        jobs_dir = str(settings.jobs_dir)
+        return [sys.executable, str(script), "--job-id", job.id, "--jobs-dir", jobs_dir]
+
+    def spawn_and_record(argv: list[str], **kwargs: Any) -> int:
+        pid = spawn(argv, **kwargs)
+        launched.append(pid)
+        return pid
+
+    monkeypatch.setattr(launcher, "submit_argv", submit_argv)
+    monkeypatch.setattr(launcher, "spark_connector_jars", lambda cache_dir: [])
+    monkeypatch.setattr(launcher, "spawn", spawn_and_record)
+    yield launched
+    for pid in launched:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def wait_running(settings: Settings, job_id: str) -> launcher.Job:
+    deadline = time.monotonic() + 30
+    while (job := launcher.load(settings, job_id)).state != "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+def concurrently(*calls: Callable[[], T]) -> list[T | Exception]:
+    """Run ``calls`` in threads released at the same moment; their results or errors."""
+    barrier = threading.Barrier(len(calls))
+    out: list[T | Exception] = [RuntimeError("did not finish")] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = calls[i]()
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+def test_concurrent_restarts_leave_one_driver_and_stop_stops_it(
+    settings: Settings, drivers: list[int]
+) -> None:
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    wait_running(settings, job_id)
+    results = concurrently(
+        lambda: launcher.restart(settings, job_id), lambda: launcher.restart(settings, job_id)
+    )
+    assert [type(r) for r in results] == [launcher.Job, launcher.Job], results
+    # The second restart ran after the first and restarted the driver the first launched.
+    job = wait_running(settings, job_id)
+    assert [pid for pid in drivers if alive(pid)] == [job.launcher_pid], drivers
+    assert job.restarts == 2
+    stopped = launcher.stop(settings, job_id, timeout_s=20)
+    assert stopped.state == "stopped"
+    assert [pid for pid in drivers if alive(pid)] == []
+
+
+def test_concurrent_submits_of_one_source_launch_one_job(
+    settings: Settings, drivers: list[int]
+) -> None:
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    results = concurrently(
+        lambda: launcher.submit(settings, catalog, "pageviews"),
+        lambda: launcher.submit(settings, catalog, "pageviews"),
+    )
+    jobs = [r for r in results if isinstance(r, launcher.Job)]
+    refused = [r for r in results if isinstance(r, ConflictError)]
+    assert len(jobs) == 1 and len(refused) == 1, results
+    assert f"job {jobs[0].id}" in refused[0].message
+    assert [pid for pid in drivers if alive(pid)] == [jobs[0].launcher_pid]
+    assert [j.id for j in launcher.jobs(settings)] == [jobs[0].id]
+    assert launcher.stop(settings, jobs[0].id, timeout_s=20).state == "stopped"
+
+
+def test_the_registry_is_private(settings: Settings, drivers: list[int]) -> None:
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    launcher.restart(settings, job_id)
+    wait_running(settings, job_id)
+    launcher.stop(settings, job_id, timeout_s=20)
+    # What the real driver reports goes through launcher.report (the fake writes its own).
+    launcher.report(settings.jobs_dir, job_id, final="stopped")
+    root = settings.jobs_dir
+    d = root / job_id
+    modes = {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in (root, d)}
+    assert modes == {".": 0o700, job_id: 0o700}
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [*root.iterdir(), *d.iterdir()]}
+    files.pop(job_id)
+    assert files == {
+        name: 0o600
+        for name in (
+            "registry.lock",
+            "job.json",
+            "settings.json",
+            "driver.json",
+            "job.log",
+            "launcher.pid",
+        )
+    }
