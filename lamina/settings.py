@@ -101,6 +101,9 @@ class CassandraSettings(_Section):
     """SimpleStrategy replication factor; 3 on a real ring."""
     consistency: str = "LOCAL_ONE"
     """Read and write consistency level; LOCAL_QUORUM on a real ring."""
+    outage_retry_s: float = Field(default=120.0, ge=0)
+    """How long a source job keeps retrying (with backoff) a micro-batch's real-time writes
+    while Cassandra is unreachable before it stops with an error naming Cassandra."""
 
     _heap = field_validator("heap")(_check_heap)
 

@@ -82,6 +82,9 @@ _OUTAGES: tuple[tuple[type[BaseException], str], ...] = (
     (Timeout, "did not answer in time"),
     (Unavailable, "has too few live replicas"),
 )
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = tuple(kind for kind, _ in _OUTAGES)
+"""What the driver raises while Cassandra is down, restarting or short of replicas: worth
+trying again later (:func:`unavailable` names it)."""
 
 
 def unavailable(settings: CassandraSettings, exc: BaseException) -> StoreUnavailableError | None:
@@ -119,14 +122,16 @@ _SHARED: dict[tuple[int, CassandraSettings, str | None], tuple[Cluster, Session]
 def shared_session(settings: CassandraSettings, keyspace: str | None = None) -> Session:
     """A session kept for the life of this process (one per pid: never shared across fork).
 
-    For Spark tasks: a reused Python worker connects once, not once per micro-batch.
+    For Spark tasks: a reused Python worker connects once, not once per micro-batch; for
+    source jobs, whose micro-batches wait out an outage: after one, the driver tries the
+    node again at most 2 s apart.
     """
     import os
 
     key = (os.getpid(), settings, keyspace)
     found = _SHARED.get(key)
     if found is None or found[1].is_shutdown:
-        c = cluster(settings)
+        c = cluster(settings, reconnect_max_s=2.0)
         found = _SHARED[key] = (c, c.connect(keyspace))
     return found[1]
 

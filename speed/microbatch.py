@@ -66,7 +66,7 @@ from lamina.streams import (
 from lamina.views import Source, View
 from serving.cassandra import shared_session
 from speed.dedup import KEPT, LISTED, DedupIndex, Verdict
-from speed.realtime import RealtimeCells
+from speed.realtime import RealtimeCells, wait_out_outage
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +168,11 @@ class SourceBatches:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         lap = Laps()
-        if self.index is None:
-            self._start(batch_id)
-            lap("start")
         batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         try:
+            if self.index is None:
+                self._start(batch_id)
+                lap("start")
             counts = self._run(batch, batch_id, lap)
         except LaminaError as exc:
             FAILURES[self.query] = str(exc)
@@ -223,7 +223,9 @@ class SourceBatches:
                 for view, job in zip(self.views, jobs, strict=True):
                     rows = job.result()
                     lap(f"aggregate:{view.name}")
-                    self.cells[view.name].apply(rows, batch_id)
+                    self.cells[view.name].apply(
+                        rows, batch_id, retry_s=self.settings.cassandra.outage_retry_s
+                    )
                     lap(f"write:{view.name}")
             finally:
                 for job in jobs:  # joined even if a view failed
@@ -429,21 +431,32 @@ class SourceBatches:
             ]
             self._seed(index, files, [str(d) for e, d in imports.items() if e >= floor], floor)
         self.index = index
-        session = shared_session(settings.cassandra, settings.cassandra.keyspace)
-        for view in self.views:
-            self.cells[view.name] = RealtimeCells(
-                session,
-                settings.cassandra.keyspace,
-                view,
-                # Cells of later epochs cannot exist (an interrupted attempt of this
-                # micro-batch counts: its epochs are in the archive, or it wrote only new
-                # cells of its own, which the replay rewrites).
-                written_before=max(archive, default=None),
-                # An epoch's cells change only while Kafka records of that epoch are read:
-                # the current epoch and, at a micro-batch boundary, the one before it.
-                cache_seconds=3 * pipeline.epoch_seconds,
-                concurrency=pipeline.write_concurrency,
-            )
+
+        def connect() -> dict[str, RealtimeCells]:
+            session = shared_session(settings.cassandra, settings.cassandra.keyspace)
+            return {
+                view.name: RealtimeCells(
+                    session,
+                    settings.cassandra.keyspace,
+                    view,
+                    # Cells of later epochs cannot exist (an interrupted attempt of this
+                    # micro-batch counts: its epochs are in the archive, or it wrote only
+                    # new cells of its own, which the replay rewrites).
+                    written_before=max(archive, default=None),
+                    # An epoch's cells change only while Kafka records of that epoch are
+                    # read: the current epoch and, at a micro-batch boundary, the one before.
+                    cache_seconds=3 * pipeline.epoch_seconds,
+                    concurrency=pipeline.write_concurrency,
+                )
+                for view in self.views
+            }
+
+        # A job started during a Cassandra outage waits for it, as a micro-batch does.
+        self.cells = wait_out_outage(
+            connect,
+            settings.cassandra.outage_retry_s,
+            f"the connection of source job {src.name!r}",
+        )
         saved = read_json(source_report_file(settings, self.query)) or {}
         self.counters = {k: int(saved.get("counters", {}).get(k, 0)) for k in COUNTERS}
         self.last_batch = int(saved.get("batch_id", -1))

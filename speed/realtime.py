@@ -20,14 +20,17 @@ of epochs evicted from the cache.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.query import BatchStatement, BatchType
 
+from lamina.errors import StoreUnavailableError
 from lamina.views import View
+from serving.cassandra import OUTAGE_ERRORS
 from serving.merge import decode, encode, plus
 from serving.schema import realtime_cell_cql, realtime_upsert_cql
 from serving.writer import state_values
@@ -57,6 +60,37 @@ def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
         size += n
     if chunk:
         yield chunk
+
+
+T = TypeVar("T")
+
+
+def wait_out_outage(action: Callable[[], T], retry_s: float, what: str) -> T:
+    """``action()``, tried again with backoff (1 s, doubling, at most 10 s apart) while
+    Cassandra is unreachable or times out (:data:`serving.cassandra.OUTAGE_ERRORS`), for up
+    to ``retry_s`` seconds; then :class:`~lamina.errors.StoreUnavailableError` naming
+    ``what`` could not be done. ``action`` must be safe to run again after a failure."""
+    deadline = time.monotonic() + retry_s
+    delay = 1.0
+    while True:
+        try:
+            return action()
+        except OUTAGE_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailableError(
+                    f"Cassandra did not take {what} for {retry_s:g} s: {type(exc).__name__}: {exc}",
+                    hint="check that Cassandra is up (lamina stack status); the job resumes "
+                    "from this micro-batch when restarted, nothing is lost "
+                    "(cassandra.outage_retry_s sets how long it waits)",
+                ) from exc
+            log.warning(
+                "Cassandra unavailable for %s (%s); trying again in %.0f s",
+                what,
+                type(exc).__name__,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 Cell = tuple[Any, ...]
@@ -98,10 +132,17 @@ class RealtimeCells:
         self.reads = 0
         self.writes = 0
 
-    def apply(self, rows: Iterable[Any], batch_id: int) -> int:
+    def apply(self, rows: Iterable[Any], batch_id: int, *, retry_s: float = 0.0) -> int:
         """Fold micro-batch ``batch_id``'s partial states (rows with the key fields,
         ``bucket``, ``ingest_epoch`` and the view's state columns) into the table; returns
-        the number of cells written."""
+        the number of cells written.
+
+        While Cassandra is unreachable or times out, tries again with backoff (1 s, doubling,
+        at most 10 s apart) for up to ``retry_s`` seconds, then raises
+        :class:`~lamina.errors.StoreUnavailableError`. Trying again is safe: a failed attempt
+        forgets what it cached, and the next one reads the cells back and skips those that
+        already hold ``batch_id`` (as a replayed micro-batch does).
+        """
         n = len(self.view.keys) + 2
         partial: dict[Cell, tuple[Any, ...]] = {}
         for r in rows:
@@ -109,6 +150,13 @@ class RealtimeCells:
             partial[t[:n]] = state_values(self.view, t[n:])
         if not partial:
             return 0
+        return wait_out_outage(
+            lambda: self._apply(partial, batch_id),
+            retry_s,
+            f"the real-time writes of view {self.view.name!r} (micro-batch {batch_id})",
+        )
+
+    def _apply(self, partial: dict[Cell, tuple[Any, ...]], batch_id: int) -> int:
         top = max(c[-1] for c in partial)
         try:
             stored = self._stored(list(partial))

@@ -261,3 +261,120 @@ def test_records_deleted_by_kafka_before_they_were_archived_stop_the_job(
     assert report is not None and "failed" not in report
     assert report["counters"]["lost"] == deleted_new
     assert report["counters"]["records"] == total - deleted_new
+
+    # Lag comes from the checkpoint, not from the status the listener last wrote (stale
+    # after a restart that re-ran a micro-batch): everything is committed, lag 0.
+    from lamina.streams import query_statuses, read_status, write_status
+
+    stale = read_status(settings, query_name) or {}
+    stale["end_offsets"] = {source.topic: {str(p): 0 for p in ends}}
+    write_status(settings, query_name, stale)
+    [status] = query_statuses(settings, {query_name: source})
+    assert status.lag == 0, status
+
+
+def test_a_cassandra_outage_during_a_micro_batch_is_ridden_out(
+    speed_settings: Settings, spark: Any
+) -> None:
+    """Cassandra goes down while the job has records to write: the micro-batch tries again
+    until it is back and nothing is lost or counted twice. With a shorter patience the job
+    stops with an error naming Cassandra, and a restart resumes exactly."""
+    from lamina.stack.manager import Stack
+    from speed.microbatch import FAILURES
+
+    settings = speed_settings
+    catalog = load_views(settings.pipeline.views_file)
+    source = catalog.view(VIEW).source
+    ensure_topics(settings, [source.topic])
+    with open_store(settings.cassandra, catalog):
+        pass
+    produced: list[dict[str, Any]] = []
+
+    def round_of(seed: int) -> None:
+        g = truth.pageviews(150, seed=seed)
+        produce(settings, source.topic, g.raw)
+        produced.extend(g.good)
+
+    cassandra = Stack(settings, ["cassandra"])
+    round_of(91)
+    query = start_source(spark, settings, catalog, source)
+    try:
+        query.processAllAvailable()
+        cassandra.down()
+        try:
+            round_of(92)  # read by the running job while Cassandra is down
+            time.sleep(8)  # its micro-batch keeps trying meanwhile
+        finally:
+            cassandra.up()
+        query.processAllAvailable()
+        assert query.isActive
+        check_answers(settings, {VIEW: produced})
+    finally:
+        query.stop()
+
+    impatient = settings.model_copy(
+        update={"cassandra": settings.cassandra.model_copy(update={"outage_retry_s": 2.0})}
+    )
+    query = start_source(spark, impatient, catalog, source)
+    try:
+        round_of(93)
+        query.processAllAvailable()  # connected, written
+        cassandra.down()
+        try:
+            round_of(94)
+            with pytest.raises(Exception, match="Cassandra did not take"):
+                query.processAllAvailable()
+            assert "real-time writes of view" in FAILURES[source_query(source)]
+        finally:
+            cassandra.up()
+    finally:
+        query.stop()
+    query = start_source(spark, settings, catalog, source)
+    try:
+        query.processAllAvailable()
+        check_answers(settings, {VIEW: produced})
+    finally:
+        query.stop()
+
+
+def test_a_sum_of_longs_past_64_bits_is_exact_in_both_layers(
+    speed_settings: Settings, spark: Any
+) -> None:
+    """Two instance_seconds near 5e18 in one cell overflow a 64-bit sum: batch and speed
+    both keep it exact (a varint state), and the merged answer adds them."""
+    import json
+
+    from batch.imports import import_files
+    from batch.recompute import run_batch
+    from tests.integration.answers import answers
+
+    settings = speed_settings
+    catalog = load_views(settings.pipeline.views_file)
+    source = catalog.view("cloud_metering").source
+    big = 5 * 10**18
+
+    def event(i: int) -> dict[str, Any]:
+        return {
+            "usage_id": f"u{i}",
+            "ts": truth.BASE,
+            "customer": "acme",
+            "instance_type": "m5",
+            "instance_seconds": big,
+        }
+
+    path = settings.master_dir.parent / "big.jsonl"
+    path.write_text("".join(json.dumps(event(i)) + "\n" for i in range(2)))
+    assert import_files(settings, source, [path]).accepted == 2
+    time.sleep(2 * EPOCH_S)  # the import's epoch is complete
+    run_batch(spark, settings, catalog, ["cloud_metering"])
+    ensure_topics(settings, [source.topic])
+    produce(settings, source.topic, [json.dumps(event(i)).encode() for i in (2, 3)])
+    query = start_source(spark, settings, catalog, source)
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    got = answers(settings, catalog, "cloud_metering", ["acme"])
+    [cell] = got.values()
+    assert cell["values"]["instance_seconds"] == 4 * big
+    assert cell["values"]["records"] == 4
