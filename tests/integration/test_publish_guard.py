@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ def two_epochs(stack: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
         e1, e2 = epochs
         with open_store(settings.cassandra, catalog) as store:
             stmt = store.session.prepare(
-                insert_cql(view, f"{settings.cassandra.keyspace}.{realtime_table(view)}", realtime=True)
+                insert_cql(
+                    view, f"{settings.cassandra.keyspace}.{realtime_table(view)}", realtime=True
+                )
             )
             for (c, bucket, e), (secs, n) in realtime_rows(b, e2).items():
                 store.session.execute(stmt, (c, bucket, e, secs, n))
@@ -72,6 +75,7 @@ def two_epochs(stack: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "e2": e2,
             "complete": complete,
             "events": a + b,
+            "realtime_events": b,
             "keys": sorted({ev["customer"] for ev in g.good}),
         }
     finally:
@@ -82,6 +86,14 @@ def exact(w: dict[str, Any]) -> None:
     """The merged answers count ``A+B`` exactly once."""
     got = answers(w["settings"], w["catalog"], VIEW, w["keys"])
     assert_exact(VIEW, got, truth.truth(VIEW, w["events"]))
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """``lamina`` in another process, on this test's keyspace and master dataset."""
+    return {
+        "LAMINA_CASSANDRA__KEYSPACE": settings.cassandra.keyspace,
+        "LAMINA_PIPELINE__MASTER_DIR": str(settings.master_dir),
+    }
 
 
 def published(w: dict[str, Any]) -> Published:
@@ -100,6 +112,9 @@ def test_a_batch_run_at_an_older_cutoff_than_the_published_is_refused(
     assert new.cutoff == w["complete"]
     with pytest.raises(PublishError, match="older than the published"):
         run_batch(spark, settings, catalog, [VIEW], cutoff=w["e2"])
+    done = run_lamina(cli_env(settings), "batch", "run", "--view", VIEW, "--cutoff", str(w["e2"]))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "older than the published" in done.stderr and "lamina batch rollback" in done.stderr
     pub = published(w)
     assert (pub.version, pub.cutoff) == (new.version, w["complete"])
     exact(w)
@@ -211,16 +226,15 @@ def test_a_cutoff_beyond_the_complete_one_is_refused(
     future = w["complete"] + 10 * settings.pipeline.epoch_seconds
     with pytest.raises(PublishError, match="beyond the complete cutoff"):
         run_batch(spark, settings, catalog, [VIEW], cutoff=future)
-    env = {
-        "LAMINA_CASSANDRA__KEYSPACE": settings.cassandra.keyspace,
-        "LAMINA_PIPELINE__MASTER_DIR": str(settings.master_dir),
-    }
-    done = run_lamina(env, "batch", "run", "--view", VIEW, "--cutoff", str(future), timeout=300)
+    done = run_lamina(
+        cli_env(settings), "batch", "run", "--view", VIEW, "--cutoff", str(future), timeout=300
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "beyond the complete cutoff" in done.stderr
     with open_store(settings.cassandra) as store:
         assert store.published(view) is None and store.versions(view) == []
-    exact(w)  # the real-time rows alone
+    got = answers(settings, catalog, VIEW, w["keys"])  # the real-time rows alone: B
+    assert_exact(VIEW, got, truth.truth(VIEW, w["realtime_events"]))
 
 
 def test_retain_one_keeps_the_previous_version_for_readers_in_flight(
@@ -271,7 +285,9 @@ def test_retain_one_keeps_the_previous_version_for_readers_in_flight(
     exact(w)
 
 
-def test_concurrent_batch_runs_publish_one_at_a_time(two_epochs: dict[str, Any], spark: Any) -> None:
+def test_concurrent_batch_runs_publish_one_at_a_time(
+    two_epochs: dict[str, Any], spark: Any
+) -> None:
     """Two ``run_batch`` of one view started together: one builds and publishes, the other is
     refused with a clear message (never two builds at once)."""
     w = two_epochs
@@ -294,3 +310,37 @@ def test_concurrent_batch_runs_publish_one_at_a_time(two_epochs: dict[str, Any],
     refused = [o for o in outcomes if isinstance(o, ConflictError)]
     assert len(refused) == 1, outcomes
     exact(w)
+
+
+def test_the_lease_of_a_build_that_died_expires(two_epochs: dict[str, Any]) -> None:
+    """A build's process that dies keeps its view locked only until the lease's TTL; a lease
+    renewed by another holder meanwhile is reported lost (that build must not publish)."""
+    w = two_epochs
+    settings, view = w["settings"], w["view"]
+    with open_store(settings.cassandra, w["catalog"]) as store:
+        ks = settings.cassandra.keyspace
+        store.session.execute(
+            f"INSERT INTO {ks}.leases (view_name, holder, acquired_at) VALUES (%s, %s, %s) "
+            "USING TTL 2",
+            (view.name, "a dead build", time.time()),
+        )
+        with (
+            pytest.raises(ConflictError, match="being built by a dead build"),
+            store.build_lease(view),
+        ):
+            pass
+        time.sleep(2.5)
+        with store.build_lease(view, ttl_s=3) as lease:
+            lease.check()
+            store.session.execute(
+                f"UPDATE {ks}.leases SET holder = 'a usurper' WHERE view_name = %s", (view.name,)
+            )
+            time.sleep(1.5)  # past one renewal (every ttl_s / 3)
+            with pytest.raises(ConflictError, match="lost its lease"):
+                lease.check()
+        # Ours ended without deleting the usurper's row.
+        with (
+            pytest.raises(ConflictError, match="being built by a usurper"),
+            store.build_lease(view),
+        ):
+            pass
