@@ -185,6 +185,7 @@ def build_view(
             f"{view.name} v{version}: reconciled {report.cells} cells with the real-time view "
             f"(epochs {report.epoch_from}..{cut}): {report.diverging} diverging"
         )
+        lease.check()  # another build may hold the view: this one is not to be published
     except BaseException:
         store.finish_version(view, version, "failed", 0, timings)
         raise

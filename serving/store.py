@@ -120,13 +120,16 @@ class BuildLease:
     past the TTL and another build may have taken the view): such a build must not publish.
     """
 
-    def __init__(self, store: Store, view: View, holder: str, ttl_s: int) -> None:
+    def __init__(
+        self, store: Store, view: View, holder: str, ttl_s: int, acquired_at: float
+    ) -> None:
         self.store, self.view, self.holder, self.ttl_s = store, view, holder, ttl_s
+        self.acquired_at = acquired_at
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._renew = store.prepare(
-            f"UPDATE {store.ks}.leases USING TTL ? SET holder = ?, renewed_at = ? "
-            "WHERE view_name = ? IF holder = ?"
+            f"UPDATE {store.ks}.leases USING TTL ? SET holder = ?, acquired_at = ?, "
+            "renewed_at = ? WHERE view_name = ? IF holder = ?"
         )
         self._thread = threading.Thread(
             target=self._heartbeat, name=f"lease-{view.name}", daemon=True
@@ -145,7 +148,14 @@ class BuildLease:
             try:
                 applied = self.store.session.execute(
                     self._renew,
-                    (self.ttl_s, self.holder, time.time(), self.view.name, self.holder),
+                    (
+                        self.ttl_s,
+                        self.holder,
+                        self.acquired_at,
+                        time.time(),
+                        self.view.name,
+                        self.holder,
+                    ),
                 ).was_applied
             except Exception:  # a transient failure: the next beat retries within the TTL
                 log.warning("view %s: lease renewal failed", self.view.name, exc_info=True)
@@ -554,7 +564,7 @@ class Store:
                 hint=f"wait for it to finish (`lamina batch versions {view.name}`); if its "
                 f"process died, the lease expires within {ttl_s} s",
             )
-        lease = BuildLease(self, view, holder, ttl_s)
+        lease = BuildLease(self, view, holder, ttl_s, now)
         lease.start()
         try:
             yield lease
