@@ -1,11 +1,19 @@
 """``lamina batch run``: recompute views from the master dataset and publish new versions.
 
-For each view: pick the cutoff (complete ingest epochs only), read the master dataset up to
-it, drop duplicate event ids, aggregate through :func:`engine.translate.aggregate`, write a
+For each view: take the view's build lease (one build of a view at a time), pick the cutoff
+(complete ingest epochs only, never older than the published one), read the master dataset up
+to it, drop duplicate event ids, aggregate through :func:`engine.translate.aggregate`, write a
 new version table with concurrent prepared inserts from the Spark tasks, reconcile it with
 the real-time view on the epochs both cover (report stored per version), then publish it
-with one catalog write. A crash before the publish leaves the published version untouched
-(the half-built version stays ``building`` and is collected later).
+with one conditional catalog write (:meth:`serving.store.Store.publish`). A crash before the
+publish leaves the published version untouched (the half-built version stays ``building``
+and its lease expires).
+
+The purge and a build in flight: the purge floor does not wait for ``building`` versions.
+Each purge records its floor in the catalog before it deletes, and no version below that
+floor is ever published (:meth:`serving.store.Store.check_publishable`): a build that started
+at an older cutoff and ends after a newer publish and its purge is refused at its publish,
+instead of holding every purge back behind builds that may have died.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
 from serving.schema import batch_table
-from serving.store import Published, Store, Version, open_store
+from serving.store import BuildLease, Published, Store, Version, open_store, utc
 from serving.writer import partition_writer, state_row
 
 log = logging.getLogger(__name__)
@@ -95,16 +103,50 @@ def first_copies(events: DataFrame, event_id: str) -> DataFrame:
 
 
 def resolve_cutoff(settings: Settings, view: View, cutoff: int | None) -> int:
-    if cutoff is not None:
-        return cutoff
+    """The cutoff of a build: ``cutoff``, or the complete cutoff of the view's source (the
+    newest one before which the master dataset holds every event, :func:`complete_cutoff`).
+
+    Raises :class:`PublishError` when there is no complete epoch yet, or when ``cutoff`` is
+    beyond the complete cutoff: such a version would lack events of the epochs in between
+    while hiding their real-time rows (they are merged only at or after the cutoff).
+    """
     found = complete_cutoff(settings, view.source)
-    if found is None:
+    if cutoff is None and found is None:
         raise PublishError(
             f"view {view.name!r}: the master dataset has no complete epoch of source "
             f"{view.source.name!r} yet",
             hint="import history with `lamina master import` or start the archiver",
         )
-    return found
+    if cutoff is None:
+        assert found is not None
+        return found
+    if found is None or cutoff > found:
+        complete = "none yet" if found is None else f"{found} ({utc(found)})"
+        raise PublishError(
+            f"view {view.name!r}: cutoff {cutoff} ({utc(cutoff)}) is beyond the complete cutoff "
+            f"of source {view.source.name!r}, {complete}: the batch would miss events of the "
+            "epochs in between and hide their real-time rows",
+            hint="omit --cutoff to take the complete cutoff, or wait until the source job or "
+            "import has completed those epochs",
+        )
+    return cutoff
+
+
+def check_cutoff(
+    settings: Settings,
+    store: Store,
+    view: View,
+    cutoff: int | None,
+    *,
+    allow_older_cutoff: bool = False,
+) -> int:
+    """The cutoff a build of ``view`` takes (:func:`resolve_cutoff`), checked before any work
+    against the published version (:meth:`Store.check_publishable`: never below its purge
+    floor; never older than its cutoff unless ``allow_older_cutoff``). The publish checks
+    again, atomically: this check only saves a build that could not be published."""
+    cut = resolve_cutoff(settings, view, cutoff)
+    Store.check_publishable(view, cut, store.published(view), allow_older_cutoff=allow_older_cutoff)
+    return cut
 
 
 def build_view(
@@ -115,14 +157,25 @@ def build_view(
     *,
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
+    lease: BuildLease | None = None,
 ) -> Version:
     """Recompute one view into a new, unpublished version (state ``ready``), with its
     reconciliation against the real-time view stored (:func:`reconcile_version`).
 
+    Holds the view's build lease (``lease``, or its own: :meth:`Store.build_lease`), so a
+    second build of the view meanwhile is refused with :class:`ConflictError`. The cutoff is
+    checked by :func:`check_cutoff`; an older one than the published is let through (a
+    from-scratch recompute: validation and the publish decide).
+
     Raises; a failed build is marked ``failed`` and the published version stays as it was.
     """
+    if lease is None:
+        with store.build_lease(view) as own:
+            return build_view(
+                spark, settings, store, view, cutoff=cutoff, progress=progress, lease=own
+            )
     t0 = time.monotonic()
-    cut = resolve_cutoff(settings, view, cutoff)
+    cut = check_cutoff(settings, store, view, cutoff, allow_older_cutoff=True)
     version = store.begin_version(view, cut)
     timings: dict[str, float] = {}
     try:
@@ -152,6 +205,7 @@ def build_view(
             f"{view.name} v{version}: reconciled {report.cells} cells with the real-time view "
             f"(epochs {report.epoch_from}..{cut}): {report.diverging} diverging"
         )
+        lease.check()  # another build may hold the view: this one is not to be published
     except BaseException:
         store.finish_version(view, version, "failed", 0, timings)
         raise
@@ -198,9 +252,15 @@ def run_view(
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> BatchResult:
-    """Recompute and publish one view. Raises; the published version stays as it was."""
-    built = build_view(spark, settings, store, view, cutoff=cutoff, progress=progress)
-    pub = store.publish(view, built)
+    """Recompute and publish one view, holding its build lease throughout. Raises; the
+    published version stays as it was. A cutoff older than the published one is refused
+    before the build (and, should one be published meanwhile, at the publish): going back is
+    a rollback (:meth:`Store.rollback`)."""
+    with store.build_lease(view, "lamina batch run") as lease:
+        cut = check_cutoff(settings, store, view, cutoff)
+        built = build_view(spark, settings, store, view, cutoff=cut, progress=progress, lease=lease)
+        lease.check()
+        pub = store.publish(view, built)
     t = built.timings
     progress(
         f"{view.name} v{built.version}: published {built.rows} rows, cutoff {built.cutoff}, "
@@ -215,12 +275,18 @@ def collect_and_purge(
     store: Store, view: View, progress: Callable[[str], None] = log.info
 ) -> tuple[list[int], int]:
     """After a publish: drop versions beyond ``retain_versions`` and purge real-time rows
-    that every retained version covers. Returns (collected versions, purged rows)."""
+    that every retained version covers. Returns (collected versions, purged rows).
+
+    The floor is recorded in the catalog before any row goes
+    (:meth:`Store.raise_purge_floor`); versions building meanwhile do not hold it back.
+    """
     dropped = store.collect_garbage(view, view.retain_versions)
     if dropped:
         progress(f"{view.name}: collected versions {dropped}")
     # Rows a rollback could still need (epochs >= the oldest retained cutoff) are kept.
     floor = store.retained_min_cutoff(view)
+    if floor is not None:
+        floor = store.raise_purge_floor(view, floor)
     purged = store.purge_realtime(view, floor) if floor is not None else 0
     if purged:
         progress(f"{view.name}: purged {purged} real-time rows of epochs < {floor}")

@@ -127,7 +127,9 @@ def validate(view_name: str, version: int, *, allow_older_cutoff: bool = False) 
 
     A cutoff older than the published one is refused, unless ``allow_older_cutoff`` (a
     from-scratch recompute) and the real-time rows it needs are still there: its cutoff is
-    not older than any other retained version's, so no purge removed epochs it relies on.
+    not older than any other retained version's, nor than the purge floor recorded in the
+    catalog, so no purge removed epochs it relies on. (The publish checks the same again,
+    atomically: :meth:`serving.store.Store.publish`.)
 
     Returns the report (with the reconciliation), also when it raises (as the log line).
     """
@@ -166,7 +168,12 @@ def validate(view_name: str, version: int, *, allow_older_cutoff: bool = False) 
         problems.append(f"read {events} events but wrote no rows")
     if v.rows > events:
         problems.append(f"{v.rows} rows from {events} events")
-    if pub is not None and v.cutoff < pub.cutoff:
+    if pub is not None and pub.purged_before is not None and v.cutoff < pub.purged_before:
+        problems.append(
+            f"cutoff {v.cutoff} is older than {pub.purged_before}, before which the real-time "
+            "rows were purged"
+        )
+    elif pub is not None and v.cutoff < pub.cutoff:
         floor = min(others, default=pub.cutoff)
         if not allow_older_cutoff:
             problems.append(f"cutoff {v.cutoff} is older than the published {pub.cutoff}")
@@ -204,11 +211,14 @@ def divergence_problems(rec: Reconciliation, max_divergence: float) -> list[str]
     ]
 
 
-def publish(view_name: str, version: int) -> dict[str, Any]:
+def publish(view_name: str, version: int, *, allow_older_cutoff: bool = False) -> dict[str, Any]:
+    """Publish a validated version (:meth:`serving.store.Store.publish_version`): refused at a
+    cutoff older than the published one unless ``allow_older_cutoff`` (a from-scratch
+    recompute), and always below the catalog's purge floor."""
     settings, catalog = context()
     view = catalog.view(view_name)
     with open_store(settings.cassandra, catalog) as store:
-        pub = store.publish_version(view, version)
+        pub = store.publish_version(view, version, allow_older_cutoff=allow_older_cutoff)
     return {"view": view_name, "version": pub.version, "cutoff": pub.cutoff, "rows": pub.rows}
 
 

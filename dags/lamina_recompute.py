@@ -8,7 +8,8 @@ Trigger with params ``views`` (view names; default every view) and ``from_scratc
   current complete cutoff, even if nothing new arrived: after a change of a view's
   definition, or to repair a published version. Validation then also accepts a cutoff
   older than the published one where that is safe (the real-time epochs it needs were
-  not purged), see :func:`batch.steps.validate`.
+  not purged), see :func:`batch.steps.validate`, and so does the publish (which checks the
+  purge floor recorded in the catalog again, atomically).
 
 ``select_views`` fails the run at once, naming the unknown views and the known ones. Each
 view has a task group ``<view>``: ``plan`` (skips when there is nothing to do) -> the build

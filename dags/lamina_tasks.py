@@ -105,7 +105,8 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
     a ``submission`` task resolves the arguments and the driver's endpoint variables, the
     ``SparkSubmitOperator`` ``recompute`` runs :mod:`batch.driver`, and ``validate``
     finds the version built at that cutoff during this run. ``validate`` lets an older
-    cutoff through only for a ``from_scratch`` run (see :func:`batch.steps.validate`).
+    cutoff through only for a ``from_scratch`` run (see :func:`batch.steps.validate`), and
+    so does ``publish``; a build holds the view's lease (one build of a view at a time).
     """
     af = settings.airflow
     build_timeout = timedelta(seconds=af.build_timeout_s)
@@ -161,8 +162,9 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
     def publish(version: int) -> dict[str, object]:
         from batch.steps import publish as do_publish
 
+        from_scratch = bool(get_current_context()["params"].get("from_scratch"))
         with lamina_endpoints(af):
-            return do_publish(view_name, version)
+            return do_publish(view_name, version, allow_older_cutoff=from_scratch)
 
     @task
     def purge_and_gc() -> dict[str, object]:

@@ -3,13 +3,19 @@
 Tables, all in the configured keyspace (never hand-written per view):
 
 - ``catalog``: one row per view, the *published* batch version and its cutoff. Publishing is
-  one single-row write, hence atomic: a reader sees the old (version, cutoff) or the new.
+  one single-row write, hence atomic: a reader sees the old (version, cutoff) or the new. The
+  row also holds ``previous_version`` (the version the last publish replaced, whose table is
+  kept for the queries that resolved it) and ``purged_before`` (real-time rows of epochs
+  before it may be purged: no version with an older cutoff may be published again). Every
+  write of it is a lightweight transaction on the row as read (see :mod:`serving.store`).
 - ``versions``: every batch version of a view (state, cutoff, row count, timings, hash).
 - ``b_<view>_v<N>``: batch view version N; ``PRIMARY KEY ((keys...), bucket)`` so a key's
   bucket range is one partition slice.
 - ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``, plus
   ``applied_batch``: the last micro-batch of the source job folded into the row (a replayed
   micro-batch skips the rows that already hold it: exactly-once read-modify-write).
+- ``leases``: per view, the build that holds the view (``holder``), a row with a TTL renewed
+  while the build runs: one build of a view at a time (:meth:`serving.store.Store.build_lease`).
 - ``reconciliation``: per view and version, the JSON report comparing the version with the
   real-time view on the epochs both cover (see :mod:`batch.reconcile`); kept after the
   version's table is garbage-collected, as history.
@@ -91,11 +97,18 @@ def insert_cql(view: View, table: str, *, realtime: bool = False) -> str:
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
 
 
+CATALOG_GUARD_COLUMNS = (("previous_version", "int"), ("purged_before", "bigint"))
+"""Columns of ``catalog`` added after its first release (older keyspaces get them by ALTER)."""
+
+
 def catalog_ddl(keyspace: str) -> list[str]:
-    """The bookkeeping tables: ``catalog``, ``versions``, ``reconciliation``."""
+    """The bookkeeping tables: ``catalog``, ``versions``, ``leases``, ``reconciliation``."""
     return [
         f"CREATE TABLE IF NOT EXISTS {keyspace}.catalog (view_name text PRIMARY KEY, "
-        "version int, cutoff bigint, rows bigint, published_at double, definition_hash text)",
+        "version int, cutoff bigint, rows bigint, published_at double, definition_hash text, "
+        "previous_version int, purged_before bigint)",
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.leases (view_name text PRIMARY KEY, "
+        "holder text, acquired_at double, renewed_at double)",
         f"CREATE TABLE IF NOT EXISTS {keyspace}.versions (view_name text, version int, "
         "state text, cutoff bigint, rows bigint, started_at double, finished_at double, "
         "definition_hash text, timings text, PRIMARY KEY (view_name, version)) "

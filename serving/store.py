@@ -5,12 +5,32 @@ view ``b_<view>_v<N>`` and ``rt_<view>``) are defined in :mod:`serving.schema`. 
 one single-row write to ``catalog``, hence atomic: a reader sees the old (version, cutoff) or
 the new. All statements on data paths are prepared; bulk row writes go through
 :mod:`serving.writer`.
+
+The guards (issue #12), all lightweight transactions on the view's ``catalog`` or ``leases``
+row, so that Paxos orders them with each other:
+
+- a publish is a compare-and-set on the catalog row it checked: it never publishes a cutoff
+  older than the published one (except a rollback) nor one below ``purged_before``, whatever
+  publishes, rollbacks and purges run at the same time (:meth:`Store.publish`);
+- a purge first raises ``purged_before`` on the catalog row it computed its floor from, then
+  deletes (:meth:`Store.raise_purge_floor`): a version whose real-time epochs are gone can
+  never be published afterwards, so a build in flight at an older cutoff need not hold the
+  purge back;
+- one build of a view at a time: a lease row with a TTL, renewed while the build runs
+  (:meth:`Store.build_lease`);
+- garbage collection keeps the version the last publish replaced, for the queries that
+  resolved it just before (:meth:`Store.collect_garbage`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +40,14 @@ from cassandra import InvalidRequest
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from lamina.errors import NotFoundError, PublishError
+from lamina.errors import ConflictError, NotFoundError, PublishError
 from lamina.schema import INGEST_EPOCH
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
 from serving.cassandra import ensure_keyspace, session
 from serving.schema import (
     APPLIED_BATCH,
+    CATALOG_GUARD_COLUMNS,
     batch_ddl,
     batch_table,
     catalog_ddl,
@@ -35,8 +56,22 @@ from serving.schema import (
 )
 from serving.writer import write_rows
 
+log = logging.getLogger(__name__)
+
 PUBLISHABLE = ("ready", "published", "superseded")
 """Version states whose table is complete and may be (re-)published."""
+
+LEASE_TTL_S = 30
+"""Seconds a build lease lives without renewal (it is renewed every third of that): how long a
+view stays locked after its build's process died without releasing it."""
+
+CAS_ATTEMPTS = 5
+"""Compare-and-set attempts on a catalog row before giving up (each failed one means another
+publish or purge of the view changed the row in between)."""
+
+
+def utc(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch_s))
 
 
 @dataclass(frozen=True)
@@ -49,6 +84,10 @@ class Published:
     rows: int
     published_at: float
     definition_hash: str
+    previous_version: int | None = None
+    """The version this one replaced (its table is kept while this one is published)."""
+    purged_before: int | None = None
+    """Real-time rows of epochs before it may be purged (``None``: no purge recorded)."""
 
     def cutoff_age_s(self, now: float) -> float:
         """Seconds from the end of the data this version covers to ``now`` (epoch seconds).
@@ -73,6 +112,69 @@ class Version:
     timings: dict[str, float]
 
 
+class BuildLease:
+    """The lease of one build of a view, held in its ``leases`` row (see
+    :meth:`Store.build_lease`): renewed by a daemon thread every ``ttl_s / 3`` seconds.
+
+    :meth:`check` raises :class:`ConflictError` once a renewal failed (the process stalled
+    past the TTL and another build may have taken the view): such a build must not publish.
+    """
+
+    def __init__(
+        self, store: Store, view: View, holder: str, ttl_s: int, acquired_at: float
+    ) -> None:
+        self.store, self.view, self.holder, self.ttl_s = store, view, holder, ttl_s
+        self.acquired_at = acquired_at
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._renew = store.prepare(
+            f"UPDATE {store.ks}.leases USING TTL ? SET holder = ?, acquired_at = ?, "
+            "renewed_at = ? WHERE view_name = ? IF holder = ?"
+        )
+        self._thread = threading.Thread(
+            target=self._heartbeat, name=f"lease-{view.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing (the caller then deletes the row)."""
+        self._stop.set()
+        self._thread.join()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                applied = self.store.session.execute(
+                    self._renew,
+                    (
+                        self.ttl_s,
+                        self.holder,
+                        self.acquired_at,
+                        time.time(),
+                        self.view.name,
+                        self.holder,
+                    ),
+                ).was_applied
+            except Exception:  # a transient failure: the next beat retries within the TTL
+                log.warning("view %s: lease renewal failed", self.view.name, exc_info=True)
+                continue
+            if not applied:
+                log.error("view %s: build lease lost (%s)", self.view.name, self.holder)
+                self._lost.set()
+                return
+
+    def check(self) -> None:
+        """Raise :class:`ConflictError` if the lease was lost since it was taken."""
+        if self._lost.is_set():
+            raise ConflictError(
+                f"view {self.view.name!r}: this build lost its lease (no renewal for "
+                f"{self.ttl_s} s), another build may hold the view; not publishing",
+                hint="run the batch again",
+            )
+
+
 @contextmanager
 def open_store(settings: CassandraSettings, catalog: ViewCatalog | None = None) -> Iterator[Store]:
     """Connect, yield a :class:`Store` (schema ensured for ``catalog`` if given), close."""
@@ -91,6 +193,7 @@ class Store:
         self.ks = settings.keyspace
         self.settings = settings
         self._prepared: dict[str, PreparedStatement] = {}
+        self._catalog_ensured = False
 
     def prepare(self, cql: str) -> PreparedStatement:
         stmt = self._prepared.get(cql)
@@ -104,11 +207,22 @@ class Store:
         """Create the keyspace, the catalog tables and every view's real-time table."""
         s = self.session
         ensure_keyspace(s, self.settings)
-        for ddl in catalog_ddl(self.ks):
-            s.execute(ddl)
+        self._ensure_catalog(force=True)
         for view in catalog.views.values():
             s.execute(realtime_ddl(view, self.ks))
             self._add_column(realtime_table(view), APPLIED_BATCH, "bigint")
+
+    def _ensure_catalog(self, *, force: bool = False) -> None:
+        """The bookkeeping tables and the catalog's guard columns (added to a catalog made by
+        an older Lamina), once per store: stores opened without a view catalog (rollback from
+        the CLI) need them too."""
+        if self._catalog_ensured and not force:
+            return
+        for ddl in catalog_ddl(self.ks):
+            self.session.execute(ddl)
+        for column, cql_type in CATALOG_GUARD_COLUMNS:
+            self._add_column("catalog", column, cql_type)
+        self._catalog_ensured = True
 
     def _add_column(self, table: str, column: str, cql_type: str) -> None:
         """Add ``column`` to a table created by an older Lamina (idempotent)."""
@@ -183,10 +297,11 @@ class Store:
         )
 
     def published(self, view: View) -> Published | None:
+        """The catalog row of ``view``: what readers merge against (``None``: nothing yet)."""
         row = self.session.execute(
             self.prepare(f"SELECT * FROM {self.ks}.catalog WHERE view_name = ?"), (view.name,)
         ).one()
-        if row is None:
+        if row is None or row.version is None:
             return None
         return Published(
             row.view_name,
@@ -195,26 +310,97 @@ class Store:
             row.rows or 0,
             row.published_at or 0.0,
             row.definition_hash or "",
+            getattr(row, "previous_version", None),
+            getattr(row, "purged_before", None),
         )
 
-    def publish(self, view: View, version: Version) -> Published:
-        """Point readers at ``version``: one single-row write of the catalog (atomic)."""
-        old = self.published(view)
-        pub = Published(
-            view.name,
-            version.version,
-            version.cutoff,
-            version.rows,
-            time.time(),
-            version.definition_hash,
+    @staticmethod
+    def check_publishable(
+        view: View, cutoff: int, current: Published | None, *, allow_older_cutoff: bool = False
+    ) -> None:
+        """Raise :class:`PublishError` unless a version at ``cutoff`` may replace ``current``.
+
+        Never below ``current.purged_before`` (real-time rows of the epochs between would be
+        gone: answers would undercount), and never older than ``current.cutoff`` unless
+        ``allow_older_cutoff`` (a rollback, or a from-scratch recompute that validation let
+        through): publishes only go forward.
+        """
+        if current is None:
+            return
+        if cutoff < current.cutoff and not allow_older_cutoff:
+            raise PublishError(
+                f"view {view.name!r}: cutoff {cutoff} ({utc(cutoff)}) is older than the "
+                f"published {current.cutoff} ({utc(current.cutoff)}) of version "
+                f"{current.version}: a publish never goes backwards",
+                hint="to go back on purpose, `lamina batch rollback VIEW N` to a retained "
+                "version; otherwise build at the complete cutoff (omit --cutoff)",
+            )
+        floor = current.purged_before
+        if floor is not None and cutoff < floor:
+            raise PublishError(
+                f"view {view.name!r}: cutoff {cutoff} ({utc(cutoff)}) is older than "
+                f"{floor} ({utc(floor)}), before which the real-time rows were purged: "
+                f"published, it would miss the events of the epochs in between",
+                hint="publish a version at a cutoff at or after that (`lamina batch versions "
+                "VIEW`), or build a new one at the complete cutoff (omit --cutoff)",
+            )
+
+    def publish(
+        self, view: View, version: Version, *, allow_older_cutoff: bool = False
+    ) -> Published:
+        """Point readers at ``version``: one single-row write of the catalog (atomic).
+
+        The write is a lightweight transaction on the row as read and checked by
+        :meth:`check_publishable` (``IF version = <read> AND purged_before = <read>``, or
+        ``IF NOT EXISTS``): a publish, rollback or purge that changed the row in between makes
+        it re-read and re-check, so a stale publish is refused rather than written over a
+        newer one. Raises :class:`PublishError` (refused), :class:`ConflictError` (the row kept
+        changing for :data:`CAS_ATTEMPTS` attempts).
+        """
+        self._ensure_catalog()
+        first = self.prepare(
+            f"INSERT INTO {self.ks}.catalog (view_name, version, cutoff, rows, published_at, "
+            "definition_hash) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
         )
-        self.session.execute(
-            self.prepare(
-                f"INSERT INTO {self.ks}.catalog (view_name, version, cutoff, rows, published_at, "
-                "definition_hash) VALUES (?, ?, ?, ?, ?, ?)"
-            ),
-            (pub.view, pub.version, pub.cutoff, pub.rows, pub.published_at, pub.definition_hash),
+        swap = self.prepare(
+            f"UPDATE {self.ks}.catalog SET version = ?, cutoff = ?, rows = ?, published_at = ?, "
+            "definition_hash = ?, previous_version = ? WHERE view_name = ? "
+            "IF version = ? AND purged_before = ?"
         )
+        for _ in range(CAS_ATTEMPTS):
+            old = self.published(view)
+            self.check_publishable(view, version.cutoff, old, allow_older_cutoff=allow_older_cutoff)
+            if old is None:
+                previous = purged = None
+            else:
+                purged = old.purged_before
+                same = old.version == version.version
+                previous = old.previous_version if same else old.version
+            pub = Published(
+                view.name,
+                version.version,
+                version.cutoff,
+                version.rows,
+                time.time(),
+                version.definition_hash,
+                previous,
+                purged,
+            )
+            values = (pub.version, pub.cutoff, pub.rows, pub.published_at, pub.definition_hash)
+            if old is None:
+                applied = self.session.execute(first, (view.name, *values)).was_applied
+            else:
+                applied = self.session.execute(
+                    swap, (*values, previous, view.name, old.version, purged)
+                ).was_applied
+            if applied:
+                break
+        else:
+            raise ConflictError(
+                f"view {view.name!r}: the catalog changed {CAS_ATTEMPTS} times while "
+                f"publishing version {version.version}",
+                hint="another publish or purge of the view is running: try again",
+            )
         self._set_state(view, version.version, "published")
         if old is not None and old.version != version.version:
             self._set_state(view, old.version, "superseded")
@@ -228,9 +414,11 @@ class Store:
             (state, view.name, version),
         )
 
-    def publish_version(self, view: View, version: int) -> Published:
-        """Publish version number ``version``: a new build (``ready``) or, for a rollback,
-        an older one that was not garbage-collected."""
+    def publish_version(
+        self, view: View, version: int, *, allow_older_cutoff: bool = False
+    ) -> Published:
+        """Publish version number ``version``: a new build (``ready``) or an older one that
+        was not garbage-collected, with the checks of :meth:`publish`."""
         v = self.version(view, version)
         if v is None:
             raise NotFoundError(
@@ -242,17 +430,34 @@ class Store:
                 f"view {view.name!r} version {version} is {v.state}, not publishable",
                 hint="only complete versions that were not garbage-collected can be re-published",
             )
-        return self.publish(view, v)
+        return self.publish(view, v, allow_older_cutoff=allow_older_cutoff)
 
-    rollback = publish_version
+    def rollback(self, view: View, version: int) -> Published:
+        """Publish a retained version again, also at a cutoff older than the published one:
+        refused only when real-time rows it needs were purged (``purged_before``)."""
+        return self.publish_version(view, version, allow_older_cutoff=True)
 
     def collect_garbage(self, view: View, retain: int) -> list[int]:
-        """Drop batch tables beyond the newest ``retain`` complete versions (never the
-        published one) and of failed builds; returns the versions collected."""
+        """Drop batch tables beyond the newest ``retain`` complete versions, of failed builds
+        and of versions that can never be published again (cutoff below ``purged_before``);
+        returns the versions collected.
+
+        Never dropped: the published version, the one it replaced (``previous_version``: a
+        query that resolved it just before the publish still reads it, whatever ``retain``;
+        it goes at the next publish), and builds in flight.
+        """
         pub = self.published(view)
-        keep: set[int] = {pub.version} if pub else set()
+        keep: set[int] = set()
+        floor = None
+        if pub is not None:
+            keep |= {pub.version}
+            if pub.previous_version is not None:
+                keep.add(pub.previous_version)
+            floor = pub.purged_before
         versions = self.versions(view)
-        complete = [v for v in versions if v.state in PUBLISHABLE]
+        complete = [
+            v for v in versions if v.state in PUBLISHABLE and (floor is None or v.cutoff >= floor)
+        ]
         keep |= {v.version for v in complete[:retain]}
         dropped = []
         for v in versions:
@@ -285,9 +490,93 @@ class Store:
 
     def retained_min_cutoff(self, view: View) -> int | None:
         """Smallest cutoff among versions one could still publish (real-time rows of
-        epochs at or after it must be kept so a rollback stays exact)."""
-        cut = [v.cutoff for v in self.versions(view) if v.state in PUBLISHABLE]
+        epochs at or after it must be kept so a rollback stays exact). Versions below the
+        recorded ``purged_before`` are not counted: they can never be published again."""
+        pub = self.published(view)
+        floor = None if pub is None else pub.purged_before
+        cut = [
+            v.cutoff
+            for v in self.versions(view)
+            if v.state in PUBLISHABLE and (floor is None or v.cutoff >= floor)
+        ]
         return min(cut) if cut else None
+
+    def raise_purge_floor(self, view: View, floor: int) -> int | None:
+        """Record that real-time rows of epochs ``< floor`` may be deleted; returns the floor
+        to purge below, or ``None`` when nothing may be purged.
+
+        The floor is lowered to the published cutoff, never below what is recorded already,
+        and written with a lightweight transaction on the catalog row as read (``IF version =
+        <read> AND purged_before = <read>``), *before* any row is deleted: a publish or
+        rollback that changed the row in between wins and this purge is retried from the row
+        it wrote; a publish after it sees the floor and refuses any older cutoff. Nothing is
+        purged while nothing is published (queries answer from real-time rows alone).
+        """
+        self._ensure_catalog()
+        stmt = self.prepare(
+            f"UPDATE {self.ks}.catalog SET purged_before = ? WHERE view_name = ? "
+            "IF version = ? AND purged_before = ?"
+        )
+        for _ in range(CAS_ATTEMPTS):
+            pub = self.published(view)
+            if pub is None:
+                return None
+            new = min(floor, pub.cutoff)
+            if pub.purged_before is not None and new <= pub.purged_before:
+                return new  # already recorded: those rows may go (again)
+            applied = self.session.execute(
+                stmt, (new, view.name, pub.version, pub.purged_before)
+            ).was_applied
+            if applied:
+                return new
+        log.warning("view %s: catalog kept changing, purge skipped this time", view.name)
+        return None
+
+    @contextmanager
+    def build_lease(
+        self, view: View, what: str = "build", ttl_s: int = LEASE_TTL_S
+    ) -> Iterator[BuildLease]:
+        """Hold the view's build lease for the block: one build of a view at a time.
+
+        The lease is a ``leases`` row written with ``IF NOT EXISTS`` and a TTL of ``ttl_s``,
+        renewed (``IF holder = <ours>``) every ``ttl_s / 3`` seconds by a daemon thread and
+        deleted (``IF holder = <ours>``) at the end; a process that dies leaves it to expire.
+        Raises :class:`ConflictError` naming the holder when another build holds it.
+        """
+        self._ensure_catalog()
+        holder = f"{what} on {socket.gethostname()} pid {os.getpid()} #{uuid.uuid4().hex[:8]}"
+        now = time.time()
+        got = self.session.execute(
+            self.prepare(
+                f"INSERT INTO {self.ks}.leases (view_name, holder, acquired_at, renewed_at) "
+                "VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+            ),
+            (view.name, holder, now, now, ttl_s),
+        )
+        if not got.was_applied:
+            row = got.one()
+            other = getattr(row, "holder", None) or "another build"
+            since = getattr(row, "acquired_at", None)
+            when = "" if since is None else f" since {utc(int(since))}"
+            raise ConflictError(
+                f"view {view.name!r} is being built by {other}{when}: one build of a view at "
+                "a time",
+                hint=f"wait for it to finish (`lamina batch versions {view.name}`); if its "
+                f"process died, the lease expires within {ttl_s} s",
+            )
+        lease = BuildLease(self, view, holder, ttl_s, now)
+        lease.start()
+        try:
+            yield lease
+        finally:
+            lease.stop()
+            try:
+                self.session.execute(
+                    self.prepare(f"DELETE FROM {self.ks}.leases WHERE view_name = ? IF holder = ?"),
+                    (view.name, holder),
+                )
+            except Exception:  # the TTL ends it anyway
+                log.warning("view %s: could not release the build lease", view.name)
 
     # -- reads --------------------------------------------------------------------------
 

@@ -37,12 +37,18 @@ def cmd_master_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
-    from batch.recompute import run_batch
+    """Recompute and publish views. Unknown views and cutoffs no build may take (beyond the
+    complete cutoff, older than the published one) fail before Spark starts; the build and
+    the publish check the cutoff again."""
+    from batch.recompute import check_cutoff, run_batch
     from engine.session import spark_session
+    from serving.store import open_store
 
     catalog = load_catalog(settings)
-    for v in args.view or []:
-        catalog.view(v)  # unknown names fail before Spark starts
+    chosen = [catalog.view(v) for v in args.view] if args.view else list(catalog.views.values())
+    with open_store(settings.cassandra, catalog) as store:
+        for view in chosen:
+            check_cutoff(settings, store, view, args.cutoff)
     spark = spark_session(settings, "lamina-batch")
     try:
         results = run_batch(spark, settings, catalog, args.view, cutoff=args.cutoff, progress=say)
