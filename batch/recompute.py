@@ -83,9 +83,12 @@ def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int
 
 FIRST_COPY_ORDER = (INGEST_EPOCH, "partition", "offset")
 """Which copy of an event id the batch keeps: the smallest (ingest epoch, Kafka partition,
-offset), imported copies (no partition) first within an epoch, then the other columns: the
-copy the speed layer's duplicate index keeps too (it reads Kafka in that order and is
-seeded with the imports), so both layers count the same copy."""
+offset), imported copies (no partition) first within an epoch, then the other columns.
+The speed layer's duplicate index keeps the same copy when the copies are read in one
+micro-batch or in different epochs (it judges in that order and is seeded with the
+imports); two copies of one epoch on different partitions read in different micro-batches
+can differ (the speed layer keeps the one read first), which only matters if their
+contents differ, and the batch then corrects the speed layer."""
 
 
 def first_copies(events: DataFrame, event_id: str) -> DataFrame:

@@ -12,9 +12,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+STOP_REQUESTED = threading.Event()
+"""Set when this process was asked to stop (SIGTERM/SIGINT in a streaming driver): long
+waits (a micro-batch waiting out a Cassandra outage) give up early."""
 
 
 def read_pid(pid_file: Path) -> int | None:

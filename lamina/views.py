@@ -44,7 +44,8 @@ def _ident(kind: str, name: str) -> str:
 
 
 CQL_RESERVED = frozenset(
-    # Refused as unquoted column names by Cassandra 5.0.8 (tried one by one) ...
+    # Refused as unquoted column names by Cassandra 5.0.8, tried one by one (words the
+    # CQL reference lists but 5.0.8 accepts, such as default or replace, stay allowed).
     {
         "add",
         "allow",
@@ -103,13 +104,6 @@ CQL_RESERVED = frozenset(
         "view",
         "where",
         "with",
-        # ... and reserved by the CQL reference, refused in some positions or versions.
-        "between",
-        "default",
-        "mbean",
-        "mbeans",
-        "replace",
-        "unset",
     }
 )
 """Words a view's Cassandra columns (its key fields and aggregation columns) may not be."""

@@ -166,6 +166,9 @@ class SourceBatches:
     spent: dict[str, float] = field(default_factory=dict)
     """Seconds per step, summed over the micro-batches this process ran."""
 
+    def __post_init__(self) -> None:
+        FAILURES.pop(self.query, None)  # a new run of the query: no failure yet
+
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         lap = Laps()
         batch.persist(StorageLevel.MEMORY_AND_DISK_DESER)
@@ -222,16 +225,19 @@ class SourceBatches:
             try:
                 for view, job in zip(self.views, jobs, strict=True):
                     rows = job.result()
+                    job.value = None  # one view's partial states in memory at a time
                     lap(f"aggregate:{view.name}")
                     self.cells[view.name].apply(
                         rows, batch_id, retry_s=self.settings.cassandra.outage_retry_s
                     )
+                    del rows
                     lap(f"write:{view.name}")
-            finally:
-                for job in jobs:  # joined even if a view failed
+            except BaseException:
+                for job in (*jobs, archiving):  # joined; the views' error is the one raised
                     job.thread.join()
-                archiving.result()
-                lap.timings["archive"] = archiving.seconds
+                raise
+            archiving.result()
+            lap.timings["archive"] = archiving.seconds
             lap("archive_wait")
         if counts["rejected"]:
             self._deadletters(batch.where(F.col(REASON).isNotNull()))
@@ -247,27 +253,41 @@ class SourceBatches:
         An offset without a record (a transaction marker) inside a deleted range counts as
         lost too: the count is an upper bound, exact for non-transactional producers.
         """
-        start = planned_offsets(self.settings, self.query, batch_id - 1) if batch_id else None
-        end = planned_offsets(self.settings, self.query, batch_id)
-        if not start or not end:
+        if batch_id == 0:
             return 0  # the first micro-batch starts at the earliest offsets
+        start = planned_offsets(self.settings, self.query, batch_id - 1)
+        end = planned_offsets(self.settings, self.query, batch_id)
+        if start is None or end is None:
+            log.warning(
+                "source %s: micro-batch %d: no offsets of micro-batches %d/%d in the "
+                "checkpoint; records deleted by Kafka before they were read are not checked",
+                self.source.name,
+                batch_id,
+                batch_id - 1,
+                batch_id,
+            )
+            return 0
         part = meta.column("partition").to_numpy()
         off = meta.column("offset").to_numpy()
         # Kafka deletes a prefix of each partition: if the range's first offset was read,
         # nothing of it was lost (the common case: no call to Kafka).
-        unsure = [
-            p
+        # A partition new since the previous micro-batch starts at offset 0. Where every
+        # offset of a range was read, nothing is lost (the common case: no call to Kafka);
+        # otherwise the range is checked against the partition's earliest offset now
+        # (retention deletes a prefix, possibly while the range was being read).
+        read_in = {
+            p: int(((part == p) & (off >= start.get(p, 0)) & (off < hi)).sum())
             for p, hi in end.items()
-            if p in start and hi > start[p] and not ((part == p) & (off == start[p])).any()
-        ]
+        }
+        unsure = [p for p, hi in end.items() if read_in[p] < hi - start.get(p, 0)]
         if not unsure:
             return 0
         earliest = self._earliest(unsure)
         gaps = []
         for p, hi in sorted(end.items()):
-            lo = start.get(p)
+            lo = start.get(p, 0)
             gone = min(earliest.get(p, 0), hi)
-            if lo is None or p not in earliest or gone <= lo:
+            if p not in earliest or gone <= lo:
                 continue
             read = int(((part == p) & (off >= lo) & (off < gone)).sum())
             if gone - lo - read > 0:

@@ -27,6 +27,7 @@ from engine.kafka import kafka_records, parse_records
 from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
 from lamina.master import record_progress
+from lamina.process import STOP_REQUESTED
 from lamina.settings import Settings
 from lamina.streams import (
     ARCHIVER,
@@ -222,7 +223,7 @@ def stop_gracefully(query: StreamingQuery, timeout_s: float) -> None:
     query.stop()
 
 
-_STOP = threading.Event()
+_STOP = STOP_REQUESTED
 
 
 def stop_on_signals() -> threading.Event:

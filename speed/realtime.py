@@ -29,6 +29,7 @@ from cassandra.concurrent import execute_concurrent, execute_concurrent_with_arg
 from cassandra.query import BatchStatement, BatchType
 
 from lamina.errors import StoreUnavailableError
+from lamina.process import STOP_REQUESTED
 from lamina.views import View
 from serving.cassandra import OUTAGE_ERRORS
 from serving.merge import decode, encode, plus
@@ -68,15 +69,16 @@ T = TypeVar("T")
 def wait_out_outage(action: Callable[[], T], retry_s: float, what: str) -> T:
     """``action()``, tried again with backoff (1 s, doubling, at most 10 s apart) while
     Cassandra is unreachable or times out (:data:`serving.cassandra.OUTAGE_ERRORS`), for up
-    to ``retry_s`` seconds; then :class:`~lamina.errors.StoreUnavailableError` naming
-    ``what`` could not be done. ``action`` must be safe to run again after a failure."""
+    to ``retry_s`` seconds (or until the process is asked to stop); then
+    :class:`~lamina.errors.StoreUnavailableError` naming ``what`` could not be done.
+    ``action`` must be safe to run again after a failure."""
     deadline = time.monotonic() + retry_s
     delay = 1.0
     while True:
         try:
             return action()
         except OUTAGE_ERRORS as exc:
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + delay > deadline or STOP_REQUESTED.is_set():
                 raise StoreUnavailableError(
                     f"Cassandra did not take {what} for {retry_s:g} s: {type(exc).__name__}: {exc}",
                     hint="check that Cassandra is up (lamina stack status); the job resumes "
@@ -89,7 +91,7 @@ def wait_out_outage(action: Callable[[], T], retry_s: float, what: str) -> T:
                 type(exc).__name__,
                 delay,
             )
-            time.sleep(delay)
+            STOP_REQUESTED.wait(delay)  # a stop request ends the wait (replayed on restart)
             delay = min(delay * 2, 10.0)
 
 
