@@ -60,6 +60,7 @@ from lamina.streams import (
     checkpoint_path,
     deadletter_topic,
     duplicates_topic,
+    offsets_client,
     planned_offsets,
     source_report_file,
 )
@@ -165,6 +166,7 @@ class SourceBatches:
     last_batch: int = -1
     spent: dict[str, float] = field(default_factory=dict)
     """Seconds per step, summed over the micro-batches this process ran."""
+    offsets_client: Any = None
 
     def __post_init__(self) -> None:
         FAILURES.pop(self.query, None)  # a new run of the query: no failure yet
@@ -311,14 +313,21 @@ class SourceBatches:
         return lost
 
     def _earliest(self, partitions: list[int]) -> dict[int, int]:
-        from kafka import KafkaConsumer, TopicPartition
+        """Kafka's earliest offsets of ``partitions`` now (one client kept per job: with
+        transactional producers, whose commit markers leave offsets without records, this
+        is asked at every micro-batch)."""
+        from kafka import TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        if self.offsets_client is None:
+            self.offsets_client = offsets_client(self.settings)
+        tps = [TopicPartition(self.source.topic, p) for p in partitions]
         try:
-            tps = [TopicPartition(self.source.topic, p) for p in partitions]
-            return {tp.partition: int(o) for tp, o in consumer.beginning_offsets(tps).items()}
-        finally:
-            consumer.close()
+            found = self.offsets_client.beginning_offsets(tps)
+        except Exception:
+            self.offsets_client.close()  # a fresh client next time
+            self.offsets_client = None
+            raise
+        return {tp.partition: int(o) for tp, o in found.items()}
 
     def _deadletters(self, rejected: DataFrame) -> None:
         (
