@@ -31,7 +31,14 @@ from batch.reconcile import Reconciliation, realtime_overlap, reconcile
 from engine.schema import master_schema
 from engine.translate import aggregate
 from lamina.errors import PublishError
-from lamina.master import archive_dir, complete_cutoff, epoch_dirs, imports_dir, stream_dir
+from lamina.master import (
+    archive_dir,
+    complete_cutoff,
+    epoch_dirs,
+    imports_dir,
+    not_covered,
+    stream_dir,
+)
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
@@ -179,6 +186,16 @@ def build_view(
             )
     t0 = time.monotonic()
     cut = check_cutoff(settings, store, view, cutoff, allow_older_cutoff=True)
+    abandoned = store.fail_abandoned(view)  # we hold the lease: no other build is alive
+    if abandoned:
+        progress(
+            f"{view.name}: versions {abandoned} were left building by a build that died;"
+            " marked failed (their tables go at the next GC)"
+        )
+    left_out = not_covered(settings, view.source, cut)
+    if left_out:
+        log.warning("%s: %s", view.name, left_out)
+        progress(f"{view.name}: warning: {left_out}")
     version = store.begin_version(view, cut)
     timings: dict[str, float] = {}
     try:

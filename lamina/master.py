@@ -159,3 +159,28 @@ def complete_cutoff(settings: Settings, source: Source) -> int | None:
         return int(min(active))
     done = [w["complete_before"] for w in writers.values()]
     return int(max(done)) if done else None
+
+
+def not_covered(settings: Settings, source: Source, cutoff: int) -> str | None:
+    """What the master dataset holds of ``source`` in epochs ``>= cutoff`` (which a batch at
+    ``cutoff`` cannot cover yet) and which writer holds the cutoff there, as one sentence
+    for the user; ``None`` if nothing is beyond the cutoff. Imports count: they are what a
+    user expects a batch to pick up (archive files beyond the cutoff are the normal state
+    of a running source job)."""
+    later = {e: d for e, d in epoch_dirs(imports_dir(settings, source)).items() if e >= cutoff}
+    files = sum(1 for d in later.values() for f in d.iterdir() if f.suffix == ".parquet")
+    if not files:
+        return None
+    holders = [
+        f"{name} ({'active' if w.get('active') else 'finished'}, complete before "
+        f"{w['complete_before']}, last recorded {time.time() - float(w.get('updated_at', 0)):.0f}"
+        " s ago)"
+        for name, w in progress(settings, source).items()
+        if int(w["complete_before"]) == cutoff
+    ]
+    return (
+        f"{files} imported file(s) of source {source.name!r} in epochs {min(later)}.."
+        f"{max(later)} are at or after the cutoff {cutoff} and not in this batch; the cutoff "
+        f"is held by {', '.join(holders) or 'the writers'}: a stopped source job holds it "
+        "(Kafka may have records it has not archived) until it runs again"
+    )

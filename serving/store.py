@@ -406,6 +406,17 @@ class Store:
             self._set_state(view, old.version, "superseded")
         return pub
 
+    def fail_abandoned(self, view: View) -> list[int]:
+        """Mark every version of ``view`` still ``building`` as ``failed``; returns them.
+
+        Call it only while holding the view's build lease (:meth:`build_lease`): every build
+        takes the lease before it begins a version, so a version still ``building`` then
+        belongs to a build that died or lost its lease. Its table goes at the next GC."""
+        abandoned = [v.version for v in self.versions(view) if v.state == "building"]
+        for version in abandoned:
+            self._set_state(view, version, "failed")
+        return abandoned
+
     def _set_state(self, view: View, version: int, state: str) -> None:
         self.session.execute(
             self.prepare(

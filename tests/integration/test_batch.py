@@ -291,3 +291,36 @@ def test_one_batch_run_uses_one_cutoff_per_source(
         assert [(r.cutoff, r.events) for r in results] == [(results[0].cutoff, len(first))] * 2
     finally:
         drop_keyspace(settings)
+
+
+def test_a_batch_says_which_imports_it_cannot_cover_and_why(
+    stack: Settings, tmp_path: Path, spark: Any
+) -> None:
+    """The issue's scenario: a source job stopped (its progress still holds the cutoff),
+    history imported after it, `batch run`: it publishes what is complete and says the
+    import is left out and which writer holds the cutoff."""
+    from lamina.master import record_progress
+    from lamina.streams import ARCHIVER
+
+    settings = isolated(stack, tmp_path)
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    source = catalog.sources["metering"]
+    g = truth.metering(400, seed=61)
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(json.dumps(ev) + "\n" for ev in g.good[:200]))
+    e0 = import_files(settings, source, [first]).epoch
+    record_progress(settings, source, ARCHIVER, e0 + settings.pipeline.epoch_seconds, active=True)
+    time.sleep(settings.pipeline.epoch_seconds)  # the history lands in a later epoch
+    later = tmp_path / "later.jsonl"
+    later.write_text("".join(json.dumps(ev) + "\n" for ev in g.good[200:]))
+    e1 = import_files(settings, source, [later]).epoch
+    said: list[str] = []
+    try:
+        [done] = run_batch(spark, settings, catalog, ["cloud_metering"], progress=said.append)
+        assert done.cutoff == e0 + settings.pipeline.epoch_seconds <= e1
+        assert done.events == 200
+        [warning] = [m for m in said if "warning" in m]
+        assert f"epochs {e1}..{e1}" in warning and "not in this batch" in warning
+        assert f"held by {ARCHIVER} (active" in warning
+    finally:
+        drop_keyspace(settings)

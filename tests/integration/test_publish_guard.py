@@ -344,3 +344,29 @@ def test_the_lease_of_a_build_that_died_expires(two_epochs: dict[str, Any]) -> N
             store.build_lease(view),
         ):
             pass
+
+
+def test_a_version_left_building_by_a_killed_build_is_failed_and_collected(
+    two_epochs: dict[str, Any], spark: Any
+) -> None:
+    """A `batch run` killed mid-build leaves its version `building`: the next build (which
+    holds the view's lease, so no other build is alive) marks it failed, and its GC drops
+    its table."""
+    w = two_epochs
+    settings, view = w["settings"], w["view"]
+    with open_store(settings.cassandra, w["catalog"]) as store:
+        dead = store.begin_version(view, w["e2"])  # begun (its table made), then a kill -9
+    [new] = run_batch(spark, settings, w["catalog"], [VIEW])
+    with open_store(settings.cassandra, w["catalog"]) as store:
+        left = store.version(view, dead)
+        assert left is not None and left.state == "collected"
+        assert store.published(view).version == new.version  # type: ignore[union-attr]
+        tables = {
+            r.table_name
+            for r in store.session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s",
+                (settings.cassandra.keyspace,),
+            )
+        }
+    assert batch_table(view, dead) not in tables
+    exact(w)
