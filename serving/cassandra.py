@@ -30,8 +30,10 @@ PROTOCOL_VERSION = 4
 "CRC mismatch on header"; v4 has no such framing and is what the driver is proven with."""
 
 # The driver logs a warning per connection attempt while a node is starting; readiness
-# polling makes those noise, the caller reports the outcome.
-logging.getLogger("cassandra").setLevel(logging.ERROR)
+# polling makes those noise, the caller reports the outcome. (A process that chose a level
+# already, such as the CLI, keeps it.)
+if logging.getLogger("cassandra").level == logging.NOTSET:
+    logging.getLogger("cassandra").setLevel(logging.ERROR)
 
 
 def _consistency(name: str) -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from lamina import __version__
 from lamina.cli import batch, demo, query, serve, stack, stream
-from lamina.errors import LaminaError
-from lamina.settings import load_settings
+from lamina.errors import LaminaError, PrerequisiteError
+from lamina.settings import Settings, load_settings
 
 GROUPS = (stack, query, batch, stream, serve, demo)
 """Command groups, in ``--help`` order."""
@@ -45,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _outage(settings: Settings, exc: Exception) -> LaminaError | None:
+    """A Kafka or Cassandra client error that means the service is down or unreachable, as
+    the one-line error a command prints (``None``: not an outage)."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    from serving.cassandra import unavailable
+
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        return PrerequisiteError(
+            f"Kafka at {settings.kafka.bootstrap_servers} cannot be reached or did not answer "
+            f"in time ({type(exc).__name__})",
+            hint="check that it runs (lamina stack status on the dev stack)",
+        )
+    return unavailable(settings.cassandra, exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,16 +72,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Client libraries narrate every connection at INFO; operators want Lamina's own lines.
     # The driver logs each refused connection of a readiness poll as an ERROR with a traceback.
     for noisy, quiet in (
-        ("kafka", logging.WARNING),
+        ("kafka", logging.CRITICAL),  # its connection errors: the command reports the outcome
         ("cassandra", logging.CRITICAL),
         ("py4j", logging.WARNING),
     ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else quiet)
+    settings = None
     try:
         settings = load_settings(args.config)
         return int(args.func(settings, args))
     except LaminaError as exc:
         print(f"lamina: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        outage = None if settings is None else _outage(settings, exc)
+        if outage is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"lamina: error: {outage}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)

@@ -122,3 +122,14 @@ def test_malformed_json_env_is_one_line(
     assert main(["-c", str(ROOT / "conf" / "lamina.toml"), "views"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lamina: error:") and "LAMINA_SPARK__CONF" in err
+
+
+def test_a_down_store_is_a_one_line_error_not_a_traceback() -> None:
+    """Cassandra unreachable (a refused port): `lamina query` names it and exits 1."""
+    out = run("query", "web_pageviews", "/x", env={"LAMINA_CASSANDRA__PORT": "1"})
+    assert out.returncode == 1
+    assert "Traceback" not in out.stdout + out.stderr
+    assert out.stderr.startswith(
+        "lamina: error: the store is unavailable: Cassandra at 127.0.0.1:1"
+    )
+    assert len(out.stderr.strip().splitlines()) == 1
