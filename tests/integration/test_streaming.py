@@ -12,7 +12,7 @@ import pytest
 from lamina.buckets import ingest_epoch
 from lamina.settings import Settings
 from lamina.streams import checkpoint_path, ensure_topics, source_query
-from lamina.views import load_views
+from lamina.views import Source, ViewCatalog, load_views
 from serving.store import open_store
 from speed.queries import start_source
 from tests import truth
@@ -35,6 +35,26 @@ def speed_settings(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
         pass
     yield settings
     drop_private_world(settings)
+
+
+def ready_source(settings: Settings, view: str = VIEW) -> tuple[ViewCatalog, Source]:
+    """The private catalog and ``view``'s source, its topic and real-time tables created
+    (the tables exist before a job's first upsert)."""
+    catalog = load_views(settings.pipeline.views_file)
+    source = catalog.view(view).source
+    ensure_topics(settings, [source.topic])
+    with open_store(settings.cassandra, catalog):
+        pass
+    return catalog, source
+
+
+def drain(spark: Any, settings: Settings, catalog: ViewCatalog, source: Source) -> None:
+    """Start ``source``'s job, let it process what Kafka holds, stop it."""
+    query = start_source(spark, settings, catalog, source)
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
 
 
 def crash_after_sink(checkpoint: Path, batch_id: int) -> None:
@@ -140,11 +160,7 @@ def test_a_job_started_after_an_import_drops_re_sends_of_imported_events(
     write_epoch(settings, source, epoch, pa.table(cols, schema=arrow_schema(source)), "import")
     record_progress(settings, source, "import", epoch + EPOCH_S, active=False)
     produce(settings, source.topic, g.raw)  # every record again, through Kafka
-    query = start_source(spark, settings, catalog, source)
-    try:
-        query.processAllAvailable()
-    finally:
-        query.stop()
+    drain(spark, settings, catalog, source)
     report = read_source_report(settings, source_query(source)) or {}
     counters = report.get("counters", {})
     assert counters.get("archived") == len(rows) + (len(g.raw) - len(dict.fromkeys(g.raw))), (
@@ -167,18 +183,10 @@ def test_a_reset_checkpoint_is_refused_before_it_replaces_archive_files(
     from lamina.master import archive_dir
 
     settings = speed_settings
-    catalog = load_views(settings.pipeline.views_file)
-    source = catalog.view(VIEW).source
-    ensure_topics(settings, [source.topic])
-    with open_store(settings.cassandra, catalog):
-        pass
+    catalog, source = ready_source(settings)
     for seed in (71, 72):  # two micro-batches: 0 and 1
         produce(settings, source.topic, truth.pageviews(50, seed=seed).raw)
-        query = start_source(spark, settings, catalog, source)
-        try:
-            query.processAllAvailable()
-        finally:
-            query.stop()
+        drain(spark, settings, catalog, source)
     before = sorted(p.name for p in archive_dir(settings, source).rglob("b*.parquet"))
     assert {p[:13] for p in before} >= {"b000000000000", "b000000000001"}
     shutil.rmtree(checkpoint_path(settings, source_query(source)))
@@ -203,18 +211,10 @@ def test_records_deleted_by_kafka_before_they_were_archived_stop_the_job(
     from speed.microbatch import FAILURES
 
     settings = speed_settings
-    catalog = load_views(settings.pipeline.views_file)
-    source = catalog.view(VIEW).source
+    catalog, source = ready_source(settings)
     query_name = source_query(source)
-    ensure_topics(settings, [source.topic])
-    with open_store(settings.cassandra, catalog):
-        pass
     produce(settings, source.topic, truth.pageviews(60, seed=81).raw)
-    query = start_source(spark, settings, catalog, source)
-    try:
-        query.processAllAvailable()
-    finally:
-        query.stop()
+    drain(spark, settings, catalog, source)
     archived = sorted(p.name for p in archive_dir(settings, source).rglob("b*.parquet"))
     first = read_source_report(settings, query_name)
     assert first is not None
@@ -252,11 +252,7 @@ def test_records_deleted_by_kafka_before_they_were_archived_stop_the_job(
     go_on = settings.model_copy(
         update={"pipeline": settings.pipeline.model_copy(update={"fail_on_data_loss": False})}
     )
-    query = start_source(spark, go_on, catalog, source)
-    try:
-        query.processAllAvailable()
-    finally:
-        query.stop()
+    drain(spark, go_on, catalog, source)
     report = read_source_report(settings, query_name)
     assert report is not None and "failed" not in report
     assert report["counters"]["lost"] == deleted_new
@@ -283,11 +279,7 @@ def test_a_cassandra_outage_during_a_micro_batch_is_ridden_out(
     from speed.microbatch import FAILURES
 
     settings = speed_settings
-    catalog = load_views(settings.pipeline.views_file)
-    source = catalog.view(VIEW).source
-    ensure_topics(settings, [source.topic])
-    with open_store(settings.cassandra, catalog):
-        pass
+    catalog, source = ready_source(settings)
     produced: list[dict[str, Any]] = []
 
     def round_of(seed: int) -> None:
@@ -369,11 +361,7 @@ def test_a_sum_of_longs_past_64_bits_is_exact_in_both_layers(
     run_batch(spark, settings, catalog, ["cloud_metering"])
     ensure_topics(settings, [source.topic])
     produce(settings, source.topic, [json.dumps(event(i)).encode() for i in (2, 3)])
-    query = start_source(spark, settings, catalog, source)
-    try:
-        query.processAllAvailable()
-    finally:
-        query.stop()
+    drain(spark, settings, catalog, source)
     got = answers(settings, catalog, "cloud_metering", ["acme"])
     [cell] = got.values()
     assert cell["values"]["instance_seconds"] == 4 * big
