@@ -519,16 +519,21 @@ class SourceBatches:
 
     def _seed(self, index: DedupIndex, files: list[str], imports: list[str], floor: int) -> None:
         legacy = stream_dir(self.settings, self.source)
-        reader = self.spark.read.schema(master_schema(self.source))
+
+        def reader() -> Any:
+            # A new reader per part: ``option`` sets it on the reader itself, and a base
+            # path left from another part makes Spark refuse the next one.
+            return self.spark.read.schema(master_schema(self.source))
+
         frames = []
         if files:
             base = str(archive_dir(self.settings, self.source))
-            frames.append(reader.option("basePath", base).parquet(*files))
+            frames.append(reader().option("basePath", base).parquet(*files))
         if imports:
             base = str(imports_dir(self.settings, self.source))
-            frames.append(reader.option("basePath", base).parquet(*imports))
+            frames.append(reader().option("basePath", base).parquet(*imports))
         if (legacy / "_spark_metadata").exists():
-            frames.append(reader.parquet(str(legacy)))
+            frames.append(reader().parquet(str(legacy)))
         if not frames:
             return
         df = frames[0]
