@@ -40,7 +40,7 @@ from cassandra import InvalidRequest
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from lamina.errors import ConflictError, NotFoundError, PublishError
+from lamina.errors import ConfigError, ConflictError, NotFoundError, PublishError
 from lamina.schema import INGEST_EPOCH
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
@@ -211,6 +211,58 @@ class Store:
         for view in catalog.views.values():
             s.execute(realtime_ddl(view, self.ks))
             self._add_column(realtime_table(view), APPLIED_BATCH, "bigint")
+            self._follow_definition(view)
+
+    def _follow_definition(self, view: View) -> None:
+        """Bring ``view``'s real-time table (created by an earlier definition) in line with
+        the current one where Cassandra can: a new aggregation's columns are added (its
+        real-time states start with the events read from then on; the next batch, rebuilt
+        from scratch, covers the epochs before). A changed key or a column of another type
+        cannot be altered: :class:`ConfigError` says how to start the table afresh. Sums
+        of longs stored as ``bigint`` by an older Lamina keep working below 2**63 (a warning).
+        """
+        table = realtime_table(view)
+        rows = self.session.execute(
+            "SELECT column_name, kind, type FROM system_schema.columns "
+            "WHERE keyspace_name = %s AND table_name = %s",
+            (self.ks, table),
+        )
+        found = {r.column_name: (r.kind, r.type) for r in rows}
+        keys = sorted(c for c, (kind, _) in found.items() if kind == "partition_key")
+        fix = (
+            f"stop its source job, DROP TABLE {self.ks}.{table}, start the job again (its "
+            f"real-time part restarts empty) and recompute the view (lamina batch run --view "
+            f"{view.name})"
+        )
+        if keys != sorted(view.keys):
+            raise ConfigError(
+                f"view {view.name!r}: its real-time table {table} is keyed by {keys}, the "
+                f"definition now by {sorted(view.keys)}: Cassandra cannot change a table's key",
+                hint=fix,
+            )
+        for column, cql_type in view.value_columns:
+            if column not in found:
+                log.info("view %s: adding column %s %s to %s", view.name, column, cql_type, table)
+                self._add_column(table, column, cql_type)
+                continue
+            stored = found[column][1]
+            if stored == cql_type:
+                continue
+            if (stored, cql_type) == ("bigint", "varint"):
+                log.warning(
+                    "view %s: %s.%s is bigint (an older Lamina): sums past 2**63 fail there; "
+                    "to store them whole, %s",
+                    view.name,
+                    table,
+                    column,
+                    fix,
+                )
+                continue
+            raise ConfigError(
+                f"view {view.name!r}: column {column} of its real-time table {table} is "
+                f"{stored}, the definition now needs {cql_type}",
+                hint=fix,
+            )
 
     def _ensure_catalog(self, *, force: bool = False) -> None:
         """The bookkeeping tables and the catalog's guard columns (added to a catalog made by
