@@ -16,8 +16,9 @@ from pathlib import Path
 
 from lamina import __version__
 from lamina.cli import batch, demo, query, serve, stack, stream
-from lamina.errors import LaminaError, PrerequisiteError
-from lamina.settings import Settings, load_settings
+from lamina.cli.common import outage_error
+from lamina.errors import LaminaError
+from lamina.settings import load_settings
 
 GROUPS = (stack, query, batch, stream, serve, demo)
 """Command groups, in ``--help`` order."""
@@ -45,22 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _outage(settings: Settings, exc: Exception) -> LaminaError | None:
-    """A Kafka or Cassandra client error that means the service is down or unreachable, as
-    the one-line error a command prints (``None``: not an outage)."""
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
-
-    from serving.cassandra import unavailable
-
-    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
-        return PrerequisiteError(
-            f"Kafka at {settings.kafka.bootstrap_servers} cannot be reached or did not answer "
-            f"in time ({type(exc).__name__})",
-            hint="check that it runs (lamina stack status on the dev stack)",
-        )
-    return unavailable(settings.cassandra, exc)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -85,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lamina: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        outage = None if settings is None else _outage(settings, exc)
+        outage = None if settings is None else outage_error(settings, exc)
         if outage is None:
             raise  # a bug: its traceback is what a report needs
         print(f"lamina: error: {outage}", file=sys.stderr)

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from lamina.context import load_catalog
-from lamina.errors import ConfigError
+from lamina.errors import ConfigError, LaminaError, PrerequisiteError
 from lamina.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,3 +61,19 @@ def non_negative(text: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return n
+
+
+def outage_error(settings: Settings, exc: Exception) -> LaminaError | None:
+    """A Kafka or Cassandra client error that means the service is down or unreachable, as
+    the one-line error a command prints (``None``: not an outage)."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    from serving.cassandra import unavailable
+
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
+        return PrerequisiteError(
+            f"Kafka at {settings.kafka.bootstrap_servers} cannot be reached or did not answer "
+            f"in time ({type(exc).__name__})",
+            hint="check that it runs (lamina stack status on the dev stack)",
+        )
+    return unavailable(settings.cassandra, exc)
