@@ -85,6 +85,18 @@ class ConflictError(LaminaError, RuntimeError):
     http_status = 409
 
 
+class UnauthorizedError(LaminaError, PermissionError):
+    """A request lacks the credentials (API token) an operation requires."""
+
+    http_status = 401
+
+
+class ForbiddenError(LaminaError, PermissionError):
+    """A request is refused whatever its credentials (e.g. a cross-origin job change)."""
+
+    http_status = 403
+
+
 class StaleViewError(LaminaError, RuntimeError):
     """A view's published batch is older than its ``max_staleness_s`` allows (or missing).
 

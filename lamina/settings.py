@@ -14,7 +14,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -185,6 +193,16 @@ class PipelineSettings(_Section):
         return self
 
 
+DEFAULT_JOB_CONF_ALLOWED = (
+    "spark.executor.memory",
+    "spark.executor.cores",
+    "spark.driver.memory",
+    "spark.sql.shuffle.partitions",
+    "spark.cores.max",
+)
+"""Spark conf keys ``POST /jobs`` accepts by default: sizing only, nothing that loads code."""
+
+
 class ServingSettings(_Section):
     """The HTTP query API (``lamina serve``)."""
 
@@ -193,6 +211,60 @@ class ServingSettings(_Section):
     max_buckets: int = Field(default=10_000, ge=1)
     """Largest number of buckets one query may span (a bad range gets a 400, not a scan)."""
     max_keys: int = Field(default=1000, ge=1)
+    allowed_hosts: list[str] | None = None
+    """``Host`` header values the API answers (exact names, ``*.example.com`` wildcards, or
+    ``*`` for any); a request naming another host gets a 400, which defeats DNS rebinding.
+    Also the origins allowed to change jobs (see ``jobs_token``). Default
+    (:meth:`trusted_hosts`): 127.0.0.1, localhost, ::1 and ``host`` unless it is a wildcard
+    address (0.0.0.0, ::)."""
+    job_conf_allowed: list[str] = Field(default_factory=lambda: list(DEFAULT_JOB_CONF_ALLOWED))
+    """The only Spark conf keys ``POST /jobs`` accepts (exact names); any other key is a 400.
+    Keys such as ``spark.driver.extraJavaOptions`` or ``spark.jars.*`` run code of the
+    caller's choosing: never list them. ``lamina stream submit --conf`` is not restricted."""
+    job_masters: list[str] = Field(default_factory=list)
+    """Spark masters ``POST /jobs`` may name besides ``spark.master`` (the default of a
+    request without one); any other master is a 400."""
+    jobs_token: SecretStr | None = None
+    """When set, ``POST /jobs``, ``/jobs/{id}/stop`` and ``/jobs/{id}/restart`` require
+    ``Authorization: Bearer <token>`` (else 401). Unset: no token (bind to 127.0.0.1)."""
+    read_token: SecretStr | None = None
+    """When set, ``GET /jobs`` and ``GET /jobs/{id}`` require ``Authorization: Bearer`` with
+    this token or ``jobs_token`` (else 401). The query routes stay open."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or ():
+            wildcard = pattern.startswith("*")
+            if pattern != "*" and (
+                not pattern or "*" in pattern[1:] or (wildcard and not pattern.startswith("*."))
+            ):
+                raise ValueError(f"a host must be a name, '*.example.com' or '*', got {pattern!r}")
+        return value
+
+    @field_validator("jobs_token", "read_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("a token must have at least 16 characters")
+        return value
+
+    def trusted_hosts(self) -> list[str]:
+        """The ``Host`` values the API answers (``allowed_hosts`` or its default), lower
+        case, IPv6 literals in brackets as in a ``Host`` header (``[::1]``)."""
+        hosts = self.allowed_hosts
+        if hosts is None:
+            hosts = ["127.0.0.1", "localhost", "::1"]
+            if self.host not in ("0.0.0.0", "::", "", "[::]"):
+                hosts.append(self.host)
+        out: list[str] = []
+        for host in hosts:
+            host = host.lower()
+            if ":" in host and not host.startswith("["):
+                host = f"[{host}]"
+            if host not in out:
+                out.append(host)
+        return out
 
 
 class AirflowSettings(_Section):

@@ -7,6 +7,11 @@ While Cassandra is down or does not answer in time, every endpoint that reads it
 back (see :mod:`serving.connection`); ``/health`` then answers 503 too. Prometheus metrics are
 at ``/metrics`` (see :mod:`serving.metrics`); they are served during an outage, with
 ``lamina_up{part="cassandra"} 0``.
+
+Only requests whose ``Host`` header names one of ``serving.allowed_hosts`` (default: the
+loopback names and ``serving.host``; see :meth:`~lamina.settings.ServingSettings.trusted_hosts`)
+are answered; any other gets a plain-text 400 ``Invalid host header`` (Starlette's
+``TrustedHostMiddleware``), so a DNS-rebound page cannot reach an API on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from lamina import __version__
@@ -69,11 +75,19 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(QueryLatencyMiddleware, metrics=metrics, endpoints=("describe", "query"))
+    # Added last, so outermost: a request for a host not ours (DNS rebinding) reaches nothing.
+    app.add_middleware(
+        TrustedHostMiddleware,
+        allowed_hosts=settings.serving.trusted_hosts(),
+        www_redirect=False,
+    )
 
     @app.exception_handler(LaminaError)
     async def lamina_error(request: Request, exc: LaminaError) -> JSONResponse:
         status = exc.http_status if exc.http_status < 500 else 503
         headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        if status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(
             {"error": exc.message, "hint": exc.hint}, status_code=status, headers=headers
         )

@@ -370,7 +370,7 @@ def _submit(
     job_id = f"{what.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     d = _dir(settings, job_id)
     d.mkdir(mode=PRIVATE_DIR)
-    _write_json(d / "settings.json", settings.model_dump(mode="json"))
+    _write_json(d / "settings.json", settings_record(settings))
     job = Job(
         id=job_id,
         what=what,
@@ -383,6 +383,12 @@ def _submit(
     )
     _launch(settings, job)
     return load(settings, job_id)
+
+
+def settings_record(settings: Settings) -> dict[str, Any]:
+    """``settings`` as ``settings.json`` keeps them: JSON, without the HTTP API's tokens
+    (a job never needs them; a dumped secret would read back as ``**********``)."""
+    return settings.model_dump(mode="json", exclude={"serving": {"jobs_token", "read_token"}})
 
 
 def job_settings(jobs_dir: Path, job_id: str) -> Settings:

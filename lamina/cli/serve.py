@@ -16,9 +16,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from serving.api import create_app
     from speed.api import jobs_router
 
+    host = args.host or settings.serving.host
+    # --host counts as serving.host, also for the default of serving.allowed_hosts.
+    settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"host": host})}
+    )
     catalog = load_catalog(settings)
     app = create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
-    host = args.host or settings.serving.host
     port = args.port or settings.serving.port
     say(f"serving on http://{host}:{port} (OpenAPI docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -145,7 +145,7 @@ def check_answers(
     """
     catalog = load_views(settings.pipeline.views_file)
     answers: dict[str, dict[str, Any]] = {}
-    with TestClient(create_app(settings, catalog)) as client:
+    with TestClient(create_app(settings, catalog), base_url="http://127.0.0.1") as client:
         for view, good in produced.items():
             want = truth.truth(view, good)
             keys = sorted({k for k, _ in want})

@@ -15,7 +15,7 @@ from tests import truth
 @pytest.fixture(scope="module")
 def client(world: dict[str, Any]) -> Iterator[TestClient]:
     app = create_app(world["settings"], world["catalog"])
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         yield c
 
 

@@ -143,7 +143,7 @@ def test_typed_and_composite_keys_answer_exactly(
     want = expected(events, keys, width)
     raw_keys = sorted({",".join(key_text(v) for v in k) for k, _ in want})
     assert len(raw_keys) > 3
-    with TestClient(create_app(settings, catalog)) as client:
+    with TestClient(create_app(settings, catalog), base_url="http://127.0.0.1") as client:
         r = client.get(f"/views/{view}/query", params={"key": raw_keys, **RANGE})
     assert r.status_code == 200, r.text
     got = {
@@ -174,7 +174,7 @@ def test_malformed_keys_are_400(
     keyed: tuple[Settings, ViewCatalog, list[dict[str, Any]]], view: str, key: str, message: str
 ) -> None:
     settings, catalog, _ = keyed
-    with TestClient(create_app(settings, catalog)) as client:
+    with TestClient(create_app(settings, catalog), base_url="http://127.0.0.1") as client:
         r = client.get(f"/views/{view}/query", params={"key": key, **RANGE})
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
@@ -185,7 +185,7 @@ def test_a_key_of_another_type_finds_nothing(
 ) -> None:
     """``false,eu`` and ``true,eu`` are different keys: no value leaks between them."""
     settings, catalog, events = keyed
-    with TestClient(create_app(settings, catalog)) as client:
+    with TestClient(create_app(settings, catalog), base_url="http://127.0.0.1") as client:
         r = client.get(
             "/views/logins_by_outcome_region/query",
             params={"key": ["false,eu", "true,eu"], "granularity": "day", **RANGE},

@@ -32,6 +32,8 @@ from tests.integration.conftest import drop_keyspace
 VIEW = "web_pageviews"
 STORE_PATHS = (f"/views/{VIEW}", f"/views/{VIEW}/query?key=/p/1")
 """Endpoints whose answer comes from Cassandra."""
+LOCAL = "http://127.0.0.1"
+"""The API answers loopback hosts only (serving.allowed_hosts), not TestClient's "testserver"."""
 
 RECOVERY_S = 60.0
 """How long the API may take to answer again once Cassandra is back (it needs a few s)."""
@@ -90,7 +92,7 @@ def test_cassandra_outage_is_503_json_and_the_api_recovers(outage_settings: Sett
     cassandra = Stack(settings, ["cassandra"])
     with contextlib.ExitStack() as apis:
         client = apis.enter_context(
-            TestClient(create_app(settings, catalog), raise_server_exceptions=False)
+            TestClient(create_app(settings, catalog), base_url=LOCAL, raise_server_exceptions=False)
         )
         before = statuses(client)
         # Up: described (200), no data for the key (404), healthy, the views listed.
@@ -110,7 +112,9 @@ def test_cassandra_outage_is_503_json_and_the_api_recovers(outage_settings: Sett
 
             # An API started during the outage starts, and answers the same.
             late = apis.enter_context(
-                TestClient(create_app(settings, catalog), raise_server_exceptions=False)
+                TestClient(
+                    create_app(settings, catalog), base_url=LOCAL, raise_server_exceptions=False
+                )
             )
             for path in (*STORE_PATHS, "/health"):
                 assert_unavailable(late.get(path), settings)

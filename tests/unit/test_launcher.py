@@ -313,3 +313,15 @@ def test_the_registry_is_private(settings: Settings, drivers: list[int]) -> None
             "launcher.pid",
         )
     }
+
+
+def test_saved_settings_leave_the_api_tokens_out(settings: Settings, tmp_path: Path) -> None:
+    """``settings.json`` never holds the API's tokens, and reads back (driver, restart)."""
+    with_tokens = settings.model_copy(
+        update={"serving": type(settings.serving)(jobs_token="j" * 20, read_token="r" * 20)}
+    )
+    record = launcher.settings_record(with_tokens)
+    assert "jobs_token" not in record["serving"] and "read_token" not in record["serving"]
+    (tmp_path / "j1").mkdir()
+    (tmp_path / "j1" / "settings.json").write_text(json.dumps(record))
+    assert launcher.job_settings(tmp_path, "j1").serving.jobs_token is None

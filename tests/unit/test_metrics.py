@@ -238,7 +238,7 @@ def test_the_endpoint_negotiates_the_format() -> None:
 
     from serving.api import create_app
 
-    client = TestClient(create_app(Settings(), CATALOG))
+    client = TestClient(create_app(Settings(), CATALOG), base_url="http://127.0.0.1")
     om = client.get("/metrics", headers={"Accept": OPENMETRICS})
     assert om.status_code == 200
     assert om.headers["content-type"].startswith("application/openmetrics-text")

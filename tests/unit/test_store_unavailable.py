@@ -60,7 +60,9 @@ def test_the_api_starts_and_answers_503_without_cassandra(refused_port: int) -> 
     )
     catalog = load_views(ROOT / "conf" / "views.toml")
     address = f"127.0.0.1:{refused_port}"
-    with TestClient(create_app(settings, catalog), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(settings, catalog), base_url="http://127.0.0.1", raise_server_exceptions=False
+    ) as client:
         for path in ("/views/web_pageviews", "/views/web_pageviews/query?key=/p/1", "/health"):
             r = client.get(path)
             assert r.status_code == 503, (path, r.text)
@@ -87,6 +89,7 @@ def test_a_bug_is_a_json_500_without_traceback() -> None:
 
     client = TestClient(
         create_app(Settings(), load_views(ROOT / "conf" / "views.toml"), routers=[router]),
+        base_url="http://127.0.0.1",
         raise_server_exceptions=False,
     )
     r = client.get("/boom")
