@@ -115,7 +115,11 @@ def catalog(
 
 @pytest.fixture(scope="module")
 def client(metrics_settings: Settings, catalog: ViewCatalog) -> Iterator[TestClient]:
-    with TestClient(create_app(metrics_settings, catalog), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(metrics_settings, catalog),
+        base_url="http://127.0.0.1",
+        raise_server_exceptions=False,
+    ) as c:
         yield c
 
 
@@ -246,7 +250,7 @@ def test_scrape_with_kafka_down_reports_the_rest(
     )
     query = source_query(world["catalog"].view("web_pageviews").source)
     write_status(down, query, speed_status({"pageviews": {"0": 0}}, time.time()))
-    with TestClient(create_app(down, world["catalog"])) as c:
+    with TestClient(create_app(down, world["catalog"]), base_url="http://127.0.0.1") as c:
         started = time.perf_counter()
         samples = scrape(c)
         took = time.perf_counter() - started

@@ -106,7 +106,7 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         again = lamina(env, "stream", "submit", JOB)
         assert again.returncode == 1
         assert f"job {job_id}" in again.stderr and "already uses the checkpoint" in again.stderr
-        with TestClient(jobs_app(settings, catalog)) as client:
+        with TestClient(jobs_app(settings, catalog), base_url="http://127.0.0.1") as client:
             r = client.post("/jobs", json={"job": JOB})
             assert r.status_code == 409 and job_id in r.json()["error"], r.text
             assert r.json()["hint"]
@@ -122,7 +122,7 @@ def test_submit_status_stop_restart(env: dict[str, str], jset: Settings) -> None
         assert table.returncode == 0 and QUERY in table.stdout
 
         # Stop over HTTP: graceful, the process ends, the registry says stopped.
-        with TestClient(jobs_app(settings, catalog)) as client:
+        with TestClient(jobs_app(settings, catalog), base_url="http://127.0.0.1") as client:
             r = client.post(f"/jobs/{job_id}/stop")
             assert r.status_code == 200, r.text
             stopped = r.json()

@@ -11,7 +11,13 @@ import pytest
 
 from lamina.buckets import ingest_epoch
 from lamina.settings import Settings
-from lamina.streams import checkpoint_path, ensure_topics, source_query
+from lamina.streams import (
+    checkpoint_path,
+    deadletter_topic,
+    duplicates_topic,
+    ensure_topics,
+    source_query,
+)
 from lamina.views import Source, ViewCatalog, load_views
 from serving.store import open_store
 from speed.queries import start_source
@@ -42,7 +48,7 @@ def ready_source(settings: Settings, view: str = VIEW) -> tuple[ViewCatalog, Sou
     (the tables exist before a job's first upsert)."""
     catalog = load_views(settings.pipeline.views_file)
     source = catalog.view(view).source
-    ensure_topics(settings, [source.topic])
+    ensure_topics(settings, [source.topic, deadletter_topic(source), duplicates_topic(source)])
     with open_store(settings.cassandra, catalog):
         pass
     return catalog, source
