@@ -315,46 +315,46 @@ def _build_view(name: str, raw: dict[str, Any], sources: dict[str, Source]) -> V
                 f"aggregation {agg_name!r}: {fn} needs a numeric field (long or double), but "
                 f"{field!r} is {source.fields[field]}; use count or distinct for it",
             )
-    _check_columns(name, keys, aggs, source)
     for cond in raw.get("filter") or []:
         f = cond.get("field") if isinstance(cond, dict) else None
         if f not in source.fields:
             raise _view_error(name, f"filter field {f!r} is not a field of source {src_name!r}")
     raw["filter"] = tuple(raw.get("filter") or ())
     try:
-        return View(name=name, **raw)
+        view = View(name=name, **raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise _view_error(name, f"{where}: {err['msg']}") from None
+    _check_columns(view)
+    return view
 
 
-def _check_columns(view: str, keys: list[str], aggs: dict[str, Any], source: Source) -> None:
+def _check_columns(view: View) -> None:
     """The view's Cassandra columns (keys, :data:`VIEW_COLUMNS`, each aggregation's stored
     columns) are distinct and none is a CQL reserved word."""
     owner: dict[str, str] = {c: "a column every view has" for c in VIEW_COLUMNS}
-    named = [(k, f"key field {k!r}") for k in keys]
-    for agg_name, agg in aggs.items():
-        monoid = MONOIDS[agg["fn"]](
-            source.fields.get(agg.get("field") or ""), field=agg.get("field")
+    # (column, what stores it, the fix for a reserved word, the fix for a collision)
+    named = [
+        (
+            k,
+            f"key field {k!r}",
+            "key on another field (or rename the field in the source)",
+            "rename the field",
         )
-        named += [(c, f"aggregation {agg_name!r}") for c, _ in monoid.columns(agg_name)]
-    for column, what in named:
+        for k in view.keys
+    ]
+    for agg, monoid in view.monoids.items():
+        rename = "rename the aggregation"
+        named += [(c, f"aggregation {agg!r}", rename, rename) for c, _ in monoid.columns(agg)]
+    for column, what, reserved_fix, taken_fix in named:
         if column in CQL_RESERVED:
             raise _view_error(
-                view,
-                f"{what}: column {column!r} is a CQL reserved word; "
-                + (
-                    "key on another field (or rename the field in the source)"
-                    if what.startswith("key")
-                    else "rename the aggregation"
-                ),
+                view.name, f"{what}: column {column!r} is a CQL reserved word; {reserved_fix}"
             )
         if column in owner:
             raise _view_error(
-                view,
-                f"{what}: column {column!r} is already {owner[column]}; rename "
-                + ("the field" if what.startswith("key") else "the aggregation"),
+                view.name, f"{what}: column {column!r} is already {owner[column]}; {taken_fix}"
             )
         owner[column] = f"taken by {what}"
 
