@@ -210,7 +210,6 @@ class Store:
         self._ensure_catalog(force=True)
         for view in catalog.views.values():
             s.execute(realtime_ddl(view, self.ks))
-            self._add_column(realtime_table(view), APPLIED_BATCH, "bigint")
             self._follow_definition(view)
 
     def _follow_definition(self, view: View) -> None:
@@ -219,7 +218,8 @@ class Store:
         real-time states start with the events read from then on; the next batch, rebuilt
         from scratch, covers the epochs before). A changed key or a column of another type
         cannot be altered: :class:`ConfigError` says how to start the table afresh. Sums
-        of longs stored as ``bigint`` by an older Lamina keep working below 2**63 (a warning).
+        of longs stored as ``bigint`` by an older Lamina keep working below 2**63 (a warning);
+        a table made before ``applied_batch`` gets it. One read of the table's columns.
         """
         table = realtime_table(view)
         rows = self.session.execute(
@@ -240,7 +240,7 @@ class Store:
                 f"definition now by {sorted(view.keys)}: Cassandra cannot change a table's key",
                 hint=fix,
             )
-        for column, cql_type in view.value_columns:
+        for column, cql_type in [*view.value_columns, (APPLIED_BATCH, "bigint")]:
             if column not in found:
                 log.info("view %s: adding column %s %s to %s", view.name, column, cql_type, table)
                 self._add_column(table, column, cql_type)

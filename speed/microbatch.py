@@ -271,8 +271,6 @@ class SourceBatches:
             return 0
         part = meta.column("partition").to_numpy()
         off = meta.column("offset").to_numpy()
-        # Kafka deletes a prefix of each partition: if the range's first offset was read,
-        # nothing of it was lost (the common case: no call to Kafka).
         # A partition new since the previous micro-batch starts at offset 0. Where every
         # offset of a range was read, nothing is lost (the common case: no call to Kafka);
         # otherwise the range is checked against the partition's earliest offset now
