@@ -8,16 +8,17 @@ contract: a test that adds events, versions or real-time rows builds its own wor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batch.imports import import_files
+from batch.imports import ImportReport, import_files
 from batch.recompute import run_batch
 from lamina.settings import Settings
-from lamina.views import load_views
+from lamina.views import Source, load_views
 from serving.cassandra import session
 from tests import truth
 from tests.conftest import ROOT, isolated
@@ -27,6 +28,15 @@ GENERATORS = {
     "iot_temperature": ("sensors", truth.sensors),
     "cloud_metering": ("metering", truth.metering),
 }
+
+
+def import_events(
+    settings: Settings, source: Source, events: list[dict[str, Any]], path: Path
+) -> ImportReport:
+    """Write ``events`` as JSON lines to ``path`` and ``lamina master import`` them (one
+    import, one ingest epoch: the report's ``epoch``)."""
+    path.write_text("".join(json.dumps(ev) + "\n" for ev in events))
+    return import_files(settings, source, [path])
 
 
 def make_world(

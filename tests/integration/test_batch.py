@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batch.imports import import_files
 from batch.recompute import run_batch
 from lamina.errors import NotFoundError, PublishError
 from lamina.master import complete_cutoff
@@ -22,7 +20,7 @@ from serving.store import Published, Store
 from tests import truth
 from tests.conftest import ROOT, isolated
 from tests.integration.answers import answers, assert_exact
-from tests.integration.conftest import GENERATORS, drop_keyspace
+from tests.integration.conftest import GENERATORS, drop_keyspace, import_events
 
 
 @pytest.mark.parametrize("view", list(GENERATORS))
@@ -168,9 +166,9 @@ def test_cutoff_between_two_imports(stack: Settings, tmp_path: Path, spark: Any)
     epochs = []
     try:
         for i, part in enumerate((early, late)):
-            path = tmp_path / f"part{i}.jsonl"
-            path.write_text("".join(json.dumps(ev) + "\n" for ev in part))
-            epochs.append(import_files(settings, view.source, [path]).epoch)
+            epochs.append(
+                import_events(settings, view.source, part, tmp_path / f"p{i}.jsonl").epoch
+            )
         assert epochs[0] < epochs[1] and complete_cutoff(settings, view.source) > epochs[1]
         keys = sorted({ev["customer"] for ev in g.good})
         [between] = run_batch(spark, settings, catalog, ["cloud_metering"], cutoff=epochs[1])
@@ -272,9 +270,7 @@ def test_one_batch_run_uses_one_cutoff_per_source(
     imported: list[int] = []
 
     def import_part(part: list[dict[str, Any]], name: str) -> None:
-        path = tmp_path / name
-        path.write_text("".join(json.dumps(ev) + "\n" for ev in part))
-        imported.append(import_files(settings, source, [path]).epoch)
+        imported.append(import_events(settings, source, part, tmp_path / name).epoch)
 
     import_part(first, "first.jsonl")
     time.sleep(settings.pipeline.epoch_seconds)  # the next import lands in a later epoch
@@ -306,14 +302,10 @@ def test_a_batch_says_which_imports_it_cannot_cover_and_why(
     catalog = load_views(ROOT / "conf" / "views.toml")
     source = catalog.sources["metering"]
     g = truth.metering(400, seed=61)
-    first = tmp_path / "first.jsonl"
-    first.write_text("".join(json.dumps(ev) + "\n" for ev in g.good[:200]))
-    e0 = import_files(settings, source, [first]).epoch
+    e0 = import_events(settings, source, g.good[:200], tmp_path / "first.jsonl").epoch
     record_progress(settings, source, ARCHIVER, e0 + settings.pipeline.epoch_seconds, active=True)
     time.sleep(settings.pipeline.epoch_seconds)  # the history lands in a later epoch
-    later = tmp_path / "later.jsonl"
-    later.write_text("".join(json.dumps(ev) + "\n" for ev in g.good[200:]))
-    e1 = import_files(settings, source, [later]).epoch
+    e1 = import_events(settings, source, g.good[200:], tmp_path / "later.jsonl").epoch
     said: list[str] = []
     try:
         [done] = run_batch(spark, settings, catalog, ["cloud_metering"], progress=said.append)

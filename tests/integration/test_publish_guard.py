@@ -8,7 +8,6 @@ both answer ``A+B`` merged, as long as the real-time rows of ``e2`` are there.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 
 import batch.recompute
-from batch.imports import import_files
 from batch.recompute import build_view, collect_and_purge, run_batch
 from lamina.errors import ConflictError, PublishError
 from lamina.master import complete_cutoff
@@ -31,7 +29,7 @@ from serving.store import Published, Store, open_store
 from tests import truth
 from tests.conftest import ROOT, isolated, run_lamina
 from tests.integration.answers import answers, assert_exact
-from tests.integration.conftest import drop_keyspace
+from tests.integration.conftest import drop_keyspace, import_events
 
 VIEW = "cloud_metering"
 
@@ -54,9 +52,9 @@ def two_epochs(stack: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
     epochs = []
     try:
         for i, part in enumerate((a, b)):
-            path = tmp_path / f"part{i}.jsonl"
-            path.write_text("".join(json.dumps(ev) + "\n" for ev in part))
-            epochs.append(import_files(settings, view.source, [path]).epoch)
+            epochs.append(
+                import_events(settings, view.source, part, tmp_path / f"p{i}.jsonl").epoch
+            )
         e1, e2 = epochs
         with open_store(settings.cassandra, catalog) as store:
             stmt = store.session.prepare(

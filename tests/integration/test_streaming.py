@@ -342,9 +342,9 @@ def test_a_sum_of_longs_past_64_bits_is_exact_in_both_layers(
     both keep it exact (a varint state), and the merged answer adds them."""
     import json
 
-    from batch.imports import import_files
     from batch.recompute import run_batch
     from tests.integration.answers import answers
+    from tests.integration.conftest import import_events
 
     settings = speed_settings
     catalog = load_views(settings.pipeline.views_file)
@@ -361,8 +361,7 @@ def test_a_sum_of_longs_past_64_bits_is_exact_in_both_layers(
         }
 
     path = settings.master_dir.parent / "big.jsonl"
-    path.write_text("".join(json.dumps(event(i)) + "\n" for i in range(2)))
-    assert import_files(settings, source, [path]).accepted == 2
+    assert import_events(settings, source, [event(0), event(1)], path).accepted == 2
     time.sleep(2 * EPOCH_S)  # the import's epoch is complete
     run_batch(spark, settings, catalog, ["cloud_metering"])
     ensure_topics(settings, [source.topic])
