@@ -48,6 +48,7 @@ from lamina.views import Source, ViewCatalog
 from serving.cassandra import close_shared
 from serving.store import open_store
 from speed.microbatch import FAILURES, SourceBatches
+from speed.realtime import wait_out_outage
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +204,14 @@ def start_all(
     if trigger_s is None:
         trigger_s = settings.pipeline.trigger_s
     queries_of = lock_jobs(settings, catalog, jobs)
-    with open_store(settings.cassandra, catalog):
-        pass  # the real-time tables must exist before the first upsert
+
+    def ensure_tables() -> None:
+        with open_store(settings.cassandra, catalog):
+            pass  # the real-time tables must exist before the first upsert
+
+    # A job started (or restarted by its supervisor) while Cassandra is down waits for it,
+    # as its micro-batches do, instead of failing at once.
+    wait_out_outage(ensure_tables, settings.cassandra.outage_retry_s, "the real-time tables")
     sources = {src.name: src for names in queries_of.values() for src in names.values()}
     archived = {source_query(src): src for src in sources.values()}
     spark.streams.addListener(ProgressRecorder(settings, archived))

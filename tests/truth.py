@@ -31,8 +31,11 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def pageviews(n: int, seed: int = 1, now: float = BASE) -> Generated:
-    """Pageviews with nulls, redeliveries, events up to 3 days late and bad records."""
+def pageviews(
+    n: int, seed: int = 1, now: float = BASE, *, redeliver: float = 0.05, bad: float = 0.02
+) -> Generated:
+    """Pageviews with nulls, redeliveries (a ``redeliver`` share of the events sent twice),
+    events up to 3 days late and bad records (a ``bad`` share)."""
     rng = random.Random(seed)
     g = Generated()
     urls = [f"/p/{i}" for i in range(8)]
@@ -50,10 +53,10 @@ def pageviews(n: int, seed: int = 1, now: float = BASE) -> Generated:
         g.good.append(ev)
         raw = json.dumps(ev).encode()
         g.raw.append(raw)
-        if rng.random() < 0.05:  # a producer retry: the same event delivered again
+        if rng.random() < redeliver:  # a producer retry: the same event delivered again
             g.raw.append(raw)
-        if rng.random() < 0.02:
-            bad = rng.choice(
+        if rng.random() < bad:
+            wrong = rng.choice(
                 [
                     b"{not json",
                     json.dumps({**ev, "event_id": None}).encode(),
@@ -62,12 +65,15 @@ def pageviews(n: int, seed: int = 1, now: float = BASE) -> Generated:
                     b"[1, 2, 3]",
                 ]
             )
-            g.bad.append(bad)
-            g.raw.append(bad)
+            g.bad.append(wrong)
+            g.raw.append(wrong)
     return g
 
 
-def sensors(n: int, seed: int = 2, now: float = BASE) -> Generated:
+def sensors(
+    n: int, seed: int = 2, now: float = BASE, *, redeliver: float = 0.05, bad: float = 0.01
+) -> Generated:
+    """Sensor readings, 5% of them a day late, with redeliveries and bad records."""
     rng = random.Random(seed)
     g = Generated()
     for _ in range(n):
@@ -82,16 +88,20 @@ def sensors(n: int, seed: int = 2, now: float = BASE) -> Generated:
         g.good.append(ev)
         raw = json.dumps(ev).encode()
         g.raw.append(raw)
-        if rng.random() < 0.05:
+        if rng.random() < redeliver:
             g.raw.append(raw)
-        if rng.random() < 0.01:
-            bad = json.dumps({**ev, "ts_ms": "noon"}).encode()
-            g.bad.append(bad)
-            g.raw.append(bad)
+        if rng.random() < bad:
+            wrong = json.dumps({**ev, "ts_ms": "noon"}).encode()
+            g.bad.append(wrong)
+            g.raw.append(wrong)
     return g
 
 
-def metering(n: int, seed: int = 3, now: float = BASE) -> Generated:
+def metering(
+    n: int, seed: int = 3, now: float = BASE, *, redeliver: float = 0.0, bad: float = 0.0
+) -> Generated:
+    """Metering records up to 5 hours late; ``bad`` is accepted for a uniform signature,
+    and this generator has no bad records of its own."""
     rng = random.Random(seed)
     g = Generated()
     for _ in range(n):
@@ -103,7 +113,10 @@ def metering(n: int, seed: int = 3, now: float = BASE) -> Generated:
             "instance_seconds": rng.choice([None, 60, 300, 3600]),
         }
         g.good.append(ev)
-        g.raw.append(json.dumps(ev).encode())
+        raw = json.dumps(ev).encode()
+        g.raw.append(raw)
+        if redeliver and rng.random() < redeliver:  # (no draw at 0: the same data as before)
+            g.raw.append(raw)
     return g
 
 

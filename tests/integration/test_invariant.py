@@ -31,10 +31,9 @@ from typing import Any
 import pytest
 
 from batch.recompute import run_batch
-from lamina.master import archive_dir, archive_prefix, complete_cutoff
+from lamina.master import complete_cutoff
 from lamina.settings import Settings
 from lamina.streams import (
-    checkpoint_path,
     ensure_topics,
     read_source_report,
     source_query,
@@ -47,12 +46,15 @@ from speed.queries import CLOCK_SKEW_S
 from tests import truth
 from tests.conftest import ROOT
 from tests.integration.streams import (
+    archived,
     check_answers,
     drop_private_world,
     end_offsets,
     first_delivery_epochs,
+    latest_batches,
     private_env,
     produce,
+    running_batches,
     settings_under,
     topic_records,
 )
@@ -161,48 +163,6 @@ def wait_complete(
             return {v: int(c) for v, c in cut.items() if c is not None}
         assert time.monotonic() < deadline, f"epochs {after} never complete: {cut}"
         time.sleep(0.1)
-
-
-def _batch_ids(directory: Path) -> set[int]:
-    return (
-        {int(p.name) for p in directory.iterdir() if p.name.isdigit()}
-        if directory.exists()
-        else set()
-    )
-
-
-def _source_offsets(checkpoint: Path, batch: int) -> str:
-    """The source offsets a micro-batch reads up to (last line of its offsets log entry)."""
-    f = checkpoint / "offsets" / str(batch)
-    return f.read_text().strip().splitlines()[-1] if batch >= 0 and f.exists() else ""
-
-
-def latest_batches(settings: Settings, queries: list[str]) -> dict[str, int]:
-    """The newest micro-batch each query has planned (-1 if none)."""
-    return {
-        q: max(_batch_ids(checkpoint_path(settings, q) / "offsets"), default=-1) for q in queries
-    }
-
-
-def running_batches(
-    settings: Settings, queries: list[str], after: dict[str, int]
-) -> dict[str, int]:
-    """Queries in the middle of a micro-batch newer than ``after[q]`` that reads new records:
-    its offsets are in the write-ahead log (written when it starts), its commit (written when
-    it ends) is not, and it reads past the previous batch's offsets."""
-    out = {}
-    for q in queries:
-        cp = checkpoint_path(settings, q)
-        for n in sorted(_batch_ids(cp / "offsets") - _batch_ids(cp / "commits")):
-            if n > after[q] and _source_offsets(cp, n) != _source_offsets(cp, n - 1):
-                out[q] = n
-    return out
-
-
-def archived(settings: Settings, source: Any, batch: int) -> bool:
-    """Whether micro-batch ``batch`` of ``source`` has renamed archive files into place."""
-    name = archive_prefix(batch)
-    return any(archive_dir(settings, source).glob(f"ingest_epoch=*/{name}*"))
 
 
 def kill_mid_writes(
