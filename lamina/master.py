@@ -264,11 +264,10 @@ def import_epoch(settings: Settings, source: Source) -> int:
     return max([now, *done])
 
 
-def sweep_staging(settings: Settings, source: Source) -> list[str]:
-    """Remove the staging directories of imports that died before committing (their lock
-    is free); returns their writers."""
+def _staged(settings: Settings, source: Source) -> Iterator[tuple[Path, bool]]:
+    """Each staging directory of ``source`` and whether its import is alive (holds its
+    lock); a dead one's lock is held by the caller until the next item is asked for."""
     root = staging_dir(settings, source)
-    swept = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if not d.is_dir():
             continue
@@ -276,10 +275,25 @@ def sweep_staging(settings: Settings, source: Source) -> list[str]:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                continue  # a running import
+                yield d, True
+                continue
+            yield d, False
+
+
+def running_imports(settings: Settings, source: Source) -> list[str]:
+    """The writers of the imports of ``source`` being written now (not committed yet)."""
+    return [d.name for d, alive in _staged(settings, source) if alive]
+
+
+def sweep_staging(settings: Settings, source: Source) -> list[str]:
+    """Remove the staging directories of imports that died before committing (their lock
+    is free); returns their writers."""
+    swept = []
+    for d, alive in _staged(settings, source):
+        if not alive:
             shutil.rmtree(d, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock.name)
+                os.unlink(d.parent / f"{d.name}.lock")
             swept.append(d.name)
     return swept
 
@@ -358,25 +372,33 @@ def complete_cutoff(settings: Settings, source: Source) -> int | None:
 
 
 def not_covered(settings: Settings, source: Source, cutoff: int) -> str | None:
-    """What the master dataset holds of ``source`` in epochs ``>= cutoff`` (which a batch at
-    ``cutoff`` cannot cover yet) and which writer holds the cutoff there, as one sentence
-    for the user; ``None`` if nothing is beyond the cutoff. Imports count: they are what a
-    user expects a batch to pick up (archive files beyond the cutoff are the normal state
-    of a running source job)."""
+    """What the master dataset holds of ``source`` that a batch at ``cutoff`` cannot cover
+    yet, as one sentence for the user (``None``: nothing): committed imports in epochs
+    ``>= cutoff`` and which writer holds the cutoff there, and imports still being written.
+    Imports count: they are what a user expects a batch to pick up (archive files beyond the
+    cutoff are the normal state of a running source job)."""
+    said = []
     later = {e: f for e, f in committed_imports(settings, source).items() if e >= cutoff}
     files = sum(len(f) for f in later.values())
-    if not files:
-        return None
-    holders = [
-        f"{name} ({'active' if w.get('active') else 'finished'}, complete before "
-        f"{w['complete_before']}, last recorded {time.time() - float(w.get('updated_at', 0)):.0f}"
-        " s ago)"
-        for name, w in progress(settings, source).items()
-        if int(w["complete_before"]) == cutoff
-    ]
-    return (
-        f"{files} imported file(s) of source {source.name!r} in epochs {min(later)}.."
-        f"{max(later)} are at or after the cutoff {cutoff} and not in this batch; the cutoff "
-        f"is held by {', '.join(holders) or 'the writers'}: a stopped source job holds it "
-        "(Kafka may have records it has not archived) until it runs again"
-    )
+    if files:
+        holders = [
+            f"{name} ({'active' if w.get('active') else 'finished'}, complete before "
+            f"{w['complete_before']}, last recorded "
+            f"{time.time() - float(w.get('updated_at', 0)):.0f} s ago)"
+            for name, w in progress(settings, source).items()
+            if int(w["complete_before"]) == cutoff
+        ]
+        said.append(
+            f"{files} imported file(s) of source {source.name!r} in epochs {min(later)}.."
+            f"{max(later)} are at or after the cutoff {cutoff} and not in this batch; the "
+            f"cutoff is held by {', '.join(holders) or 'the writers'}: a stopped source job "
+            "holds it (Kafka may have records it has not archived) until it runs again"
+        )
+    running = running_imports(settings, source)
+    if running:
+        said.append(
+            f"{len(running)} import(s) of source {source.name!r} still being written "
+            f"({', '.join(running)}) are not in this batch: an import is in the first batch "
+            "whose cutoff passes the epoch it takes when it completes"
+        )
+    return "; ".join(said) or None

@@ -420,8 +420,11 @@ def test_an_import_racing_the_cutoff_is_covered_whole_by_the_next_batch(
         cut = max(ingest_epoch(int(time.time() * 1000), es), e0 + es) + es
         time.sleep(max(0.0, cut - time.time()))
         record_progress(settings, source, ARCHIVER, cut, active=True)
-        [during] = run_batch(spark, settings, catalog, ["cloud_metering"])
+        said: list[str] = []
+        [during] = run_batch(spark, settings, catalog, ["cloud_metering"], progress=said.append)
         assert (during.cutoff, during.events) == (cut, len(g.good))
+        [warning] = [m for m in said if "warning" in m]
+        assert "1 import(s) of source 'metering' still being written" in warning
     finally:
         racing.send_signal(signal.SIGCONT)
     try:

@@ -20,6 +20,7 @@ from lamina.master import (
     imports_dir,
     progress,
     record_progress,
+    running_imports,
     source_dir,
     staging_dir,
     sweep_staging,
@@ -187,6 +188,7 @@ def test_only_committed_imports_are_read_in_either_layout(
     assert sorted(committed) == [100, report.epoch]
     assert committed[100] == [old]
     assert len(committed[report.epoch]) == 1
+    assert running_imports(settings, PV) == ["import-running"]
     assert sweep_staging(settings, PV) == ["import-dead"]
     assert not dead.exists() and running.dir.exists()
     running.close()
