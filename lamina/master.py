@@ -231,10 +231,13 @@ class ImportStaging:
             write_json_atomic(self.dir / MANIFEST, manifest)
             target = imports_dir(self.settings, self.source) / f"ingest_epoch={chosen}"
             target.mkdir(parents=True, exist_ok=True)
+            if record:
+                # Before the rename: killed in between, the import is not there and the
+                # epoch it would have taken is merely complete (a re-run takes a later one);
+                # no cutoff is read in between (the lock).
+                record_progress(self.settings, self.source, self.writer, chosen + es, active=False)
             os.rename(self.dir, target / self.writer)  # the commit point
             self.committed = target / self.writer
-            if record:
-                record_progress(self.settings, self.source, self.writer, chosen + es, active=False)
         self.close()
         return chosen
 
