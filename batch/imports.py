@@ -1,15 +1,22 @@
 """``lamina master import``: historical files (JSON lines, CSV, Parquet) into the master
 dataset (:mod:`lamina.master`), validated by the same rule as the stream; rejects go to the
 source's dead-letter directory with their reason and origin. No record, whatever its bytes,
-stops an import: it is imported or it is a dead letter."""
+stops an import: it is imported or it is a dead letter.
+
+An import is visible to the batch whole or not at all: its files are staged and committed
+by a manifest at the end (:class:`lamina.master.ImportStaging`), in an ingest epoch chosen
+then, at or after every cutoff a batch may have taken meanwhile. An import that fails or is
+killed leaves no events and no dead letters (its staging directory is removed, by itself
+or by the next import). There is no idempotency key: running the same files twice imports
+them twice, and the batch keeps one copy per event id."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import os
 import re
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -20,10 +27,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
 from lamina.events import Rejection, parse_event
-from lamina.master import arrow_schema, deadletter_dir, progress, record_progress, write_epoch
+from lamina.master import ImportStaging, arrow_schema, deadletter_dir, sweep_staging
 from lamina.schema import EVENT_TIME, ORIGIN
 from lamina.settings import Settings
 from lamina.views import Source
@@ -135,77 +141,85 @@ def import_files(
 
     Rejected rows are written, with their reason and origin (file, line), as JSON lines under
     the source's dead-letter directory; nothing is dropped silently. All rows of one import
-    get the current ingest epoch, which is marked complete when the import finishes.
+    get one ingest epoch, chosen when the import commits (see the module doc), which is
+    marked complete then. Raises before committing anything when it fails.
     """
     paths = list(paths)
     for p in paths:
         if not p.is_file():
             raise ConfigError(f"cannot import {p}: no such file")
-    # Never write into an epoch a batch may already have covered: go past every cutoff so far.
-    done = [int(w["complete_before"]) for w in progress(settings, source).values()]
-    epoch = max([ingest_epoch(int(time.time() * 1000), settings.pipeline.epoch_seconds), *done])
+    swept = sweep_staging(settings, source)
+    if swept:
+        log.info("removed the staged files of imports that did not finish: %s", swept)
     writer = f"import-{uuid.uuid4().hex[:8]}"
-    report = ImportReport(epoch=epoch)
-    dl_dir = deadletter_dir(settings, source)
-    dl_path = dl_dir / f"{writer}.jsonl"
-    dl_file = None
+    report = ImportReport()
     schema = arrow_schema(source)
     buf: dict[str, list[Any]] = {n: [] for n in schema.names}
+    with ImportStaging(settings, source, writer) as staged:
+        dl_staged = staged.dir / "_deadletters.jsonl"
+        dl_file = None
 
-    def flush() -> None:
-        if buf[EVENT_TIME]:
-            write_epoch(settings, source, epoch, pa.table(buf, schema=schema), writer)
-            for v in buf.values():
-                v.clear()
+        def flush() -> None:
+            if buf[EVENT_TIME]:
+                staged.add(pa.table(buf, schema=schema))
+                for v in buf.values():
+                    v.clear()
 
-    try:
-        for path in paths:
-            report.files.append(str(path))
-            for n, raw, coerce in _rows(path):
-                parsed = (
-                    Rejection(raw.reason)
-                    if isinstance(raw, _Unreadable)
-                    else parse_event(raw, source, coerce=coerce)
-                )
-                if isinstance(parsed, Rejection):
-                    report.rejected += 1
-                    report.reasons[parsed.reason.split(":")[0]] += 1
-                    if dl_file is None:
-                        dl_dir.mkdir(parents=True, exist_ok=True)
-                        dl_file = dl_path.open("w")
-                    dl_file.write(
-                        json.dumps(
-                            {
-                                "reason": parsed.reason,
-                                "raw": _dead_text(raw),
-                                "file": str(path),
-                                "line": n,
-                            }
-                        )
-                        + "\n"
+        try:
+            for path in paths:
+                report.files.append(str(path))
+                for n, raw, coerce in _rows(path):
+                    parsed = (
+                        Rejection(raw.reason)
+                        if isinstance(raw, _Unreadable)
+                        else parse_event(raw, source, coerce=coerce)
                     )
-                    continue
-                for f in source.fields:
-                    buf[f].append(parsed[f])
-                buf[EVENT_TIME].append(parsed[EVENT_TIME])
-                for col in ORIGIN:
-                    buf[col.name].append(None)
-                report.accepted += 1
-                if len(buf[EVENT_TIME]) >= chunk_rows:
-                    flush()
-                if on_progress and (report.accepted + report.rejected) % 50_000 == 0:
-                    on_progress(report.accepted, report.rejected)
-        flush()
-    finally:
+                    if isinstance(parsed, Rejection):
+                        report.rejected += 1
+                        report.reasons[parsed.reason.split(":")[0]] += 1
+                        if dl_file is None:
+                            dl_file = dl_staged.open("w")
+                        dl_file.write(
+                            json.dumps(
+                                {
+                                    "reason": parsed.reason,
+                                    "raw": _dead_text(raw),
+                                    "file": str(path),
+                                    "line": n,
+                                }
+                            )
+                            + "\n"
+                        )
+                        continue
+                    for f in source.fields:
+                        buf[f].append(parsed[f])
+                    buf[EVENT_TIME].append(parsed[EVENT_TIME])
+                    for col in ORIGIN:
+                        buf[col.name].append(None)
+                    report.accepted += 1
+                    if len(buf[EVENT_TIME]) >= chunk_rows:
+                        flush()
+                    if on_progress and (report.accepted + report.rejected) % 50_000 == 0:
+                        on_progress(report.accepted, report.rejected)
+            flush()
+        finally:
+            if dl_file is not None:
+                dl_file.close()
+        report.epoch = staged.commit(
+            inputs=report.files, rejected=report.rejected, deadletters=dl_file is not None
+        )
         if dl_file is not None:
-            dl_file.close()
-            report.deadletters = dl_path
-    record_progress(settings, source, writer, epoch + settings.pipeline.epoch_seconds, active=False)
+            # After the commit: a kill in between leaves them in the import's directory.
+            dl_dir = deadletter_dir(settings, source)
+            dl_dir.mkdir(parents=True, exist_ok=True)
+            assert staged.committed is not None
+            report.deadletters = dl_dir / f"{writer}.jsonl"
+            os.replace(staged.committed / dl_staged.name, report.deadletters)
     log.info(
         "import into %s: %d accepted, %d rejected (epoch %d)",
         source.name,
         report.accepted,
         report.rejected,
-        epoch,
+        report.epoch,
     )
     return report

@@ -33,6 +33,7 @@ from engine.translate import aggregate
 from lamina.errors import PublishError
 from lamina.master import (
     archive_dir,
+    committed_imports,
     complete_cutoff,
     epoch_dirs,
     imports_dir,
@@ -63,22 +64,33 @@ class BatchResult:
 def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
     """Every event of the view's source with ingest epoch ``< cutoff``, one per event id.
 
-    Reads the source job's archive and the imported files, pruned to the epochs before the
-    cutoff (and the legacy file-sink archive through its metadata log, when present).
+    Reads the source job's archive and the committed imports
+    (:func:`lamina.master.committed_imports`: never a part of an import), pruned to the
+    epochs before the cutoff (and the legacy file-sink archive through its metadata log,
+    when present). Call it after choosing ``cutoff``: an import committed since then has an
+    epoch at or after it (see "Imports" in :mod:`lamina.master`).
     """
     schema = master_schema(view.source)
     parts: list[DataFrame] = []
     stream = stream_dir(settings, view.source)
     if (stream / "_spark_metadata").exists():
         parts.append(spark.read.schema(schema).parquet(str(stream)))
-    for root in (archive_dir(settings, view.source), imports_dir(settings, view.source)):
-        epochs = [d for e, d in epoch_dirs(root).items() if e < cutoff]
-        if epochs:
-            parts.append(
-                spark.read.schema(schema)
-                .option("basePath", str(root))
-                .parquet(*(str(p) for p in epochs))
-            )
+    archived = [
+        str(d) for e, d in epoch_dirs(archive_dir(settings, view.source)).items() if e < cutoff
+    ]
+    imported = [
+        str(f)
+        for e, files in committed_imports(settings, view.source).items()
+        if e < cutoff
+        for f in files
+    ]
+    for root, paths in (
+        (archive_dir(settings, view.source), archived),
+        (imports_dir(settings, view.source), imported),
+    ):
+        if paths:
+            # ``ingest_epoch`` from the paths (``<root>/ingest_epoch=<E>/...``).
+            parts.append(spark.read.schema(schema).option("basePath", str(root)).parquet(*paths))
     if not parts:
         return spark.createDataFrame([], schema)
     df = parts[0]

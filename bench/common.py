@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lamina.master import arrow_schema, record_progress, write_epoch  # noqa: E402
+from lamina.master import (  # noqa: E402
+    arrow_schema,
+    imports_dir,
+    record_progress,
+    write_epoch,
+)
 from lamina.schema import EVENT_TIME  # noqa: E402
 from lamina.settings import Settings, load_settings  # noqa: E402
 from lamina.views import Condition, Source, View  # noqa: E402
@@ -189,8 +194,8 @@ class Generated:
     bytes: int
     seconds: float
     root: Path
-    """The directory holding the ``ingest_epoch=<E>`` partitions written (whatever layout
-    ``lamina.master.write_epoch`` uses: ``<source>/`` or ``<source>/imports/``)."""
+    """The directory holding the ``ingest_epoch=<E>`` partitions written
+    (``<source>/imports/``: each chunk a committed import, ``lamina.master.write_epoch``)."""
 
 
 def generate_source(
@@ -216,7 +221,7 @@ def generate_source(
     first = (int(time.time()) // eps - n_chunks - 1) * eps
     writer = f"bench-{uuid.uuid4().hex[:8]}"
     epochs, size, done = [], 0, 0
-    root = settings.master_dir / source.name
+    root = imports_dir(settings, source)
     for i in range(n_chunks):
         rows = min(chunk_rows, n - done)
         table = generate_chunk(
@@ -225,7 +230,6 @@ def generate_source(
         epoch = first + i * eps
         path = write_epoch(settings, source, epoch, table, writer)
         size += path.stat().st_size
-        root = path.parent.parent
         epochs.append(epoch)
         done += rows
         if on_chunk:
@@ -287,7 +291,7 @@ def duckdb_sql(view: View, root: Path, cutoff: int, quantile: float = 0.5) -> st
         else:
             raise ValueError(f"no DuckDB translation for {a.fn!r}")
     keys = ", ".join(f'"{k}"' for k in view.keys)
-    glob = str(root / "ingest_epoch=*" / "*.parquet")
+    glob = _committed_glob(root)
     return (
         f'WITH ev AS (SELECT DISTINCT ON ("{src.event_id}") {cols} '
         f"FROM read_parquet('{glob}', hive_partitioning = true) "
@@ -299,8 +303,15 @@ def duckdb_sql(view: View, root: Path, cutoff: int, quantile: float = 0.5) -> st
     )
 
 
+def _committed_glob(root: Path) -> str:
+    """Every Parquet file of the committed imports under ``root`` (``<source>/imports``):
+    only committed imports are in ``ingest_epoch=<E>/``, directly (before manifests) or in
+    their own directory; imports being written are under ``_staging/``."""
+    return str(root / "ingest_epoch=*" / "**" / "*.parquet")
+
+
 def duckdb_events_sql(view: View, root: Path, cutoff: int) -> str:
-    glob = str(root / "ingest_epoch=*" / "*.parquet")
+    glob = _committed_glob(root)
     return (
         f'SELECT count(DISTINCT "{view.source.event_id}") FROM '
         f"read_parquet('{glob}', hive_partitioning = true) WHERE ingest_epoch < {cutoff}"

@@ -8,18 +8,53 @@ Layout, per source, partitioned by ingest epoch:
   the same micro-batch left, so a replayed micro-batch rewrites its files, never adds;
 - ``<master_dir>/<source>/stream/`` the archive of Lamina <= 0.3 (Spark's file sink with its
   ``_spark_metadata`` log), still read when present;
-- ``<master_dir>/<source>/imports/ingest_epoch=<E>/<writer>-<uuid>.parquet`` written by
-  ``lamina master import`` (:mod:`batch.imports`).
+- ``<master_dir>/<source>/imports/ingest_epoch=<E>/<writer>/part-<i>.parquet`` with
+  ``_manifest.json``: one committed ``lamina master import`` (:mod:`batch.imports`,
+  :class:`ImportStaging`), see "Imports" below;
+- ``<master_dir>/<source>/imports/ingest_epoch=<E>/<name>.parquet`` (files directly in the
+  epoch directory): imports by Lamina before manifests, read as committed (each of those
+  files appeared by its own rename; an import of that Lamina killed midway left the files
+  it had written, and nothing can tell them apart now).
 
 Each row holds :func:`lamina.schema.master_columns`: the source's typed fields,
 ``_event_time`` (float seconds, UTC), and where it came from: ``topic``, ``partition``,
-``offset`` (null for imported files). Files appear atomically (written under a dot-name
-Spark ignores, then renamed).
+``offset`` (null for imported files). Files appear atomically (written under a dot-name or
+a ``_staging`` directory Spark ignores, then renamed).
 
 Progress: each writer records in ``<source>/_progress/<writer>.json`` the epoch before which
 it has written everything (``complete_before``). A batch cuts off at the smallest
 ``complete_before`` of the active writers (or the largest of finished ones if none is
-active), so it never reads half an epoch.
+active), so it never reads half an epoch. A writer's ``complete_before`` never decreases.
+
+Imports: an import is visible whole or not at all. Its chunk files are written under
+``imports/_staging/<writer>/``, which no reader lists; :meth:`ImportStaging.commit` then
+writes the manifest (epoch, files, row counts) into that directory and renames the
+directory to ``imports/ingest_epoch=<E>/<writer>/`` in one ``rename``: the commit point.
+Readers take imports from :func:`committed_imports` only. A killed import leaves only its
+staging directory, removed by the next import (:func:`sweep_staging`); a re-run is a new
+import (there is no idempotency key), and the batch keeps one copy per event id.
+
+The epoch of an import is chosen at its commit, not when it starts, so that no batch has
+cut off past it while it was being written: ``E = max(current epoch, every writer's
+complete_before)``, chosen and committed under the source's cutoff lock (an exclusive
+``flock`` of ``<source>/_progress/.lock``), while :func:`complete_cutoff` reads the progress
+files under the same lock, shared. Why a batch never sees part of an import, and never
+misses one it claims to cover: a batch picks its cutoff ``C`` (:func:`complete_cutoff`),
+then lists the committed imports and reads those of epochs ``< C``.
+
+- An import committed before the batch picked ``C`` is listed whole (the rename happened
+  before the listing); it is in the batch if ``E < C`` and reported by :func:`not_covered`
+  otherwise.
+- An import committed after the batch picked ``C`` read the progress files after it (the
+  lock orders the two), and ``C`` is at most the largest ``complete_before`` then (the
+  minimum of the active writers' or the maximum of all), which only grows: ``E >= C``. The
+  batch leaves it out whether it lists it or not, and a later batch, whose cutoff passes
+  ``E``, covers all of it.
+
+So an import is covered by the first batch whose cutoff passes its epoch, as a whole. The
+same holds for a cutoff given with ``--cutoff`` (never beyond the complete cutoff) and for
+published cutoffs (each was a complete cutoff once). The lock assumes the master dataset is
+on a local file system (``flock``), as the atomic renames already do.
 
 The archiver (speed layer, Spark) and ``master import`` (batch layer, pyarrow) write here and
 the batch reads it, so the contract lives in the engine-free core.
@@ -27,20 +62,31 @@ the batch reads it, so the contract lives in the engine-free core.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lamina.buckets import ingest_epoch
 from lamina.errors import LaminaError
 from lamina.files import read_json, write_json_atomic
 from lamina.schema import FieldType, master_columns
 from lamina.settings import Settings
 from lamina.views import Source
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+"""The manifest of a committed import, in its directory (a name Spark ignores)."""
 
 ARROW_TYPES: dict[FieldType, pa.DataType] = {
     FieldType.STRING: pa.string(),
@@ -113,17 +159,181 @@ def deadletter_dir(settings: Settings, source: Source) -> Path:
     return settings.master_dir / "_deadletters" / source.name
 
 
+def staging_dir(settings: Settings, source: Source) -> Path:
+    """Where imports write their files until they commit (no reader lists it)."""
+    return imports_dir(settings, source) / "_staging"
+
+
+@contextlib.contextmanager
+def cutoff_lock(settings: Settings, source: Source, *, exclusive: bool) -> Iterator[None]:
+    """Hold the source's cutoff lock (see "Imports" in the module doc): exclusive while an
+    import chooses its epoch and commits, shared while a cutoff is read from the progress
+    files. Waits for the holder (an exclusive holder only renames and writes small files);
+    the kernel drops it when its holder exits, however it exits. Without a ``_progress``
+    directory there is no cutoff to order against, and a shared request takes no lock."""
+    d = source_dir(settings, source) / "_progress"
+    if not exclusive and not d.is_dir():
+        yield
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class ImportStaging:
+    """The files of one import, invisible until :meth:`commit` (see "Imports" in the module
+    doc). Holds an ``flock`` on ``_staging/<writer>.lock`` while it lives, so that
+    :func:`sweep_staging` removes only the staging directories of imports that died.
+    Use as a context manager: leaving it without a commit removes the files."""
+
+    def __init__(self, settings: Settings, source: Source, writer: str) -> None:
+        self.settings, self.source, self.writer = settings, source, writer
+        root = staging_dir(settings, source)
+        root.mkdir(parents=True, exist_ok=True)
+        # The lock before the directory: a sweeper never sees the directory unlocked.
+        self._lock = (root / f"{writer}.lock").open("a+")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self.dir = root / writer
+        self.dir.mkdir()
+        self.files: list[dict[str, Any]] = []
+        self.committed: Path | None = None
+
+    def add(self, table: pa.Table) -> Path:
+        """Write ``table`` (cast to the source's schema) as the next chunk file."""
+        name = f"part-{len(self.files):05d}.parquet"
+        path = self.dir / name
+        pq.write_table(table.cast(arrow_schema(self.source)), path, compression="zstd")
+        self.files.append({"name": name, "rows": table.num_rows, "bytes": path.stat().st_size})
+        return path
+
+    def commit(self, epoch: int | None = None, *, record: bool = True, **about: Any) -> int:
+        """Make every file visible at once, in ingest epoch ``epoch`` (default: chosen now,
+        :func:`import_epoch`), record the import's progress (complete before the epoch's
+        end; unless not ``record``) and return the epoch. ``about`` goes into the manifest
+        as it is. A given ``epoch`` is for writing history at chosen epochs (tests,
+        benchmarks): it is not ordered against the cutoff."""
+        es = self.settings.pipeline.epoch_seconds
+        with cutoff_lock(self.settings, self.source, exclusive=True):
+            chosen = import_epoch(self.settings, self.source) if epoch is None else epoch
+            manifest = {
+                "writer": self.writer,
+                "epoch": chosen,
+                "rows": sum(f["rows"] for f in self.files),
+                "files": self.files,
+                "committed_at": time.time(),
+                **about,
+            }
+            write_json_atomic(self.dir / MANIFEST, manifest)
+            target = imports_dir(self.settings, self.source) / f"ingest_epoch={chosen}"
+            target.mkdir(parents=True, exist_ok=True)
+            if record:
+                # Before the rename: killed in between, the import is not there and the
+                # epoch it would have taken is merely complete (a re-run takes a later one);
+                # no cutoff is read in between (the lock).
+                record_progress(self.settings, self.source, self.writer, chosen + es, active=False)
+            os.rename(self.dir, target / self.writer)  # the commit point
+            self.committed = target / self.writer
+        self.close()
+        return chosen
+
+    def close(self) -> None:
+        """Remove what is left uncommitted and release the staging lock."""
+        if self._lock.closed:
+            return
+        if self.committed is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._lock.name)
+        self._lock.close()
+
+    def __enter__(self) -> ImportStaging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def import_epoch(settings: Settings, source: Source) -> int:
+    """The ingest epoch an import committing now takes: the current epoch, or later if a
+    writer has recorded progress beyond it (a cutoff may be there). Call it under the
+    exclusive :func:`cutoff_lock`, and commit before releasing it."""
+    now = ingest_epoch(int(time.time() * 1000), settings.pipeline.epoch_seconds)
+    done = [int(w["complete_before"]) for w in progress(settings, source).values()]
+    return max([now, *done])
+
+
+def _staged(settings: Settings, source: Source) -> Iterator[tuple[Path, bool]]:
+    """Each staging directory of ``source`` and whether its import is alive (holds its
+    lock); a dead one's lock is held by the caller until the next item is asked for."""
+    root = staging_dir(settings, source)
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if not d.is_dir():
+            continue
+        with (root / f"{d.name}.lock").open("a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield d, True
+                continue
+            yield d, False
+
+
+def running_imports(settings: Settings, source: Source) -> list[str]:
+    """The writers of the imports of ``source`` being written now (not committed yet)."""
+    return [d.name for d, alive in _staged(settings, source) if alive]
+
+
+def sweep_staging(settings: Settings, source: Source) -> list[str]:
+    """Remove the staging directories of imports that died before committing (their lock
+    is free); returns their writers."""
+    swept = []
+    for d, alive in _staged(settings, source):
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(d.parent / f"{d.name}.lock")
+            swept.append(d.name)
+    return swept
+
+
+def committed_imports(settings: Settings, source: Source) -> dict[int, list[Path]]:
+    """The Parquet files of every committed import of ``source``, by ingest epoch (epochs
+    holding none are left out): those listed in the manifests of the epochs' import
+    directories, and files directly in an epoch directory (imports of Lamina before
+    manifests). Staging directories are never read."""
+    out: dict[int, list[Path]] = {}
+    for epoch, d in sorted(epoch_dirs(imports_dir(settings, source)).items()):
+        files: list[Path] = []
+        for entry in sorted(d.iterdir()):
+            if entry.is_dir():
+                manifest = read_json(entry / MANIFEST)
+                if manifest is None:
+                    log.warning("%s: no readable %s, not read", entry, MANIFEST)
+                    continue
+                files.extend(entry / f["name"] for f in manifest["files"])
+            elif entry.suffix == ".parquet" and not entry.name.startswith((".", "_")):
+                files.append(entry)
+        if files:
+            out[epoch] = files
+    return out
+
+
 def write_epoch(
     settings: Settings, source: Source, epoch: int, table: pa.Table, writer: str
 ) -> Path:
-    """Append one Parquet file of events to ingest epoch ``epoch``; atomic by rename."""
-    d = imports_dir(settings, source) / f"ingest_epoch={epoch}"
-    d.mkdir(parents=True, exist_ok=True)
-    name = f"{writer}-{uuid.uuid4().hex}.parquet"
-    tmp = d / f".{name}.tmp"
-    pq.write_table(table.cast(arrow_schema(source)), tmp, compression="zstd")
-    os.replace(tmp, d / name)
-    return d / name
+    """Commit ``table`` as one import of its own in ingest epoch ``epoch`` (chosen by the
+    caller: tests and benchmarks writing history), without recording progress; returns its
+    file."""
+    with ImportStaging(settings, source, f"{writer}-{uuid.uuid4().hex[:12]}") as staged:
+        name = staged.add(table).name
+        staged.commit(epoch, record=False)
+        assert staged.committed is not None
+        return staged.committed / name
 
 
 def record_progress(
@@ -152,8 +362,11 @@ def progress(settings: Settings, source: Source) -> dict[str, dict[str, Any]]:
 
 
 def complete_cutoff(settings: Settings, source: Source) -> int | None:
-    """The epoch a batch may cut off at: every event of earlier epochs is in the dataset."""
-    writers = progress(settings, source)
+    """The epoch a batch may cut off at: every event of earlier epochs is in the dataset.
+    Read under the shared :func:`cutoff_lock`: an import committing later takes an epoch at
+    or after it (see "Imports" in the module doc)."""
+    with cutoff_lock(settings, source, exclusive=False):
+        writers = progress(settings, source)
     active = [w["complete_before"] for w in writers.values() if w.get("active")]
     if active:
         return int(min(active))
@@ -162,25 +375,33 @@ def complete_cutoff(settings: Settings, source: Source) -> int | None:
 
 
 def not_covered(settings: Settings, source: Source, cutoff: int) -> str | None:
-    """What the master dataset holds of ``source`` in epochs ``>= cutoff`` (which a batch at
-    ``cutoff`` cannot cover yet) and which writer holds the cutoff there, as one sentence
-    for the user; ``None`` if nothing is beyond the cutoff. Imports count: they are what a
-    user expects a batch to pick up (archive files beyond the cutoff are the normal state
-    of a running source job)."""
-    later = {e: d for e, d in epoch_dirs(imports_dir(settings, source)).items() if e >= cutoff}
-    files = sum(1 for d in later.values() for f in d.iterdir() if f.suffix == ".parquet")
-    if not files:
-        return None
-    holders = [
-        f"{name} ({'active' if w.get('active') else 'finished'}, complete before "
-        f"{w['complete_before']}, last recorded {time.time() - float(w.get('updated_at', 0)):.0f}"
-        " s ago)"
-        for name, w in progress(settings, source).items()
-        if int(w["complete_before"]) == cutoff
-    ]
-    return (
-        f"{files} imported file(s) of source {source.name!r} in epochs {min(later)}.."
-        f"{max(later)} are at or after the cutoff {cutoff} and not in this batch; the cutoff "
-        f"is held by {', '.join(holders) or 'the writers'}: a stopped source job holds it "
-        "(Kafka may have records it has not archived) until it runs again"
-    )
+    """What the master dataset holds of ``source`` that a batch at ``cutoff`` cannot cover
+    yet, as one sentence for the user (``None``: nothing): committed imports in epochs
+    ``>= cutoff`` and which writer holds the cutoff there, and imports still being written.
+    Imports count: they are what a user expects a batch to pick up (archive files beyond the
+    cutoff are the normal state of a running source job)."""
+    said = []
+    later = {e: f for e, f in committed_imports(settings, source).items() if e >= cutoff}
+    files = sum(len(f) for f in later.values())
+    if files:
+        holders = [
+            f"{name} ({'active' if w.get('active') else 'finished'}, complete before "
+            f"{w['complete_before']}, last recorded "
+            f"{time.time() - float(w.get('updated_at', 0)):.0f} s ago)"
+            for name, w in progress(settings, source).items()
+            if int(w["complete_before"]) == cutoff
+        ]
+        said.append(
+            f"{files} imported file(s) of source {source.name!r} in epochs {min(later)}.."
+            f"{max(later)} are at or after the cutoff {cutoff} and not in this batch; the "
+            f"cutoff is held by {', '.join(holders) or 'the writers'}: a stopped source job "
+            "holds it (Kafka may have records it has not archived) until it runs again"
+        )
+    running = running_imports(settings, source)
+    if running:
+        said.append(
+            f"{len(running)} import(s) of source {source.name!r} still being written "
+            f"({', '.join(running)}) are not in this batch: an import is in the first batch "
+            "whose cutoff passes the epoch it takes when it completes"
+        )
+    return "; ".join(said) or None

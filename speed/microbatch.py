@@ -50,6 +50,7 @@ from lamina.master import (
     archive_dir,
     archive_file,
     archive_prefix,
+    committed_imports,
     epoch_dirs,
     imports_dir,
     stream_dir,
@@ -440,7 +441,7 @@ class SourceBatches:
         archive = epoch_dirs(archive_dir(settings, src))
         high = self._archived_high(archive, first_batch)
         index = DedupIndex(horizon=pipeline.dedup_horizon_s, retain=pipeline.dedup_retain_s)
-        imports = epoch_dirs(imports_dir(settings, src))
+        imports = committed_imports(settings, src)
         if high is not None:
             # The same "latest epoch read" the live job had after the micro-batch before.
             index.advance(high)
@@ -456,7 +457,8 @@ class SourceBatches:
                 for f in d.iterdir()
                 if _before(archive_batch(f.name), first_batch)
             ]
-            self._seed(index, files, [str(d) for e, d in imports.items() if e >= floor], floor)
+            imported = [str(f) for e, fs in imports.items() if e >= floor for f in fs]
+            self._seed(index, files, imported, floor)
         self.index = index
 
         def connect() -> dict[str, RealtimeCells]:

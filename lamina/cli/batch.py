@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lamina.cli.common import connect_store, find_source, say
+from lamina.cli.common import connect_store, find_source, positive, say
 from lamina.context import load_catalog
 from lamina.settings import Settings
 
@@ -23,6 +23,7 @@ def cmd_master_import(settings: Settings, args: argparse.Namespace) -> int:
         settings,
         find_source(settings, args.source),
         args.paths,
+        chunk_rows=args.chunk_rows,
         on_progress=lambda ok, bad: say(f"... {ok} accepted, {bad} rejected"),
     )
     say(
@@ -135,6 +136,13 @@ def register(sub: Any) -> None:
     imp = msub.add_parser("import", help="append historical events from JSONL, CSV or Parquet")
     imp.add_argument("source", help="source name from the views file")
     imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    imp.add_argument(
+        "--chunk-rows",
+        type=positive,
+        default=200_000,
+        metavar="N",
+        help="events per Parquet file written (memory held per chunk; default 200000)",
+    )
     imp.set_defaults(func=cmd_master_import)
     batch = sub.add_parser("batch", help="batch views: recompute, versions, rollback")
     bsub = batch.add_subparsers(dest="action", required=True, metavar="ACTION")

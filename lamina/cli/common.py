@@ -63,6 +63,16 @@ def non_negative(text: str) -> int:
     return n
 
 
+def positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return n
+
+
 def outage_error(settings: Settings, exc: Exception) -> LaminaError | None:
     """A Kafka or Cassandra client error that means the service is down or unreachable, as
     the one-line error a command prints (``None``: not an outage)."""

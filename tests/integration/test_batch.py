@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -314,5 +319,121 @@ def test_a_batch_says_which_imports_it_cannot_cover_and_why(
         [warning] = [m for m in said if "warning" in m]
         assert f"epochs {e1}..{e1}" in warning and "not in this batch" in warning
         assert f"held by {ARCHIVER} (active" in warning
+    finally:
+        drop_keyspace(settings)
+
+
+def _history(path: Path, n: int, prefix: str) -> Path:
+    """``n`` metering events as JSON lines (ids ``<prefix>-<i>``), written fast."""
+    with path.open("w") as f:
+        for i in range(n):
+            ts = truth.BASE - i % 18_000
+            f.write(
+                f'{{"usage_id": "{prefix}-{i}", "ts": {ts}, "customer": "c{i % 6}", '
+                f'"instance_type": "m5", "instance_seconds": 60}}\n'
+            )
+    return path
+
+
+def _start_import(settings: Settings, path: Path) -> subprocess.Popen[str]:
+    """A real ``lamina master import`` of ``path`` into source metering, in its own process,
+    writing a file every 2000 events."""
+    env = {
+        **os.environ,
+        "LAMINA_CASSANDRA__KEYSPACE": settings.cassandra.keyspace,
+        "LAMINA_PIPELINE__MASTER_DIR": str(settings.master_dir),
+    }
+    args = ["master", "import", "metering", str(path), "--chunk-rows", "2000"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "lamina.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_files(root: Path, n: int, proc: subprocess.Popen[str]) -> None:
+    """Until the import ``proc`` has written ``n`` more Parquet files under ``root``
+    (wherever it puts them before it completes)."""
+    before = set(root.rglob("*.parquet"))
+    deadline = time.monotonic() + 120
+    while len(set(root.rglob("*.parquet")) - before) < n:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the import wrote no files"
+        time.sleep(0.005)
+
+
+def test_a_killed_import_leaves_nothing_a_batch_reads(
+    stack: Settings, tmp_path: Path, spark: Any
+) -> None:
+    """kill -9 of `lamina master import` after some of its files are written: a batch whose
+    cutoff passes that import's epoch reads none of it, and the import run again is counted
+    whole, once."""
+    settings = isolated(stack, tmp_path)
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    source = catalog.sources["metering"]
+    killed = _start_import(settings, _history(tmp_path / "killed.jsonl", 60_000, "k"))
+    try:
+        _wait_for_files(settings.master_dir, 2, killed)
+    finally:
+        killed.kill()
+        killed.wait()
+    g = truth.metering(300, seed=71)
+    import_events(settings, source, g.good, tmp_path / "later.jsonl")  # past the killed one
+    try:
+        [first] = run_batch(spark, settings, catalog, ["cloud_metering"])
+        assert first.events == len(g.good)
+        again = _start_import(settings, tmp_path / "killed.jsonl")
+        assert again.wait(timeout=300) == 0, again.communicate()[0]
+        [second] = run_batch(spark, settings, catalog, ["cloud_metering"])
+        assert second.events == len(g.good) + 60_000
+        assert not any((settings.master_dir / "metering" / "imports" / "_staging").iterdir())
+    finally:
+        drop_keyspace(settings)
+
+
+def test_an_import_racing_the_cutoff_is_covered_whole_by_the_next_batch(
+    stack: Settings, tmp_path: Path, spark: Any
+) -> None:
+    """The issue's race: the archiver's cutoff passes the current epoch while an import is
+    still writing (stopped here after two files). A batch then reads none of the import, and
+    the import lands in an epoch at or after that batch's cutoff, which the next batch
+    covers whole."""
+    from lamina.buckets import ingest_epoch
+    from lamina.master import record_progress
+    from lamina.streams import ARCHIVER
+
+    settings = isolated(stack, tmp_path)
+    es = settings.pipeline.epoch_seconds
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    source = catalog.sources["metering"]
+    g = truth.metering(300, seed=73)
+    e0 = import_events(settings, source, g.good, tmp_path / "first.jsonl").epoch
+    record_progress(settings, source, ARCHIVER, e0 + es, active=True)  # caught up
+    racing = _start_import(settings, _history(tmp_path / "history.jsonl", 60_000, "h"))
+    try:
+        _wait_for_files(settings.master_dir, 2, racing)
+        racing.send_signal(signal.SIGSTOP)
+        # The archiver completes the epoch the import started in, and the next.
+        cut = max(ingest_epoch(int(time.time() * 1000), es), e0 + es) + es
+        time.sleep(max(0.0, cut - time.time()))
+        record_progress(settings, source, ARCHIVER, cut, active=True)
+        said: list[str] = []
+        [during] = run_batch(spark, settings, catalog, ["cloud_metering"], progress=said.append)
+        assert (during.cutoff, during.events) == (cut, len(g.good))
+        [warning] = [m for m in said if "warning" in m]
+        assert "1 import(s) of source 'metering' still being written" in warning
+    finally:
+        racing.send_signal(signal.SIGCONT)
+    try:
+        out = racing.communicate(timeout=300)[0]
+        assert racing.returncode == 0, out
+        epoch = int(re.findall(r"ingest epoch (\d+)", out)[0])
+        assert epoch >= cut
+        record_progress(settings, source, ARCHIVER, epoch + es, active=True)
+        [after] = run_batch(spark, settings, catalog, ["cloud_metering"])
+        assert after.events == len(g.good) + 60_000
     finally:
         drop_keyspace(settings)

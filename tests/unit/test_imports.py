@@ -1,6 +1,7 @@
 """``master import`` of JSON lines and CSV files holding poison records (issue #12): every
 record is imported or written to the dead letters with its reason; none stops the import.
-Files only (the master dataset is a directory): no engine, no services."""
+An import is visible whole or not at all, in an epoch taken when it commits. Files only
+(the master dataset is a directory): no engine, no services."""
 
 from __future__ import annotations
 
@@ -11,7 +12,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.imports import import_files
-from lamina.master import imports_dir
+from lamina.errors import ConfigError
+from lamina.master import (
+    ImportStaging,
+    committed_imports,
+    deadletter_dir,
+    imports_dir,
+    progress,
+    record_progress,
+    running_imports,
+    source_dir,
+    staging_dir,
+    sweep_staging,
+    write_epoch,
+)
 from lamina.settings import Settings, load_settings
 from lamina.views import load_views
 
@@ -111,3 +125,83 @@ def test_poison_csv_rows_become_dead_letters(settings: Settings, tmp_path: Path)
     assert json.loads(str(letters[5]["raw"]))["url"] == "/\ufffd\ufffd"
     assert json.loads(str(letters[6]["raw"]))["note"] == "\ufffd" * 3
     assert str(letters[7]["raw"]).startswith("big,2026-11-27T10:00:00Z,/aaa")
+
+
+def _lines(n: int, prefix: str = "e") -> bytes:
+    return b"".join(HEAD % f"{prefix}{i}".encode() + b"}\n" for i in range(n))
+
+
+def test_an_import_that_fails_midway_leaves_nothing(settings: Settings, tmp_path: Path) -> None:
+    """Chunks written, a dead letter written, then the second file fails: no event, no
+    dead letter, no progress of the import remain (it is retried whole)."""
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(_lines(5) + b"not json\n")
+    later = tmp_path / "later.txt"
+    later.write_text("an unknown format\n")
+    with pytest.raises(ConfigError, match="unknown format"):
+        import_files(settings, PV, [good, later], chunk_rows=2)
+    assert list(source_dir(settings, PV).rglob("*.parquet")) == []
+    assert not deadletter_dir(settings, PV).exists() or not any(
+        deadletter_dir(settings, PV).iterdir()
+    )
+    assert progress(settings, PV) == {}
+    report = import_files(settings, PV, [good], chunk_rows=2)
+    assert (report.accepted, report.rejected) == (5, 1)
+    [files] = committed_imports(settings, PV).values()
+    assert len(files) == 3 and len(_imported(settings)) == 5
+    assert len(_letters(report.deadletters)) == 1
+
+
+def test_an_import_takes_its_epoch_when_it_commits(settings: Settings, tmp_path: Path) -> None:
+    """A cutoff that passed the current epoch while the import was being written (the
+    archiver moved on) is not passed by the import: its epoch is taken at the commit."""
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(_lines(50_000))
+    ahead = 10**10  # far beyond the current epoch
+
+    def archiver_moves_on(accepted: int, rejected: int) -> None:
+        record_progress(settings, PV, "archiver", ahead, active=True)
+
+    report = import_files(settings, PV, [path], chunk_rows=10_000, on_progress=archiver_moves_on)
+    assert report.epoch == ahead
+    assert list(committed_imports(settings, PV)) == [ahead]
+
+
+def test_only_committed_imports_are_read_in_either_layout(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Readers list files directly in an epoch directory (imports before manifests) and
+    those of committed manifests; never a staging directory, whether its import runs or
+    died (the next import removes the dead one only)."""
+    old = imports_dir(settings, PV) / "ingest_epoch=100" / "import-0123abcd-ffff.parquet"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"")  # a file of an import by Lamina before manifests
+    (old.parent / ".import-x.parquet.tmp").write_bytes(b"")  # one it was still writing
+    report = import_files(settings, PV, [_file(tmp_path, 3)])
+    running = ImportStaging(settings, PV, "import-running")
+    running.add(pq.read_table(next(iter(committed_imports(settings, PV)[report.epoch]))))
+    dead = staging_dir(settings, PV) / "import-dead"
+    dead.mkdir()
+    (dead / "part-00000.parquet").write_bytes(b"")
+    (staging_dir(settings, PV) / "import-dead.lock").touch()
+    committed = committed_imports(settings, PV)
+    assert sorted(committed) == [100, report.epoch]
+    assert committed[100] == [old]
+    assert len(committed[report.epoch]) == 1
+    assert running_imports(settings, PV) == ["import-running"]
+    assert sweep_staging(settings, PV) == ["import-dead"]
+    assert not dead.exists() and running.dir.exists()
+    running.close()
+    assert not running.dir.exists()
+    write_epoch(settings, PV, 200, pq.read_table(committed[report.epoch][0]), "bench")
+    assert sorted(committed_imports(settings, PV)) == [100, 200, report.epoch]
+    # Only the import recorded progress: history written at chosen epochs records none.
+    assert [w["complete_before"] for w in progress(settings, PV).values()] == [
+        report.epoch + settings.pipeline.epoch_seconds
+    ]
+
+
+def _file(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "few.jsonl"
+    path.write_bytes(_lines(n, "few"))
+    return path
