@@ -13,8 +13,10 @@ it relaunches it, and the driver resumes from its checkpoints:
   and it gives up: the job is ``failed``, its message says why the driver last ended.
 
 Every relaunch is recorded in ``job.json`` (``restarts``, ``last_exit``,
-``last_restart_at``). Before relaunching, the leftovers of the ended process group (a
-Python driver whose JVM was killed) are killed, so one driver runs at a time.
+``last_restart_at``), and next to each query's checkpoint for the metrics
+(:func:`lamina.streams.supervision_file`). Before relaunching, the leftovers of the ended
+process group (a Python driver whose JVM was killed) are killed, so one driver runs at a
+time.
 
 Stop: ``lamina stream stop`` writes the stop request under the registry lock, then SIGTERMs
 the driver and this process. A relaunch happens only under the lock after reading the
@@ -41,6 +43,7 @@ import time
 from pathlib import Path
 
 from lamina.files import read_json
+from lamina.streams import write_supervision
 from speed.launcher import (
     PRIVATE_FILE,
     Cancelled,
@@ -163,6 +166,7 @@ class Supervisor:
                 job.last_restart_at = time.time()
             job.launcher_pid = proc.pid
             save(self.jobs_dir, job)
+            self._report(job, gave_up=False)
         log.info("job %s: spark-submit started, pid %d", self.job_id, proc.pid)
         return proc
 
@@ -192,6 +196,20 @@ class Supervisor:
             save(self.jobs_dir, job)
             return True
 
+    def _report(self, job: Job, *, gave_up: bool) -> None:
+        for query in job.queries:
+            write_supervision(
+                self.settings,
+                query,
+                {
+                    "job": job.id,
+                    "restarts": job.restarts,
+                    "last_exit": job.last_exit,
+                    "last_restart_at": job.last_restart_at,
+                    "gave_up": gave_up,
+                },
+            )
+
     def _stopped(self, what: str) -> int:
         driver = read_json(self.dir / "driver.json") or {}
         if driver.get("final") != "stopped":
@@ -217,6 +235,7 @@ class Supervisor:
             job: Job = job_definition(self.jobs_dir, self.job_id)
             job.last_exit = reason
             save(self.jobs_dir, job)
+            self._report(job, gave_up=True)
         report(self.jobs_dir, self.job_id, final="failed", message=message, ended_at=time.time())
         log.error("job %s: %s", self.job_id, message)
         return 1
