@@ -231,11 +231,16 @@ class Supervisor:
             f"the supervisor gave up; see {self.dir / 'job.log'}; lamina stream restart "
             f"{self.job_id} launches it again"
         )
-        with contextlib.suppress(Cancelled), self._locked(f"record the end of {self.job_id}"):
-            job: Job = job_definition(self.jobs_dir, self.job_id)
-            job.last_exit = reason
-            save(self.jobs_dir, job)
-            self._report(job, gave_up=True)
+        try:
+            with self._locked(f"record the end of {self.job_id}"):
+                job: Job = job_definition(self.jobs_dir, self.job_id)
+                if job.stop_requested:
+                    return self._stopped(f"the driver ended: {reason}")
+                job.last_exit = reason
+                save(self.jobs_dir, job)
+                self._report(job, gave_up=True)
+        except Cancelled:  # a stop came meanwhile: it wins
+            return self._stopped(f"the driver ended: {reason}")
         report(self.jobs_dir, self.job_id, final="failed", message=message, ended_at=time.time())
         log.error("job %s: %s", self.job_id, message)
         return 1
