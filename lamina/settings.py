@@ -138,6 +138,16 @@ class SparkSettings(_Section):
     defaults to ``<state_dir>/jobs``."""
     stop_timeout_s: float = Field(default=60.0, gt=0)
     """How long a graceful stop waits for a running micro-batch to finish."""
+    restart_limit: int = Field(default=5, ge=0)
+    """A submitted job's supervisor relaunches a driver that ended without a stop request at
+    most this many times within ``restart_window_s``; one more end and the job is ``failed``
+    (0: never relaunch)."""
+    restart_window_s: float = Field(default=600.0, gt=0)
+    """The window of ``restart_limit``, seconds."""
+    restart_delay_s: float = Field(default=1.0, gt=0)
+    """Seconds before the first relaunch; doubles with each relaunch still in the window."""
+    restart_delay_max_s: float = Field(default=60.0, gt=0)
+    """The cap of the relaunch delay, seconds."""
     conf: dict[str, str] = Field(default_factory=dict)
     """Extra ``spark.*`` settings passed to every session."""
 

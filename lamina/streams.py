@@ -179,6 +179,22 @@ def read_source_report(settings: Settings, query: str) -> dict[str, Any] | None:
     return read_json(source_report_file(settings, query))
 
 
+def supervision_file(settings: Settings, query: str) -> Path:
+    """What the supervisor of the submitted job running ``query`` reports
+    (:mod:`speed.supervisor`): ``{"job", "restarts", "last_exit", "last_restart_at",
+    "gave_up"}``, rewritten at each launch; absent for ``lamina stream run``."""
+    return checkpoint_path(settings, query) / "lamina-supervisor.json"
+
+
+def read_supervision(settings: Settings, query: str) -> dict[str, Any] | None:
+    return read_json(supervision_file(settings, query))
+
+
+def write_supervision(settings: Settings, query: str, report: dict[str, Any]) -> None:
+    """Atomically replace ``query``'s :func:`supervision_file`."""
+    write_json_atomic(supervision_file(settings, query), report)
+
+
 def write_status(settings: Settings, query: str, status: dict[str, Any]) -> None:
     """Atomically replace ``query``'s status file."""
     write_json_atomic(status_file(settings, query), status)

@@ -41,6 +41,7 @@ from lamina.streams import (
     job_queries,
     query_statuses,
     read_source_report,
+    read_supervision,
     source_query,
     topic_offsets,
 )
@@ -130,6 +131,9 @@ class Snapshot:
     streams: list[QueryStatus] | None = None
     sources: dict[str, dict[str, Any]] | None = None
     """Each source job's own report (``lamina.streams.read_source_report``), by source."""
+    supervision: dict[str, dict[str, Any]] | None = None
+    """What the supervisor of each source's submitted job reports
+    (``lamina.streams.read_supervision``), by source."""
 
 
 def _gauge(name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
@@ -274,6 +278,14 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         "Kafka before they were archived, ...): see `lamina stream status`",
         ["source"],
     )
+    restarts = CounterMetricFamily(
+        "lamina_speed_job_restarts",
+        "Relaunches of the source's submitted job (by its supervisor after the driver ended "
+        "without a stop request, or by `lamina stream restart`); starts at 0 with each submit",
+        labels=["source"],
+    )
+    for name, sup in (snapshot.supervision or {}).items():
+        restarts.add_metric([name], float(sup.get("restarts", 0)))
     for name, report in (snapshot.sources or {}).items():
         for outcome, n in sorted(report.get("counters", {}).items()):
             handled.add_metric([name, outcome], n)
@@ -296,6 +308,7 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         handled,
         index,
         failed,
+        restarts,
     ]
 
 
@@ -345,7 +358,15 @@ class StateCollector:
                 if (report := read_source_report(self.settings, q)) is not None
             },
         )
-        return Snapshot(time.time(), views, dead, streams, reports)
+        supervision = _guarded(
+            "streaming",
+            lambda: {
+                src.name: report
+                for q, src in self.queries.items()
+                if (report := read_supervision(self.settings, q)) is not None
+            },
+        )
+        return Snapshot(time.time(), views, dead, streams, reports, supervision)
 
     def _store(self) -> Store:
         return self.store if isinstance(self.store, Store) else self.store()

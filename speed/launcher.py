@@ -2,27 +2,36 @@
 
 A job runs one source's query (see :func:`lamina.streams.job_queries`)
 in its own ``spark-submit`` process (client deploy mode: the driver is
-:mod:`speed.driver`). Its registry entry is a directory ``<jobs_dir>/<id>/``:
+:mod:`speed.driver`), started and watched by the job's supervisor (:mod:`speed.supervisor`,
+a small detached Python process), which relaunches a driver that ended without a stop
+request. Its registry entry is a directory ``<jobs_dir>/<id>/``:
 
-- ``job.json``: what was asked (written by the submitter: what, master, conf, queries,
-  checkpoints, launcher pid, restarts, whether a stop was requested);
+- ``job.json``: what was asked and what happened to it (what, master, conf, queries,
+  checkpoints, supervisor pid, ``spark-submit`` pid, relaunch count, why the last driver
+  ended and when it was relaunched, whether a stop was requested);
 - ``settings.json``: the effective settings at submit time, so a restart runs the same job;
+- ``launch.json``: the ``spark-submit`` command line the supervisor runs;
 - ``driver.json``: what the driver reports (its pid, Spark application id, final state);
-- ``job.log``: the output of ``spark-submit`` and the driver.
+- ``job.log``: the output of the supervisor, ``spark-submit`` and the driver (appended
+  across relaunches).
 
-A job's state is derived, never stored alone: ``starting`` (process up, driver not yet
-reporting), ``running``, ``stopping`` (stop requested), ``stopped`` (stopped on request),
-``failed`` (a query failed, or the process ended without saying why: see the log).
+A job's state is derived, never stored alone: ``starting`` (processes up, driver not yet
+reporting), ``running``, ``restarting`` (the driver ended without a stop request; the
+supervisor relaunches it after a delay), ``stopping`` (stop requested), ``stopped`` (stopped
+on request), ``failed`` (a query failed and the supervisor gave up, or the processes ended
+without saying why: see the log).
 
 A second job on a checkpoint that a live job (or any process holding its checkpoint lock,
 e.g. ``lamina stream run``) uses is refused with :class:`~lamina.errors.ConflictError`.
 
-Submit, stop and restart change the registry under its lock (an exclusive ``flock`` of
-``<jobs_dir>/registry.lock``, held from the first read to the last write, launch included),
-so concurrent operations (CLI processes, API requests) run one after the other and each
-sees what the one before left: of two submits of one source the second is refused, of two
-restarts the second restarts the driver the first launched, and the registered driver is
-always the only one. Reading (list, status) takes no lock.
+Submit, stop, restart and the supervisor's relaunches change the registry under its lock
+(an exclusive ``flock`` of ``<jobs_dir>/registry.lock``, held from the first read to the
+last write, launch included), so concurrent operations (CLI processes, API requests,
+supervisors) run one after the other and each sees what the one before left: of two submits
+of one source the second is refused, of two restarts the second restarts the driver the
+first launched, and the registered driver is always the only one. A stop request is written
+under the lock and a supervisor relaunches only under the lock after reading it, so a stop
+is never undone by a relaunch. Reading (list, status) takes no lock.
 
 The registry is private to the user running the jobs: its directories are created 0700,
 its files 0600 (``settings.json`` holds the whole configuration, ``conf`` may hold secrets).
@@ -58,7 +67,7 @@ from lamina.streams import (
 )
 from lamina.views import ViewCatalog
 
-LIVE = ("starting", "running", "stopping")
+LIVE = ("starting", "running", "restarting", "stopping")
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -80,8 +89,15 @@ class Job:
     submitted_at: float
     log: str
     launcher_pid: int | None = None
+    """The ``spark-submit`` process (the JVM; the driver is its Python child)."""
     restarts: int = 0
+    """Relaunches, by the supervisor or ``lamina stream restart``."""
     stop_requested: bool = False
+    supervisor_pid: int | None = None
+    last_exit: str | None = None
+    """Why the last driver that ended without a stop request ended (exit code or signal)."""
+    last_restart_at: float | None = None
+    """When the supervisor last relaunched the driver (epoch seconds)."""
     driver_pid: int | None = None
     app_id: str | None = None
     started_at: float | None = None
@@ -104,17 +120,26 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_json_atomic(path, data, indent=2, mode=PRIVATE_FILE)
 
 
+class Cancelled(Exception):
+    """Raised by :func:`registry_lock` when its ``cancelled`` turned true while it waited."""
+
+
 @contextlib.contextmanager
 def registry_lock(
-    settings: Settings, doing: str, progress: Callable[[str], None] = lambda _m: None
+    settings: Settings,
+    doing: str,
+    progress: Callable[[str], None] = lambda _m: None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> Iterator[None]:
     """Hold the registry's exclusive lock for the block (see the module doc), waiting for
     the operation holding it to finish (``progress`` says so, naming it).
 
     Waits at most as long as a stop may take plus a minute, then raises
-    :class:`ConflictError` naming the holder. The lock is an ``flock``: per open file, so it
-    also excludes other threads of this process (not re-entrant: take it once per
-    operation); the kernel drops it when its holder exits, however it exits.
+    :class:`ConflictError` naming the holder; raises :class:`Cancelled` as soon as
+    ``cancelled()`` is true while it waits (a supervisor waiting while a stop holds the
+    lock). The lock is an ``flock``: per open file, so it also excludes other threads of
+    this process (not re-entrant: take it once per operation); the kernel drops it when its
+    holder exits, however it exits.
     """
     root = settings.jobs_dir
     root.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
@@ -128,6 +153,8 @@ def registry_lock(
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if cancelled():
+                    raise Cancelled(doing) from None
                 f.seek(0)
                 holder = f.read().strip() or "another process"
                 if time.monotonic() >= deadline:
@@ -175,20 +202,42 @@ _JOB_FIELDS = (
     "launcher_pid",
     "restarts",
     "stop_requested",
+    "supervisor_pid",
+    "last_exit",
+    "last_restart_at",
 )
 
 
+def save(jobs_dir: Path, job: Job) -> None:
+    """Write ``job.json`` (the registry lock must be held)."""
+    _write_json(jobs_dir / job.id / "job.json", {k: getattr(job, k) for k in _JOB_FIELDS})
+
+
 def _save(settings: Settings, job: Job) -> None:
-    _write_json(_dir(settings, job.id) / "job.json", {k: getattr(job, k) for k in _JOB_FIELDS})
+    save(settings.jobs_dir, job)
+
+
+def _ours(pid: int | None, job: Job, marker: str = "") -> bool:
+    """True while ``pid`` runs as one of ``job``'s processes (checked by its command line,
+    so a recycled pid is never mistaken for the job)."""
+    if pid is None or not alive(pid):
+        return False
+    line = cmdline(pid, patience_s=1.0)
+    return line is not None and f"--job-id {job.id}" in line and marker in line
 
 
 def _launcher_alive(job: Job) -> bool:
-    """True while the job's ``spark-submit`` process runs (checked by its command line, so
-    a recycled pid is never mistaken for the job)."""
-    if job.launcher_pid is None or not alive(job.launcher_pid):
-        return False
-    line = cmdline(job.launcher_pid, patience_s=1.0)
-    return line is not None and f"--job-id {job.id}" in line
+    """True while the job's ``spark-submit`` process runs."""
+    return _ours(job.launcher_pid, job)
+
+
+def _supervisor_alive(job: Job) -> bool:
+    """True while the job's supervisor runs."""
+    return _ours(job.supervisor_pid, job, "speed.supervisor")
+
+
+def _any_alive(job: Job) -> bool:
+    return _launcher_alive(job) or _supervisor_alive(job)
 
 
 def job_definition(jobs_dir: Path, job_id: str) -> Job:
@@ -212,16 +261,31 @@ def load(settings: Settings, job_id: str) -> Job:
     job.started_at = driver.get("started_at")
     job.ended_at = driver.get("ended_at")
     final = driver.get("final")
-    if final in ("stopped", "failed"):
+    submitting, supervised = _launcher_alive(job), _supervisor_alive(job)
+    if (submitting or supervised) and job.stop_requested:
+        job.state = "stopping"
+    elif submitting and final is None:
+        job.state = driver.get("state", "starting")
+        if not supervised and job.supervisor_pid is not None:
+            job.message = (
+                f"not supervised: its supervisor (pid {job.supervisor_pid}) is gone, so nothing "
+                f"relaunches the driver if it ends; lamina stream restart {job.id} supervises "
+                "it again"
+            )
+    elif supervised:
+        # The driver ended (or is ending) without a stop request: the supervisor relaunches
+        # it, or gives up and reports the job failed.
+        job.state = "starting" if job.launcher_pid is None else "restarting"
+        if job.last_exit:
+            job.message = f"relaunching: the driver ended ({job.last_exit})"
+    elif final in ("stopped", "failed"):
         job.state, job.message = final, driver.get("message", "")
-    elif _launcher_alive(job):
-        job.state = "stopping" if job.stop_requested else driver.get("state", "starting")
     elif job.stop_requested:
         job.state = "stopped"
         job.message = "its process ended on the stop request, before the driver reported"
     else:
         job.state = "failed"
-        job.message = f"the job's process ended without a final report (killed?); see {job.log}"
+        job.message = f"the job's processes ended without a final report (killed?); see {job.log}"
     return job
 
 
@@ -293,14 +357,22 @@ def _launch(settings: Settings, job: Job) -> None:
     d = _dir(settings, job.id)
     (d / "driver.json").unlink(missing_ok=True)
     connector = spark_connector_jars(settings.stack.cache_dir)
-    job.launcher_pid = spawn(
-        submit_argv(settings, job, connector),
+    _write_json(d / "launch.json", {"argv": submit_argv(settings, job, connector)})
+    job.launcher_pid = None  # the supervisor launches spark-submit and records it
+    job.supervisor_pid = spawn(
+        supervisor_argv(settings, job),
         log_file=Path(job.log),
-        pid_file=d / "launcher.pid",
+        pid_file=d / "supervisor.pid",
         env=env,
         file_mode=PRIVATE_FILE,
     )
     _save(settings, job)
+
+
+def supervisor_argv(settings: Settings, job: Job) -> list[str]:
+    """The command line of ``job``'s supervisor (this Python, :mod:`speed.supervisor`)."""
+    jobs_dir = str(settings.jobs_dir)
+    return [sys.executable, "-m", "speed.supervisor", "--job-id", job.id, "--jobs-dir", jobs_dir]
 
 
 def _absolute(settings: Settings) -> Settings:
@@ -404,13 +476,14 @@ def stop(
     wait: bool = True,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> Job:
-    """Stop a job gracefully: SIGTERM to its driver, which stops each query between
-    micro-batches (:func:`speed.queries.stop_gracefully`) and reports ``stopped``.
+    """Stop a job gracefully: record the stop request, then SIGTERM to its driver, which
+    stops each query between micro-batches (:func:`speed.queries.stop_gracefully`) and
+    reports ``stopped``, and to its supervisor, which then relaunches nothing and exits.
 
-    With ``wait``, blocks until the process ended; past ``timeout_s`` (default: the
-    settings' graceful timeout plus 30 s) the process group is killed. A job that is not
-    live is returned as it is. Runs under the registry lock (see the module doc), waiting
-    included.
+    With ``wait``, blocks until both processes ended; past ``timeout_s`` (default: the
+    settings' graceful timeout plus 30 s) the ``spark-submit`` process group and the
+    supervisor are killed. A job that is not live is returned as it is. Runs under the
+    registry lock (see the module doc), waiting included.
     """
     with registry_lock(settings, f"stop {job_id}", progress):
         return _stop(settings, job_id, timeout_s=timeout_s, wait=wait, progress=progress)
@@ -429,22 +502,27 @@ def _stop(
         return job
     job.stop_requested = True
     _save(settings, job)
-    target = job.driver_pid if job.driver_pid and alive(job.driver_pid) else job.launcher_pid
-    if target is not None:
+    if _launcher_alive(job):
+        target = job.driver_pid if job.driver_pid and alive(job.driver_pid) else job.launcher_pid
         progress(f"asking job {job_id} (pid {target}) to stop at a micro-batch boundary")
         with contextlib.suppress(ProcessLookupError):
-            os.kill(target, signal.SIGTERM)
+            os.kill(target, signal.SIGTERM)  # type: ignore[arg-type]
+    if _supervisor_alive(job):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job.supervisor_pid, signal.SIGTERM)  # type: ignore[arg-type]
     if not wait:
         return load(settings, job_id)
     limit = timeout_s if timeout_s is not None else settings.spark.stop_timeout_s + 30
     deadline = time.monotonic() + limit
-    while _launcher_alive(job) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if _launcher_alive(job) and job.launcher_pid is not None:
+    while _any_alive(job) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _any_alive(job):
         progress(f"job {job_id} did not stop within {limit:.0f}s: killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(job.launcher_pid, signal.SIGKILL)
-        while _launcher_alive(job):
+        for pid, kill in ((job.supervisor_pid, os.kill), (job.launcher_pid, os.killpg)):
+            if pid is not None and _ours(pid, job):
+                with contextlib.suppress(ProcessLookupError):
+                    kill(pid, signal.SIGKILL)
+        while _any_alive(job):
             time.sleep(0.1)
     return load(settings, job_id)
 

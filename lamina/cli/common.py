@@ -47,7 +47,7 @@ def age(ts: float | None) -> str:
 
 def print_job(job: dict[str, object]) -> None:
     print(
-        f"{job['id']:<40} {job['what']:<16} {job['state']:<9} {job['master']:<10} "
+        f"{job['id']:<40} {job['what']:<16} {job['state']:<10} {job['master']:<10} "
         f"pid {job['driver_pid'] or job['launcher_pid'] or '-'!s:<8} "
         f"{job['app_id'] or '-'!s:<24} restarts {job['restarts']}"
     )

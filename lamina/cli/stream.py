@@ -70,6 +70,15 @@ def cmd_stream_status(settings: Settings, args: argparse.Namespace) -> int:
     print_job(st)
     print(f"  submitted {age(st['submitted_at'])}, checkpoints: {', '.join(st['checkpoints'])}")
     print(f"  log: {st['log']}")
+    print(
+        f"  pids: supervisor {st['supervisor_pid'] or '-'}, spark-submit "
+        f"{st['launcher_pid'] or '-'}, driver {st['driver_pid'] or '-'}"
+    )
+    if st["restarts"]:
+        print(
+            f"  restarts {st['restarts']}, last relaunched {age(st['last_restart_at'])}"
+            + (f"; the driver before it ended: {st['last_exit']}" if st["last_exit"] else "")
+        )
     if st["message"]:
         print(f"  {st['message']}")
     print(
@@ -149,7 +158,9 @@ def register(sub: Any) -> None:
         help="launch a job through spark-submit, detached, and register it",
         description="Launch one source's job (its archive, dead letters and every view of "
         "the source) with spark-submit (client mode), detached, logging to a file under "
-        "spark.jobs_dir. Refused if another running job or process uses its checkpoint.",
+        "spark.jobs_dir, under a supervisor that relaunches it from its checkpoints if its "
+        "driver ends without a stop request (settings spark.restart_*). Refused if another "
+        "running job or process uses its checkpoint.",
     )
     ssub_.add_argument("job", metavar="SOURCE", help="a source name")
     ssub_.add_argument("--master", help="Spark master URL (default: spark.master)")

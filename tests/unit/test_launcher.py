@@ -35,7 +35,11 @@ def settings(tmp_path: Path) -> Settings:
     return s.model_copy(
         update={
             "spark": s.spark.model_copy(
-                update={"checkpoint_dir": tmp_path / "ck", "jobs_dir": tmp_path / "jobs"}
+                update={
+                    "checkpoint_dir": tmp_path / "ck",
+                    "jobs_dir": tmp_path / "jobs",
+                    "restart_delay_s": 0.1,
+                }
             )
         }
     )
@@ -187,21 +191,43 @@ def stop(*_):
 
 
 signal.signal(signal.SIGTERM, stop)
+print(f"fake driver {os.getpid()} up", flush=True)
+if os.environ.get("FAKE_DRIVER_CRASH"):
+    report(final="failed", message="streaming query q failed: boom", ended_at=time.time())
+    sys.exit(1)
 report(driver_pid=os.getpid(), state="running", started_at=time.time())
 while True:
     time.sleep(0.05)
 """
 """A stand-in for ``spark-submit ... speed/driver.py``: reports itself running, and stopped
-on SIGTERM, like the real driver (no JVM)."""
+on SIGTERM, like the real driver (no JVM); with ``FAKE_DRIVER_CRASH`` set, fails at once."""
+
+
+class Launched(list[int]):
+    """The pids of every supervisor launched, and a way to find the stand-in drivers."""
+
+    def __init__(self, script: Path) -> None:
+        super().__init__()
+        self.script = script
+
+    def drivers(self) -> list[int]:
+        """The pids of the stand-in drivers running now (whoever launched them)."""
+        out = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and alive(int(proc.name)):
+                with contextlib.suppress(OSError):
+                    if str(self.script).encode() in (proc / "cmdline").read_bytes():
+                        out.append(int(proc.name))
+        return out
 
 
 @pytest.fixture
-def drivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Jobs launch :data:`FAKE_DRIVER`; yields the pids of every driver launched (all killed
-    at the end)."""
+def drivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Launched]:
+    """Jobs launch :data:`FAKE_DRIVER` under their supervisor; yields the supervisors' pids
+    (supervisors and drivers are all killed at the end)."""
     script = tmp_path / "fake_driver.py"
     script.write_text(FAKE_DRIVER)
-    launched: list[int] = []
+    launched = Launched(script)
     spawn = launcher.spawn
 
     def submit_argv(settings: Settings, job: launcher.Job, connector: list[Path]) -> list[str]:
@@ -222,14 +248,24 @@ def drivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[in
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+    for pid in launched.drivers():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
-def wait_running(settings: Settings, job_id: str) -> launcher.Job:
+def wait_state(
+    settings: Settings, job_id: str, state: str, until: Callable[[launcher.Job], bool] = bool
+) -> launcher.Job:
+    """The job once it is in ``state`` (with ``until(job)`` true); fails after 30 s."""
     deadline = time.monotonic() + 30
-    while (job := launcher.load(settings, job_id)).state != "running":
+    while (job := launcher.load(settings, job_id)).state != state or not until(job):
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
     return job
+
+
+def wait_running(settings: Settings, job_id: str) -> launcher.Job:
+    return wait_state(settings, job_id, "running")
 
 
 def concurrently(*calls: Callable[[], T]) -> list[T | Exception]:
@@ -253,7 +289,7 @@ def concurrently(*calls: Callable[[], T]) -> list[T | Exception]:
 
 
 def test_concurrent_restarts_leave_one_driver_and_stop_stops_it(
-    settings: Settings, drivers: list[int]
+    settings: Settings, drivers: Launched
 ) -> None:
     catalog = load_views(ROOT / "conf" / "views.toml")
     job_id = launcher.submit(settings, catalog, "pageviews").id
@@ -264,15 +300,16 @@ def test_concurrent_restarts_leave_one_driver_and_stop_stops_it(
     assert [type(r) for r in results] == [launcher.Job, launcher.Job], results
     # The second restart ran after the first and restarted the driver the first launched.
     job = wait_running(settings, job_id)
-    assert [pid for pid in drivers if alive(pid)] == [job.launcher_pid], drivers
+    assert [pid for pid in drivers if alive(pid)] == [job.supervisor_pid], drivers
+    assert drivers.drivers() == [job.launcher_pid] == [job.driver_pid]
     assert job.restarts == 2
     stopped = launcher.stop(settings, job_id, timeout_s=20)
     assert stopped.state == "stopped"
-    assert [pid for pid in drivers if alive(pid)] == []
+    assert [pid for pid in drivers if alive(pid)] == [] and drivers.drivers() == []
 
 
 def test_concurrent_submits_of_one_source_launch_one_job(
-    settings: Settings, drivers: list[int]
+    settings: Settings, drivers: Launched
 ) -> None:
     catalog = load_views(ROOT / "conf" / "views.toml")
     results = concurrently(
@@ -283,12 +320,13 @@ def test_concurrent_submits_of_one_source_launch_one_job(
     refused = [r for r in results if isinstance(r, ConflictError)]
     assert len(jobs) == 1 and len(refused) == 1, results
     assert f"job {jobs[0].id}" in refused[0].message
-    assert [pid for pid in drivers if alive(pid)] == [jobs[0].launcher_pid]
+    assert [pid for pid in drivers if alive(pid)] == [jobs[0].supervisor_pid]
+    assert len(wait_running(settings, jobs[0].id) and drivers.drivers()) == 1
     assert [j.id for j in launcher.jobs(settings)] == [jobs[0].id]
     assert launcher.stop(settings, jobs[0].id, timeout_s=20).state == "stopped"
 
 
-def test_the_registry_is_private(settings: Settings, drivers: list[int]) -> None:
+def test_the_registry_is_private(settings: Settings, drivers: Launched) -> None:
     catalog = load_views(ROOT / "conf" / "views.toml")
     job_id = launcher.submit(settings, catalog, "pageviews").id
     launcher.restart(settings, job_id)
@@ -310,7 +348,9 @@ def test_the_registry_is_private(settings: Settings, drivers: list[int]) -> None
             "settings.json",
             "driver.json",
             "job.log",
+            "launch.json",
             "launcher.pid",
+            "supervisor.pid",
         )
     }
 
@@ -325,3 +365,98 @@ def test_saved_settings_leave_the_api_tokens_out(settings: Settings, tmp_path: P
     (tmp_path / "j1").mkdir()
     (tmp_path / "j1" / "settings.json").write_text(json.dumps(record))
     assert launcher.job_settings(tmp_path, "j1").serving.jobs_token is None
+
+
+def with_restarts(settings: Settings, **fields: object) -> Settings:
+    return settings.model_copy(update={"spark": settings.spark.model_copy(update=fields)})
+
+
+def test_a_killed_driver_is_relaunched_and_recorded(settings: Settings, drivers: Launched) -> None:
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    first = wait_running(settings, job_id)
+    assert first.restarts == 0 and first.last_exit is None
+    os.kill(first.driver_pid, signal.SIGKILL)  # type: ignore[arg-type]
+    # The supervisor relaunches it from its checkpoints, and says why.
+    job = wait_state(settings, job_id, "running", lambda j: j.driver_pid != first.driver_pid)
+    assert job.restarts == 1 and job.last_exit == "spark-submit killed by SIGKILL"
+    assert job.last_restart_at is not None and job.last_restart_at > first.started_at  # type: ignore[operator]
+    assert job.supervisor_pid == first.supervisor_pid
+    assert drivers.drivers() == [job.driver_pid]
+    assert [j.restarts for j in launcher.jobs(settings)] == [1]
+    # One log, appended across the relaunch: both drivers and the supervisor's reason.
+    text = Path(job.log).read_text()
+    assert (
+        f"fake driver {first.driver_pid} up" in text and f"fake driver {job.driver_pid} up" in text
+    )
+    assert "the driver ended without a stop request (spark-submit killed by SIGKILL)" in text
+    assert launcher.stop(settings, job_id, timeout_s=20).state == "stopped"
+    assert drivers.drivers() == [] and not alive(job.supervisor_pid)  # type: ignore[arg-type]
+
+
+def test_a_stopped_job_is_not_relaunched(settings: Settings, drivers: Launched) -> None:
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    job = wait_running(settings, job_id)
+    stopped = launcher.stop(settings, job_id, timeout_s=20)
+    assert stopped.state == "stopped" and stopped.message == "stopped on request"
+    assert not alive(job.supervisor_pid) and drivers.drivers() == []  # type: ignore[arg-type]
+    time.sleep(1)  # ten relaunch delays: nothing comes back
+    assert drivers.drivers() == [] and launcher.load(settings, job_id).restarts == 0
+
+    # A stop while the driver is down (the supervisor waiting to relaunch it) ends it too.
+    slow = with_restarts(settings, restart_delay_s=30.0)
+    job_id = launcher.submit(slow, catalog, "pageviews").id
+    job = wait_running(slow, job_id)
+    os.kill(job.driver_pid, signal.SIGKILL)  # type: ignore[arg-type]
+    down = wait_state(slow, job_id, "restarting", lambda j: j.last_exit is not None)
+    assert "relaunching: the driver ended (spark-submit killed by SIGKILL)" in down.message
+    started = time.monotonic()
+    stopped = launcher.stop(slow, job_id, timeout_s=20)
+    assert time.monotonic() - started < 5
+    assert stopped.state == "stopped", stopped
+    assert "while the driver was down: spark-submit killed by SIGKILL" in stopped.message
+    assert not alive(job.supervisor_pid) and drivers.drivers() == []  # type: ignore[arg-type]
+    assert stopped.restarts == 0
+
+
+def test_the_supervisor_gives_up_after_the_restart_limit(
+    settings: Settings, drivers: Launched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DRIVER_CRASH", "1")  # every driver fails at once
+    limited = with_restarts(settings, restart_limit=2, restart_delay_s=0.05)
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(limited, catalog, "pageviews").id
+    job = wait_state(limited, job_id, "failed")
+    assert job.restarts == 2
+    assert job.last_exit == "exit code 1: streaming query q failed: boom"
+    assert job.message.startswith(
+        "the driver ended (exit code 1: streaming query q failed: boom) after 2 relaunches "
+        "within 600s (spark.restart_limit 2): the supervisor gave up"
+    ), job.message
+    assert f"lamina stream restart {job_id}" in job.message
+    assert not alive(job.supervisor_pid) and drivers.drivers() == []  # type: ignore[arg-type]
+    assert Path(job.log).read_text().count("fake driver") == 3
+
+
+def test_a_killed_supervisor_leaves_the_driver_running_unsupervised(
+    settings: Settings, drivers: Launched
+) -> None:
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    job = wait_running(settings, job_id)
+    os.kill(job.supervisor_pid, signal.SIGKILL)  # type: ignore[arg-type]
+    while alive(job.supervisor_pid):  # type: ignore[arg-type]
+        time.sleep(0.05)
+    job = launcher.load(settings, job_id)
+    assert job.state == "running" and job.message.startswith("not supervised"), job
+    # A restart supervises it again; a stop still stops the unsupervised driver.
+    unsupervised = job.driver_pid
+    launcher.restart(settings, job_id)
+    job = wait_state(settings, job_id, "running", lambda j: j.driver_pid != unsupervised)
+    assert job.message == "" and drivers.drivers() == [job.driver_pid]
+    os.kill(job.supervisor_pid, signal.SIGKILL)  # type: ignore[arg-type]
+    while alive(job.supervisor_pid):  # type: ignore[arg-type]
+        time.sleep(0.05)
+    assert launcher.stop(settings, job_id, timeout_s=20).state == "stopped"
+    assert drivers.drivers() == []

@@ -260,3 +260,11 @@ def test_source_job_counters_are_counters_by_outcome() -> None:
     assert got[("lamina_speed_dedup_index_ids", ("pageviews",))] == 7
     # No report (the job never ran a micro-batch): no samples, not zeros.
     assert not [k for k in samples(Snapshot(NOW)) if k[0].startswith("lamina_speed_")]
+
+
+def test_job_restarts_come_from_the_supervisor() -> None:
+    report = {"job": "pageviews-1", "restarts": 2, "last_exit": "exit code 1", "gave_up": False}
+    got = samples(Snapshot(NOW, supervision={"pageviews": report}))
+    assert got[("lamina_speed_job_restarts_total", ("pageviews",))] == 2
+    # Not submitted (lamina stream run, or never): no sample.
+    assert not [k for k in samples(Snapshot(NOW)) if k[0].startswith("lamina_speed_job_r")]
