@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 from lamina.events import MAX_DEPTH, MAX_KEY_LENGTH, MAX_NUMBER_DIGITS  # noqa: E402
 from lamina.schema import FieldType  # noqa: E402
+from lamina.streams import DEADLETTER_RAW_MAX  # noqa: E402
 from lamina.views import Source  # noqa: E402
 
 MAX_RECORD_BYTES = 1_000_000
@@ -545,12 +546,22 @@ def match_dead_letters(
 ) -> Report:
     """Pair each record of ``sent`` with a dead letter of ``letters`` (rows with ``raw`` (text
     or bytes) and ``reason``, as :func:`speed.deadletters.read_deadletters` returns them or
-    as the lines of ``master import``'s rejects file), by :func:`letter_key`."""
+    as the lines of ``master import``'s rejects file), by :func:`letter_key`; a letter that
+    repeats only the start of its record (``raw_truncated``, with ``raw_size``) is paired with
+    a record of that size that starts so."""
     want = Counter(letter_key(r) for r in sent)
+    # A letter of a long record repeats its first DEADLETTER_RAW_MAX bytes and its size.
+    cut: dict[tuple[int, str], list[str]] = {}
+    for r in sent:
+        if len(r) > DEADLETTER_RAW_MAX:
+            cut.setdefault((len(r), letter_key(r[:DEADLETTER_RAW_MAX])), []).append(letter_key(r))
     report = Report(sent=len(sent), letters=len(letters))
     unmatched: list[Mapping[str, Any]] = []
     for letter in letters:
         key = _row_key(letter)
+        if letter.get("raw_truncated"):
+            whole = [k for k in cut.get((int(letter["raw_size"]), key), []) if want[k] > 0]
+            key = whole[0] if whole else "\x00(a cut record matching nothing sent)"
         if want[key] > 0:
             want[key] -= 1
             report.matched += 1

@@ -61,3 +61,15 @@ def test_match_counts_missing_unexpected_and_reasonless_letters() -> None:
     assert (r.matched, r.missing, r.unexpected, r.no_reason) == (4, 1, 1, 1)
     assert not r.ok and r.missing_samples == ["'gone'"]
     assert corpus.match_dead_letters(sent[:3], letters[:3]).ok
+
+
+def test_a_cut_letter_matches_the_long_record_it_starts() -> None:
+    big = b"[" * (corpus.DEADLETTER_RAW_MAX + 10)
+    other = b"[" * (corpus.DEADLETTER_RAW_MAX + 11)
+    head = "[" * corpus.DEADLETTER_RAW_MAX
+    letters = [
+        {"raw": head, "raw_size": len(big), "raw_truncated": True, "reason": "deep"},
+        {"raw": head, "raw_size": len(big), "raw_truncated": True, "reason": "deep"},
+    ]
+    r = corpus.match_dead_letters([big, other], letters)
+    assert (r.matched, r.missing, r.unexpected) == (1, 1, 1)
