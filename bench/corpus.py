@@ -348,6 +348,8 @@ def _nul(source: Source, rng: random.Random) -> bytes:
 
 def _control_chars(source: Source, rng: random.Random) -> bytes:
     text = _dump(valid(source, rng))
+    if rng.random() < 0.1:  # whitespace, but not JSON whitespace: a record, not a blank line
+        return rng.choice([b"\x0b", b"\x0c", b"\x0b\x0c ", b"\x1c", b"\xc2\xa0"])
     ch = rng.choice(["\x01", "\x07", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\t"])
     if rng.random() < 0.5:  # raw inside a string (JSON wants it escaped)
         return _enc(text[:-1] + f',"c":"a{ch}b"}}')
