@@ -88,7 +88,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Any, bool]]:
     if suffix in (".jsonl", ".json", ".ndjson"):
         with path.open("rb") as f:
             for n, line in enumerate(f, 1):
-                if line.strip():
+                if line.strip(b" \t\r\n"):  # a blank line is JSON whitespace only
                     yield n, line, False
     elif suffix == ".csv":
         # UTF-8 whatever the locale; bytes that are not UTF-8 arrive as lone surrogates

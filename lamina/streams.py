@@ -38,6 +38,13 @@ def deadletter_topic(source: Source) -> str:
     return f"{source.topic}.deadletters"
 
 
+DEADLETTER_RAW_MAX = 512 * 1024
+"""Most bytes of a rejected record a dead letter repeats (``raw_base64``; ``raw_size`` is the
+record's whole size): base64 makes 4/3 of them, and a letter must fit one Kafka message (the
+broker's and the producer's default limit, 1 MiB) however large the record was. A longer
+record stays whole in its source topic, at the letter's origin, while the topic keeps it."""
+
+
 def duplicates_topic(source: Source) -> str:
     """Where a source job lists the duplicates it could not drop (see :mod:`speed.dedup`)."""
     return f"{source.topic}.duplicates"

@@ -20,21 +20,29 @@ from lamina.views import Source
 
 
 def _letter(record: Any) -> dict[str, Any]:
-    """A dead letter as Lamina's dead-letter sink wrote it. A record someone else put in the
-    topic is kept too (nothing is hidden), with reason ``not a Lamina dead letter`` and its
-    own coordinates in the dead-letter topic as origin."""
+    """A dead letter as Lamina's dead-letter sink wrote it: ``reason``, ``raw`` (the record as
+    text, bytes that are not UTF-8 replaced by U+FFFD; only its first
+    :data:`~lamina.streams.DEADLETTER_RAW_MAX` bytes if ``raw_truncated``), ``raw_size`` (the
+    record's bytes), its origin (``topic``, ``partition``, ``offset``) and ``timestamp``. A
+    record someone else put in the topic is kept too (nothing is hidden), with reason ``not a
+    Lamina dead letter`` and its own coordinates in the dead-letter topic as origin."""
     try:
         d: dict[str, Any] = json.loads(record.value)
         # A tombstone (null value) has no raw bytes: Spark's to_json leaves the field out.
         raw = base64.b64decode(d.pop("raw_base64", None) or "")
         d["raw"] = raw.decode(errors="replace")
+        d["raw_size"] = int(d.get("raw_size") or len(raw))  # letters before raw_size: whole
+        d["raw_truncated"] = d["raw_size"] > len(raw)
         if not {"reason", "topic", "partition", "offset", "timestamp"} <= d.keys():
             raise ValueError("missing fields")
         return d
     except (ValueError, KeyError, TypeError, AttributeError):
+        value = bytes(record.value or b"")
         return {
             "reason": "not a Lamina dead letter (written to the topic by something else)",
-            "raw": bytes(record.value or b"").decode(errors="replace"),
+            "raw": value.decode(errors="replace"),
+            "raw_size": len(value),
+            "raw_truncated": False,
             "topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,

@@ -58,6 +58,7 @@ from lamina.master import (
 from lamina.schema import INGEST_EPOCH, master_columns
 from lamina.settings import Settings
 from lamina.streams import (
+    DEADLETTER_RAW_MAX,
     checkpoint_path,
     deadletter_topic,
     duplicates_topic,
@@ -329,13 +330,18 @@ class SourceBatches:
         return {tp.partition: int(o) for tp, o in found.items()}
 
     def _deadletters(self, rejected: DataFrame) -> None:
+        """Each rejected record to the dead-letter topic: reason, raw bytes (the first
+        :data:`DEADLETTER_RAW_MAX` of them) and their whole size, origin, broker time."""
+        size = F.length(F.col(RAW))
+        raw = F.when(size > DEADLETTER_RAW_MAX, F.substring(RAW, 1, DEADLETTER_RAW_MAX))
         (
             rejected.select(
                 F.concat_ws(":", "topic", "partition", "offset").alias("key"),
                 F.to_json(
                     F.struct(
                         F.col(REASON).alias("reason"),
-                        F.base64(F.col(RAW)).alias("raw_base64"),
+                        F.base64(raw.otherwise(F.col(RAW))).alias("raw_base64"),
+                        size.alias("raw_size"),
                         "topic",
                         "partition",
                         "offset",

@@ -245,6 +245,13 @@ def stop_on_signals() -> threading.Event:
     return _STOP
 
 
+def _reason(query: StreamingQuery) -> str:
+    """Why a failed query failed: what its job recorded, else the first line of its error."""
+    return (
+        FAILURES.get(query.name or "") or (str(query.exception()).strip().splitlines() or ["?"])[0]
+    )
+
+
 def run_until_stopped(
     spark: SparkSession,
     queries: list[StreamingQuery],
@@ -267,17 +274,24 @@ def run_until_stopped(
                     stop_gracefully(q, stop_timeout_s)
                 break
             for q in queries:
-                exc = None if q.isActive else q.exception()
-                if exc is not None:
-                    reason = (
-                        FAILURES.get(q.name or "") or (str(exc).strip().splitlines() or ["?"])[0]
-                    )
-                    failed = f"streaming query {q.name} failed: {reason}"
+                if not q.isActive and q.exception() is not None:
+                    failed = f"streaming query {q.name} failed: {_reason(q)}"
                     say(failed)
                     for other in queries:
                         other.stop()
                     break
             requested.wait(1.0)
+        if failed is None and not requested.is_set():
+            # Every query ended between two looks (one query: always so): not on request.
+            failed = next(
+                (
+                    f"streaming query {q.name} failed: {_reason(q)}"
+                    for q in queries
+                    if q.exception()
+                ),
+                "the streaming queries stopped without a stop request",
+            )
+            say(failed)
     finally:
         spark.stop()
         close_shared()

@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaProducer
 
 from lamina.settings import Settings
-from lamina.streams import deadletter_topic, ensure_topics
+from lamina.streams import DEADLETTER_RAW_MAX, deadletter_topic, ensure_topics
 from lamina.views import load_views
 from serving.store import open_store
 from speed.deadletters import read_deadletters
@@ -41,9 +41,13 @@ GOOD = [
     for i in range(10)
 ]
 LONG = b"[" + b"1, " * 40 + b"1]"
+# Its letter repeats only its first DEADLETTER_RAW_MAX bytes (whole, base64 would not fit a
+# Kafka message: the job used to fail on it).
+HUGE = b'{"event_id": "big", "blob": "' + b"x" * 800_000
 BAD = {
-    # raw record -> the reason the stream gives (counts 3, 2, 1: a stable summary order)
+    # raw record -> the reason the stream gives (counts 4, 2, 1: a stable summary order)
     b"{not json": "not valid JSON",
+    HUGE: "not valid JSON",
     b"caf\xe9 au lait": "not valid JSON: not valid UTF-8",
     b"": "not valid JSON: an empty record",
     b"[1, 2]": "not a JSON object but list",
@@ -51,7 +55,7 @@ BAD = {
     GOOD[0].replace(b'"e0"', b"null"): "missing field 'event_id'",
 }
 SUMMARY = (
-    "6 dead letters for source pageviews: 3 not valid JSON, 2 not a JSON object but list, "
+    "7 dead letters for source pageviews: 4 not valid JSON, 2 not a JSON object but list, "
     "1 missing field 'event_id'"
 )
 FOREIGN = "not a Lamina dead letter (written to the topic by something else)"
@@ -106,7 +110,9 @@ def letters(env: dict[str, str], spark: Any) -> list[dict[str, Any]]:
     want = [
         {
             "reason": BAD[r.value or b""],
-            "raw": (r.value or b"").decode(errors="replace"),
+            "raw": (r.value or b"")[:DEADLETTER_RAW_MAX].decode(errors="replace"),
+            "raw_size": len(r.value or b""),
+            "raw_truncated": len(r.value or b"") > DEADLETTER_RAW_MAX,
             "topic": source.topic,
             "partition": r.partition,
             "offset": r.offset,
@@ -115,7 +121,7 @@ def letters(env: dict[str, str], spark: Any) -> list[dict[str, Any]]:
         for r in topic_records(settings, source.topic)
         if r.value not in GOOD
     ]
-    assert len(want) == len(BAD)
+    assert len(want) == len(BAD) and sum(d["raw_truncated"] for d in want) == 1
     # The sink is at least once: a letter written twice (a replayed micro-batch) is one.
     dead = topic_records(settings, deadletter_topic(source))
     assert len(dead) == len(BAD)
@@ -160,7 +166,7 @@ def test_table_shows_the_newest_letters_and_a_summary(
 ) -> None:
     args = [] if limit is None else ["--limit", str(limit)]
     stdout = lamina(env, "deadletters", "pageviews", *args)
-    shown = letters if limit is None else letters[-limit:]  # default 20: all 6
+    shown = letters if limit is None else letters[-limit:]  # default 20: all 7
     assert stdout.splitlines() == [*map(line, shown), SUMMARY]
     assert len(LONG) > 80 and LONG.decode() not in stdout  # raw records are cut
 
@@ -180,6 +186,8 @@ def test_foreign_records_are_shown_not_hidden(env: dict[str, str]) -> None:
         {
             "reason": FOREIGN,
             "raw": raw,
+            "raw_size": len(raw),
+            "raw_truncated": False,
             "topic": topic,
             "partition": 0,
             "offset": off,

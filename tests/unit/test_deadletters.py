@@ -29,6 +29,21 @@ def test_a_lamina_dead_letter_decodes() -> None:
     d = _letter(Record("pageviews.deadletters", 0, 7, json.dumps(body).encode()))
     assert d["raw"] == "{oops" and (d["topic"], d["partition"], d["offset"]) == ("pageviews", 1, 42)
     assert "raw_base64" not in d
+    assert (d["raw_size"], d["raw_truncated"]) == (5, False)  # a letter without raw_size
+
+
+def test_a_cut_record_says_its_whole_size() -> None:
+    body = {
+        "reason": "not valid JSON",
+        "raw_base64": base64.b64encode(b"[[[").decode(),
+        "raw_size": 900_000,
+        "topic": "pageviews",
+        "partition": 0,
+        "offset": 1,
+        "timestamp": "2026-11-27T10:00:00.000Z",
+    }
+    d = _letter(Record("pageviews.deadletters", 0, 7, json.dumps(body).encode()))
+    assert (d["raw"], d["raw_size"], d["raw_truncated"]) == ("[[[", 900_000, True)
 
 
 def test_foreign_records_are_kept_with_their_own_origin() -> None:

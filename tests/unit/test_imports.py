@@ -205,3 +205,19 @@ def _file(tmp_path: Path, n: int) -> Path:
     path = tmp_path / "few.jsonl"
     path.write_bytes(_lines(n, "few"))
     return path
+
+
+def test_only_json_whitespace_makes_a_blank_line(settings: Settings, tmp_path: Path) -> None:
+    """Blank lines (JSON whitespace only) are no records; a line of other whitespace (a
+    vertical tab, a form feed) is a record, rejected as on a Kafka topic: it used to be
+    skipped without a letter."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n \t\r\n\x0b\n\x0c\n\x0b\x0c \n\r\n")
+    report = import_files(settings, PV, [path])
+    assert (report.accepted, report.rejected) == (0, 3)
+    letters = _letters(report.deadletters)
+    assert [(d["line"], d["reason"]) for d in letters] == [
+        (3, "not valid JSON"),
+        (4, "not valid JSON"),
+        (5, "not valid JSON"),
+    ]
