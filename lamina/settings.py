@@ -346,8 +346,9 @@ class ServingSettings(_Section):
     """When set, ``POST /jobs``, ``/jobs/{id}/stop`` and ``/jobs/{id}/restart`` require
     ``Authorization: Bearer <token>`` (else 401). Unset: no token (bind to 127.0.0.1)."""
     read_token: SecretStr | None = None
-    """When set, ``GET /jobs`` and ``GET /jobs/{id}`` require ``Authorization: Bearer`` with
-    this token or ``jobs_token`` (else 401). The query routes stay open."""
+    """When set, the query routes (``/views``, ``/views/{view}``, ``/views/{view}/query``) and
+    the job reads (``GET /jobs``, ``GET /jobs/{id}``) require ``Authorization: Bearer`` with
+    this token or ``jobs_token`` (else 401). ``/health`` and ``/metrics`` stay open."""
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -233,3 +233,17 @@ def test_a_wrong_kafka_password_is_one_line_naming_the_setting(secured: Settings
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1, bad.stderr
     assert "kafka.username 'lamina'" in lines[0] and "kafka.password" in lines[0]
+
+
+def test_a_source_job_does_not_wait_out_a_refused_cassandra_login(secured: Settings) -> None:
+    """An outage is waited out (``cassandra.outage_retry_s``); a wrong password is not."""
+    import time
+
+    from serving.cassandra import release_version
+    from speed.realtime import wait_out_outage
+
+    wrong = secured.cassandra.model_copy(update={"password": SecretStr("x")})
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match="Cassandra refused the login for a test"):
+        wait_out_outage(lambda: release_version(wrong), 60, "a test")
+    assert time.monotonic() - t0 < 20
