@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -170,9 +171,10 @@ def import_files(
                 if isinstance(parsed, Rejection):
                     report.rejected += 1
                     report.reasons[parsed.reason.split(":")[0]] += 1
-                    if dl_file is None:
-                        dl_dir.mkdir(parents=True, exist_ok=True)
-                        dl_file = dl_path.open("w")
+                    if dl_file is None:  # raw input: private to the importing user
+                        dl_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                        fd = os.open(dl_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                        dl_file = os.fdopen(fd, "w")
                     dl_file.write(
                         json.dumps(
                             {

@@ -58,11 +58,20 @@ def find_java() -> str:
     return java
 
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
 def render(template: str, target: Path, **values: object) -> Path:
-    """Write ``templates/<template>`` with ``${name}`` placeholders filled to ``target``."""
+    """Write ``templates/<template>`` with ``${name}`` placeholders filled to ``target``,
+    private (0600: a service's configuration may hold a password), in a directory created
+    0700."""
     text = resources.files("lamina.stack").joinpath("templates", template).read_text()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(Template(text).substitute({k: str(v) for k, v in values.items()}))
+    target.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), PRIVATE_FILE)  # an existing file keeps its mode otherwise
+        f.write(Template(text).substitute({k: str(v) for k, v in values.items()}))
     return target
 
 
@@ -143,6 +152,12 @@ class Service(ABC):
     def env(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def make_private(self) -> None:
+        """Create the service's directory 0700, or make an existing one 0700: it holds the
+        service's data, logs and configuration (which may hold a password)."""
+        self.dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        self.dir.chmod(PRIVATE_DIR)
+
 
 class KafkaService(Service):
     """Kafka 4 in KRaft combined mode (one process is broker and controller)."""
@@ -222,7 +237,6 @@ class KafkaService(Service):
             protocol=k.security_protocol,
             security=self.security(),
         )
-        props.chmod(0o600)  # it may hold the SASL password
         log4j = render("kafka-log4j2.yaml", conf / "log4j2.yaml", log_file=self.log_file)
         base = [
             java,

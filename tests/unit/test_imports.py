@@ -5,6 +5,7 @@ Files only (the master dataset is a directory): no engine, no services."""
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -111,3 +112,13 @@ def test_poison_csv_rows_become_dead_letters(settings: Settings, tmp_path: Path)
     assert json.loads(str(letters[5]["raw"]))["url"] == "/\ufffd\ufffd"
     assert json.loads(str(letters[6]["raw"]))["note"] == "\ufffd" * 3
     assert str(letters[7]["raw"]).startswith("big,2026-11-27T10:00:00Z,/aaa")
+
+
+def test_import_dead_letters_are_private(settings: Settings, tmp_path: Path) -> None:
+    """They hold the rejected input verbatim: file 0600 in a directory created 0700."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(HEAD % b"good" + b"}\n" + b"{oops\n")
+    report = import_files(settings, PV, [path])
+    assert report.deadletters is not None
+    assert stat.S_IMODE(report.deadletters.stat().st_mode) == 0o600
+    assert stat.S_IMODE(report.deadletters.parent.stat().st_mode) == 0o700
