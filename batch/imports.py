@@ -177,8 +177,9 @@ def import_files(
                     if isinstance(parsed, Rejection):
                         report.rejected += 1
                         report.reasons[parsed.reason.split(":")[0]] += 1
-                        if dl_file is None:
-                            dl_file = dl_staged.open("w")
+                        if dl_file is None:  # raw input: private to the importing user
+                            fd = os.open(dl_staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                            dl_file = os.fdopen(fd, "w")
                         dl_file.write(
                             json.dumps(
                                 {
@@ -211,7 +212,7 @@ def import_files(
         if dl_file is not None:
             # After the commit: a kill in between leaves them in the import's directory.
             dl_dir = deadletter_dir(settings, source)
-            dl_dir.mkdir(parents=True, exist_ok=True)
+            dl_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             assert staged.committed is not None
             report.deadletters = dl_dir / f"{writer}.jsonl"
             os.replace(staged.committed / dl_staged.name, report.deadletters)

@@ -56,7 +56,7 @@ def setup(workdir: Path) -> Settings:
 
 
 def produce(settings: Settings, topic: str, n: int, seed: int) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=20)
+    producer = KafkaProducer(**settings.kafka.client_config(), linger_ms=20)
     base = int(time.time()) - 3600
     for i in range(n):
         ev = {

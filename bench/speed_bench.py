@@ -285,7 +285,7 @@ def cleanup(priv: Private) -> None:
     except Exception as exc:
         console.print(f"[yellow]could not drop keyspace {s.cassandra.keyspace}: {exc}[/]")
     try:
-        admin = KafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
+        admin = KafkaAdminClient(**s.kafka.client_config())
         try:
             mine = [t for t in admin.list_topics() if t in set(priv.topics)]
             if mine:
@@ -301,7 +301,7 @@ def end_offsets(settings: Settings, topics: list[str]) -> dict[str, int]:
     """Records per topic (sum of the partitions' end offsets; topics start empty)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    c = KafkaConsumer(**settings.kafka.client_config())
     try:
         out = {}
         for t in topics:
@@ -382,13 +382,13 @@ def build_payloads(
     return out, time.monotonic() - t0
 
 
-def _produce_slice(bootstrap: str, topic: str, lo: int, hi: int) -> tuple[int, int, float]:
+def _produce_slice(kafka: dict[str, Any], topic: str, lo: int, hi: int) -> tuple[int, int, float]:
     """In a forked producer process: send ``_PAYLOADS[topic][lo:hi]``, flush."""
     from kafka import KafkaProducer
 
     t0 = time.monotonic()
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka,
         acks=1,
         linger_ms=50,
         batch_size=1 << 20,
@@ -419,7 +419,7 @@ def preload(settings: Settings, payloads: dict[str, list[bytes]], workers: int) 
     ctx = multiprocessing.get_context("fork")  # before any JVM: children inherit _PAYLOADS
     t0 = time.monotonic()
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futs = [pool.submit(_produce_slice, settings.kafka.bootstrap_servers, *j) for j in jobs]
+        futs = [pool.submit(_produce_slice, settings.kafka.client_config(), *j) for j in jobs]
         done = [f.result() for f in futs]
     elapsed = time.monotonic() - t0
     _PAYLOADS.clear()
@@ -711,7 +711,7 @@ def cost_split(
     def raw(topic: str) -> Any:
         return (
             spark.read.format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+            .options(**settings.kafka.spark_options())
             .option("subscribe", topic)
             .option("startingOffsets", "earliest")
             .option("endingOffsets", "latest")
@@ -1044,9 +1044,9 @@ def run_freshness(args: argparse.Namespace) -> int:
         query_bench.wait_healthy(server, base, priv.root / "serve.log", timeout=120)
         console.print(f"API healthy; stream log {stream.log}")
 
-        boot = settings.kafka.bootstrap_servers
-        mprod = KafkaProducer(bootstrap_servers=boot, acks=1, linger_ms=0)
-        lprod = KafkaProducer(bootstrap_servers=boot, acks=1, linger_ms=5, batch_size=256 * 1024)
+        boot = settings.kafka.client_config()
+        mprod = KafkaProducer(**boot, acks=1, linger_ms=0)
+        lprod = KafkaProducer(**boot, acks=1, linger_ms=5, batch_size=256 * 1024)
         producers = [mprod, lprod]
         fr = Freshness(priv, args, base)
         poller = threading.Thread(target=fr.poll_loop, daemon=True)

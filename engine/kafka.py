@@ -36,7 +36,7 @@ def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFr
     """``topic`` as a streaming DataFrame of Kafka records, from the earliest offset."""
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka.bootstrap_servers)
+        .options(**settings.kafka.spark_options())
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
         # Records deleted before they were read are detected, counted and (by default)

@@ -68,26 +68,132 @@ class StackSettings(_Section):
         return Path(value).expanduser().absolute()
 
 
+KafkaSecurity = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+_SASL_LOGIN = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def jaas_quote(value: str) -> str:
+    """``value`` as a double-quoted JAAS option value (backslash and quote escaped)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class KafkaSettings(_Section):
-    """A single-node Kafka in KRaft combined mode (broker + controller)."""
+    """A single-node Kafka in KRaft combined mode (broker + controller), and how every
+    Lamina client (kafka-python and Spark's Kafka source and sink) authenticates to it."""
 
     version: str = "4.2.0"
     """``org.apache.kafka:kafka_2.13`` version fetched from Maven Central."""
     host: str = "127.0.0.1"
     port: int = Field(default=9092, ge=1, le=65535)
-    """Client (PLAINTEXT) listener port."""
+    """Client listener port (its protocol is ``security_protocol``)."""
     controller_port: int = Field(default=9093, ge=1, le=65535)
     """KRaft controller listener port."""
     heap: str = "512m"
     """JVM heap (-Xms and -Xmx)."""
     partitions: int = Field(default=2, ge=1)
     """Default partition count for auto-created topics."""
+    security_protocol: KafkaSecurity = "PLAINTEXT"
+    """How clients talk to the brokers: ``PLAINTEXT``, ``SASL_PLAINTEXT`` (user and password,
+    no encryption), ``SSL`` (TLS) or ``SASL_SSL`` (both). The dev stack's broker serves
+    ``PLAINTEXT`` or ``SASL_PLAINTEXT`` as set here."""
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    """SASL mechanism with a ``SASL_*`` protocol: ``PLAIN``, ``SCRAM-SHA-256`` or
+    ``SCRAM-SHA-512``."""
+    username: str | None = None
+    """SASL user (required with a ``SASL_*`` protocol, refused without one)."""
+    password: SecretStr | None = None
+    """SASL password (required with ``username``); shown as ``**********`` wherever settings
+    are printed. Prefer the environment: ``LAMINA_KAFKA__PASSWORD``."""
+    ssl_cafile: Path | None = None
+    """PEM file of the CA(s) that signed the brokers' certificates, with ``SSL``/``SASL_SSL``
+    (default: the system's trusted CAs for kafka-python, the JVM's for Spark)."""
+    ssl_check_hostname: bool = True
+    """With TLS, check that the broker's certificate names the host connected to."""
 
     _heap = field_validator("heap")(_check_heap)
+
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _absolute_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _credentials_fit_protocol(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and (not self.username or self.password is None):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs kafka.username and "
+                "kafka.password"
+            )
+        if not sasl and (self.username or self.password is not None):
+            raise ValueError(
+                "kafka.username/password are only used with security_protocol SASL_PLAINTEXT "
+                f"or SASL_SSL (it is {self.security_protocol})"
+            )
+        if self.username and any(c in self.username for c in '"\\=, \t\r\n'):
+            raise ValueError(
+                "kafka.username must not contain quotes, '\\', '=', ',' or spaces, "
+                f"got {self.username!r}"
+            )
+        if self.ssl_cafile is not None and not self.security_protocol.endswith("SSL"):
+            raise ValueError("kafka.ssl_cafile is only used with security_protocol SSL or SASL_SSL")
+        return self
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def secret(self) -> str:
+        """The SASL password in clear ('' without one)."""
+        return "" if self.password is None else self.password.get_secret_value()
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments for every kafka-python client (``KafkaProducer``,
+        ``KafkaConsumer``, ``KafkaAdminClient``): the brokers and the security settings."""
+        out: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            out |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.secret,
+            }
+        if self.security_protocol.endswith("SSL"):
+            out["ssl_check_hostname"] = self.ssl_check_hostname
+            if self.ssl_cafile is not None:
+                out["ssl_cafile"] = str(self.ssl_cafile)
+        return out
+
+    def spark_options(self) -> dict[str, str]:
+        """Options for Spark's Kafka source and sink (``.options(**...)``): the brokers and the
+        security settings as the Java client's ``kafka.*`` properties."""
+        out = {
+            "kafka.bootstrap.servers": self.bootstrap_servers,
+            "kafka.security.protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            assert self.username is not None
+            out["kafka.sasl.mechanism"] = self.sasl_mechanism
+            out["kafka.sasl.jaas.config"] = (
+                f"{_SASL_LOGIN[self.sasl_mechanism]} required "
+                f"username={jaas_quote(self.username)} password={jaas_quote(self.secret)};"
+            )
+        if self.security_protocol.endswith("SSL"):
+            if self.ssl_cafile is not None:
+                out["kafka.ssl.truststore.type"] = "PEM"
+                out["kafka.ssl.truststore.location"] = str(self.ssl_cafile)
+            if not self.ssl_check_hostname:
+                out["kafka.ssl.endpoint.identification.algorithm"] = ""
+        return out
 
 
 class CassandraSettings(_Section):
@@ -112,8 +218,20 @@ class CassandraSettings(_Section):
     outage_retry_s: float = Field(default=120.0, ge=0)
     """How long a source job keeps retrying (with backoff) a micro-batch's real-time writes
     while Cassandra is unreachable before it stops with an error naming Cassandra."""
+    username: str | None = None
+    """Role to log in as (Cassandra's ``PasswordAuthenticator``); unset: no authentication.
+    The dev stack turns ``PasswordAuthenticator`` on when it is set (and creates the role)."""
+    password: SecretStr | None = None
+    """The role's password (required with ``username``); shown as ``**********`` wherever
+    settings are printed. Prefer the environment: ``LAMINA_CASSANDRA__PASSWORD``."""
 
     _heap = field_validator("heap")(_check_heap)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> CassandraSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("cassandra.username and cassandra.password go together: set both")
+        return self
 
     @field_validator("keyspace")
     @classmethod
@@ -238,8 +356,9 @@ class ServingSettings(_Section):
     """When set, ``POST /jobs``, ``/jobs/{id}/stop`` and ``/jobs/{id}/restart`` require
     ``Authorization: Bearer <token>`` (else 401). Unset: no token (bind to 127.0.0.1)."""
     read_token: SecretStr | None = None
-    """When set, ``GET /jobs`` and ``GET /jobs/{id}`` require ``Authorization: Bearer`` with
-    this token or ``jobs_token`` (else 401). The query routes stay open."""
+    """When set, the query routes (``/views``, ``/views/{view}``, ``/views/{view}/query``) and
+    the job reads (``GET /jobs``, ``GET /jobs/{id}``) require ``Authorization: Bearer`` with
+    this token or ``jobs_token`` (else 401). ``/health`` and ``/metrics`` stay open."""
 
     @field_validator("allowed_hosts")
     @classmethod

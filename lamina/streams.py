@@ -243,7 +243,7 @@ def offsets_client(settings: Settings, timeout_ms: int = 3000) -> Any:
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **settings.kafka.client_config(),
         enable_auto_commit=False,
         group_id=None,
         bootstrap_timeout_ms=timeout_ms,
@@ -361,7 +361,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = KafkaAdminClient(**settings.kafka.client_config())
     try:
         existing = set(admin.list_topics())
         for t in sorted(set(topics) - existing):
@@ -381,7 +381,7 @@ def timestamp_types(settings: Settings, topics: Iterable[str]) -> dict[str, str]
     from kafka.admin import ConfigResource, ConfigResourceType
 
     names = sorted(set(topics))
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = KafkaAdminClient(**settings.kafka.client_config())
     try:
         found = admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, t, configs=[TIMESTAMP_TYPE]) for t in names],

@@ -10,8 +10,11 @@ at ``/metrics`` (see :mod:`serving.metrics`); they are served during an outage, 
 
 Only requests whose ``Host`` header names one of ``serving.allowed_hosts`` (default: the
 loopback names and ``serving.host``; see :meth:`~lamina.settings.ServingSettings.trusted_hosts`)
-are answered; any other gets a plain-text 400 ``Invalid host header`` (Starlette's
-``TrustedHostMiddleware``), so a DNS-rebound page cannot reach an API on 127.0.0.1.
+are answered; any other gets a JSON 400 (:class:`serving.auth.TrustedHosts`), so a DNS-rebound
+page cannot reach an API on 127.0.0.1. With ``serving.read_token`` set, the query routes
+(``/views``, ``/views/{view}``, ``/views/{view}/query``) need ``Authorization: Bearer`` with
+it or ``serving.jobs_token`` (401 otherwise); ``/health`` and ``/metrics`` stay open (load
+balancers and Prometheus).
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from lamina import __version__
 from lamina.errors import LaminaError, StoreUnavailableError
 from lamina.settings import Settings
 from lamina.views import ViewCatalog
+from serving.auth import TrustedHosts, read_guard
 from serving.connection import StoreConnection
 from serving.metrics import QueryLatencyMiddleware, ServingMetrics
 from serving.query import QueryService
@@ -76,11 +79,8 @@ def create_app(
     )
     app.add_middleware(QueryLatencyMiddleware, metrics=metrics, endpoints=("describe", "query"))
     # Added last, so outermost: a request for a host not ours (DNS rebinding) reaches nothing.
-    app.add_middleware(
-        TrustedHostMiddleware,
-        allowed_hosts=settings.serving.trusted_hosts(),
-        www_redirect=False,
-    )
+    app.add_middleware(TrustedHosts, allowed_hosts=settings.serving.trusted_hosts())
+    reads = [Depends(read_guard(settings))]
 
     @app.exception_handler(LaminaError)
     async def lamina_error(request: Request, exc: LaminaError) -> JSONResponse:
@@ -132,7 +132,7 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return await metrics.render(request.headers.get("accept", ""))
 
-    @app.get("/views", summary="List views")
+    @app.get("/views", summary="List views", dependencies=reads)
     async def list_views() -> list[dict[str, Any]]:
         return [
             {
@@ -145,11 +145,19 @@ def create_app(
             for v in catalog.views.values()
         ]
 
-    @app.get("/views/{view}", summary="Describe a view: definition, published version, freshness")
+    @app.get(
+        "/views/{view}",
+        summary="Describe a view: definition, published version, freshness",
+        dependencies=reads,
+    )
     async def describe(view: str) -> dict[str, Any]:
         return await run_in_threadpool(store.call, QueryService.describe, view)
 
-    @app.get("/views/{view}/query", summary="Merged answer per bucket for one or more keys")
+    @app.get(
+        "/views/{view}/query",
+        summary="Merged answer per bucket for one or more keys",
+        dependencies=reads,
+    )
     async def query(
         view: str,
         key: Annotated[

@@ -5,8 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from cassandra import ConsistencyLevel, OperationTimedOut, Timeout, Unavailable
+from cassandra import (
+    AuthenticationFailed,
+    ConsistencyLevel,
+    OperationTimedOut,
+    Timeout,
+    Unavailable,
+)
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -61,10 +69,14 @@ def cluster(
         consistency_level=_consistency(settings.consistency),
         request_timeout=timeout_s,
     )
-    extra = {}
+    extra: dict[str, Any] = {}
     if reconnect_max_s is not None:
         extra["reconnection_policy"] = ExponentialReconnectionPolicy(
             base_delay=min(0.5, reconnect_max_s), max_delay=reconnect_max_s, max_attempts=None
+        )
+    if settings.username is not None and settings.password is not None:
+        extra["auth_provider"] = PlainTextAuthProvider(
+            settings.username, settings.password.get_secret_value()
         )
     return Cluster(
         [settings.host],
@@ -89,6 +101,20 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = tuple(kind for kind, _ in _OUTA
 trying again later (:func:`unavailable` names it)."""
 
 
+def credentials_refused(exc: BaseException) -> str | None:
+    """The server's words when ``exc`` says Cassandra refused to authenticate this client
+    (wrong or missing username/password): the driver reports it as ``AuthenticationFailed``,
+    wrapped in ``NoHostAvailable`` when connecting; ``None`` for anything else."""
+    if isinstance(exc, NoHostAvailable):
+        causes = list(exc.errors.values())
+        if causes and all(isinstance(c, AuthenticationFailed) for c in causes):
+            text = str(causes[0])
+            return text.split("message=", 1)[-1].strip("\"') ") if "message=" in text else text
+    if isinstance(exc, AuthenticationFailed):
+        return str(exc)
+    return None
+
+
 def unavailable(settings: CassandraSettings, exc: BaseException) -> StoreUnavailableError | None:
     """The :class:`StoreUnavailableError` (HTTP 503) that ``exc``, raised by the driver,
     means, naming Cassandra's configured address; ``None`` if ``exc`` is no outage (a
@@ -97,9 +123,22 @@ def unavailable(settings: CassandraSettings, exc: BaseException) -> StoreUnavail
     Outages: no node can be reached (refused, down, or not connected yet), a request timed
     out, or too few replicas are alive for the consistency level.
     """
+    address = f"{settings.host}:{settings.port}"
+    refused = credentials_refused(exc)
+    if refused is not None:
+        if settings.username is None:
+            return StoreUnavailableError(
+                f"Cassandra at {address} requires a username and password ({refused})",
+                hint="set cassandra.username and cassandra.password "
+                "(LAMINA_CASSANDRA__USERNAME / LAMINA_CASSANDRA__PASSWORD)",
+            )
+        return StoreUnavailableError(
+            f"Cassandra at {address} refused the credentials of cassandra.username "
+            f"{settings.username!r} ({refused})",
+            hint="check cassandra.username and cassandra.password (LAMINA_CASSANDRA__PASSWORD)",
+        )
     for kind, what in _OUTAGES:
         if isinstance(exc, kind):
-            address = f"{settings.host}:{settings.port}"
             return StoreUnavailableError(
                 f"the store is unavailable: Cassandra at {address} {what} ({type(exc).__name__})",
                 hint=f"check that Cassandra at {address} runs (lamina stack status on the dev"

@@ -20,7 +20,6 @@ as the API's user with whatever ``spark-submit`` is told:
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -28,11 +27,12 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 
 from lamina.errors import ConfigError, ForbiddenError, UnauthorizedError
 from lamina.settings import Settings
 from lamina.views import ViewCatalog
+from serving.auth import bearer, host_allowed, read_guard, token_matches
 from speed import launcher
 
 REDACTED = "***"
@@ -98,39 +98,14 @@ def check_submission(settings: Settings, body: Submission) -> str:
     return body.master or settings.spark.master
 
 
-def host_allowed(host: str, patterns: list[str]) -> bool:
-    """True if ``host`` (lower case, IPv6 in brackets) matches one of ``patterns`` the way
-    Starlette's ``TrustedHostMiddleware`` matches a ``Host`` header."""
-    return any(
-        p == "*" or host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns
-    )
-
-
-def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def _token_matches(given: str | None, tokens: list[SecretStr]) -> bool:
-    if given is None:
-        return False
-    ok = False
-    for token in tokens:  # every token compared, in constant time each
-        ok |= hmac.compare_digest(given.encode(), token.get_secret_value().encode())
-    return ok
-
-
 def _guard(settings: Settings, *, changes: bool) -> Callable[[Request], Coroutine[Any, Any, None]]:
     """A dependency enforcing the module doc's rules on a request that ``changes`` jobs (or
     only reads them)."""
     serving = settings.serving
     trusted = serving.trusted_hosts()
-    if changes:
-        tokens = [serving.jobs_token] if serving.jobs_token else []
-    elif serving.read_token:  # reads are open unless a read token is set
-        tokens = [t for t in (serving.read_token, serving.jobs_token) if t]
-    else:
-        tokens = []
+    if not changes:
+        return read_guard(settings)
+    tokens = [serving.jobs_token] if serving.jobs_token else []
 
     async def guard(request: Request) -> None:
         origin = request.headers.get("origin")
@@ -145,11 +120,10 @@ def _guard(settings: Settings, *, changes: bool) -> Callable[[Request], Coroutin
                     hint="job changes are accepted only from the API's own hosts "
                     "(setting serving.allowed_hosts) or from clients that send no Origin",
                 )
-        if tokens and not _token_matches(_bearer(request), tokens):
-            setting = "serving.jobs_token" if changes else "serving.read_token"
+        if tokens and not token_matches(bearer(request), tokens):
             raise UnauthorizedError(
                 "missing or wrong API token",
-                hint=f"send 'Authorization: Bearer <token>' with the token of {setting}",
+                hint="send 'Authorization: Bearer <token>' with the token of serving.jobs_token",
             )
 
     return guard

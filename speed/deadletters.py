@@ -57,7 +57,7 @@ def read_deadletters(
     listing of the same shape instead, e.g. :func:`read_duplicates`)."""
     topic = topic or deadletter_topic(source)
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **settings.kafka.client_config(),
         enable_auto_commit=False,
         group_id=None,
         consumer_timeout_ms=int(timeout_s * 1000),

@@ -459,8 +459,15 @@ def _submit(
 
 def settings_record(settings: Settings) -> dict[str, Any]:
     """``settings`` as ``settings.json`` keeps them: JSON, without the HTTP API's tokens
-    (a job never needs them; a dumped secret would read back as ``**********``)."""
-    return settings.model_dump(mode="json", exclude={"serving": {"jobs_token", "read_token"}})
+    (a job never needs them; a dumped secret would read back as ``**********``), with the
+    Kafka and Cassandra passwords in clear: the job logs in with them (the file is 0600 in
+    a 0700 directory, like the settings file or environment they came from)."""
+    record = settings.model_dump(mode="json", exclude={"serving": {"jobs_token", "read_token"}})
+    for section in ("kafka", "cassandra"):
+        password = getattr(settings, section).password
+        if password is not None:
+            record[section]["password"] = password.get_secret_value()
+    return record
 
 
 def job_settings(jobs_dir: Path, job_id: str) -> Settings:

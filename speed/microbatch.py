@@ -352,7 +352,7 @@ class SourceBatches:
                 ).alias("value"),
             )
             .write.format("kafka")
-            .option("kafka.bootstrap.servers", self.settings.kafka.bootstrap_servers)
+            .options(**self.settings.kafka.spark_options())
             .option("topic", deadletter_topic(self.source))
             .save()
         )
@@ -416,7 +416,7 @@ class SourceBatches:
             Verdict.REORDERED: "duplicate read before an earlier copy on another partition: "
             "may be counted twice until the batch layer covers it",
         }
-        producer = KafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        producer = KafkaProducer(**self.settings.kafka.client_config())
         try:
             for row, v in zip(meta.to_pylist(), verdict, strict=True):
                 origin = f"{self.source.topic}:{row['partition']}:{row['offset']}"

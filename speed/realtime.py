@@ -31,7 +31,7 @@ from cassandra.query import BatchStatement, BatchType
 from lamina.errors import StoreUnavailableError
 from lamina.process import STOP_REQUESTED
 from lamina.views import View
-from serving.cassandra import OUTAGE_ERRORS
+from serving.cassandra import OUTAGE_ERRORS, credentials_refused
 from serving.merge import decode, encode, plus
 from serving.schema import realtime_cell_cql, realtime_upsert_cql
 from serving.writer import state_values
@@ -70,14 +70,23 @@ def wait_out_outage(action: Callable[[], T], retry_s: float, what: str) -> T:
     """``action()``, tried again with backoff (1 s, doubling, at most 10 s apart) while
     Cassandra is unreachable or times out (:data:`serving.cassandra.OUTAGE_ERRORS`), for up
     to ``retry_s`` seconds (or until the process is asked to stop); then
-    :class:`~lamina.errors.StoreUnavailableError` naming ``what`` could not be done.
-    ``action`` must be safe to run again after a failure."""
+    :class:`~lamina.errors.StoreUnavailableError` naming ``what`` could not be done. A
+    refused login (wrong or missing ``cassandra.username``/``password``) is raised as that
+    error at once. ``action`` must be safe to run again after a failure."""
     deadline = time.monotonic() + retry_s
     delay = 1.0
     while True:
         try:
             return action()
         except OUTAGE_ERRORS as exc:
+            refused = credentials_refused(exc)
+            if refused is not None:  # not an outage: waiting will not change the password
+                raise StoreUnavailableError(
+                    f"Cassandra refused the login for {what} ({refused})",
+                    hint="check cassandra.username and cassandra.password "
+                    "(LAMINA_CASSANDRA__PASSWORD); the job resumes from this micro-batch "
+                    "when restarted",
+                ) from exc
             if time.monotonic() + delay > deadline or STOP_REQUESTED.is_set():
                 raise StoreUnavailableError(
                     f"Cassandra did not take {what} for {retry_s:g} s: {type(exc).__name__}: {exc}",

@@ -76,10 +76,29 @@ def positive(text: str) -> int:
 def outage_error(settings: Settings, exc: Exception) -> LaminaError | None:
     """A Kafka or Cassandra client error that means the service is down or unreachable, as
     the one-line error a command prints (``None``: not an outage)."""
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, SaslAuthenticationFailedError
 
+    from lamina.process import port_open
     from serving.cassandra import unavailable
 
+    k = settings.kafka
+    if isinstance(exc, SaslAuthenticationFailedError) or (
+        isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
+        and k.security_protocol != "PLAINTEXT"
+        and port_open(k.host, k.port)
+    ):
+        # The broker closes a connection whose login failed without a word kafka-python
+        # passes on: an open port that completes no request is, with security on, the login.
+        login = f"kafka.username {k.username!r} ({k.sasl_mechanism})" if k.username else "TLS"
+        return PrerequisiteError(
+            f"Kafka at {k.bootstrap_servers} accepts connections but let no request through "
+            f"with kafka.security_protocol {k.security_protocol} and {login} "
+            f"({type(exc).__name__}): the credentials or security settings do not match "
+            "the broker's",
+            hint="check kafka.username, kafka.password (LAMINA_KAFKA__PASSWORD), "
+            "kafka.sasl_mechanism and kafka.security_protocol; the broker's log names a "
+            "failed login ('Failed authentication')",
+        )
     if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
         return PrerequisiteError(
             f"Kafka at {settings.kafka.bootstrap_servers} cannot be reached or did not answer "

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lamina.cli.common import say
-from lamina.settings import Settings
+from lamina.settings import KafkaSettings, Settings
 
 URLS = ("/", "/pricing", "/docs", "/blog/lambda", "/signup", "/checkout")
 SENSORS = tuple(f"sensor-{i}" for i in range(4))
@@ -68,14 +68,14 @@ def sample_events(rng: random.Random, n: int, now: float) -> dict[str, list[byte
 
 
 def produce(
-    bootstrap: str,
+    kafka: KafkaSettings,
     topics: dict[str, str],
     events: dict[str, list[bytes]],
     progress: Callable[[int], None],
 ) -> int:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = KafkaProducer(**kafka.client_config(), linger_ms=20, batch_size=256 * 1024)
     n = 0
     try:
         futures = []
@@ -163,7 +163,7 @@ def run_demo(
                     b.advance(t, k)
 
                 produce(
-                    settings.kafka.bootstrap_servers,
+                    settings.kafka,
                     topics,
                     batch_evs,
                     advance,

@@ -122,6 +122,7 @@ class Stack:
                 dirs = svc.fetch()
                 if time.monotonic() - t0 > 1:
                     progress(f"{svc.name}: jars fetched in {time.monotonic() - t0:.0f}s")
+                svc.make_private()
                 argv = svc.command(java, dirs)
                 pid = process.spawn(
                     argv, log_file=svc.stdout_file, pid_file=svc.pid_file, env=svc.env()

@@ -17,10 +17,16 @@ from pathlib import Path
 from string import Template
 from typing import ClassVar
 
+from pydantic import SecretStr
+
 from lamina.errors import PrerequisiteError, StackError
 from lamina.jars import Bundle, classpath, ensure_bundle, is_fetched
 from lamina.process import port_open as process_port_open
-from lamina.settings import Settings
+from lamina.settings import Settings, jaas_quote
+
+DEFAULT_SUPERUSER = "cassandra"
+"""Cassandra's built-in superuser (password ``cassandra``) on a node with
+``PasswordAuthenticator``: the stack uses it once to create the configured role."""
 
 JAVA_MAJOR = 17
 """Cassandra 5.0 runs on Java 11 or 17 only, Kafka 4 needs 17+: so exactly 17."""
@@ -52,11 +58,20 @@ def find_java() -> str:
     return java
 
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
 def render(template: str, target: Path, **values: object) -> Path:
-    """Write ``templates/<template>`` with ``${name}`` placeholders filled to ``target``."""
+    """Write ``templates/<template>`` with ``${name}`` placeholders filled to ``target``,
+    private (0600: a service's configuration may hold a password), in a directory created
+    0700."""
     text = resources.files("lamina.stack").joinpath("templates", template).read_text()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(Template(text).substitute({k: str(v) for k, v in values.items()}))
+    target.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), PRIVATE_FILE)  # an existing file keeps its mode otherwise
+        f.write(Template(text).substitute({k: str(v) for k, v in values.items()}))
     return target
 
 
@@ -137,6 +152,12 @@ class Service(ABC):
     def env(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def make_private(self) -> None:
+        """Create the service's directory 0700, or make an existing one 0700: it holds the
+        service's data, logs and configuration (which may hold a password)."""
+        self.dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        self.dir.chmod(PRIVATE_DIR)
+
 
 class KafkaService(Service):
     """Kafka 4 in KRaft combined mode (one process is broker and controller)."""
@@ -168,6 +189,39 @@ class KafkaService(Service):
             )
         ]
 
+    def security(self) -> str:
+        """The broker's client-listener security lines for ``server.properties``: none for
+        ``PLAINTEXT``; for ``SASL_PLAINTEXT``, PLAIN and SCRAM with the configured user as the
+        only PLAIN user (SCRAM credentials are set by :meth:`ask`). TLS listeners are not
+        offered by the dev stack (a ``StackError`` says so)."""
+        k = self.settings.kafka
+        if k.security_protocol == "PLAINTEXT":
+            return ""
+        if k.security_protocol != "SASL_PLAINTEXT":
+            raise StackError(
+                f"the dev stack's Kafka serves PLAINTEXT or SASL_PLAINTEXT, not "
+                f"kafka.security_protocol {k.security_protocol}",
+                hint="point [kafka] at a broker with a TLS listener, or use SASL_PLAINTEXT "
+                "on the dev stack",
+            )
+        assert k.username is not None
+        user, secret = jaas_quote(k.username), jaas_quote(k.secret)
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f"username={user} password={secret} user_{k.username}={secret};"
+        )
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        listener = "listener.name.sasl_plaintext"
+        lines = [
+            "# kafka.security_protocol SASL_PLAINTEXT: the client listener asks for a user.",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=PLAIN",
+            f"{listener}.plain.sasl.jaas.config={_property(plain)}",
+            f"{listener}.scram-sha-256.sasl.jaas.config={scram}",
+            f"{listener}.scram-sha-512.sasl.jaas.config={scram}",
+        ]
+        return "\n".join(lines) + "\n"
+
     def command(self, java: str, jar_dirs: list[Path]) -> list[str]:
         k = self.settings.kafka
         data = self.dir / "data"
@@ -180,6 +234,8 @@ class KafkaService(Service):
             controller_port=k.controller_port,
             data_dir=data,
             partitions=k.partitions,
+            protocol=k.security_protocol,
+            security=self.security(),
         )
         log4j = render("kafka-log4j2.yaml", conf / "log4j2.yaml", log_file=self.log_file)
         base = [
@@ -217,8 +273,11 @@ class KafkaService(Service):
     def ask(self) -> str:
         from kafka import KafkaAdminClient
 
+        k = self.settings.kafka
+        if k.sasl_mechanism.startswith("SCRAM") and k.security_protocol == "SASL_PLAINTEXT":
+            self._ensure_scram_user()
         admin = KafkaAdminClient(
-            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            **self.settings.kafka.client_config(),
             request_timeout_ms=3000,
         )
         try:
@@ -228,6 +287,41 @@ class KafkaService(Service):
         if not cluster.get("brokers"):
             raise StackError("Kafka answered but has no live broker yet")
         return self.version
+
+    def _ensure_scram_user(self) -> None:
+        """Give the configured user SCRAM credentials (both mechanisms), logged in with PLAIN,
+        which the stack's broker always accepts for that user."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import UserScramCredentialUpsertion
+
+        k = self.settings.kafka
+        plain = {**k.client_config(), "sasl_mechanism": "PLAIN"}
+        admin = KafkaAdminClient(**plain, request_timeout_ms=3000)
+        errors = []
+        try:
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):  # one per request (Kafka's rule)
+                upsert = UserScramCredentialUpsertion(k.username, mechanism, k.secret)
+                failed = admin.alter_user_scram_credentials([upsert])
+                errors += [f"{mechanism}: {e}" for e in (failed or {}).values() if e]
+        finally:
+            admin.close()
+        if errors:
+            raise StackError(f"setting Kafka's SCRAM credentials failed: {'; '.join(errors)}")
+
+
+def _property(value: str) -> str:
+    """``value`` escaped for a Java ``.properties`` file (read as ISO-8859-1: backslashes
+    doubled, line breaks and anything beyond ASCII as ``\\uXXXX``)."""
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            for unit in ch.encode("utf-16-be").hex(" ", 2).split():
+                out.append(f"\\u{unit}")
+    return "".join(out)
 
 
 # Cassandra 5.0's conf/jvm17-server.options (module access it needs on Java 17).
@@ -319,6 +413,9 @@ class CassandraService(Service):
             port=c.port,
             storage_port=c.storage_port,
             data_dir=data,
+            authenticator="AllowAllAuthenticator"
+            if c.username is None
+            else "PasswordAuthenticator",
         )
         logback = render("cassandra-logback.xml", conf / "logback.xml", log_file=self.log_file)
         jamm = next((j for d in jar_dirs for j in d.glob("jamm-*.jar")), None)
@@ -366,10 +463,36 @@ class CassandraService(Service):
         ]
 
     def ask(self) -> str:
+        """The version, asked as the configured role. With ``cassandra.username`` set and
+        that login refused, the role is first created (or its password set) by Cassandra's
+        default superuser ``cassandra``/``cassandra`` (while it still has that password)."""
         # The driver lives in the serving layer; the core only borrows it for this probe.
-        from serving.cassandra import release_version
+        from serving.cassandra import credentials_refused, release_version, session
 
-        return release_version(self.settings.cassandra)
+        c = self.settings.cassandra
+        try:
+            return release_version(c)
+        except Exception as exc:
+            if c.username is None or c.username == DEFAULT_SUPERUSER:
+                raise
+            if credentials_refused(exc) is None:
+                raise
+        assert c.password is not None
+        admin = c.model_copy(
+            update={"username": DEFAULT_SUPERUSER, "password": SecretStr(DEFAULT_SUPERUSER)}
+        )
+        with session(admin) as s:
+            role, secret = c.username, c.password.get_secret_value()
+            found = s.execute("SELECT role FROM system_auth.roles WHERE role = %s", (role,))
+            if found.one() is None:
+                s.execute(
+                    f'CREATE ROLE "{role}" WITH PASSWORD = %s AND LOGIN = true '
+                    "AND SUPERUSER = true",
+                    (secret,),
+                )
+            else:  # the password in the settings changed
+                s.execute(f'ALTER ROLE "{role}" WITH PASSWORD = %s', (secret,))
+        return release_version(c)
 
 
 SERVICES: dict[str, type[Service]] = {"kafka": KafkaService, "cassandra": CassandraService}

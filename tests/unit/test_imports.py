@@ -6,6 +6,7 @@ An import is visible whole or not at all, in an epoch taken when it commits. Fil
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -221,3 +222,13 @@ def test_only_json_whitespace_makes_a_blank_line(settings: Settings, tmp_path: P
         (4, "not valid JSON"),
         (5, "not valid JSON"),
     ]
+
+
+def test_import_dead_letters_are_private(settings: Settings, tmp_path: Path) -> None:
+    """They hold the rejected input verbatim: file 0600 in a directory created 0700."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(HEAD % b"good" + b"}\n" + b"{oops\n")
+    report = import_files(settings, PV, [path])
+    assert report.deadletters is not None
+    assert stat.S_IMODE(report.deadletters.stat().st_mode) == 0o600
+    assert stat.S_IMODE(report.deadletters.parent.stat().st_mode) == 0o700

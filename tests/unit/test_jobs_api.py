@@ -195,10 +195,26 @@ def test_listed_and_shown_jobs_hide_secret_conf_values(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("base", ["http://evil.example", "http://rebind.attacker.net:8000"])
-def test_a_foreign_host_header_is_a_400(tmp_path: Path, base: str) -> None:
+def test_a_foreign_host_header_is_a_json_400(tmp_path: Path, base: str) -> None:
     client = client_for(configured(tmp_path), base_url=base)
-    for path in ("/jobs", "/views", "/metrics"):
-        assert client.get(path).status_code == 400, path
+    for path in ("/jobs", "/views", "/metrics", "/health", "/views/web_pageviews/query?key=a"):
+        r = client.get(path)
+        assert r.status_code == 400, path
+        assert r.headers["content-type"] == "application/json", path
+        body = r.json()
+        assert "does not answer for host" in body["error"]
+        assert "serving.allowed_hosts" in body["hint"]
+    r = client.post("/jobs/x/stop")
+    assert r.status_code == 400 and "serving.allowed_hosts" in r.json()["hint"]
+
+
+@pytest.mark.parametrize(
+    "host", ["", "127.0.0.1:80x", "[::1", "[::1]x", "127.0.0.1.evil.example", "localhost:"]
+)
+def test_malformed_or_lookalike_host_headers_are_refused(tmp_path: Path, host: str) -> None:
+    client = client_for(configured(tmp_path))
+    r = client.get("/views", headers={"Host": host})
+    assert r.status_code == 400 and "serving.allowed_hosts" in r.json()["hint"], host
 
 
 @pytest.mark.parametrize(
@@ -272,7 +288,28 @@ def test_the_read_token_guards_job_reads(tmp_path: Path) -> None:
         assert client.get("/jobs", headers={"Authorization": f"Bearer {token}"}).is_success
     r = client.post("/jobs/x/stop", headers={"Authorization": f"Bearer {READ_TOKEN}"})
     assert r.status_code == 401  # the read token changes nothing
-    assert client.get("/views").status_code == 200  # the query routes stay open
+
+
+@pytest.mark.parametrize(
+    "path", ["/views", "/views/web_pageviews", "/views/web_pageviews/query?key=a"]
+)
+def test_the_read_token_guards_the_query_routes(tmp_path: Path, path: str) -> None:
+    """Refused before the store is asked (the app's store is never connected here)."""
+    client = client_for(configured(tmp_path, read_token=READ_TOKEN))
+    for auth in (None, "Bearer wrong", f"Basic {READ_TOKEN}"):
+        r = client.get(path, headers={"Authorization": auth} if auth else {})
+        assert r.status_code == 401, (path, auth, r.text)
+        assert r.json()["error"] == "missing or wrong API token"
+        assert "serving.read_token" in r.json()["hint"]
+        assert r.headers["www-authenticate"] == "Bearer"
+    ok = client.get("/views", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert ok.status_code == 200 and ok.json()
+    assert client.get("/metrics").status_code == 200  # Prometheus needs no token
+
+
+def test_the_query_routes_are_open_without_a_read_token(tmp_path: Path) -> None:
+    client = client_for(configured(tmp_path, jobs_token=JOBS_TOKEN))
+    assert client.get("/views").status_code == 200
 
 
 def test_tokens_are_secret_and_long_enough(tmp_path: Path) -> None:

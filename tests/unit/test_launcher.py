@@ -460,3 +460,32 @@ def test_a_killed_supervisor_leaves_the_driver_running_unsupervised(
         time.sleep(0.05)
     assert launcher.stop(settings, job_id, timeout_s=20).state == "stopped"
     assert drivers.drivers() == []
+
+
+def test_saved_settings_keep_the_service_passwords_for_the_job(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A job logs in to Kafka and Cassandra with the passwords it was submitted with: the
+    private ``settings.json`` holds them in clear (a dump would hold ``**********``)."""
+    from pydantic import SecretStr
+
+    secured = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(
+                update={
+                    "security_protocol": "SASL_PLAINTEXT",
+                    "username": "lamina",
+                    "password": SecretStr("kafka-pw"),
+                }
+            ),
+            "cassandra": settings.cassandra.model_copy(
+                update={"username": "app", "password": SecretStr("cassandra-pw")}
+            ),
+        }
+    )
+    (tmp_path / "j1").mkdir()
+    (tmp_path / "j1" / "settings.json").write_text(json.dumps(launcher.settings_record(secured)))
+    back = launcher.job_settings(tmp_path, "j1")
+    assert back.kafka.secret == "kafka-pw" and back.kafka.username == "lamina"
+    assert back.cassandra.password is not None
+    assert back.cassandra.password.get_secret_value() == "cassandra-pw"

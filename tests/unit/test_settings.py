@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,85 @@ def test_lamina_config_names_the_file(tmp_path: Path, monkeypatch: pytest.Monkey
     assert default_config_path() == cfg
     assert load_settings().serving.port == 8123
     assert load_settings(ROOT / "conf" / "lamina.toml").serving.port == 8000  # explicit wins
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[kafka]\nsecurity_protocol = "SASL_SSL"\n', "needs kafka.username and kafka.password"),
+        ('[kafka]\nusername = "u"\npassword = "p"\n', "only used with security_protocol SASL"),
+        ('[kafka]\nsecurity_protocol = "TLS"\n', "kafka.security_protocol"),
+        (
+            '[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nsasl_mechanism = "GSSAPI"\n'
+            'username = "u"\npassword = "p"\n',
+            "kafka.sasl_mechanism",
+        ),
+        (
+            '[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\nusername = "a b"\npassword = "p"\n',
+            "must not contain quotes",
+        ),
+        ('[kafka]\nssl_cafile = "/ca.pem"\n', "only used with security_protocol SSL"),
+        ('[cassandra]\nusername = "u"\n', "cassandra.username and cassandra.password go"),
+    ],
+)
+def test_security_settings_that_cannot_work_are_refused(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    cfg = tmp_path / "l.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(cfg)
+
+
+def test_kafka_security_reaches_both_kinds_of_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kafka-python's keywords and the Java client's ``kafka.*`` options carry the same
+    login; the JAAS value quotes what the password holds."""
+    monkeypatch.setenv("LAMINA_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("LAMINA_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("LAMINA_KAFKA__USERNAME", "lamina")
+    monkeypatch.setenv("LAMINA_KAFKA__PASSWORD", 'p"w\\d')
+    monkeypatch.setenv("LAMINA_KAFKA__SSL_CAFILE", "/etc/ca.pem")
+    monkeypatch.setenv("LAMINA_KAFKA__SSL_CHECK_HOSTNAME", "false")
+    k = load_settings(ROOT / "conf" / "lamina.toml").kafka
+    assert k.client_config() == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "lamina",
+        "sasl_plain_password": 'p"w\\d',
+        "ssl_check_hostname": False,
+        "ssl_cafile": "/etc/ca.pem",
+    }
+    assert k.spark_options() == {
+        "kafka.bootstrap.servers": "127.0.0.1:9092",
+        "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "SCRAM-SHA-512",
+        "kafka.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule "
+        'required username="lamina" password="p\\"w\\\\d";',
+        "kafka.ssl.truststore.type": "PEM",
+        "kafka.ssl.truststore.location": "/etc/ca.pem",
+        "kafka.ssl.endpoint.identification.algorithm": "",
+    }
+
+
+def test_plaintext_kafka_options_are_the_broker_list_only() -> None:
+    k = load_settings(ROOT / "conf" / "lamina.toml").kafka
+    assert k.client_config() == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "security_protocol": "PLAINTEXT",
+    }
+    assert k.spark_options() == {
+        "kafka.bootstrap.servers": "127.0.0.1:9092",
+        "kafka.security.protocol": "PLAINTEXT",
+    }
+
+
+def test_passwords_are_hidden_when_settings_are_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAMINA_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("LAMINA_KAFKA__USERNAME", "lamina")
+    monkeypatch.setenv("LAMINA_KAFKA__PASSWORD", "kafka-secret-1")
+    monkeypatch.setenv("LAMINA_CASSANDRA__USERNAME", "app")
+    monkeypatch.setenv("LAMINA_CASSANDRA__PASSWORD", "cassandra-secret-2")
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    shown = repr(s) + str(s) + s.model_dump_json()
+    assert "kafka-secret-1" not in shown and "cassandra-secret-2" not in shown
