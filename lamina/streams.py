@@ -403,6 +403,21 @@ def require_broker_timestamps(settings: Settings, sources: Iterable[Source]) -> 
     """
     by_topic = {s.topic: s for s in sources}
     kinds = timestamp_types(settings, by_topic)
+    deadline = time.monotonic() + 15
+    while "None" in kinds.values() and time.monotonic() < deadline:
+        # A topic created a moment ago may not be described yet (its metadata still
+        # propagating): ask again rather than call it a CreateTime topic.
+        time.sleep(0.5)
+        kinds = timestamp_types(settings, by_topic)
+    unknown = sorted(t for t, kind in kinds.items() if kind == "None")
+    if unknown:
+        raise ConfigError(
+            f"Kafka at {settings.kafka.bootstrap_servers} does not describe source topic(s) "
+            f"{', '.join(map(repr, unknown))}: they do not exist (or this user may not see "
+            "their configuration)",
+            hint="create them with message.timestamp.type=LogAppendTime, or let Lamina "
+            "create them (lamina stream run creates missing topics)",
+        )
     wrong = sorted(t for t, kind in kinds.items() if kind != LOG_APPEND_TIME)
     if wrong:
         boot = settings.kafka.bootstrap_servers

@@ -195,3 +195,19 @@ def test_a_source_topic_with_producer_timestamps_is_refused(
     assert "Traceback" not in out.stderr + out.stdout
     assert "CreateTime" in out.stderr + out.stdout
     assert not (tmp_path / "master").exists()
+
+
+def test_a_topic_created_a_moment_ago_is_accepted_and_a_missing_one_named(
+    stack: Settings, prefix: str
+) -> None:
+    """Right after creation the broker may not describe a topic yet: that is no CreateTime
+    topic, the check asks again; a topic that never appears is an error saying so."""
+    fresh = f"{prefix}-fresh"
+    catalog = parse_views(tomllib.loads(_source(fresh)))
+    ensure_topics(stack, [fresh])
+    require_broker_timestamps(stack, catalog.sources.values())  # no error
+
+    missing = parse_views(tomllib.loads(_source(f"{prefix}-never-created")))
+    with pytest.raises(ConfigError, match="does not describe") as err:
+        require_broker_timestamps(stack, missing.sources.values())
+    assert "never-created" in str(err.value) and "CreateTime" not in str(err.value)
