@@ -320,6 +320,7 @@ def run_stream(
     if crashed is None and exit_code != 0:
         crashed = f"the job exited with status {exit_code} when stopped"
     progress(f"stream job {'drained' if crashed is None else 'FAILED: ' + crashed}")
+    progress(f"reading the dead letters of {source.topic} and checking them")
     letters = read_deadletters(settings, source, timeout_s=30)
     bad = [v for k, v in sent if k != "valid"]
     valid = [v for k, v in sent if k == "valid"]
@@ -422,6 +423,7 @@ def fuzz(
 ) -> dict[str, Any]:
     """Run the fuzz steps in the private world ``env``; the report (``ok``: every check)."""
     source = load_views(Path(env["LAMINA_PIPELINE__VIEWS_FILE"])).sources[source_name]
+    progress(f"drawing {n} malformed records of {source_name} (seed {seed})")
     sent = list(records(source, n, seed, valid_every))
     kinds: dict[str, int] = {}
     for k, _ in sent:
