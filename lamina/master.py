@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,52 @@ def epoch_dirs(root: Path) -> dict[int, Path]:
                 except ValueError:
                     continue
     return out
+
+
+def data_files(epoch_dir: Path) -> list[Path]:
+    """The files of an epoch directory a Spark read takes: every regular file whose name
+    starts with neither ``_`` nor ``.`` (Spark's rule for hidden files, which covers the
+    dot-named files being written)."""
+    return sorted(f for f in epoch_dir.iterdir() if f.name[:1] not in ("_", ".") and f.is_file())
+
+
+@dataclass(frozen=True)
+class EpochFiles:
+    """What the master dataset holds in one ingest epoch, by its Parquet footers."""
+
+    files: int
+    rows: int
+    """Rows the readable files' footers declare."""
+    unreadable: tuple[str, ...] = ()
+    """``"<path>: <reason>"`` of each file whose footer could not be read."""
+
+
+def footer_rows(settings: Settings, source: Source, cutoff: int) -> dict[int, EpochFiles]:
+    """Per ingest epoch ``< cutoff``: the files of the archive and the imports a batch reads
+    (:func:`data_files`) and the rows their Parquet footers declare.
+
+    Reads footer metadata only (pyarrow), never a data page: cheap however large the
+    epochs. Not covered: the legacy file-sink archive (:func:`stream_dir`), whose files
+    count only through Spark's metadata log. Epochs without files are absent.
+    """
+    out: dict[int, EpochFiles] = {}
+    for root in (archive_dir(settings, source), imports_dir(settings, source)):
+        for epoch, d in epoch_dirs(root).items():
+            if epoch >= cutoff:
+                continue
+            files, rows, bad = 0, 0, []
+            for f in data_files(d):
+                files += 1
+                try:
+                    rows += pq.read_metadata(f).num_rows
+                except (OSError, pa.ArrowException) as e:
+                    bad.append(f"{f}: {e}")
+            if files:
+                prev = out.get(epoch, EpochFiles(0, 0))
+                out[epoch] = EpochFiles(
+                    prev.files + files, prev.rows + rows, (*prev.unreadable, *bad)
+                )
+    return dict(sorted(out.items()))
 
 
 def deadletter_dir(settings: Settings, source: Source) -> Path:
