@@ -146,17 +146,23 @@ can differ (the speed layer keeps the one read first), which only matters if the
 contents differ, and the batch then corrects the speed layer."""
 
 
-def first_copies(events: DataFrame, event_id: str) -> DataFrame:
+def first_copies(events: DataFrame, event_id: str, copies: str | None = None) -> DataFrame:
     """One row per ``event_id``: its first copy by :data:`FIRST_COPY_ORDER` (deterministic,
-    whatever the files' order; redeliveries by producer retries or replays share the id)."""
+    whatever the files' order; redeliveries by producer retries or replays share the id).
+    With ``copies``, a column of that name counts the rows of the id the dedup consumed."""
     columns = events.columns
     rest = [c for c in columns if c not in FIRST_COPY_ORDER and c != event_id]
     first = F.min(F.struct(*FIRST_COPY_ORDER, *rest)).alias("_first")
+    counted = [F.count(F.lit(1)).alias(copies)] if copies else []
     return (
         events.groupBy(event_id)
-        .agg(first)
-        .select(event_id, *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)))
-        .select(*columns)
+        .agg(first, *counted)
+        .select(
+            event_id,
+            *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)),
+            *([copies] if copies else []),
+        )
+        .select(*columns, *([copies] if copies else []))
     )
 
 
@@ -224,7 +230,8 @@ def build_view(
     version is built, and refused at validation or by :func:`run_view`.
 
     The self-check costs one more Spark job over the same file listing, reading the event-id
-    column only, and the footers of the master dataset's files (listed again at the end).
+    column only, a count of the rows the dedup consumed (a column of the cached events), and
+    the footers of the master dataset's files (listed again at the end).
 
     Holds the view's build lease (``lease``, or its own: :meth:`Store.build_lease`), so a
     second build of the view meanwhile is refused with :class:`ConflictError`. The cutoff is
@@ -254,11 +261,13 @@ def build_view(
     timings: dict[str, float] = {}
     try:
         read = master_read(spark, settings, view, cut)
-        events = first_copies(read.union(spark, view), view.source.event_id).select(
-            *view.source.fields, EVENT_TIME, INGEST_EPOCH, "topic"
+        copies = "_copies"
+        events = first_copies(read.union(spark, view), view.source.event_id, copies).select(
+            *view.source.fields, EVENT_TIME, INGEST_EPOCH, "topic", copies
         )
         events.cache()
-        n_events = events.count()
+        row = events.agg(F.count(F.lit(1)), F.sum(copies)).first()
+        n_events, deduped = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
         read_rows, legacy_rows = read.counts(view.source.event_id)
         timings["events"] = n_events
         timings["read_s"] = round(time.monotonic() - t0, 3)
@@ -284,6 +293,7 @@ def build_view(
             n_events,
             event_id=view.source.event_id,
             legacy_rows=legacy_rows,
+            deduped_rows=deduped,
         )
         verdict = judge(report, check, settings.airflow.max_divergence)
         store.save_reconciliation(

@@ -194,6 +194,7 @@ class SelfCheck:
     footer_rows: int
     read_rows: int
     legacy_rows: int
+    deduped_rows: int
     events: int
     problems: list[str]
 
@@ -204,7 +205,7 @@ class SelfCheck:
     @property
     def duplicates(self) -> int:
         """Rows the dedup dropped (redeliveries, replays)."""
-        return self.read_rows + self.legacy_rows - self.events
+        return self.deduped_rows - self.events
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "duplicates": self.duplicates, "ok": self.ok}
@@ -222,15 +223,18 @@ def self_check(
     *,
     event_id: str,
     legacy_rows: int = 0,
+    deduped_rows: int | None = None,
 ) -> SelfCheck:
     """Compare the footers (:func:`lamina.master.footer_rows`) with what the build read:
     ``read`` maps each epoch to (rows read, rows with a non-null ``event_id``), over the
     archive and the imports; ``legacy_rows`` were read from the legacy archive; ``events``
-    were left after the dedup.
+    were left after the dedup, out of ``deduped_rows`` rows it consumed (``None``: same as
+    read; the dedup reads every column, the per-epoch read only the event id).
 
     Problems: an epoch whose footers and read rows differ (or with an unreadable file);
-    rows without an event id (the dedup would merge them into one event); more events than
-    rows read, or none from a non-empty read.
+    rows without an event id (the dedup would merge them into one event); a dedup that
+    consumed another number of rows than were read; more events than rows read, or none from
+    a non-empty read.
     """
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -264,12 +268,18 @@ def self_check(
                 "dedup would merge them into one event"
             )
     total = sum(r["read_rows"] for r in rows)
+    deduped = total + legacy_rows if deduped_rows is None else deduped_rows
+    if deduped != total + legacy_rows:
+        problems.append(
+            f"the dedup consumed {deduped} rows, {total + legacy_rows} were read (Spark "
+            "skipped part of a file while reading columns other than the event id)"
+        )
     if events > total + legacy_rows:
         problems.append(f"{events} events after the dedup from {total + legacy_rows} rows read")
     elif events == 0 and total + legacy_rows:
         problems.append(f"no event left after the dedup of {total + legacy_rows} rows read")
     return SelfCheck(
-        rows, sum(r["footer_rows"] for r in rows), total, legacy_rows, events, problems
+        rows, sum(r["footer_rows"] for r in rows), total, legacy_rows, deduped, events, problems
     )
 
 

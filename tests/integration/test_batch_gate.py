@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 import batch.recompute
@@ -165,32 +166,47 @@ def test_a_batch_built_while_its_master_dataset_changed_is_not_published(
     assert_exact(VIEW, answers(settings, catalog, VIEW, w["keys"]), want)
 
 
-def corrupt(path: Path) -> None:
-    """Overwrite the first page header of a Parquet file (its event-id column's): the
-    footer still reads, the data does not."""
+def corrupt(path: Path, column: str) -> None:
+    """Overwrite the header of the first page of ``column`` in a Parquet file: the footer
+    still reads, that column's data does not."""
+    meta = pq.read_metadata(path).row_group(0)
+    chunk = next(
+        meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column
+    )
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
     data = bytearray(path.read_bytes())
-    data[4:40] = b"\xff" * 36
+    data[start : start + 24] = b"\xff" * 24
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize(
+    ("column", "problem"),
+    [
+        # The event id: the per-epoch read misses the file too.
+        (
+            "usage_id",
+            "epoch {e1}: the master dataset's 1 file(s) hold 200 rows by their "
+            "footers, the build read 0",
+        ),
+        # Another column: only the dedup, which reads every column, misses it.
+        ("instance_seconds", "the dedup consumed 200 rows, 400 were read"),
+    ],
+)
 def test_a_batch_missing_a_file_spark_skipped_is_not_published(
-    world: dict[str, Any], spark: Any
+    world: dict[str, Any], spark: Any, column: str, problem: str
 ) -> None:
     """With ``spark.sql.files.ignoreCorruptFiles`` (an operator's choice to ride over bad
     files), Spark skips a damaged file without a word: the batch would lack its 200 events."""
     w = world
     settings, catalog, view = w["settings"], w["catalog"], w["view"]
     write_realtime(w, w["realtime"])
-    corrupt(w["files"][0])
+    corrupt(w["files"][0], column)
     spark.conf.set("spark.sql.files.ignoreCorruptFiles", "true")
     try:
         with pytest.raises(PublishError) as refused:
             run_batch(spark, settings, catalog, [VIEW])
     finally:
         spark.conf.unset("spark.sql.files.ignoreCorruptFiles")
-    assert (
-        f"epoch {w['e1']}: the master dataset's 1 file(s) hold 200 rows by their footers, "
-        "the build read 0" in str(refused.value)
-    )
+    assert problem.format(e1=w["e1"]) in str(refused.value)
     with open_store(settings.cassandra, catalog) as store:
         assert store.published(view) is None

@@ -257,6 +257,14 @@ def test_self_check_compares_footers_with_the_read_epoch_by_epoch() -> None:
         " spark.sql.files.ignoreCorruptFiles / ignoreMissingFiles)",
         "epoch 40: 2 row(s) without an event id ('id'): the dedup would merge them into one event",
     ]
+    # A file Spark skipped while reading other columns than the id: the dedup got fewer rows.
+    (short,) = self_check(
+        {1: EpochFiles(2, 6)}, {1: (6, 6)}, 3, event_id="id", deduped_rows=3
+    ).problems
+    assert short == (
+        "the dedup consumed 3 rows, 6 were read (Spark skipped part of a file while reading "
+        "columns other than the event id)"
+    )
     # Totals: more events than rows is impossible; no event out of rows is a broken dedup.
     assert self_check({}, {}, 0, event_id="id").ok
     assert self_check({}, {}, 5, event_id="id", legacy_rows=5).ok
