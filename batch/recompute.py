@@ -3,11 +3,12 @@
 For each view: take the view's build lease (one build of a view at a time), pick the cutoff
 (complete ingest epochs only, never older than the published one), read the master dataset up
 to it, drop duplicate event ids, aggregate through :func:`engine.translate.aggregate`, write a
-new version table with concurrent prepared inserts from the Spark tasks, reconcile it with
-the real-time view on the epochs both cover (report stored per version), then publish it
-with one conditional catalog write (:meth:`serving.store.Store.publish`). A crash before the
-publish leaves the published version untouched (the half-built version stays ``building``
-and its lease expires).
+new version table with concurrent prepared inserts from the Spark tasks, check it against the
+master dataset it read and reconcile it with the real-time view on the epochs both cover
+(report stored per version, :mod:`batch.reconcile`), then publish it with one conditional
+catalog write (:meth:`serving.store.Store.publish`), unless its self-check failed. A crash
+before the publish leaves the published version untouched (the half-built version stays
+``building`` and its lease expires).
 
 The purge and a build in flight: the purge floor does not wait for ``building`` versions.
 Each purge records its floor in the catalog before it deletes, and no version below that
@@ -27,7 +28,14 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from batch.reconcile import Reconciliation, realtime_overlap, reconcile
+from batch.reconcile import (
+    Reconciliation,
+    judge,
+    realtime_overlap,
+    reconcile,
+    self_check,
+    stored_verdict,
+)
 from engine.schema import master_schema
 from engine.translate import aggregate
 from lamina.errors import PublishError
@@ -36,6 +44,7 @@ from lamina.master import (
     committed_imports,
     complete_cutoff,
     epoch_dirs,
+    footer_rows,
     imports_dir,
     not_covered,
     stream_dir,
@@ -61,20 +70,54 @@ class BatchResult:
     published: Published
 
 
-def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
-    """Every event of the view's source with ingest epoch ``< cutoff``, one per event id.
+@dataclass(frozen=True)
+class MasterRead:
+    """A build's read of the master dataset before the dedup (one Spark file listing each,
+    taken when it was created): ``epochs`` the archive and imports, pruned to the epochs
+    before the cutoff; ``legacy`` the legacy file-sink archive. ``None``: nothing there."""
 
-    Reads the source job's archive and the committed imports
+    epochs: DataFrame | None
+    legacy: DataFrame | None
+
+    def union(self, spark: SparkSession, view: View) -> DataFrame:
+        parts = [p for p in (self.legacy, self.epochs) if p is not None]
+        if not parts:
+            return spark.createDataFrame([], master_schema(view.source))
+        df = parts[0]
+        for p in parts[1:]:
+            df = df.unionByName(p)
+        return df
+
+    def counts(self, event_id: str) -> tuple[dict[int, tuple[int, int]], int]:
+        """Rows read per ingest epoch, as (rows, rows with an event id), and the legacy
+        archive's rows: a Spark job over the same file listings as the build, reading the
+        event-id column (a count of rows alone is answered from the footers, which would
+        not see a file Spark skips while reading it)."""
+        per_epoch: dict[int, tuple[int, int]] = {}
+        if self.epochs is not None:
+            for r in (
+                self.epochs.groupBy(INGEST_EPOCH)
+                .agg(F.count(F.lit(1)).alias("n"), F.count(event_id).alias("ids"))
+                .collect()
+            ):
+                per_epoch[int(r[INGEST_EPOCH])] = (int(r["n"]), int(r["ids"]))
+        legacy = 0 if self.legacy is None else int(self.legacy.count())
+        return per_epoch, legacy
+
+
+def master_read(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> MasterRead:
+    """The view's source in the master dataset with ingest epoch ``< cutoff``, every copy:
+    the source job's archive and the committed imports
     (:func:`lamina.master.committed_imports`: never a part of an import), pruned to the
-    epochs before the cutoff (and the legacy file-sink archive through its metadata log,
-    when present). Call it after choosing ``cutoff``: an import committed since then has an
-    epoch at or after it (see "Imports" in :mod:`lamina.master`).
-    """
+    epochs before the cutoff, and the legacy file-sink archive through its metadata log,
+    when present. Call it after choosing ``cutoff``: an import committed since then has an
+    epoch at or after it (see "Imports" in :mod:`lamina.master`)."""
     schema = master_schema(view.source)
-    parts: list[DataFrame] = []
+    legacy = None
     stream = stream_dir(settings, view.source)
     if (stream / "_spark_metadata").exists():
-        parts.append(spark.read.schema(schema).parquet(str(stream)))
+        legacy = spark.read.schema(schema).parquet(str(stream))
+        legacy = legacy.where(F.col(INGEST_EPOCH) < F.lit(cutoff))
     archived = [
         str(d) for e, d in epoch_dirs(archive_dir(settings, view.source)).items() if e < cutoff
     ]
@@ -84,6 +127,7 @@ def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int
         if e < cutoff
         for f in files
     ]
+    parts: list[DataFrame] = []
     for root, paths in (
         (archive_dir(settings, view.source), archived),
         (imports_dir(settings, view.source), imported),
@@ -91,13 +135,17 @@ def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int
         if paths:
             # ``ingest_epoch`` from the paths (``<root>/ingest_epoch=<E>/...``).
             parts.append(spark.read.schema(schema).option("basePath", str(root)).parquet(*paths))
-    if not parts:
-        return spark.createDataFrame([], schema)
-    df = parts[0]
-    for p in parts[1:]:
-        df = df.unionByName(p)
-    df = df.where(F.col(INGEST_EPOCH) < F.lit(cutoff))
-    return first_copies(df, view.source.event_id)
+    found = None
+    for p in parts:
+        found = p if found is None else found.unionByName(p)
+    return MasterRead(found, legacy)
+
+
+def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
+    """Every event of the view's source with ingest epoch ``< cutoff``, one per event id
+    (:func:`master_read`, :func:`first_copies`)."""
+    raw = master_read(spark, settings, view, cutoff).union(spark, view)
+    return first_copies(raw, view.source.event_id)
 
 
 FIRST_COPY_ORDER = (INGEST_EPOCH, "partition", "offset")
@@ -110,17 +158,23 @@ can differ (the speed layer keeps the one read first), which only matters if the
 contents differ, and the batch then corrects the speed layer."""
 
 
-def first_copies(events: DataFrame, event_id: str) -> DataFrame:
+def first_copies(events: DataFrame, event_id: str, copies: str | None = None) -> DataFrame:
     """One row per ``event_id``: its first copy by :data:`FIRST_COPY_ORDER` (deterministic,
-    whatever the files' order; redeliveries by producer retries or replays share the id)."""
+    whatever the files' order; redeliveries by producer retries or replays share the id).
+    With ``copies``, a column of that name counts the rows of the id the dedup consumed."""
     columns = events.columns
     rest = [c for c in columns if c not in FIRST_COPY_ORDER and c != event_id]
     first = F.min(F.struct(*FIRST_COPY_ORDER, *rest)).alias("_first")
+    counted = [F.count(F.lit(1)).alias(copies)] if copies else []
     return (
         events.groupBy(event_id)
-        .agg(first)
-        .select(event_id, *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)))
-        .select(*columns)
+        .agg(first, *counted)
+        .select(
+            event_id,
+            *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)),
+            *([copies] if copies else []),
+        )
+        .select(*columns, *([copies] if copies else []))
     )
 
 
@@ -181,8 +235,15 @@ def build_view(
     progress: Callable[[str], None] = log.info,
     lease: BuildLease | None = None,
 ) -> Version:
-    """Recompute one view into a new, unpublished version (state ``ready``), with its
-    reconciliation against the real-time view stored (:func:`reconcile_version`).
+    """Recompute one view into a new, unpublished version (state ``ready``), with its report
+    stored: its self-check against the master dataset it read, its reconciliation with the
+    real-time view (:func:`reconcile_version`) and the verdict (:func:`batch.reconcile.judge`,
+    with ``[airflow] max_divergence``). A failed self-check does not fail the build: the
+    version is built, and refused at validation or by :func:`run_view`.
+
+    The self-check costs one more Spark job over the same file listing, reading the event-id
+    column only, a count of the rows the dedup consumed (a column of the cached events), and
+    the footers of the master dataset's files (listed again at the end).
 
     Holds the view's build lease (``lease``, or its own: :meth:`Store.build_lease`), so a
     second build of the view meanwhile is refused with :class:`ConflictError`. The cutoff is
@@ -211,11 +272,15 @@ def build_view(
     version = store.begin_version(view, cut)
     timings: dict[str, float] = {}
     try:
-        events = read_master(spark, settings, view, cut).select(
-            *view.source.fields, EVENT_TIME, INGEST_EPOCH, "topic"
+        read = master_read(spark, settings, view, cut)
+        copies = "_copies"
+        events = first_copies(read.union(spark, view), view.source.event_id, copies).select(
+            *view.source.fields, EVENT_TIME, INGEST_EPOCH, "topic", copies
         )
         events.cache()
-        n_events = events.count()
+        row = events.agg(F.count(F.lit(1)), F.sum(copies)).first()
+        n_events, deduped = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+        read_rows, legacy_rows = read.counts(view.source.event_id)
         timings["events"] = n_events
         timings["read_s"] = round(time.monotonic() - t0, 3)
         progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}; aggregating")
@@ -233,10 +298,31 @@ def build_view(
         report = reconcile_version(store, view, version, cut, events)
         timings["reconcile_s"] = round(time.monotonic() - t2, 3)
         events.unpersist()
+        # Listed now, at the end: a file that changed while the build ran shows.
+        check = self_check(
+            footer_rows(settings, view.source, cut),
+            read_rows,
+            n_events,
+            event_id=view.source.event_id,
+            legacy_rows=legacy_rows,
+            deduped_rows=deduped,
+        )
+        verdict = judge(report, check, settings.airflow.max_divergence)
+        store.save_reconciliation(
+            view,
+            version,
+            report.to_dict() | {"self_check": check.to_dict(), "verdict": verdict.to_dict()},
+        )
+        timings["self_check_s"] = round(time.monotonic() - t2 - timings["reconcile_s"], 3)
         progress(
             f"{view.name} v{version}: reconciled {report.cells} cells with the real-time view "
-            f"(epochs {report.epoch_from}..{cut}): {report.diverging} diverging"
+            f"(epochs {report.epoch_from}..{cut}): {report.diverging} diverging; self-check "
+            f"{'passed' if check.ok else 'FAILED'} ({check.read_rows + check.legacy_rows} rows "
+            f"read, footers {check.footer_rows}, {n_events} events); diverged: "
+            f"{verdict.diverged}"
         )
+        for line in [*verdict.problems, *verdict.warnings]:
+            log.warning("%s v%s: %s", view.name, version, line)
         lease.check()  # another build may hold the view: this one is not to be published
     except BaseException:
         store.finish_version(view, version, "failed", 0, timings)
@@ -251,7 +337,8 @@ def build_view(
 def reconcile_version(
     store: Store, view: View, version: int, cutoff: int, events: DataFrame
 ) -> Reconciliation:
-    """Compare version ``version`` with the real-time view where both cover, store the report.
+    """Compare version ``version`` with the real-time view where both cover (the caller
+    stores the report, with the self-check: :func:`build_view`).
 
     ``events`` are the master dataset's events before ``cutoff`` with their ``ingest_epoch``
     and ``topic``. Only events that came through Kafka (``topic`` set) are compared: imported
@@ -270,9 +357,7 @@ def reconcile_version(
             (tuple(r[k] for k in view.keys), r["bucket"], state_row(view, r))
             for r in aggregate(overlap, view).toLocalIterator()
         )
-    report = reconcile(view, version, cutoff, realtime, cells)
-    store.save_reconciliation(view, version, report.to_dict())
-    return report
+    return reconcile(view, version, cutoff, realtime, cells)
 
 
 def run_view(
@@ -285,12 +370,25 @@ def run_view(
     progress: Callable[[str], None] = log.info,
 ) -> BatchResult:
     """Recompute and publish one view, holding its build lease throughout. Raises; the
-    published version stays as it was. A cutoff older than the published one is refused
+    published version stays as it was. A version that fails its self-check is not published
+    (:class:`PublishError`); one whose real-time view diverged beyond ``max_divergence`` is,
+    with a warning. A cutoff older than the published one is refused
     before the build (and, should one be published meanwhile, at the publish): going back is
     a rollback (:meth:`Store.rollback`)."""
     with store.build_lease(view, "lamina batch run") as lease:
         cut = check_cutoff(settings, store, view, cutoff)
         built = build_view(spark, settings, store, view, cutoff=cut, progress=progress, lease=lease)
+        report = store.reconciliation(view, built.version)
+        verdict = stored_verdict(report, settings.airflow.max_divergence)
+        if not verdict.publishable:
+            raise PublishError(
+                f"view {view.name!r} version {built.version} is not published: "
+                + "; ".join(verdict.problems),
+                hint="fix the master dataset (or the Spark conf that skips files), then run "
+                "the batch again; the published version keeps serving",
+            )
+        for line in verdict.warnings:
+            progress(f"{view.name} v{built.version}: warning: {line}")
         lease.check()
         pub = store.publish(view, built)
     t = built.timings

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.reconcile import Reconciliation
+from batch.reconcile import stored_verdict
 from lamina.context import load_context
 from lamina.errors import NotFoundError, PublishError
 from lamina.master import complete_cutoff
@@ -120,10 +120,13 @@ def validate(view_name: str, version: int, *, allow_older_cutoff: bool = False) 
     """Check a built version before it is published; raise :class:`PublishError` if not sane.
 
     Checks: the build completed, its definition hash matches the current view definition,
-    it has rows when it read events and no more rows than events, and its reconciliation
-    with the real-time view (stored by the build, see :mod:`batch.reconcile`) diverges on
-    at most ``[airflow] max_divergence`` of the compared cells. Divergence below that is
-    reported, not fatal: the new batch is what corrects the speed layer.
+    it has rows when it read events and no more rows than events, and it passed its
+    self-check against the master dataset it was built from (stored by the build with its
+    reconciliation, see :mod:`batch.reconcile`): a batch that disagrees with its master
+    dataset is broken and refused. Its divergence from the real-time view never blocks: the
+    batch is what corrects the speed layer. Beyond ``[airflow] max_divergence`` of the
+    compared cells the report's ``verdict`` says the speed layer diverged and its
+    ``warnings`` say so (logged here; the DAG raises an alert).
 
     A cutoff older than the published one is refused, unless ``allow_older_cutoff`` (a
     from-scratch recompute) and the real-time rows it needs are still there: its cutoff is
@@ -131,7 +134,8 @@ def validate(view_name: str, version: int, *, allow_older_cutoff: bool = False) 
     catalog, so no purge removed epochs it relies on. (The publish checks the same again,
     atomically: :meth:`serving.store.Store.publish`.)
 
-    Returns the report (with the reconciliation), also when it raises (as the log line).
+    Returns the report (with the reconciliation and the verdict), also when it raises (as
+    the log line).
     """
     settings, catalog = context()
     view = catalog.view(view_name)
@@ -182,33 +186,18 @@ def validate(view_name: str, version: int, *, allow_older_cutoff: bool = False) 
                 f"cutoff {v.cutoff} is older than the published {pub.cutoff} and than every "
                 f"retained version ({floor}): real-time epochs it needs may be purged"
             )
-    if rec is None:
-        problems.append("it has no reconciliation report (built by an older Lamina?)")
-    else:
-        problems += divergence_problems(
-            Reconciliation.from_dict(rec), settings.airflow.max_divergence
-        )
+    verdict = stored_verdict(rec, settings.airflow.max_divergence)
+    report["verdict"] = verdict.to_dict()
+    problems += verdict.problems
     if problems:
         log.error("validation failed %s", report)
         raise PublishError(
             f"view {view_name!r} version {version} failed validation: " + "; ".join(problems)
         )
+    for line in verdict.warnings:
+        log.warning("view %r version %s: %s", view_name, version, line)
     log.info("validated %s", report)
     return report
-
-
-def divergence_problems(rec: Reconciliation, max_divergence: float) -> list[str]:
-    """The validation problem of a reconciliation, if its divergence exceeds the threshold
-    (a fraction of the compared cells; 1 never fails)."""
-    if rec.divergence <= max_divergence:
-        return []
-    return [
-        f"{rec.diverging} of {rec.cells} (key, bucket) cells diverge from the real-time view "
-        f"on epochs {rec.epoch_from}..{rec.cutoff} ({rec.differing} differ, "
-        f"{rec.missing_realtime} missing in real time, {rec.missing_batch} missing in the "
-        f"batch): {rec.divergence:.1%} > max_divergence {max_divergence:.1%}; see "
-        f"`lamina batch report {rec.view} --version {rec.version}`"
-    ]
 
 
 def publish(view_name: str, version: int, *, allow_older_cutoff: bool = False) -> dict[str, Any]:

@@ -87,14 +87,17 @@ def lamina_endpoints(af: AirflowSettings) -> Iterator[dict[str, str]]:
         yield env
 
 
-def alert_on_failure(context: Any) -> None:
-    """``on_failure_callback``: one ``ALERT`` line for operators (log aggregation and
-    paging pick it up), naming the DAG, the task and the reason."""
-    ti = context["ti"]
-    reason = context.get("exception") or "failed"
+def alert(ti: Any, reason: object) -> None:
+    """One ``ALERT`` line for operators (log aggregation and paging pick it up), naming the
+    DAG, the task and the reason."""
     line = f"ALERT lamina {ti.dag_id}.{ti.task_id}: {reason}"
     alerts.error(line)
     print(line, file=sys.stderr, flush=True)
+
+
+def alert_on_failure(context: Any) -> None:
+    """``on_failure_callback``: :func:`alert` with the task's exception."""
+    alert(context["ti"], context.get("exception") or "failed")
 
 
 def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, Any]:
@@ -104,9 +107,12 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
     ``taskflow``: ``recompute`` builds in the worker and returns the version. ``spark_submit``:
     a ``submission`` task resolves the arguments and the driver's endpoint variables, the
     ``SparkSubmitOperator`` ``recompute`` runs :mod:`batch.driver`, and ``validate``
-    finds the version built at that cutoff during this run. ``validate`` lets an older
-    cutoff through only for a ``from_scratch`` run (see :func:`batch.steps.validate`), and
-    so does ``publish``; a build holds the view's lease (one build of a view at a time).
+    finds the version built at that cutoff during this run. ``validate`` refuses a batch that
+    fails its self-check against the master dataset (the task fails with an ``ALERT`` line)
+    and alerts, without blocking, when the speed layer diverged beyond ``max_divergence``;
+    it lets an older cutoff through only for a ``from_scratch`` run (see
+    :func:`batch.steps.validate`), and so does ``publish``; a build holds the view's lease
+    (one build of a view at a time).
     """
     af = settings.airflow
     build_timeout = timedelta(seconds=af.build_timeout_s)
@@ -145,7 +151,7 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
         recompute = first = recompute_in_worker.override(task_id="recompute")(cutoff)
         recomputed = recompute
 
-    @task(retries=0)
+    @task(retries=0, on_failure_callback=alert_on_failure)
     def validate(cutoff: int, version: int | None) -> int:
         from batch.steps import built_version
         from batch.steps import validate as check
@@ -155,7 +161,11 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
             if version is None:
                 started = ctx["dag_run"].start_date
                 version = built_version(view_name, cutoff, since=started.timestamp())
-            check(view_name, version, allow_older_cutoff=bool(ctx["params"].get("from_scratch")))
+            report = check(
+                view_name, version, allow_older_cutoff=bool(ctx["params"].get("from_scratch"))
+            )
+        for line in report["verdict"]["warnings"]:
+            alert(ctx["ti"], f"view {view_name!r} version {version}: {line}")
         return version
 
     @task

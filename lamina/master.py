@@ -70,6 +70,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,54 @@ def epoch_dirs(root: Path) -> dict[int, Path]:
                 except ValueError:
                     continue
     return out
+
+
+def data_files(epoch_dir: Path) -> list[Path]:
+    """The files of an epoch directory a Spark read takes: every regular file whose name
+    starts with neither ``_`` nor ``.`` (Spark's rule for hidden files, which covers the
+    dot-named files being written)."""
+    return sorted(f for f in epoch_dir.iterdir() if f.name[:1] not in ("_", ".") and f.is_file())
+
+
+@dataclass(frozen=True)
+class EpochFiles:
+    """What the master dataset holds in one ingest epoch, by its Parquet footers."""
+
+    files: int
+    rows: int
+    """Rows the readable files' footers declare."""
+    unreadable: tuple[str, ...] = ()
+    """``"<path>: <reason>"`` of each file whose footer could not be read."""
+
+
+def footer_rows(settings: Settings, source: Source, cutoff: int) -> dict[int, EpochFiles]:
+    """Per ingest epoch ``< cutoff``: the files of the archive (:func:`data_files`) and of
+    the committed imports (:func:`committed_imports`) a batch reads, and the rows their
+    Parquet footers declare.
+
+    Reads footer metadata only (pyarrow), never a data page: cheap however large the
+    epochs. Not covered: the legacy file-sink archive (:func:`stream_dir`), whose files
+    count only through Spark's metadata log. Epochs without files are absent.
+    """
+    out: dict[int, EpochFiles] = {}
+    archived = {e: data_files(d) for e, d in epoch_dirs(archive_dir(settings, source)).items()}
+    for listing in (archived, committed_imports(settings, source)):
+        for epoch, paths in listing.items():
+            if epoch >= cutoff:
+                continue
+            files, rows, bad = 0, 0, []
+            for f in paths:
+                files += 1
+                try:
+                    rows += pq.read_metadata(f).num_rows
+                except (OSError, pa.ArrowException) as e:
+                    bad.append(f"{f}: {e}")
+            if files:
+                prev = out.get(epoch, EpochFiles(0, 0))
+                out[epoch] = EpochFiles(
+                    prev.files + files, prev.rows + rows, (*prev.unreadable, *bad)
+                )
+    return dict(sorted(out.items()))
 
 
 def deadletter_dir(settings: Settings, source: Source) -> Path:

@@ -419,11 +419,12 @@ class AirflowSettings(_Section):
     step_timeout_s: float = Field(default=600, gt=0)
     """Execution timeout of the short steps (validate, publish, purge, checks), in seconds."""
     max_divergence: float = Field(default=0.1, ge=0, le=1)
-    """Validation fails when more than this fraction of the reconciled (key, bucket) cells
-    differ, or are missing on one side, between a new batch version and the real-time view
-    (1 = report only, never fail). The batch is the speed layer's correction, so some
-    divergence is expected (speed lag, redeliveries past its dedup window); a large one
-    points at a broken batch input, which must not be published."""
+    """Alert threshold, never a gate: when more than this fraction of the reconciled (key,
+    bucket) cells differ, or are missing on one side, between a new batch version and the
+    real-time view, and the batch passed its self-check against the master dataset, the
+    report says the speed layer diverged and the DAG's ``validate`` raises an alert; the
+    version is published all the same (it is the speed layer's correction). A batch that
+    fails its self-check is never published, whatever this value (1 = never alert)."""
     freshness_schedule: str = "*/15 * * * *"
     """Schedule of ``lamina_freshness``, which alerts on views past ``max_staleness_s``."""
 

@@ -86,7 +86,10 @@ def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_batch_report(settings: Settings, args: argparse.Namespace) -> int:
-    """Print the reconciliation report stored with a version (see ``batch.reconcile``)."""
+    """Print the report stored with a version (see ``batch.reconcile``): its reconciliation
+    with the real-time view, its self-check against the master dataset, and which side
+    diverged (judged with today's ``[airflow] max_divergence``)."""
+    from batch.reconcile import stored_verdict
     from lamina.errors import NotFoundError
 
     view = load_catalog(settings).view(args.view)
@@ -118,6 +121,33 @@ def cmd_batch_report(settings: Settings, args: argparse.Namespace) -> int:
             f"  {smp['kind']:<16} key {smp['key']} bucket {smp['bucket']} "
             f"{', '.join(smp['aggregations'])}: batch {smp['batch']} vs real time {smp['realtime']}"
         )
+    check = report.get("self_check")
+    if check is None:
+        print("self-check against the master dataset: none (built by an older Lamina)")
+    else:
+        print(
+            f"self-check against the master dataset: {'passed' if check['ok'] else 'FAILED'}"
+            f" ({check['read_rows']} rows read in {len(check['epochs'])} epochs"
+            + (f" + {check['legacy_rows']} from the legacy archive" if check["legacy_rows"] else "")
+            + f", footers {check['footer_rows']}, {check['events']} events after the dedup,"
+            f" {check['duplicates']} duplicates)"
+        )
+        for e in check["epochs"]:
+            if e["footer_rows"] != e["read_rows"] or e["without_id"] or e["unreadable"]:
+                print(
+                    f"  epoch {e['epoch']}: {e['files']} files, footers {e['footer_rows']} rows,"
+                    f" read {e['read_rows']}, {e['without_id']} without an event id,"
+                    f" {len(e['unreadable'])} unreadable"
+                )
+        for problem in check["problems"]:
+            print(f"  problem: {problem}")
+    verdict = stored_verdict(report, settings.airflow.max_divergence)
+    side = {
+        "none": "none (within max_divergence)",
+        "batch": "the batch: not publishable",
+        "speed_layer": "the speed layer (the batch corrects it; published)",
+    }[verdict.diverged]
+    print(f"diverged: {side}")
     return 0
 
 
@@ -159,7 +189,8 @@ def register(sub: Any) -> None:
     ver.add_argument("view")
     ver.set_defaults(func=cmd_batch_versions)
     rep = bsub.add_parser(
-        "report", help="a version's reconciliation with the real-time view (default: newest)"
+        "report",
+        help="a version's self-check and reconciliation with the real-time view (default: newest)",
     )
     rep.add_argument("view")
     rep.add_argument("--version", type=int, metavar="N", help="version number (default: newest)")

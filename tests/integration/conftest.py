@@ -13,10 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from batch.imports import ImportReport, import_files
 from batch.recompute import run_batch
+from lamina.events import parse_event
+from lamina.master import arrow_schema, write_epoch
+from lamina.schema import EVENT_TIME
 from lamina.settings import Settings
 from lamina.views import Source, load_views
 from serving.cassandra import session
@@ -101,3 +105,29 @@ def private_world(
     w = make_world(stack, tmp_path_factory.mktemp("private_world"), spark)
     yield w
     drop_world(w)
+
+
+def archive(settings: Settings, source: Source, events: list[dict[str, Any]], epoch: int) -> Path:
+    """Write ``events`` into ingest epoch ``epoch`` of the master dataset as the archiver
+    stores them: with their Kafka origin (topic, partition, offset); returns the file."""
+    parsed = [parse_event(json.dumps(ev).encode(), source) for ev in events]
+    rows = [p for p in parsed if isinstance(p, dict)]
+    assert len(rows) == len(events)
+    cols = {f: [r[f] for r in rows] for f in [*source.fields, EVENT_TIME]}
+    cols |= {
+        "topic": [source.topic] * len(events),
+        "partition": [0] * len(events),
+        "offset": list(range(len(events))),
+    }
+    return write_epoch(
+        settings, source, epoch, pa.table(cols, schema=arrow_schema(source)), "archiver"
+    )
+
+
+def realtime_states(events: list[dict[str, Any]], epoch: int) -> dict[tuple[str, int, int], tuple]:
+    """The speed layer's rows of cloud_metering for ``events`` of one ingest epoch:
+    ``(customer, bucket, epoch) -> (sum of instance_seconds, records)``, from the truth."""
+    return {
+        (c, b, epoch): (v["instance_seconds"], v["records"])
+        for (c, b), v in truth.truth("cloud_metering", events).items()
+    }

@@ -11,14 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
-from lamina.events import parse_event
-from lamina.master import arrow_schema, progress, record_progress, write_epoch
-from lamina.schema import EVENT_TIME
+from lamina.master import progress, record_progress
 from lamina.settings import Settings
-from lamina.views import Source
 from serving.cassandra import session
 from serving.query import QueryService
 from serving.schema import insert_cql, realtime_table
@@ -26,6 +22,7 @@ from serving.store import Store
 from tests import truth
 from tests.integration.airflow_harness import AirflowHarness, newest_run
 from tests.integration.answers import answers
+from tests.integration.conftest import archive, realtime_states
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,13 +56,15 @@ def harness(airflow_env: dict[str, str]) -> Iterator[AirflowHarness]:
         h.close()
 
 
-def airflow(h: AirflowHarness, *args: str, env: dict[str, str], ok: bool = True) -> str:
+def airflow(
+    h: AirflowHarness, *args: str, env: dict[str, str], ok: bool = True, stderr: bool = False
+) -> str:
     """Run the airflow CLI; assert it succeeded (or failed, ``ok=False``); its stdout, or
-    stdout+stderr when it failed."""
-    rc, stdout, stderr = h.run(*args, env=env)
-    out = f"{stdout}\n{stderr}"
+    stdout+stderr when it failed or ``stderr``."""
+    rc, stdout, err = h.run(*args, env=env)
+    out = f"{stdout}\n{err}"
     assert (rc == 0) == ok, f"airflow {' '.join(args)} exited {rc}:{out}"
-    return stdout if ok else out
+    return stdout if ok and not stderr else out
 
 
 def run_dag(
@@ -75,12 +74,13 @@ def run_dag(
     conf: dict[str, Any] | None = None,
     ok: bool = True,
 ) -> tuple[dict[str, str], str]:
-    """`airflow dags test` one run; the states of its tasks and the command's output. The
+    """`airflow dags test` one run; the states of its tasks and the command's output (stdout
+    and stderr). The
     run (read from the metadata DB) is new and succeeded, or failed when ``ok=False``."""
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     before = newest_run(db, dag_id)
     args = ["dags", "test", dag_id, *(["-c", json.dumps(conf)] if conf else [])]
-    out = airflow(h, *args, env=env, ok=ok)
+    out = airflow(h, *args, env=env, ok=ok, stderr=True)
     run = newest_run(db, dag_id)
     assert run is not None and (before is None or run.id > before.id), f"no new run of {dag_id}"
     assert run.state == ("success" if ok else "failed")
@@ -171,6 +171,7 @@ def test_every_dag_structure(
         assert (dag["schedule"], dag["max_active_runs"], dag["params"]) == ("@hourly", 1, {})
         assert dag["tasks"]["wait_for_archiver"]["timeout"] == 3660
         assert dag["tasks"]["validate"]["retries"] == 0
+        assert dag["tasks"]["validate"]["on_failure"] == ["alert_on_failure"]
         assert dag["tasks"]["publish"]["retries"] == 2
         assert dag["tasks"]["publish"]["timeout"] == 600
     recompute = dags["lamina_recompute"]
@@ -215,38 +216,21 @@ def world_env(airflow_env: dict[str, str], private_world: dict[str, Any]) -> dic
     }
 
 
-def archive(settings: Settings, source: Source, events: list[dict[str, Any]], epoch: int) -> None:
-    """Write ``events`` into ingest epoch ``epoch`` of the master dataset as the archiver
-    stores them: with their Kafka origin (topic, partition, offset)."""
-    parsed = [parse_event(json.dumps(ev).encode(), source) for ev in events]
-    rows = [p for p in parsed if isinstance(p, dict)]
-    assert len(rows) == len(events)
-    cols = {f: [r[f] for r in rows] for f in [*source.fields, EVENT_TIME]}
-    cols |= {
-        "topic": [source.topic] * len(events),
-        "partition": [0] * len(events),
-        "offset": list(range(len(events))),
-    }
-    write_epoch(settings, source, epoch, pa.table(cols, schema=arrow_schema(source)), "archiver")
-
-
-def realtime_states(events: list[dict[str, Any]], epoch: int) -> dict[tuple[str, int, int], tuple]:
-    """The speed layer's rows of cloud_metering for ``events`` of one ingest epoch:
-    ``(customer, bucket, epoch) -> (sum of instance_seconds, records)``, from the truth."""
-    return {
-        (c, b, epoch): (v["instance_seconds"], v["records"])
-        for (c, b), v in truth.truth("cloud_metering", events).items()
-    }
-
-
 def test_batch_dag_reconciles_publishes_and_purges(
     harness: AirflowHarness, world_env: dict[str, str], private_world: dict[str, Any]
 ) -> None:
     """New events arrive through "Kafka" in two epochs; the real-time view agrees on every
     cell but three: one differs, one is missing, and one holds a dead-weight row of epoch 0
-    that no batch event backs. Too much divergence fails validation (nothing published);
-    within the threshold the new version is published, its report finds exactly those three
-    cells, the covered real-time rows are purged and the merged answers equal the truth."""
+    that no batch event backs.
+
+    First run: one archived file of epoch ``e1`` is damaged and Spark is told to ride over
+    bad files (``spark.sql.files.ignoreCorruptFiles``), so the batch lacks its events: its
+    self-check against the master dataset fails, ``validate`` fails with an ALERT and nothing
+    is published. Second run, the file restored, with ``max_divergence`` 0.01 (the three
+    cells are beyond it, which blocked the publish before): the batch passes its self-check,
+    so it is published and the speed layer's divergence alerted on; its report finds exactly
+    those three cells, the covered real-time rows are purged and the merged answers equal
+    the truth."""
     settings, catalog = private_world["settings"], private_world["catalog"]
     view = catalog.view("cloud_metering")
     es = settings.pipeline.epoch_seconds
@@ -256,8 +240,9 @@ def test_batch_dag_reconciles_publishes_and_purges(
     more = truth.metering(200, seed=77)
     halves = ((e1, more.good[:100]), (e1 + es, more.good[100:]))
     rt: dict[tuple[str, int, int], tuple] = {}
+    files = []
     for epoch, part in halves:
-        archive(settings, view.source, part, epoch)
+        files.append(archive(settings, view.source, part, epoch))
         rt |= realtime_states(part, epoch)
     record_progress(settings, view.source, "archiver", e1 + 2 * es, active=False)
     private_world["data"]["cloud_metering"].good.extend(more.good)
@@ -277,8 +262,14 @@ def test_batch_dag_reconciles_publishes_and_purges(
         for (c, b, e), (secs, n) in rt.items():
             s.execute(stmt, (c, b, e, secs, n))
 
+    intact = files[0].read_bytes()
+    damaged = bytearray(intact)
+    damaged[4:40] = b"\xff" * 36  # the first page header: the footer still reads
+    files[0].write_bytes(bytes(damaged))
+    lenient_spark = json.dumps({"spark.sql.files.ignoreCorruptFiles": "true"})
     strict = {**world_env, "LAMINA_AIRFLOW__MAX_DIVERGENCE": "0.01"}
-    states, out = run_dag(harness, "lamina_batch_cloud_metering", strict, ok=False)
+    broken = {**strict, "LAMINA_SPARK__CONF": lenient_spark}
+    states, out = run_dag(harness, "lamina_batch_cloud_metering", broken, ok=False)
     assert states == {
         "wait_for_archiver": "success",
         "recompute": "success",
@@ -286,15 +277,27 @@ def test_batch_dag_reconciles_publishes_and_purges(
         "publish": "upstream_failed",
         "purge_and_gc": "upstream_failed",
     }
-    assert "3 of" in out and "cells diverge from the real-time view" in out
-    lenient = {**world_env, "LAMINA_AIRFLOW__MAX_DIVERGENCE": "0.5"}
-    states, _ = run_dag(harness, "lamina_batch_cloud_metering", lenient)
+    alerts = [line for line in out.splitlines() if line.startswith("ALERT lamina")]
+    assert len(alerts) == 1, out
+    assert alerts[0].startswith("ALERT lamina lamina_batch_cloud_metering.validate: view ")
+    assert (
+        f"the batch disagrees with its master dataset: epoch {e1}: the master dataset's "
+        "1 file(s) hold 100 rows by their footers, the build read 0" in alerts[0]
+    )
+    files[0].write_bytes(intact)  # the operator restores the file
+    states, out = run_dag(harness, "lamina_batch_cloud_metering", strict)
     assert states == dict.fromkeys(chain("wait_for_archiver", "taskflow"), "success")
+    alerts = [line for line in out.splitlines() if line.startswith("ALERT lamina")]
+    assert len(alerts) == 1, out
+    assert alerts[0].startswith(
+        "ALERT lamina lamina_batch_cloud_metering.validate: view 'cloud_metering' version "
+    )
+    assert "the speed layer diverged: 3 of" in alerts[0] and "> max_divergence 1.0%" in alerts[0]
 
     with session(settings.cassandra) as s:
         store = Store(s, settings.cassandra)
         after = store.published(view)
-        assert after.version > before.version + 1  # the strict run's version stays unpublished
+        assert after.version > before.version + 1  # the broken run's version stays unpublished
         assert after.cutoff == e1 + 2 * es > before.cutoff
         report = store.reconciliation(view, after.version)
         rejected = store.reconciliation(view, after.version - 1)
@@ -306,10 +309,16 @@ def test_batch_dag_reconciles_publishes_and_purges(
     assert floor is not None and all(r.ingest_epoch >= floor for r in kept)
     assert not any(r.ingest_epoch == 0 for r in kept)  # the dead weight was purged
     assert report is not None and rejected is not None
-    # The rejected build saw the same real-time rows: the same report, another version.
-    assert {k: v for k, v in rejected.items() if k != "version"} == {
-        k: v for k, v in report.items() if k != "version"
+    assert rejected["verdict"]["diverged"] == "batch"
+    assert not rejected["self_check"]["ok"]
+    assert rejected["self_check"]["events"] == report["self_check"]["events"] - 100
+    assert report["verdict"] == {
+        "diverged": "speed_layer",
+        "problems": [],
+        "warnings": [alerts[0].split("version ", 1)[1].split(": ", 1)[1]],
+        "publishable": True,
     }
+    assert report["self_check"]["ok"] and report["self_check"]["problems"] == []
     assert {k: report[k] for k in REPORT_COUNTS} == {
         "cutoff": e1 + 2 * es,
         "epoch_from": 0,

@@ -1,4 +1,4 @@
-"""Reconciliation, sketch agreement, the divergence threshold and staleness arithmetic."""
+"""Reconciliation, the self-check and the verdict, sketch agreement, staleness arithmetic."""
 
 from __future__ import annotations
 
@@ -6,14 +6,26 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from batch.freshness import freshness
-from batch.reconcile import Reconciliation, realtime_overlap, reconcile
-from batch.steps import divergence_problems
+from batch.reconcile import (
+    Reconciliation,
+    SelfCheck,
+    Verdict,
+    judge,
+    realtime_overlap,
+    reconcile,
+    self_check,
+    stored_verdict,
+)
+from lamina.master import EpochFiles, archive_dir, footer_rows, imports_dir
 from lamina.monoids import Distinct, Mean, Quantiles, Sum
+from lamina.settings import load_settings
 from lamina.views import View, load_views
 from serving.merge import encode, plus, zero
 from serving.store import Published
@@ -178,14 +190,115 @@ def report_with(diverging: int, cells: int) -> Reconciliation:
     )
 
 
-def test_divergence_threshold() -> None:
-    assert divergence_problems(report_with(1, 10), 0.1) == []
-    (problem,) = divergence_problems(report_with(2, 10), 0.1)
-    assert problem.startswith("2 of 10 (key, bucket) cells diverge from the real-time view")
-    assert "20.0% > max_divergence 10.0%" in problem
-    assert "lamina batch report v --version 3" in problem
-    assert divergence_problems(report_with(10, 10), 1.0) == []
-    assert divergence_problems(report_with(0, 0), 0.0) == []
+def passed(events: int = 10) -> SelfCheck:
+    return self_check({50: EpochFiles(1, events)}, {50: (events, events)}, events, event_id="id")
+
+
+def test_speed_layer_divergence_is_published_and_alerted_not_blocked() -> None:
+    # The issue's case: the speed layer counted late re-sends twice, 19.6% of cells diverge.
+    assert judge(report_with(196, 1000), passed(), 0.1).diverged == "speed_layer"
+    verdict = judge(report_with(196, 1000), passed(), 0.1)
+    assert verdict.publishable and verdict.problems == []
+    (warning,) = verdict.warnings
+    assert warning.startswith("the speed layer diverged: 196 of 1000 (key, bucket) cells")
+    assert "19.6%) > max_divergence 10.0%" in warning
+    assert "lamina batch report v --version 3" in warning
+    assert judge(report_with(1, 10), passed(), 0.1) == Verdict("none", [], [])
+    assert judge(report_with(10, 10), passed(), 1.0) == Verdict("none", [], [])
+    assert judge(report_with(0, 0), passed(), 0.0) == Verdict("none", [], [])
+
+
+def test_a_batch_failing_its_self_check_is_refused_whatever_the_divergence() -> None:
+    broken = self_check({50: EpochFiles(2, 20)}, {50: (10, 10)}, 10, event_id="id")
+    for diverging in (0, 5):
+        verdict = judge(report_with(diverging, 10), broken, 1.0)
+        assert (verdict.diverged, verdict.publishable, verdict.warnings) == ("batch", False, [])
+        assert verdict.problems[0].startswith(
+            "the batch disagrees with its master dataset: epoch 50: the master dataset's 2 "
+            "file(s) hold 20 rows by their footers, the build read 10"
+        )
+    assert len(verdict.problems) == 2 and "not held against the speed layer" in verdict.problems[1]
+    # A version built before the self-check existed: nothing vouches for it.
+    (old,) = judge(report_with(0, 10), None, 1.0).problems
+    assert "no self-check against the master dataset" in old
+    assert stored_verdict(None, 0.1).diverged == "batch"
+    stored = report_with(5, 10).to_dict() | {"self_check": broken.to_dict()}
+    assert stored_verdict(stored, 0.1) == judge(report_with(5, 10), broken, 0.1)
+    assert Reconciliation.from_dict(stored) == report_with(5, 10)
+    assert SelfCheck.from_dict(broken.to_dict()) == broken
+
+
+def test_self_check_compares_footers_with_the_read_epoch_by_epoch() -> None:
+    footers = {10: EpochFiles(2, 7), 20: EpochFiles(1, 5), 30: EpochFiles(1, 0, ("f: bad",))}
+    ok = self_check(
+        {10: EpochFiles(2, 7), 20: EpochFiles(1, 5)}, {10: (7, 7), 20: (5, 5)}, 11, event_id="id"
+    )
+    assert ok.ok and ok.problems == [] and (ok.footer_rows, ok.read_rows, ok.events) == (12, 12, 11)
+    assert ok.duplicates == 1
+    assert ok.to_dict()["epochs"][0] == {
+        "epoch": 10,
+        "files": 2,
+        "footer_rows": 7,
+        "read_rows": 7,
+        "without_id": 0,
+        "unreadable": [],
+    }
+    # Epoch 10 gained a file after the read; 20 lost its file; 30 has an unreadable file;
+    # 40 was read with rows lacking an id.
+    bad = self_check(footers, {10: (4, 4), 20: (5, 5), 40: (3, 1)}, 2, event_id="id")
+    assert not bad.ok
+    assert bad.problems == [
+        "epoch 10: the master dataset's 2 file(s) hold 7 rows by their footers, the build read"
+        " 4 (files changed under the build, or Spark skipped some:"
+        " spark.sql.files.ignoreCorruptFiles / ignoreMissingFiles)",
+        "epoch 30: 1 file(s) whose footer cannot be read: f: bad",
+        "epoch 40: the master dataset's 0 file(s) hold 0 rows by their footers, the build read"
+        " 3 (files changed under the build, or Spark skipped some:"
+        " spark.sql.files.ignoreCorruptFiles / ignoreMissingFiles)",
+        "epoch 40: 2 row(s) without an event id ('id'): the dedup would merge them into one event",
+    ]
+    # A file Spark skipped while reading other columns than the id: the dedup got fewer rows.
+    (short,) = self_check(
+        {1: EpochFiles(2, 6)}, {1: (6, 6)}, 3, event_id="id", deduped_rows=3
+    ).problems
+    assert short == (
+        "the dedup consumed 3 rows, 6 were read (Spark skipped part of a file while reading "
+        "columns other than the event id)"
+    )
+    # Totals: more events than rows is impossible; no event out of rows is a broken dedup.
+    assert self_check({}, {}, 0, event_id="id").ok
+    assert self_check({}, {}, 5, event_id="id", legacy_rows=5).ok
+    (more,) = self_check({}, {}, 6, event_id="id", legacy_rows=5).problems
+    assert more == "6 events after the dedup from 5 rows read"
+    (none,) = self_check({1: EpochFiles(1, 3)}, {1: (3, 3)}, 0, event_id="id").problems
+    assert none == "no event left after the dedup of 3 rows read"
+
+
+def test_footer_rows_reads_what_spark_reads(tmp_path: Path) -> None:
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    s = s.model_copy(
+        update={"pipeline": s.pipeline.model_copy(update={"master_dir": tmp_path / "m"})}
+    )
+    src = METERING.source
+    table = pa.table({"usage_id": ["a", "b", "c"]})
+    for root, epoch, name in (
+        (archive_dir(s, src), 100, "b000000000001-00000.parquet"),
+        (imports_dir(s, src), 100, "import-x.parquet"),
+        (imports_dir(s, src), 200, "import-y.parquet"),
+        (imports_dir(s, src), 300, "import-z.parquet"),  # at the cutoff: not read
+    ):
+        (root / f"ingest_epoch={epoch}").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / f"ingest_epoch={epoch}" / name)
+    d = imports_dir(s, src) / "ingest_epoch=200"
+    pq.write_table(table, d / ".being-written.parquet.tmp")  # hidden: Spark skips it too
+    pq.write_table(table, d / "_SUCCESS")
+    (d / "cut-short.parquet").write_bytes((d / "import-y.parquet").read_bytes()[:-20])
+    got = footer_rows(s, src, 300)
+    assert list(got) == [100, 200]
+    assert got[100] == EpochFiles(2, 6)
+    assert (got[200].files, got[200].rows) == (2, 3)
+    (bad,) = got[200].unreadable
+    assert bad.startswith(f"{d / 'cut-short.parquet'}: ")
 
 
 def published(cutoff: int) -> Published:
