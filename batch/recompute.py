@@ -328,7 +328,9 @@ def build_view(
         store.finish_version(view, version, "failed", 0, timings)
         raise
     timings["total_s"] = round(time.monotonic() - t0, 3)
-    store.finish_version(view, version, "ready", rows, timings)
+    # A batch that fails its self-check is never publishable, not even by a rollback, and
+    # the next GC collects it (it must not crowd the retained versions out).
+    store.finish_version(view, version, "ready" if verdict.publishable else "failed", rows, timings)
     built = store.version(view, version)
     assert built is not None  # begin_version wrote it
     return built

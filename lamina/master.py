@@ -63,6 +63,7 @@ the batch reads it, so the contract lives in the engine-free core.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -201,6 +202,20 @@ def footer_rows(settings: Settings, source: Source, cutoff: int) -> dict[int, Ep
                 out[epoch] = EpochFiles(
                     prev.files + files, prev.rows + rows, (*prev.unreadable, *bad)
                 )
+    # An import directory without a readable manifest is skipped by the batch's read (and
+    # by the listing above): its events would be missing from a batch that checks itself
+    # against the same listing, so it is a problem of its epoch.
+    for epoch, d in epoch_dirs(imports_dir(settings, source)).items():
+        if epoch >= cutoff:
+            continue
+        lost = [
+            f"{entry}: no readable {MANIFEST}, its files are not read"
+            for entry in sorted(d.iterdir())
+            if entry.is_dir() and read_json(entry / MANIFEST) is None
+        ]
+        if lost:
+            prev = out.get(epoch, EpochFiles(0, 0))
+            out[epoch] = EpochFiles(prev.files, prev.rows, (*prev.unreadable, *lost))
     return dict(sorted(out.items()))
 
 
@@ -218,20 +233,45 @@ def cutoff_lock(settings: Settings, source: Source, *, exclusive: bool) -> Itera
     """Hold the source's cutoff lock (see "Imports" in the module doc): exclusive while an
     import chooses its epoch and commits, shared while a cutoff is read from the progress
     files. Waits for the holder (an exclusive holder only renames and writes small files);
-    the kernel drops it when its holder exits, however it exits. Without a ``_progress``
-    directory there is no cutoff to order against, and a shared request takes no lock."""
-    d = source_dir(settings, source) / "_progress"
-    if not exclusive and not d.is_dir():
-        yield
-        return
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    with os.fdopen(fd, "r+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    the kernel drops it when its holder exits, however it exits.
+
+    The shared side needs read access only (readers may run as another user: the API, an
+    Airflow worker) and takes no lock while the lock file does not exist: no import has
+    begun to commit, so there is nothing to order against (:func:`complete_cutoff` looks
+    again after reading). A file system without ``flock`` is a :class:`LaminaError`."""
+    lock = source_dir(settings, source) / "_progress" / ".lock"
+    try:
+        if exclusive:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        else:
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except FileNotFoundError:
+                yield
+                return
+        with os.fdopen(fd, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError | PermissionError) or e.errno not in _NO_LOCKS:
+            raise LaminaError(
+                f"cannot use the cutoff lock {lock}: {e}",
+                hint="the master dataset must be readable (and, for imports, writable) by "
+                "this user",
+            ) from e
+        raise LaminaError(
+            f"the file system of {lock} does not support flock ({e})",
+            hint="imports and batches order themselves by a lock in the master dataset: "
+            "keep pipeline.master_dir on a local disk or NFSv4/EFS (see docs/operations.md)",
+        ) from e
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+"""``flock`` errors of file systems that do not support it."""
 
 
 class ImportStaging:
@@ -323,7 +363,12 @@ def _staged(settings: Settings, source: Source) -> Iterator[tuple[Path, bool]]:
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if not d.is_dir():
             continue
-        with (root / f"{d.name}.lock").open("a+") as lock:
+        try:  # read-only: a reader of another user may probe (flock needs no write access)
+            lock = (root / f"{d.name}.lock").open("rb")
+        except FileNotFoundError:  # an import takes its lock before its directory: dead
+            yield d, False
+            continue
+        with lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -414,8 +459,15 @@ def complete_cutoff(settings: Settings, source: Source) -> int | None:
     """The epoch a batch may cut off at: every event of earlier epochs is in the dataset.
     Read under the shared :func:`cutoff_lock`: an import committing later takes an epoch at
     or after it (see "Imports" in the module doc)."""
-    with cutoff_lock(settings, source, exclusive=False):
-        writers = progress(settings, source)
+    lock = source_dir(settings, source) / "_progress" / ".lock"
+    while True:
+        existed = lock.exists()
+        with cutoff_lock(settings, source, exclusive=False):
+            writers = progress(settings, source)
+        if existed or not lock.exists():
+            break
+        # An import began to commit while the progress files were read without the lock
+        # (there was no lock file yet): read them again under it.
     active = [w["complete_before"] for w in writers.values() if w.get("active")]
     if active:
         return int(min(active))

@@ -151,7 +151,10 @@ def test_a_batch_built_while_its_master_dataset_changed_is_not_published(
         assert store.published(view) is None
         [built] = store.versions(view)
         report = store.reconciliation(view, built.version)
-    assert built.state == "ready" and report is not None
+        # Not publishable by any route, a rollback included; the next GC collects it.
+        with pytest.raises(PublishError):
+            store.rollback(view, built.version)
+    assert built.state == "failed" and report is not None
     assert report["verdict"]["diverged"] == "batch" and not report["verdict"]["publishable"]
     assert report["diverging"] == 0  # the real-time view agrees: only the self-check sees it
     shown = run_lamina(cli_env(settings), "batch", "report", VIEW, "--format", "json")

@@ -232,3 +232,26 @@ def test_import_dead_letters_are_private(settings: Settings, tmp_path: Path) -> 
     assert report.deadletters is not None
     assert stat.S_IMODE(report.deadletters.stat().st_mode) == 0o600
     assert stat.S_IMODE(report.deadletters.parent.stat().st_mode) == 0o700
+
+
+def test_reading_the_cutoff_writes_nothing(settings: Settings, tmp_path: Path) -> None:
+    """Readers (the API, an Airflow worker: maybe another user, read-only) read the cutoff and
+    probe running imports without creating a lock file; once an import has committed, the
+    cutoff is read under its lock and still agrees."""
+    from lamina.master import complete_cutoff
+
+    record_progress(settings, PV, "archiver", 1000, active=True)
+    lock = source_dir(settings, PV) / "_progress" / ".lock"
+    assert complete_cutoff(settings, PV) == 1000
+    assert not lock.exists()  # the old shared lock created it
+    staging_dir(settings, PV).mkdir(parents=True)
+    (staging_dir(settings, PV) / "import-dead").mkdir()  # its lock file is gone: dead
+    assert running_imports(settings, PV) == []
+    assert not (staging_dir(settings, PV) / "import-dead.lock").exists()
+
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(_lines(10))
+    report = import_files(settings, PV, [path])
+    assert report.epoch >= 1000 and lock.exists()
+    assert complete_cutoff(settings, PV) == 1000
+    assert sweep_staging(settings, PV) == []  # the import swept the dead one itself

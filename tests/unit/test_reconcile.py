@@ -23,7 +23,14 @@ from batch.reconcile import (
     self_check,
     stored_verdict,
 )
-from lamina.master import EpochFiles, archive_dir, footer_rows, imports_dir
+from lamina.master import (
+    EpochFiles,
+    archive_dir,
+    arrow_schema,
+    footer_rows,
+    imports_dir,
+    write_epoch,
+)
 from lamina.monoids import Distinct, Mean, Quantiles, Sum
 from lamina.settings import load_settings
 from lamina.views import View, load_views
@@ -299,6 +306,29 @@ def test_footer_rows_reads_what_spark_reads(tmp_path: Path) -> None:
     assert (got[200].files, got[200].rows) == (2, 3)
     (bad,) = got[200].unreadable
     assert bad.startswith(f"{d / 'cut-short.parquet'}: ")
+
+
+def test_footer_rows_lists_committed_imports_and_flags_a_lost_manifest(tmp_path: Path) -> None:
+    """Imports with a manifest count with their files (in the writer's directory); an import
+    directory whose manifest is unreadable is a problem of its epoch, not silently absent
+    from both the read and the footers."""
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    s = s.model_copy(
+        update={"pipeline": s.pipeline.model_copy(update={"master_dir": tmp_path / "m"})}
+    )
+    src = METERING.source
+    table = pa.Table.from_pylist(
+        [{"usage_id": u, "_event_time": 0} for u in "abc"], schema=arrow_schema(src)
+    )
+    write_epoch(s, src, 100, table, "import-a")
+    lost = write_epoch(s, src, 200, table, "import-b").parent
+    got = footer_rows(s, src, 300)
+    assert got == {100: EpochFiles(1, 3), 200: EpochFiles(1, 3)}
+    (lost / "_manifest.json").unlink()
+    got = footer_rows(s, src, 300)
+    assert (got[200].files, got[200].rows) == (0, 0)
+    (problem,) = got[200].unreadable
+    assert problem.startswith(f"{lost}: no readable")
 
 
 def published(cutoff: int) -> Published:
