@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -220,7 +221,9 @@ class CassandraSettings(_Section):
     while Cassandra is unreachable before it stops with an error naming Cassandra."""
     username: str | None = None
     """Role to log in as (Cassandra's ``PasswordAuthenticator``); unset: no authentication.
-    The dev stack turns ``PasswordAuthenticator`` on when it is set (and creates the role)."""
+    Letters, digits and ``_`` only. The dev stack turns ``PasswordAuthenticator`` on when it
+    is set, creates the role on its first start and then locks the default ``cassandra``
+    superuser."""
     password: SecretStr | None = None
     """The role's password (required with ``username``); shown as ``**********`` wherever
     settings are printed. Prefer the environment: ``LAMINA_CASSANDRA__PASSWORD``."""
@@ -231,6 +234,10 @@ class CassandraSettings(_Section):
     def _both_or_neither(self) -> CassandraSettings:
         if (self.username is None) != (self.password is None):
             raise ValueError("cassandra.username and cassandra.password go together: set both")
+        if self.username is not None and not re.fullmatch(r"[A-Za-z0-9_]+", self.username):
+            raise ValueError(
+                f"cassandra.username may hold only letters, digits and '_', got {self.username!r}"
+            )
         return self
 
     @field_validator("keyspace")

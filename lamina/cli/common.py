@@ -82,22 +82,30 @@ def outage_error(settings: Settings, exc: Exception) -> LaminaError | None:
     from serving.cassandra import unavailable
 
     k = settings.kafka
-    if isinstance(exc, SaslAuthenticationFailedError) or (
+    login = f"kafka.username {k.username!r} ({k.sasl_mechanism})" if k.username else "TLS"
+    check = (
+        "check kafka.username, kafka.password (LAMINA_KAFKA__PASSWORD), kafka.sasl_mechanism "
+        "and kafka.security_protocol; the broker's log names a failed login "
+        "('Failed authentication')"
+    )
+    if isinstance(exc, SaslAuthenticationFailedError):
+        return PrerequisiteError(
+            f"Kafka at {k.bootstrap_servers} refused the login of {login} ({exc})", hint=check
+        )
+    if (
         isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
         and k.security_protocol != "PLAINTEXT"
         and port_open(k.host, k.port)
     ):
         # The broker closes a connection whose login failed without a word kafka-python
-        # passes on: an open port that completes no request is, with security on, the login.
-        login = f"kafka.username {k.username!r} ({k.sasl_mechanism})" if k.username else "TLS"
+        # passes on, so a refused login looks like a broker that does not answer: say both.
         return PrerequisiteError(
-            f"Kafka at {k.bootstrap_servers} accepts connections but let no request through "
-            f"with kafka.security_protocol {k.security_protocol} and {login} "
-            f"({type(exc).__name__}): the credentials or security settings do not match "
-            "the broker's",
-            hint="check kafka.username, kafka.password (LAMINA_KAFKA__PASSWORD), "
-            "kafka.sasl_mechanism and kafka.security_protocol; the broker's log names a "
-            "failed login ('Failed authentication')",
+            f"could not talk to Kafka at {k.bootstrap_servers} with kafka.security_protocol "
+            f"{k.security_protocol} and {login} ({type(exc).__name__}): its port is open, "
+            "so either the broker is not answering (starting, overloaded) or the credentials "
+            "or security settings do not match the broker's",
+            hint=f"check that the broker runs and answers (lamina stack status on the dev "
+            f"stack), then {check}",
         )
     if isinstance(exc, KafkaConnectionError | KafkaTimeoutError):
         return PrerequisiteError(

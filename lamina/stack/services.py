@@ -7,8 +7,10 @@ Services are picked from :data:`SERVICES`, a table, not an if-chain.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
+import secrets
 import shutil
 import subprocess
 from abc import ABC, abstractmethod
@@ -19,17 +21,28 @@ from typing import ClassVar
 
 from pydantic import SecretStr
 
-from lamina.errors import PrerequisiteError, StackError
+from lamina.errors import ConfigError, PrerequisiteError, StackError, StoreUnavailableError
 from lamina.jars import Bundle, classpath, ensure_bundle, is_fetched
 from lamina.process import port_open as process_port_open
 from lamina.settings import Settings, jaas_quote
 
 DEFAULT_SUPERUSER = "cassandra"
 """Cassandra's built-in superuser (password ``cassandra``) on a node with
-``PasswordAuthenticator``: the stack uses it once to create the configured role."""
+``PasswordAuthenticator``: the stack uses it once to create the configured role, then locks
+it (random password, ``LOGIN = false``)."""
 
 JAVA_MAJOR = 17
 """Cassandra 5.0 runs on Java 11 or 17 only, Kafka 4 needs 17+: so exactly 17."""
+
+
+def _loopback(host: str) -> bool:
+    """``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def find_java() -> str:
@@ -193,7 +206,9 @@ class KafkaService(Service):
         """The broker's client-listener security lines for ``server.properties``: none for
         ``PLAINTEXT``; for ``SASL_PLAINTEXT``, PLAIN and SCRAM with the configured user as the
         only PLAIN user (SCRAM credentials are set by :meth:`ask`). TLS listeners are not
-        offered by the dev stack (a ``StackError`` says so)."""
+        offered by the dev stack (a ``StackError`` says so). The controller listener stays
+        ``PLAINTEXT`` and there is no authorizer, so SASL is refused (``ConfigError``) on a
+        ``kafka.host`` that is not loopback."""
         k = self.settings.kafka
         if k.security_protocol == "PLAINTEXT":
             return ""
@@ -203,6 +218,14 @@ class KafkaService(Service):
                 f"kafka.security_protocol {k.security_protocol}",
                 hint="point [kafka] at a broker with a TLS listener, or use SASL_PLAINTEXT "
                 "on the dev stack",
+            )
+        if not _loopback(k.host):
+            raise ConfigError(
+                f"kafka.host {k.host!r} is not a loopback address: the dev stack's Kafka "
+                "controller listener (kafka.controller_port) has no login, so with SASL the "
+                "dev stack serves this machine only",
+                hint='set kafka.host = "127.0.0.1" for the dev stack; run a broker secured '
+                "on every listener to serve other machines",
             )
         assert k.username is not None
         user, secret = jaas_quote(k.username), jaas_quote(k.secret)
@@ -463,9 +486,17 @@ class CassandraService(Service):
         ]
 
     def ask(self) -> str:
-        """The version, asked as the configured role. With ``cassandra.username`` set and
-        that login refused, the role is first created (or its password set) by Cassandra's
-        default superuser ``cassandra``/``cassandra`` (while it still has that password)."""
+        """The version, asked as the configured role.
+
+        With ``cassandra.username`` set and that login refused, the role may not exist yet:
+        on a new node, while Cassandra's default superuser still logs in as
+        ``cassandra``/``cassandra``, it creates the role (``LOGIN``, not a superuser: the
+        node's default ``AllowAllAuthorizer`` lets any logged-in role create keyspaces and
+        tables) and then locks the default superuser (a random password, ``LOGIN = false``),
+        which would otherwise let anyone in. From then on, restarts included, only the
+        configured role logs in. A role that exists is never changed: a refused login to it
+        (a wrong password) is the one-line error naming ``cassandra.password``.
+        """
         # The driver lives in the serving layer; the core only borrows it for this probe.
         from serving.cassandra import credentials_refused, release_version, session
 
@@ -475,23 +506,37 @@ class CassandraService(Service):
         except Exception as exc:
             if c.username is None or c.username == DEFAULT_SUPERUSER:
                 raise
-            if credentials_refused(exc) is None:
+            words = credentials_refused(exc)
+            if words is None:
                 raise
         assert c.password is not None
+        refused = StoreUnavailableError(
+            f"Cassandra at {c.host}:{c.port} refused the credentials of cassandra.username "
+            f"{c.username!r} ({words})",
+            hint="check cassandra.password (LAMINA_CASSANDRA__PASSWORD); the dev stack "
+            "creates the role only on its first start (then it locks the default "
+            f"'{DEFAULT_SUPERUSER}' superuser): to use another role, create it in CQL as the "
+            f"existing one, or delete {self.dir} to start afresh",
+        )
         admin = c.model_copy(
             update={"username": DEFAULT_SUPERUSER, "password": SecretStr(DEFAULT_SUPERUSER)}
         )
-        with session(admin) as s:
-            role, secret = c.username, c.password.get_secret_value()
-            found = s.execute("SELECT role FROM system_auth.roles WHERE role = %s", (role,))
-            if found.one() is None:
+        try:
+            with session(admin) as s:
+                role, secret = c.username, c.password.get_secret_value()
+                found = s.execute("SELECT role FROM system_auth.roles WHERE role = %s", (role,))
+                if found.one() is not None:
+                    raise refused  # it exists: the password in the settings is wrong
+                s.execute(f'CREATE ROLE "{role}" WITH PASSWORD = %s AND LOGIN = true', (secret,))
                 s.execute(
-                    f'CREATE ROLE "{role}" WITH PASSWORD = %s AND LOGIN = true '
-                    "AND SUPERUSER = true",
-                    (secret,),
+                    f'ALTER ROLE "{DEFAULT_SUPERUSER}" WITH PASSWORD = %s AND LOGIN = false',
+                    (secrets.token_urlsafe(32),),
                 )
-            else:  # the password in the settings changed
-                s.execute(f'ALTER ROLE "{role}" WITH PASSWORD = %s', (secret,))
+        except Exception as exc:
+            if credentials_refused(exc) is None:
+                raise
+            # The default superuser is locked already (or not set up yet on a new node).
+            raise refused from None
         return release_version(c)
 
 

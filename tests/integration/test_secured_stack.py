@@ -247,3 +247,26 @@ def test_a_source_job_does_not_wait_out_a_refused_cassandra_login(secured: Setti
     with pytest.raises(StoreUnavailableError, match="Cassandra refused the login for a test"):
         wait_out_outage(lambda: release_version(wrong), 60, "a test")
     assert time.monotonic() - t0 < 20
+
+
+def test_the_stack_locks_the_default_superuser_and_never_changes_a_password(
+    secured: Settings,
+) -> None:
+    """The configured role is no superuser; ``cassandra``/``cassandra`` no longer logs in; a
+    wrong ``cassandra.password`` given to ``stack status`` is reported, not made the role's."""
+    from serving.cassandra import credentials_refused, release_version, session
+
+    with session(secured.cassandra) as s:
+        row = s.execute("SELECT is_superuser FROM system_auth.roles WHERE role = 'lamina_app'")
+        assert row.one().is_superuser is False
+    admin = secured.cassandra.model_copy(
+        update={"username": "cassandra", "password": SecretStr("cassandra")}
+    )
+    with pytest.raises(Exception) as err:
+        release_version(admin)
+    assert credentials_refused(err.value) is not None
+    typo = {**env_of(secured), "LAMINA_CASSANDRA__PASSWORD": "typo"}
+    out = run_lamina(typo, "stack", "status", "cassandra", "--format", "json")
+    [cassandra] = json.loads(out.stdout)
+    assert "refused the credentials of cassandra.username 'lamina_app'" in cassandra["state"]
+    assert release_version(secured.cassandra) == secured.cassandra.version
