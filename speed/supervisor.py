@@ -21,8 +21,10 @@ time.
 Stop: ``lamina stream stop`` writes the stop request under the registry lock, then SIGTERMs
 the driver and this process. A relaunch happens only under the lock after reading the
 request, so a stop is never undone. SIGTERM alone (no request in the registry) also stops
-the job: it is passed on to the driver and nothing is relaunched. A stop while the driver is
-down ends the job ``stopped``.
+the job: to this process, it is passed on to the driver and nothing is relaunched; to the
+driver (``kill <driver pid>``), the driver stops gracefully and reports ``stopped``, and a
+driver that reported ``stopped`` is not relaunched either. A stop while the driver is down
+ends the job ``stopped``.
 
 ``job.json`` is written before this process starts; should it be missing, it is looked for
 again for :data:`JOB_FILE_PATIENCE_S`, then the job fails saying so (nothing launched).
@@ -115,8 +117,8 @@ class Supervisor:
         return self.signalled.is_set() or self.definition().stop_requested
 
     def run(self) -> int:
-        """Launch, watch, relaunch; returns 0 when stopped on request, 1 when it gave up or
-        the job's ``job.json`` is missing."""
+        """Launch, watch, relaunch; returns 0 when stopped (on request, or the driver
+        reported it stopped), 1 when it gave up or the job's ``job.json`` is missing."""
         try:
             return self._run()
         except NotFoundError:
@@ -147,6 +149,9 @@ class Supervisor:
             reason = describe_exit(status, driver)
             if self.stop_requested():
                 return self._stopped(f"the driver ended: {reason}")
+            if driver.get("final") == "stopped":  # SIGTERM to the driver itself: a stop too
+                log.info("job %s: the driver reported it stopped (%s)", self.job_id, reason)
+                return self._stopped(f"the driver stopped: {reason}")
             now = time.monotonic()
             self.ends = [t for t in self.ends if now - t < spark.restart_window_s]
             if len(self.ends) >= spark.restart_limit:

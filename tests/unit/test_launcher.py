@@ -547,3 +547,26 @@ def test_the_supervisor_waits_briefly_for_a_missing_job_json(
     assert driver["final"] == "failed"
     assert driver["message"].startswith(f"the supervisor gave up: no job.json in {d}")
     assert not (d / "launcher.pid").exists()
+
+
+def test_a_driver_stopped_by_its_own_sigterm_is_not_relaunched(
+    settings: Settings, drivers: Launched
+) -> None:
+    """``kill <driver pid>``: the driver stops gracefully and reports ``stopped``; the
+    supervisor takes that as a stop (see its module doc) and relaunches nothing."""
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    job = wait_running(settings, job_id)
+    os.kill(job.driver_pid, signal.SIGTERM)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 20
+    while alive(job.supervisor_pid) and time.monotonic() < deadline:  # type: ignore[arg-type]
+        time.sleep(0.05)
+    stopped = launcher.load(settings, job_id)
+    assert not alive(job.supervisor_pid), stopped  # type: ignore[arg-type]
+    assert stopped.state == "stopped" and stopped.message == "stopped on request", stopped
+    assert stopped.restarts == 0 and stopped.last_exit is None
+    assert drivers.drivers() == []
+    assert (
+        "the driver reported it stopped (exit code 0: stopped on request)"
+        in Path(job.log).read_text()
+    )
