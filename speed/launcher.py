@@ -358,7 +358,13 @@ def _launch(settings: Settings, job: Job) -> None:
     (d / "driver.json").unlink(missing_ok=True)
     connector = spark_connector_jars(settings.stack.cache_dir)
     _write_json(d / "launch.json", {"argv": submit_argv(settings, job, connector)})
+    # job.json as the new supervisor must read it, written before it starts: it reads the
+    # stop request while it waits for the registry lock (held by us), so a stale one (a
+    # restart's stop) would stop it at once, and a missing one (a submit) would fail it.
+    job.stop_requested = False
     job.launcher_pid = None  # the supervisor launches spark-submit and records it
+    job.supervisor_pid = None
+    _save(settings, job)
     job.supervisor_pid = spawn(
         supervisor_argv(settings, job),
         log_file=Path(job.log),

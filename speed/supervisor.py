@@ -21,8 +21,13 @@ time.
 Stop: ``lamina stream stop`` writes the stop request under the registry lock, then SIGTERMs
 the driver and this process. A relaunch happens only under the lock after reading the
 request, so a stop is never undone. SIGTERM alone (no request in the registry) also stops
-the job: it is passed on to the driver and nothing is relaunched. A stop while the driver is
-down ends the job ``stopped``.
+the job: to this process, it is passed on to the driver and nothing is relaunched; to the
+driver (``kill <driver pid>``), the driver stops gracefully and reports ``stopped``, and a
+driver that reported ``stopped`` is not relaunched either. A stop while the driver is down
+ends the job ``stopped``.
+
+``job.json`` is written before this process starts; should it be missing, it is looked for
+again for :data:`JOB_FILE_PATIENCE_S`, then the job fails saying so (nothing launched).
 
 If this process itself is killed (kill -9), the driver keeps running unsupervised: the
 registry shows it ``running`` with a message saying so, and nothing relaunches it when it
@@ -42,6 +47,7 @@ import threading
 import time
 from pathlib import Path
 
+from lamina.errors import NotFoundError
 from lamina.files import read_json
 from lamina.streams import write_supervision
 from speed.launcher import (
@@ -56,6 +62,9 @@ from speed.launcher import (
 )
 
 log = logging.getLogger("lamina.supervisor")
+
+JOB_FILE_PATIENCE_S = 5.0
+"""How long a missing ``job.json`` is looked for again before the job fails."""
 
 
 def describe_exit(status: int, driver: dict[str, object]) -> str:
@@ -91,12 +100,40 @@ class Supervisor:
         self.ends: list[float] = []
         """When (monotonic) each relaunch still in the window was decided."""
 
+    def definition(self) -> Job:
+        """``job.json``, looked for again for :data:`JOB_FILE_PATIENCE_S` if missing (see
+        the module doc); :class:`NotFoundError` past that."""
+        deadline = time.monotonic() + JOB_FILE_PATIENCE_S
+        while True:
+            try:
+                return job_definition(self.jobs_dir, self.job_id)
+            except NotFoundError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+
     def stop_requested(self) -> bool:
         """True once a stop was asked: the registry says so, or this process got SIGTERM."""
-        return self.signalled.is_set() or job_definition(self.jobs_dir, self.job_id).stop_requested
+        return self.signalled.is_set() or self.definition().stop_requested
 
     def run(self) -> int:
-        """Launch, watch, relaunch; returns 0 when stopped on request, 1 when it gave up."""
+        """Launch, watch, relaunch; returns 0 when stopped (on request, or the driver
+        reported it stopped), 1 when it gave up or the job's ``job.json`` is missing."""
+        try:
+            return self._run()
+        except NotFoundError:
+            message = (
+                f"the supervisor gave up: no job.json in {self.dir} (looked for it "
+                f"{JOB_FILE_PATIENCE_S:.0f}s); lamina stream restart {self.job_id} "
+                "launches the job again"
+            )
+            report(
+                self.jobs_dir, self.job_id, final="failed", message=message, ended_at=time.time()
+            )
+            log.error("job %s: %s", self.job_id, message)
+            return 1
+
+    def _run(self) -> int:
         spark = self.settings.spark
         while True:
             try:
@@ -112,6 +149,9 @@ class Supervisor:
             reason = describe_exit(status, driver)
             if self.stop_requested():
                 return self._stopped(f"the driver ended: {reason}")
+            if driver.get("final") == "stopped":  # SIGTERM to the driver itself: a stop too
+                log.info("job %s: the driver reported it stopped (%s)", self.job_id, reason)
+                return self._stopped(f"the driver stopped: {reason}")
             now = time.monotonic()
             self.ends = [t for t in self.ends if now - t < spark.restart_window_s]
             if len(self.ends) >= spark.restart_limit:
@@ -148,7 +188,7 @@ class Supervisor:
         """Under the registry lock: unless a stop was requested, start ``spark-submit`` and
         record it (and, after the first launch, the relaunch); ``None`` if stopping."""
         with self._locked(f"launch {self.job_id}"):
-            job = job_definition(self.jobs_dir, self.job_id)
+            job = self.definition()
             if job.stop_requested or self.signalled.is_set():
                 return None
             argv = (read_json(self.dir / "launch.json") or {})["argv"]
@@ -177,7 +217,7 @@ class Supervisor:
         while proc.poll() is None:
             if self.signalled.wait(0.2) and not passed_on:
                 passed_on = True
-                if not job_definition(self.jobs_dir, self.job_id).stop_requested:
+                if not self.definition().stop_requested:
                     driver = read_json(self.dir / "driver.json") or {}
                     target = driver.get("driver_pid") or proc.pid
                     log.info("job %s: SIGTERM: asking pid %s to stop", self.job_id, target)
@@ -189,7 +229,7 @@ class Supervisor:
         """Under the registry lock: record why the driver ended; False if a stop was
         requested meanwhile (nothing recorded then)."""
         with self._locked(f"record the end of {self.job_id}'s driver"):
-            job = job_definition(self.jobs_dir, self.job_id)
+            job = self.definition()
             if job.stop_requested:
                 return False
             job.last_exit = reason
@@ -233,7 +273,7 @@ class Supervisor:
         )
         try:
             with self._locked(f"record the end of {self.job_id}"):
-                job: Job = job_definition(self.jobs_dir, self.job_id)
+                job = self.definition()
                 if job.stop_requested:
                     return self._stopped(f"the driver ended: {reason}")
                 job.last_exit = reason

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from lamina.errors import ConfigError, ConflictError, NotFoundError
+from lamina.files import read_json
 from lamina.process import alive
 from lamina.settings import Settings
 from lamina.streams import job_names, job_queries, release_locks, try_lock
@@ -489,3 +490,83 @@ def test_saved_settings_keep_the_service_passwords_for_the_job(
     assert back.kafka.secret == "kafka-pw" and back.kafka.username == "lamina"
     assert back.cassandra.password is not None
     assert back.cassandra.password.get_secret_value() == "cassandra-pw"
+
+
+def test_job_json_is_written_before_the_supervisor_starts(
+    settings: Settings, drivers: Launched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new supervisor reads ``job.json`` as soon as it starts (the stop request, while it
+    waits for the registry lock its launcher holds): it must be there, stop cleared, on
+    submit (no file yet) and on restart (the stop's request still in it)."""
+    seen: list[dict[str, Any] | None] = []
+    spawn = launcher.spawn
+
+    def spawn_seeing(argv: list[str], **kwargs: Any) -> int:
+        job_id = argv[argv.index("--job-id") + 1]
+        seen.append(read_json(settings.jobs_dir / job_id / "job.json"))
+        return spawn(argv, **kwargs)
+
+    monkeypatch.setattr(launcher, "spawn", spawn_seeing)
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    first = wait_running(settings, job_id)
+    launcher.restart(settings, job_id)
+    job = wait_state(settings, job_id, "running", lambda j: j.driver_pid != first.driver_pid)
+    assert job.restarts == 1 and job.supervisor_pid != first.supervisor_pid
+    assert len(seen) == 2, seen
+    for record in seen:
+        assert record is not None, seen
+        assert record["id"] == job_id and record["stop_requested"] is False, record
+        assert record["supervisor_pid"] is None and record["launcher_pid"] is None, record
+    assert launcher.stop(settings, job_id, timeout_s=20).state == "stopped"
+
+
+def test_the_supervisor_waits_briefly_for_a_missing_job_json(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from speed import supervisor
+
+    monkeypatch.setattr(supervisor, "JOB_FILE_PATIENCE_S", 0.5, raising=False)
+    write_job(settings, "j1", None)
+    d = settings.jobs_dir / "j1"
+    (d / "settings.json").write_text(json.dumps(launcher.settings_record(settings)))
+    saved = (d / "job.json").read_text()
+    (d / "job.json").unlink()
+    sup = supervisor.Supervisor("j1", settings.jobs_dir)
+    # job.json appears a moment later: read then, no error.
+    later = threading.Timer(0.2, (d / "job.json").write_text, args=(saved,))
+    later.start()
+    try:
+        assert sup.stop_requested() is False
+    finally:
+        later.join()
+    # It never appears: the job fails saying why, nothing launched, no traceback.
+    (d / "job.json").unlink()
+    assert sup.run() == 1
+    driver = json.loads((d / "driver.json").read_text())
+    assert driver["final"] == "failed"
+    assert driver["message"].startswith(f"the supervisor gave up: no job.json in {d}")
+    assert not (d / "launcher.pid").exists()
+
+
+def test_a_driver_stopped_by_its_own_sigterm_is_not_relaunched(
+    settings: Settings, drivers: Launched
+) -> None:
+    """``kill <driver pid>``: the driver stops gracefully and reports ``stopped``; the
+    supervisor takes that as a stop (see its module doc) and relaunches nothing."""
+    catalog = load_views(ROOT / "conf" / "views.toml")
+    job_id = launcher.submit(settings, catalog, "pageviews").id
+    job = wait_running(settings, job_id)
+    os.kill(job.driver_pid, signal.SIGTERM)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 20
+    while alive(job.supervisor_pid) and time.monotonic() < deadline:  # type: ignore[arg-type]
+        time.sleep(0.05)
+    stopped = launcher.load(settings, job_id)
+    assert not alive(job.supervisor_pid), stopped  # type: ignore[arg-type]
+    assert stopped.state == "stopped" and stopped.message == "stopped on request", stopped
+    assert stopped.restarts == 0 and stopped.last_exit is None
+    assert drivers.drivers() == []
+    assert (
+        "the driver reported it stopped (exit code 0: stopped on request)"
+        in Path(job.log).read_text()
+    )
