@@ -138,8 +138,8 @@ class Config:
             return [[] for _ in range(self.cycles)]
         total = max(self.cycles, self.min_each * len(self.faults))
         plan: list[list[str]] = [[] for _ in range(self.cycles)]
-        for i in range(total):
-            plan[i % self.cycles].append(self.faults[i % len(self.faults)])
+        for i in range(total):  # consecutive blocks: no kind twice in a cycle
+            plan[i * self.cycles // total].append(self.faults[i % len(self.faults)])
         return plan
 
 
@@ -659,7 +659,7 @@ def run(cfg: Config) -> Report:
                     faults.inject(kind)
                 sending.result()
             checkpoint(platform, traffic, report, f"cycle {cycle + 1} streamed")
-            if "batch" in kinds:
+            for _ in range(kinds.count("batch")):
                 faults.kill_batch()
             batch(platform, report)
             checkpoint(platform, traffic, report, f"cycle {cycle + 1} published")
