@@ -112,6 +112,11 @@ def source_dir(settings: Settings, source: Source) -> Path:
     return settings.master_dir / source.name
 
 
+def progress_dir(settings: Settings, source: Source) -> Path:
+    """The writers' progress files of ``source`` and the cutoff lock (see the module doc)."""
+    return source_dir(settings, source) / "_progress"
+
+
 def imports_dir(settings: Settings, source: Source) -> Path:
     return source_dir(settings, source) / "imports"
 
@@ -239,7 +244,7 @@ def cutoff_lock(settings: Settings, source: Source, *, exclusive: bool) -> Itera
     Airflow worker) and takes no lock while the lock file does not exist: no import has
     begun to commit, so there is nothing to order against (:func:`complete_cutoff` looks
     again after reading). A file system without ``flock`` is a :class:`LaminaError`."""
-    lock = source_dir(settings, source) / "_progress" / ".lock"
+    lock = progress_dir(settings, source) / ".lock"
     try:
         if exclusive:
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +439,7 @@ def record_progress(
     settings: Settings, source: Source, writer: str, complete_before: int, *, active: bool
 ) -> None:
     """Record that ``writer`` has written every event of epochs ``< complete_before``."""
-    path = source_dir(settings, source) / "_progress" / f"{writer}.json"
+    path = progress_dir(settings, source) / f"{writer}.json"
     write_json_atomic(
         path, {"complete_before": complete_before, "active": active, "updated_at": time.time()}
     )
@@ -442,7 +447,7 @@ def record_progress(
 
 def progress(settings: Settings, source: Source) -> dict[str, dict[str, Any]]:
     """Each writer's last recorded progress, by writer name."""
-    d = source_dir(settings, source) / "_progress"
+    d = progress_dir(settings, source)
     found: dict[str, dict[str, Any]] = {}
     for p in sorted(d.glob("*.json")):
         data = read_json(p)
@@ -459,7 +464,7 @@ def complete_cutoff(settings: Settings, source: Source) -> int | None:
     """The epoch a batch may cut off at: every event of earlier epochs is in the dataset.
     Read under the shared :func:`cutoff_lock`: an import committing later takes an epoch at
     or after it (see "Imports" in the module doc)."""
-    lock = source_dir(settings, source) / "_progress" / ".lock"
+    lock = progress_dir(settings, source) / ".lock"
     while True:
         existed = lock.exists()
         with cutoff_lock(settings, source, exclusive=False):
