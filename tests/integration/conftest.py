@@ -19,7 +19,7 @@ import pytest
 from batch.imports import ImportReport, import_files
 from batch.recompute import run_batch
 from lamina.events import parse_event
-from lamina.master import arrow_schema, write_epoch
+from lamina.master import arrow_schema, record_progress, write_epoch
 from lamina.schema import EVENT_TIME
 from lamina.settings import Settings
 from lamina.views import Source, load_views
@@ -122,6 +122,22 @@ def archive(settings: Settings, source: Source, events: list[dict[str, Any]], ep
     return write_epoch(
         settings, source, epoch, pa.table(cols, schema=arrow_schema(source)), "archiver"
     )
+
+
+def archive_two_epochs(
+    settings: Settings, source: Source, events: list[dict[str, Any]], e1: int
+) -> tuple[list[Path], dict[tuple[str, int, int], tuple]]:
+    """Archive the first half of ``events`` in epoch ``e1`` and the rest in the next one, as
+    the archiver would, and record it complete up to both; returns the files and the speed
+    layer's rows for them (:func:`realtime_states`)."""
+    es = settings.pipeline.epoch_seconds
+    half = len(events) // 2
+    files, rt = [], {}
+    for epoch, part in ((e1, events[:half]), (e1 + es, events[half:])):
+        files.append(archive(settings, source, part, epoch))
+        rt |= realtime_states(part, epoch)
+    record_progress(settings, source, "archiver", e1 + 2 * es, active=False)
+    return files, rt
 
 
 def realtime_states(events: list[dict[str, Any]], epoch: int) -> dict[tuple[str, int, int], tuple]:

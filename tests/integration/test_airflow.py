@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lamina.master import progress, record_progress
+from lamina.master import progress
 from lamina.settings import Settings
 from serving.cassandra import session
 from serving.query import QueryService
@@ -22,7 +22,7 @@ from serving.store import Store
 from tests import truth
 from tests.integration.airflow_harness import AirflowHarness, newest_run
 from tests.integration.answers import answers
-from tests.integration.conftest import archive, realtime_states
+from tests.integration.conftest import archive_two_epochs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -238,13 +238,7 @@ def test_batch_dag_reconciles_publishes_and_purges(
     # which would put the cutoff ahead of now and make the freshness test wait for it.
     e1 = max(int(w["complete_before"]) for w in progress(settings, view.source).values())
     more = truth.metering(200, seed=77)
-    halves = ((e1, more.good[:100]), (e1 + es, more.good[100:]))
-    rt: dict[tuple[str, int, int], tuple] = {}
-    files = []
-    for epoch, part in halves:
-        files.append(archive(settings, view.source, part, epoch))
-        rt |= realtime_states(part, epoch)
-    record_progress(settings, view.source, "archiver", e1 + 2 * es, active=False)
+    files, rt = archive_two_epochs(settings, view.source, more.good, e1)
     private_world["data"]["cloud_metering"].good.extend(more.good)
     cells = sorted({(c, b) for c, b, _ in rt})
     differ, missing = cells[0], cells[1]

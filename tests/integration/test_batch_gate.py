@@ -20,7 +20,6 @@ import pytest
 import batch.recompute
 from batch.recompute import run_batch
 from lamina.errors import PublishError
-from lamina.master import record_progress
 from lamina.settings import Settings
 from lamina.views import load_views
 from serving.schema import insert_cql, realtime_table
@@ -28,7 +27,7 @@ from serving.store import open_store
 from tests import truth
 from tests.conftest import ROOT, isolated, run_lamina
 from tests.integration.answers import answers, assert_exact
-from tests.integration.conftest import archive, drop_keyspace, realtime_states
+from tests.integration.conftest import archive, archive_two_epochs, drop_keyspace
 
 VIEW = "cloud_metering"
 
@@ -41,13 +40,7 @@ def world(stack: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
     es = settings.pipeline.epoch_seconds
     e1 = (int(time.time()) // es - 10) * es
     g = truth.metering(400, seed=83)
-    halves = ((e1, g.good[:200]), (e1 + es, g.good[200:]))
-    rt: dict[tuple[str, int, int], tuple] = {}
-    files = []
-    for epoch, part in halves:
-        files.append(archive(settings, view.source, part, epoch))
-        rt |= realtime_states(part, epoch)
-    record_progress(settings, view.source, "archiver", e1 + 2 * es, active=False)
+    files, rt = archive_two_epochs(settings, view.source, g.good, e1)
     try:
         yield {
             "settings": settings,
