@@ -25,10 +25,14 @@ from lamina.schema import (
     event_columns,
 )
 from lamina.settings import Settings
+from lamina.streams import EPOCH_MARK_KEY, EPOCH_MARK_REASON, EPOCH_MARK_VALUE
 from lamina.views import Source
 
 REASON = "_reason"
 RAW = "_raw"
+MARK = "_mark"
+"""True for an epoch mark (:data:`lamina.streams.EPOCH_MARK_KEY`): not an event, not a dead
+letter; only its partition and broker timestamp count (:mod:`speed.completeness`)."""
 KAFKA_ORIGIN = [c.name for c in (*ORIGIN, KAFKA_TIMESTAMP)]
 
 
@@ -42,6 +46,9 @@ def kafka_records(spark: SparkSession, settings: Settings, topic: str) -> DataFr
         # Records deleted before they were read are detected, counted and (by default)
         # refused by the source job itself, with offsets in the message (speed.microbatch).
         .option("failOnDataLoss", "false")
+        # Records of aborted transactions are never events, and a record becomes readable
+        # only once its transaction commits (epoch completeness follows what was read).
+        .option("kafka.isolation.level", "read_committed")
     )
     if settings.pipeline.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", settings.pipeline.max_offsets_per_trigger)
@@ -223,13 +230,18 @@ def parse_records(records: DataFrame, source: Source, epoch_seconds: int) -> Dat
     :func:`lamina.buckets.ingest_epoch`), as epoch seconds; rejected rows carry the reason
     and the raw bytes. A record can only be accepted or rejected: nothing in it can make the
     expressions fail.
+
+    Epoch marks (:data:`MARK` true) are neither: they carry only their origin, epoch and a
+    reason saying what they are, and :func:`valid` and :func:`rejected` leave them out.
     """
-    parsed = parse(records.select("value", *KAFKA_ORIGIN), source)
+    mark = (F.col("key") == F.lit(EPOCH_MARK_KEY)) & (F.col("value") == F.lit(EPOCH_MARK_VALUE))
+    parsed = parse(records.select("value", mark.alias(MARK), *KAFKA_ORIGIN), source)
     millis = F.floor(F.unix_micros(F.col("timestamp")) / 1000).cast("long")
     return parsed.select(
-        *(c.name for c in event_columns(source)),
-        REASON,
-        F.when(F.col(REASON).isNotNull(), F.col("value")).alias(RAW),
+        *(F.when(~F.col(MARK), F.col(c.name)).alias(c.name) for c in event_columns(source)),
+        F.when(F.col(MARK), F.lit(EPOCH_MARK_REASON)).otherwise(F.col(REASON)).alias(REASON),
+        F.when(F.col(REASON).isNotNull() & ~F.col(MARK), F.col("value")).alias(RAW),
+        MARK,
         *KAFKA_ORIGIN,
         (F.floor(millis / F.lit(epoch_seconds * 1000)) * F.lit(epoch_seconds))
         .cast("long")
@@ -242,4 +254,4 @@ def valid(parsed: DataFrame) -> DataFrame:
 
 
 def rejected(parsed: DataFrame) -> DataFrame:
-    return parsed.where(F.col(REASON).isNotNull())
+    return parsed.where(F.col(REASON).isNotNull() & ~F.col(MARK))

@@ -309,6 +309,14 @@ class PipelineSettings(_Section):
     (retention) before it archived them: the master dataset would silently miss them.
     ``false``: it goes on without them and counts them (``lost`` in ``stream status`` and
     ``lamina_speed_records{outcome="lost"}``)."""
+    epoch_marks: bool = True
+    """Whether a source job appends an *epoch mark* (a fixed small record, skipped by Lamina)
+    to a partition of its topic that had no record in the current ingest epoch, so that
+    epochs are declared complete from offsets and broker timestamps alone (see
+    ``speed/completeness.py``). ``false`` writes nothing into source topics: partitions
+    then count as complete up to 5 s before the moment the job was last caught up, by the
+    driver's clock, which a broker clock behind the driver's or a transaction committed
+    later can defeat (such records are counted as ``past_complete``)."""
     dedup_horizon_s: int = Field(default=600, ge=0)
     """The speed layer drops a copy of an event when it saw a copy of the same event id at
     most this many seconds of ingest time earlier (see ``speed/dedup.py``). Later copies are

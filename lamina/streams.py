@@ -33,6 +33,15 @@ from lamina.views import Source, ViewCatalog
 ARCHIVER = "archiver"
 """The name the source jobs record their master-dataset progress under (``_progress/``)."""
 
+EPOCH_MARK_KEY = b"lamina:epoch-mark"
+EPOCH_MARK_VALUE = b'{"lamina": "epoch-mark", "v": 1}'
+"""An *epoch mark*: the record a source job appends to a partition of its topic that had no
+record in the current ingest epoch, so that the partition's broker timestamps move on and
+earlier epochs can be declared complete from offsets (:mod:`speed.completeness`). A record
+with exactly this key and value is never an event nor a dead letter; other consumers of the
+topic should skip it too (at most one per partition and epoch, and only on idle partitions)."""
+EPOCH_MARK_REASON = "lamina epoch mark (not an event)"
+
 
 def deadletter_topic(source: Source) -> str:
     return f"{source.topic}.deadletters"

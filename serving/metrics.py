@@ -264,7 +264,9 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         "archived, duplicates (dropped within the dedup horizon), beyond_horizon (duplicates "
         "counted by the speed layer until the next batch), reordered (duplicates read before "
         "an earlier copy; may count twice until the next batch), lost (deleted by Kafka "
-        "before they were read, with pipeline.fail_on_data_loss off)",
+        "before they were read, with pipeline.fail_on_data_loss off), past_complete (read into an "
+        "epoch already declared complete: missing from answers until the next batch), "
+        "epoch_marks (Lamina's own marks on idle partitions, skipped)",
         labels=["source", "outcome"],
     )
     index = _gauge(

@@ -13,7 +13,10 @@ Kafka records and parses them natively (:func:`engine.kafka.parse_records`); the
    the valid records into the master dataset, files named by micro-batch id, renamed into
    place over any earlier attempt's: a replay rewrites, never adds (:mod:`lamina.master`);
 3. writes the rejected records to ``<topic>.deadletters`` (at least once, keyed by origin;
-   ``lamina deadletters`` shows each origin once).
+   ``lamina deadletters`` shows each origin once);
+4. records which ingest epochs the master dataset now holds whole, from the newest broker
+   timestamp archived per partition (:mod:`speed.completeness`; epoch marks are read for
+   that alone).
 
 After a ``kill -9`` anywhere in there, Spark replays the micro-batch with the same offsets:
 the archive files are replaced, the dead letters and listings may repeat (shown once), the
@@ -40,7 +43,7 @@ from pyspark import InheritableThread, SparkContext, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from engine.kafka import RAW, REASON
+from engine.kafka import MARK, RAW, REASON
 from engine.schema import master_schema
 from engine.translate import aggregate
 from lamina.errors import DataLossError, LaminaError
@@ -53,11 +56,14 @@ from lamina.master import (
     committed_imports,
     epoch_dirs,
     imports_dir,
+    progress,
+    record_progress,
     stream_dir,
 )
 from lamina.schema import INGEST_EPOCH, master_columns
 from lamina.settings import Settings
 from lamina.streams import (
+    ARCHIVER,
     DEADLETTER_RAW_MAX,
     checkpoint_path,
     deadletter_topic,
@@ -68,6 +74,7 @@ from lamina.streams import (
 )
 from lamina.views import Source, View
 from serving.cassandra import shared_session
+from speed.completeness import advance, complete_before, newest_stamps
 from speed.dedup import KEPT, LISTED, DedupIndex, Verdict
 from speed.realtime import RealtimeCells, wait_out_outage
 
@@ -102,6 +109,8 @@ COUNTERS = (
     "beyond_horizon",
     "reordered",
     "lost",
+    "past_complete",
+    "epoch_marks",
 )
 
 FAILURES: dict[str, str] = {}
@@ -169,6 +178,10 @@ class SourceBatches:
     spent: dict[str, float] = field(default_factory=dict)
     """Seconds per step, summed over the micro-batches this process ran."""
     offsets_client: Any = None
+    highs: dict[int, int] = field(default_factory=dict)
+    """The newest broker timestamp (ms) archived per partition (:mod:`speed.completeness`)."""
+    complete: int | None = None
+    """The epoch the archiver last recorded every earlier epoch complete before."""
 
     def __post_init__(self) -> None:
         FAILURES.pop(self.query, None)  # a new run of the query: no failure yet
@@ -181,6 +194,7 @@ class SourceBatches:
                 self._start(batch_id)
                 lap("start")
             counts = self._run(batch, batch_id, lap)
+            self._record_complete(batch_id)
         except LaminaError as exc:
             FAILURES[self.query] = str(exc)
             self._report_failure(batch_id, str(exc))
@@ -196,20 +210,28 @@ class SourceBatches:
         src = self.source
         meta = batch.select(
             F.col(REASON).isNull().alias("ok"),
+            MARK,
             *id_hashes(src),
             INGEST_EPOCH,
             "partition",
             "offset",
+            F.expr("unix_millis(timestamp)").alias("stamp_ms"),
         ).toArrow()
         lap("read_parse")
         counts = dict.fromkeys(COUNTERS, 0)
         counts["lost"] = self._lost(batch_id, meta)  # raises unless told to go on
         ok = meta.column("ok").to_numpy(zero_copy_only=False)
-        counts["records"] = len(ok)
-        counts["rejected"] = int((~ok).sum())
+        mark = meta.column(MARK).to_numpy(zero_copy_only=False)
+        counts["epoch_marks"] = int(mark.sum())
+        counts["records"] = len(ok) - counts["epoch_marks"]
+        counts["rejected"] = int((~ok & ~mark).sum())
+        newest = newest_stamps(
+            meta.column("partition").to_numpy(), meta.column("stamp_ms").to_numpy()
+        )
         valid = batch.where(F.col(REASON).isNull())
         if ok.any():
             counts["archived"] = int(ok.sum())
+            counts["past_complete"] = self._past_complete(meta.column(INGEST_EPOCH).to_numpy()[ok])
             dropped = self._dedup(meta.filter(pa.array(ok)), counts)
             lap("dedup")
             events = valid
@@ -244,9 +266,46 @@ class SourceBatches:
             lap.timings["archive"] = archiving.seconds
             lap("archive_wait")
         if counts["rejected"]:
-            self._deadletters(batch.where(F.col(REASON).isNotNull()))
+            self._deadletters(batch.where(F.col(REASON).isNotNull() & ~F.col(MARK)))
             lap("deadletters")
+        self.highs = advance(self.highs, newest)  # everything read is archived now
         return counts
+
+    def _past_complete(self, epochs: np.ndarray) -> int:
+        """How many of the micro-batch's valid records (ingest ``epochs``) fall in epochs
+        already recorded complete (see :mod:`speed.completeness`): archived, in the next
+        batch, missing from answers until it publishes."""
+        recorded = progress(self.settings, self.source).get(ARCHIVER, {}).get("complete_before")
+        if recorded is None:
+            return 0
+        late = int((epochs < int(recorded)).sum())
+        if late:
+            log.warning(
+                "source %s: %d record(s) read into epochs before %s, already recorded "
+                "complete (a broker clock went backwards?): answers miss them until the "
+                "next batch publishes",
+                self.source.name,
+                late,
+                recorded,
+            )
+        return late
+
+    def _record_complete(self, batch_id: int) -> None:
+        """Record the epochs complete after micro-batch ``batch_id`` (never fewer than
+        already recorded): those before the oldest epoch among the partitions' newest
+        archived records, every partition of the topic counted (the micro-batch's offsets)."""
+        partitions = planned_offsets(self.settings, self.query, batch_id)
+        if not partitions:
+            return
+        done = complete_before(self.highs, partitions, self.settings.pipeline.epoch_seconds)
+        if done is None or (self.complete is not None and done <= self.complete):
+            return
+        recorded = progress(self.settings, self.source).get(ARCHIVER, {}).get("complete_before")
+        if recorded is not None and done <= int(recorded):
+            self.complete = int(recorded)
+            return
+        record_progress(self.settings, self.source, ARCHIVER, done, active=True)
+        self.complete = done
 
     def _lost(self, batch_id: int, meta: pa.Table) -> int:
         """Records of this micro-batch's offset ranges that Kafka deleted (retention) before
@@ -495,6 +554,7 @@ class SourceBatches:
         saved = read_json(source_report_file(settings, self.query)) or {}
         self.counters = {k: int(saved.get("counters", {}).get(k, 0)) for k in COUNTERS}
         self.last_batch = int(saved.get("batch_id", -1))
+        self.highs = {int(p): int(t) for p, t in saved.get("partition_high_ms", {}).items()}
         log.info(
             "source %s: duplicate index of %d ids (%.1f MB) from the master dataset",
             src.name,
@@ -584,6 +644,8 @@ class SourceBatches:
                 "timings_since_start_s": self.spent,
                 "counters": self.counters,
                 "dedup_index": {"ids": len(self.index), "bytes": self.index.nbytes},
+                "partition_high_ms": {str(p): t for p, t in sorted(self.highs.items())},
+                "complete_before": self.complete,
                 "cells": {
                     v: {"reads": c.reads, "writes": c.writes, "cached": len(c.cache)}
                     for v, c in self.cells.items()

@@ -26,7 +26,8 @@ from pyspark.sql.streaming.query import StreamingQuery
 from engine.kafka import kafka_records, parse_records
 from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
-from lamina.master import record_progress
+from lamina.files import read_json
+from lamina.master import progress, record_progress
 from lamina.process import STOP_REQUESTED
 from lamina.settings import Settings
 from lamina.streams import (
@@ -42,19 +43,22 @@ from lamina.streams import (
     release_locks,
     require_broker_timestamps,
     source_query,
+    source_report_file,
     write_status,
 )
 from lamina.views import Source, ViewCatalog
 from serving.cassandra import close_shared
 from serving.store import open_store
+from speed.completeness import EpochMarker
 from speed.microbatch import FAILURES, SourceBatches
 from speed.realtime import wait_out_outage
 
 log = logging.getLogger(__name__)
 
 CLOCK_SKEW_S = 5.0
-"""Allowance between broker clocks (which stamp records) and the driver's clock (which stamps
-progress): an epoch counts as complete only once it ended this long before the trigger."""
+"""With ``pipeline.epoch_marks`` off only: the allowance between broker clocks (which stamp
+records) and the driver's clock (which stamps progress): an epoch counts as complete once it
+ended this long before the job was caught up."""
 
 
 def checkpoint(settings: Settings, name: str) -> str:
@@ -73,12 +77,22 @@ def _offsets(text: str | None) -> dict[str, Any]:
 
 class ProgressRecorder(StreamingQueryListener):
     """Writes each query's latest progress next to its checkpoint (for ``stream status``
-    and tests) and the epochs the master dataset now holds whole."""
+    and tests); when a source job has read everything its topic held, appends epoch marks
+    to the partitions without a record of the current epoch (:mod:`speed.completeness`;
+    the micro-batches record which epochs are complete)."""
 
     def __init__(self, settings: Settings, archivers: dict[str, Source]) -> None:
         self.settings = settings
         self.archivers = archivers
         self.names: dict[str, str] = {}
+        self.marker = EpochMarker(settings)
+        self.ids: set[str] | None = None
+        """The ids of the queries this recorder is for, once started (``None``: any query;
+        a session's listeners see every query's events, and an earlier run's recorder
+        must not act on a later run of a query of the same name)."""
+
+    def _mine(self, query_id: Any) -> bool:
+        return self.ids is None or str(query_id) in self.ids
 
     def onQueryStarted(self, event: Any) -> None:
         self.names[str(event.id)] = event.name
@@ -86,32 +100,47 @@ class ProgressRecorder(StreamingQueryListener):
     def onQueryIdle(self, event: Any) -> None:
         # Idle = nothing new in Kafka: every record appended before now is archived, and
         # the query is alive (its status says so: rates 0, reported now).
+        if not self._mine(event.id):
+            return
         try:
             name = self.names.get(str(event.id), "")
             last = read_status(self.settings, name)
             if last is not None:
                 last.update(input_rows_per_s=0.0, processed_rows_per_s=0.0, written_at=time.time())
                 write_status(self.settings, name, last)
-            self._archived_until(name, event.timestamp)
+            self._caught_up(name, event.timestamp)
         except Exception:
             log.exception("could not record idle progress")
 
-    def _archived_until(self, query: str, timestamp: str) -> None:
-        """If ``query`` is a source job that was caught up at ``timestamp`` (ISO-8601, UTC):
-        every record the broker appended before then is archived, so every epoch that ended
-        before then (less the clock-skew allowance) is complete."""
+    def _caught_up(self, query: str, timestamp: str) -> None:
+        """``query`` had read every record of its topic at ``timestamp`` (ISO-8601, UTC)."""
         source = self.archivers.get(query)
         if source is None:
             return
+        if not self.settings.pipeline.epoch_marks:
+            self._archived_until(source, timestamp)
+            return
+        report = read_json(source_report_file(self.settings, query)) or {}
+        highs = {int(p): int(t) for p, t in report.get("partition_high_ms", {}).items()}
+        self.marker.mark_idle_soon(source, highs)
+
+    def _archived_until(self, source: Source, timestamp: str) -> None:
+        """The clock rule (``pipeline.epoch_marks`` off): every record the broker appended
+        before ``timestamp`` is archived, so every epoch that ended before then (less the
+        clock-skew allowance) is complete."""
         until = datetime.fromisoformat(timestamp).timestamp() - CLOCK_SKEW_S
         complete = ingest_epoch(int(until * 1000), self.settings.pipeline.epoch_seconds)
-        record_progress(self.settings, source, ARCHIVER, complete, active=True)
+        recorded = progress(self.settings, source).get(ARCHIVER, {}).get("complete_before")
+        if recorded is None or complete > int(recorded):  # never back
+            record_progress(self.settings, source, ARCHIVER, complete, active=True)
 
     def onQueryTerminated(self, event: Any) -> None:
         pass
 
     def onQueryProgress(self, event: Any) -> None:
         p = event.progress
+        if not self._mine(p.id):
+            return
         try:
             src = p.sources[0]
             end, latest = _offsets(src.endOffset), _offsets(src.latestOffset)
@@ -129,7 +158,7 @@ class ProgressRecorder(StreamingQueryListener):
             }
             write_status(self.settings, p.name, status)
             if end and end == latest:
-                self._archived_until(p.name, p.timestamp)
+                self._caught_up(p.name, p.timestamp)
         except Exception:  # a listener must never kill the stream
             log.exception("could not record progress of %s", p.name)
 
@@ -214,8 +243,11 @@ def start_all(
     wait_out_outage(ensure_tables, settings.cassandra.outage_retry_s, "the real-time tables")
     sources = {src.name: src for names in queries_of.values() for src in names.values()}
     archived = {source_query(src): src for src in sources.values()}
-    spark.streams.addListener(ProgressRecorder(settings, archived))
-    return [start_source(spark, settings, catalog, src, trigger_s) for src in sources.values()]
+    recorder = ProgressRecorder(settings, archived)
+    spark.streams.addListener(recorder)
+    started = [start_source(spark, settings, catalog, src, trigger_s) for src in sources.values()]
+    recorder.ids = {str(q.id) for q in started}
+    return started
 
 
 def stop_gracefully(query: StreamingQuery, timeout_s: float) -> None:

@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from lamina.master import archive_dir, archive_prefix
 from lamina.settings import Settings, environment, load_settings
-from lamina.streams import checkpoint_path
+from lamina.streams import EPOCH_MARK_KEY, checkpoint_path
 from lamina.views import load_views
 from serving.api import create_app
 from serving.cassandra import session
@@ -83,9 +83,10 @@ def end_offsets(settings: Settings, topic: str) -> dict[str, int]:
         c.close()
 
 
-def topic_records(settings: Settings, topic: str) -> list[Any]:
+def topic_records(settings: Settings, topic: str, *, marks: bool = False) -> list[Any]:
     """Every record of ``topic`` up to its current end offsets, in offset order per partition
-    (kafka-python ``ConsumerRecord``s: ``partition``, ``offset``, ``timestamp``, ``value``)."""
+    (kafka-python ``ConsumerRecord``s: ``partition``, ``offset``, ``timestamp``, ``value``),
+    without the source jobs' epoch marks unless ``marks``."""
     c = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
@@ -97,7 +98,9 @@ def topic_records(settings: Settings, topic: str) -> list[Any]:
         while any(c.position(tp) < ends[tp] for tp in tps):
             assert time.monotonic() < deadline, f"could not read {topic} up to {ends}"
             for tp, records in c.poll(timeout_ms=1000).items():
-                out[tp.partition] += [r for r in records if r.offset < ends[tp]]
+                out[tp.partition] += [
+                    r for r in records if r.offset < ends[tp] and (marks or r.key != EPOCH_MARK_KEY)
+                ]
         return [r for p in sorted(out) for r in out[p]]
     finally:
         c.close()

@@ -42,7 +42,6 @@ from lamina.streams import (
 from lamina.views import load_views
 from serving.store import open_store
 from speed.deadletters import read_deadletters
-from speed.queries import CLOCK_SKEW_S
 from tests import truth
 from tests.conftest import ROOT
 from tests.integration.streams import (
@@ -151,9 +150,9 @@ def wait_complete(
     settings: Settings, sources: dict[str, Any], after: dict[str, int], proc: StreamProcess
 ) -> dict[str, int]:
     """Until the master dataset holds every epoch ``<= after[view]`` complete (the cutoff a
-    batch may take is past it); returns those cutoffs. The first moment it can hold is
-    computed from the clock: the epoch's end plus the archiver's clock-skew allowance."""
-    earliest = max(after.values()) + EPOCH_S + CLOCK_SKEW_S
+    batch may take is past it); returns those cutoffs. It cannot hold before the epoch's
+    end (a record stamped after it, or an epoch mark, must be archived first)."""
+    earliest = max(after.values()) + EPOCH_S
     time.sleep(max(0.0, earliest - time.time()))
     deadline = time.monotonic() + 120
     while True:

@@ -143,7 +143,7 @@ def test_a_job_started_after_an_import_drops_re_sends_of_imported_events(
 
     from batch.recompute import run_batch
     from lamina.events import parse_event
-    from lamina.master import arrow_schema, record_progress, write_epoch
+    from lamina.master import arrow_schema, complete_cutoff, record_progress, write_epoch
     from lamina.schema import EVENT_TIME
     from lamina.streams import read_source_report
 
@@ -168,7 +168,18 @@ def test_a_job_started_after_an_import_drops_re_sends_of_imported_events(
     write_epoch(settings, source, epoch, pa.table(cols, schema=arrow_schema(source)), "import")
     record_progress(settings, source, "import", epoch + EPOCH_S, active=False)
     produce(settings, source.topic, g.raw)  # every record again, through Kafka
-    drain(spark, settings, catalog, source)
+    [query] = start_all(spark, settings, catalog, [source.name])
+    release_locks()
+    try:
+        query.processAllAvailable()
+        # The Kafka copies' epochs complete once each partition has a later record (the
+        # job's epoch marks): then a batch may cut past the import's epoch.
+        deadline = time.monotonic() + 90
+        while (complete_cutoff(settings, source) or 0) <= epoch:
+            assert time.monotonic() < deadline, "the copies' epochs never completed"
+            time.sleep(0.2)
+    finally:
+        query.stop()
     report = read_source_report(settings, source_query(source)) or {}
     counters = report.get("counters", {})
     assert counters.get("archived") == len(rows) + (len(g.raw) - len(dict.fromkeys(g.raw))), (
