@@ -29,7 +29,14 @@ import pyarrow.parquet as pq
 
 from lamina.errors import ConfigError
 from lamina.events import Rejection, parse_event
-from lamina.master import ImportStaging, arrow_schema, deadletter_dir, sweep_staging
+from lamina.master import (
+    ImportStaging,
+    arrow_schema,
+    deadletter_dir,
+    epoch_dirs,
+    imports_dir,
+    sweep_staging,
+)
 from lamina.schema import EVENT_TIME, ORIGIN
 from lamina.settings import Settings
 from lamina.views import Source
@@ -129,6 +136,30 @@ def _dead_text(raw: Any) -> str:
     return text.rstrip("\n")
 
 
+DEADLETTERS_STAGED = "_deadletters.jsonl"
+"""An import's dead letters, next to its chunks until they move to :func:`deadletter_dir`."""
+
+
+def _move_deadletters(settings: Settings, source: Source, committed: Path) -> Path:
+    """Move a committed import's dead letters (``committed`` is its directory) to the
+    source's dead-letter directory, as ``<writer>.jsonl``; returns where they are."""
+    dl_dir = deadletter_dir(settings, source)
+    dl_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = dl_dir / f"{committed.name}.jsonl"
+    os.replace(committed / DEADLETTERS_STAGED, target)
+    return target
+
+
+def recover_deadletters(settings: Settings, source: Source) -> list[Path]:
+    """Move the dead letters that committed imports left in their directory (killed between
+    their commit and that move) to the dead-letter directory; returns their new paths."""
+    moved = []
+    for d in epoch_dirs(imports_dir(settings, source)).values():
+        for left in sorted(d.glob(f"*/{DEADLETTERS_STAGED}")):
+            moved.append(_move_deadletters(settings, source, left.parent))
+    return moved
+
+
 def import_files(
     settings: Settings,
     source: Source,
@@ -151,12 +182,14 @@ def import_files(
     swept = sweep_staging(settings, source)
     if swept:
         log.info("removed the staged files of imports that did not finish: %s", swept)
+    for path in recover_deadletters(settings, source):
+        log.warning("dead letters of an earlier import, left behind when it was stopped: %s", path)
     writer = f"import-{uuid.uuid4().hex[:8]}"
     report = ImportReport()
     schema = arrow_schema(source)
     buf: dict[str, list[Any]] = {n: [] for n in schema.names}
     with ImportStaging(settings, source, writer) as staged:
-        dl_staged = staged.dir / "_deadletters.jsonl"
+        dl_staged = staged.dir / DEADLETTERS_STAGED
         dl_file = None
 
         def flush() -> None:
@@ -210,12 +243,10 @@ def import_files(
             inputs=report.files, rejected=report.rejected, deadletters=dl_file is not None
         )
         if dl_file is not None:
-            # After the commit: a kill in between leaves them in the import's directory.
-            dl_dir = deadletter_dir(settings, source)
-            dl_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # After the commit: a kill in between leaves them in the import's directory,
+            # where the next import finds and moves them (recover_deadletters).
             assert staged.committed is not None
-            report.deadletters = dl_dir / f"{writer}.jsonl"
-            os.replace(staged.committed / dl_staged.name, report.deadletters)
+            report.deadletters = _move_deadletters(settings, source, staged.committed)
     log.info(
         "import into %s: %d accepted, %d rejected (epoch %d)",
         source.name,

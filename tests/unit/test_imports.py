@@ -255,3 +255,24 @@ def test_reading_the_cutoff_writes_nothing(settings: Settings, tmp_path: Path) -
     assert report.epoch >= 1000 and lock.exists()
     assert complete_cutoff(settings, PV) == 1000
     assert sweep_staging(settings, PV) == []  # the import swept the dead one itself
+
+
+def test_dead_letters_left_by_a_killed_import_move_at_the_next_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Killed between its commit and moving its dead letters, an import leaves them in its
+    directory: the next import moves them where dead letters are, nothing lost."""
+    from batch.imports import DEADLETTERS_STAGED
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(HEAD % b"one" + b"}\n" + b"{oops\n")
+    first = import_files(settings, PV, [path])
+    assert first.deadletters is not None
+    # As a kill right after the commit leaves it: the letters still in the import's directory.
+    [committed] = [d for d in imports_dir(settings, PV).glob("ingest_epoch=*/*") if d.is_dir()]
+    first.deadletters.rename(committed / DEADLETTERS_STAGED)
+    path.write_bytes(HEAD % b"two" + b"}\n")
+    import_files(settings, PV, [path])
+    assert not list(imports_dir(settings, PV).rglob(DEADLETTERS_STAGED))
+    [letter] = _letters(first.deadletters)
+    assert (letter["raw"], letter["line"]) == ("{oops", 2) and letter["reason"]
