@@ -11,7 +11,9 @@ quotes, a backslash and non-ASCII letters, which the broker's JAAS configuration
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -93,14 +95,29 @@ def secured(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
             ),
         }
     )
-    # Validated as a real settings file would be (model_copy skips validation).
-    s = Settings(**json.loads(json.dumps(_record(s))))
+    # Validated as a real settings file would be (model_copy skips validation), without the
+    # caller's LAMINA_* variables: they win over a settings file, and pointed at the session
+    # stack (`make test` under a private LAMINA_STACK__STATE_DIR), this stack's teardown
+    # stopped it.
+    with _without_lamina_env():
+        s = Settings(**json.loads(json.dumps(_record(s))))
     stack = Stack(s)
     try:
         stack.up(progress=print)
         yield s
     finally:
         stack.down(progress=print)
+
+
+@contextlib.contextmanager
+def _without_lamina_env() -> Iterator[None]:
+    saved = {k: v for k, v in os.environ.items() if k.startswith("LAMINA_")}
+    for k in saved:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _record(s: Settings) -> dict[str, Any]:
