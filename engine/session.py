@@ -48,6 +48,9 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
         )
         .config("spark.sql.streaming.forceDeleteTempCheckpointLocation", "true")
+        # An idle source job reports every second (default 10 s): its epoch marks, hence
+        # epoch completeness, follow an epoch's end by about that (speed.completeness).
+        .config("spark.sql.streaming.noDataProgressEventInterval", "1000")
     )
     connector = spark_connector_jars(settings.stack.cache_dir)
     builder = builder.config("spark.jars", ",".join(str(j) for j in connector))

@@ -123,6 +123,26 @@ def contributions(store: Any, view: Any, key: str, b0: int, b1: int) -> list[dic
     return rows
 
 
+def wait_complete(settings: Settings, catalog: Any, epoch: int, timeout_s: float = 180) -> None:
+    """Until the master dataset of every source a view reads is complete past ``epoch``
+    (its source job records it once each partition has a later record or epoch mark)."""
+    from lamina.errors import LaminaError
+    from lamina.master import complete_cutoff
+
+    sources = {v.source.name: v.source for v in catalog.views.values()}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = [n for n, s in sources.items() if (complete_cutoff(settings, s) or 0) <= epoch]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise LaminaError(
+                f"sources {pending} were not complete past epoch {epoch} after {timeout_s:.0f} s",
+                hint="see `lamina stream status` and the job logs",
+            )
+        time.sleep(0.5)
+
+
 def run_demo(
     settings: Settings, *, events: int, stop: bool, progress: Callable[[str], None]
 ) -> int:
@@ -133,11 +153,13 @@ def run_demo(
 
     from batch.recompute import run_batch
     from engine.session import spark_session
+    from lamina.buckets import ingest_epoch
     from lamina.context import load_catalog
     from lamina.stack.manager import Stack
     from serving.store import open_store
     from speed.queries import start_all
 
+    es = settings.pipeline.epoch_seconds
     console = Console()
     stack = Stack(settings)
     stack.up(progress=progress)
@@ -175,11 +197,8 @@ def run_demo(
                     q.processAllAvailable()
             progress(f"source jobs caught up in {time.monotonic() - t0:.1f}s")
             if phase == "history":
-                wait = settings.pipeline.epoch_seconds + 2
-                with console.status(f"letting the current ingest epoch close ({wait}s) ..."):
-                    time.sleep(wait)
-                    for q in queries:
-                        q.processAllAvailable()
+                with console.status("letting the current ingest epoch close ..."):
+                    wait_complete(settings, catalog, ingest_epoch(int(time.time() * 1000), es))
                 for r in run_batch(spark, settings, catalog, progress=progress):
                     progress(
                         f"batch {r.view}: v{r.version} published, cutoff "
