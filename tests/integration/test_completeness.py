@@ -181,3 +181,48 @@ def test_an_open_transaction_holds_its_epoch_and_an_aborted_one_never_counts(
     assert held_id in ids.get(epoch, set()), f"the committed record is not in epoch {epoch}"
     everything = set().union(*ids.values())
     assert json.loads(aborted)["event_id"] not in everything, "an aborted record was archived"
+
+
+def test_with_marks_off_a_record_past_the_clock_allowance_is_counted(
+    stack: Settings, tmp_path: Path, spark: Any
+) -> None:
+    """``pipeline.epoch_marks = false`` falls back to the clock rule, which a transaction
+    committed after the allowance defeats: the record is archived in its (already complete)
+    epoch, and counted as ``past_complete`` rather than passing unnoticed."""
+    env = private_env(tmp_path, "cmpoff", EPOCH_S) | {"LAMINA_PIPELINE__EPOCH_MARKS": "false"}
+    with settings_under(env) as settings:
+        pass
+    try:
+        catalog, source = ready_source(settings)
+        [query] = start_all(spark, settings, catalog, [source.name])
+        release_locks()
+        tx = KafkaProducer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            transactional_id=f"lamina-test-{uuid.uuid4().hex[:8]}",
+        )
+        try:
+            tx.init_transactions()
+            tx.begin_transaction()
+            held = event()
+            stamp = int(tx.send(source.topic, value=held, partition=0).get(30).timestamp)
+            epoch = ingest_epoch(stamp, EPOCH_S)
+            wait_for(
+                f"epoch {epoch} complete by the clock",
+                lambda: (complete_cutoff(settings, source) or 0) > epoch,
+            )
+            tx.commit_transaction()
+            report_file = source_report_file(settings, source_query(source))
+
+            def counted() -> int:
+                report = read_json(report_file) or {}
+                return int(report.get("counters", {}).get("past_complete", 0))
+
+            assert wait_for("the late record counted", counted) == 1
+        finally:
+            tx.close()
+            query.stop()
+        records = topic_records(settings, source.topic, marks=True)
+        assert all(r.key != EPOCH_MARK_KEY for r in records), "marks written, marks off"
+        assert json.loads(held)["event_id"] in archived_ids(settings, source)[epoch]
+    finally:
+        drop_private_world(settings)
