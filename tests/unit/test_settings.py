@@ -13,6 +13,16 @@ from lamina.settings import default_config_path, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _no_lamina_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read settings files: the caller's ``LAMINA_*`` variables (a private
+    stack's ports, say) would win over them."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("LAMINA_")]:
+        monkeypatch.delenv(key)
+
+
 def test_repo_config_loads() -> None:
     s = load_settings(ROOT / "conf" / "lamina.toml")
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
