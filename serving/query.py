@@ -81,7 +81,13 @@ class QueryService:
     def describe(self, name: str) -> dict[str, Any]:
         view = self.catalog.view(name)
         pub = self.store.published(view)
+        rec = self.store.realtime_record(view)
         age = 0.0 if pub is None else pub.cutoff_age_s(time.time())
+        try:
+            check_answerable(view, pub, rec)
+            not_ready = None
+        except ViewNotReadyError as exc:
+            not_ready = {"error": exc.message, "hint": exc.hint}
         return {
             "view": view.name,
             "source": view.source.name,
@@ -106,6 +112,14 @@ class QueryService:
                 "stale": age > view.max_staleness_s,
                 "definition_matches": pub.definition_hash == view.definition_hash,
             },
+            "realtime": None
+            if rec is None
+            else {
+                "state": rec.state,
+                "definition_matches": rec.definition_hash == view.definition_hash,
+                "covers_from": rec.covers_from,
+            },
+            "not_ready": not_ready,
         }
 
     def resolve_range(

@@ -30,7 +30,7 @@ from serving.schema import realtime_table
 from serving.store import open_store
 from speed.queries import start_source
 from tests import truth
-from tests.conftest import ROOT, isolated
+from tests.conftest import ROOT, isolated, run_lamina
 from tests.integration.answers import answers, assert_exact
 from tests.integration.conftest import drop_keyspace
 from tests.integration.streams import drop_private_world, private_env, produce, settings_under
@@ -101,8 +101,10 @@ def assert_not_ready(settings: Settings, catalog: ViewCatalog, keys: list[str], 
     assert err.value.http_status == 503 and err.value.hint
     with TestClient(create_app(settings, catalog), base_url="http://127.0.0.1") as client:
         r = client.get(f"/views/{VIEW}/query", params={"key": keys[0]})
+        described = client.get(f"/views/{VIEW}").json()
     assert r.status_code == 503, r.text
     assert why.split(" ")[0] in r.json()["error"] and r.json()["hint"], r.json()
+    assert described["not_ready"] == r.json(), described
 
 
 @pytest.mark.parametrize("change", ["bucket", "aggregation"])
@@ -210,6 +212,20 @@ def test_older_tables_are_adopted_or_rebuilt_never_misread(
             with pytest.raises(LaminaError, match="another definition") as err:
                 answers(settings, rekeyed, "web_pageviews", ["v1"])
             assert err.value.http_status == 503
+            # The CLI: one clear line with the way out, exit status 1.
+            views = tmp_path / "rekeyed.toml"
+            text = (ROOT / "conf" / "views.toml").read_text()
+            views.write_text(text.replace('keys = ["url"]', 'keys = ["visitor"]'))
+            env = {
+                "LAMINA_CONFIG": str(ROOT / "conf" / "lamina.toml"),
+                "LAMINA_CASSANDRA__KEYSPACE": settings.cassandra.keyspace,
+                "LAMINA_PIPELINE__VIEWS_FILE": str(views),
+                "LAMINA_PIPELINE__MASTER_DIR": str(tmp_path / "master"),
+            }
+            cli = run_lamina(env, "query", "web_pageviews", "v1")
+            assert cli.returncode == 1, cli
+            assert "another definition" in cli.stderr and "restart the source job" in cli.stderr
+            assert "Traceback" not in cli.stderr
             rec = store.follow_definition(pv, first_batch=7, covers_from=1200)
             assert (rec.state, rec.definition_hash) == ("ready", pv.definition_hash)
             assert (rec.covers_from, rec.job_batch) == (1200, 7)
