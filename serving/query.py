@@ -110,7 +110,7 @@ class QueryService:
                 "published_at": _iso(pub.published_at),
                 "cutoff_age_s": round(age, 1),
                 "stale": age > view.max_staleness_s,
-                "definition_matches": pub.definition_hash == view.definition_hash,
+                "definition_matches": view.built_under(pub.definition_hash),
             },
             "realtime": None
             if rec is None

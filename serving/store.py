@@ -147,7 +147,7 @@ def check_answerable(view: View, pub: Published | None, rec: RealtimeTable | Non
         f"restart the source job of source {src!r} (`lamina stream restart` or `lamina stream "
         "run`) with the current view definitions: it rebuilds the table when it starts"
     )
-    if pub is not None and pub.definition_hash and pub.definition_hash != view.definition_hash:
+    if pub is not None and not view.built_under(pub.definition_hash):
         raise ViewNotReadyError(
             f"view {name!r}: its published batch version {pub.version} was built under "
             f"another definition ({pub.definition_hash}; now {view.definition_hash})",

@@ -40,6 +40,7 @@ def rec(
         (pub(), rec(), True),
         (None, rec(), True),  # nothing published yet: real-time rows alone
         (pub(definition_hash=""), rec(), True),  # a version of a Lamina before the hashes
+        (pub(VIEW.legacy_definition_hash), rec(), True),  # ... that hashed the topic too
         (pub(cutoff=7200), rec(covers_from=7200), True),  # the batch reaches the rebuild
         (pub(), rec("empty"), True),  # created by serving, no job wrote it
         (pub(), rec("empty", OLD_HASH), False),  # ... under another definition: no rows
