@@ -402,8 +402,9 @@ class Store:
     ) -> RealtimeTable:
         """Called by ``view``'s source job when it starts (before its first micro-batch
         writes anything): keep the real-time table when it is recorded ``ready`` under the
-        current definition; otherwise (another definition, a rebuild that did not finish, a
-        table no source job wrote, an unrecorded table that does not fit) rebuild it: record
+        current definition and exists; otherwise (another definition, a rebuild that did not
+        finish, a table no source job wrote, an unrecorded table that does not fit, a table
+        dropped by hand) rebuild it: record
         ``rebuilding``, drop it, create it under the current definition, record ``ready``
         with ``covers_from`` and ``job_batch = first_batch``. Returns the record.
 
@@ -414,11 +415,13 @@ class Store:
         (:func:`check_answerable`). Running it again after a failure is safe.
         """
         rec = self.realtime_record(view)
-        if rec is not None and rec.state == "ready" and rec.definition_hash == view.definition_hash:
+        exists = self._realtime_columns(view) != {}
+        current = rec is not None and rec.definition_hash == view.definition_hash
+        if current and rec is not None and rec.state == "ready" and exists:
             return rec
         table = realtime_table(view)
-        if rec is None and self._realtime_columns(view) == {}:
-            why = "it has none"
+        if not exists:
+            why = "it has none (dropped by hand?)" if rec is not None else "it has none"
         elif rec is None:
             why = "its table was made for another definition"
         elif rec.state == "empty":

@@ -240,5 +240,10 @@ def test_older_tables_are_adopted_or_rebuilt_never_misread(
                 answers(settings, rekeyed, "web_pageviews", ["v1"])
             # The same definition again: the table is kept.
             assert store.follow_definition(pv, first_batch=9, covers_from=None) == rec
+            # A table dropped by hand (as the hint of an older Lamina said) is rebuilt.
+            store.session.execute(f"DROP TABLE {store.ks}.{realtime_table(pv)}", timeout=120)
+            again = store.follow_definition(pv, first_batch=9, covers_from=1500)
+            assert (again.state, again.covers_from, again.job_batch) == ("ready", 1500, 9)
+            assert _columns(store, realtime_table(pv))
     finally:
         drop_keyspace(settings)
