@@ -398,6 +398,14 @@ def run_view(
         f"{view.name} v{built.version}: published {built.rows} rows, cutoff {built.cutoff}, "
         f"{t['total_s']:.1f}s"
     )
+    rt = store.realtime_record(view)
+    if rt is not None and rt.covers_from is not None and built.cutoff < rt.covers_from:
+        progress(
+            f"{view.name} v{built.version}: warning: its real-time table was rebuilt by its "
+            f"source job and holds the epochs from {rt.covers_from} ({utc(rt.covers_from)}) on:"
+            " queries answer 503 until a batch reaches it; run the batch again once the source"
+            " has archived that epoch"
+        )
     return BatchResult(
         view.name, built.version, built.cutoff, built.rows, int(t["events"]), dict(t), pub
     )

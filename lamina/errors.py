@@ -79,6 +79,17 @@ class StoreUnavailableError(LaminaError, RuntimeError):
     http_status = 503
 
 
+class ViewNotReadyError(LaminaError, RuntimeError):
+    """A view cannot be answered exactly right now: its published batch version or its
+    real-time table was built under another definition, or is being rebuilt (HTTP 503).
+
+    A transition, not a fault of the request: the message names what is missing and the
+    hint the step that ends it (``lamina batch run --view V``, restarting the source job).
+    """
+
+    http_status = 503
+
+
 class ConflictError(LaminaError, RuntimeError):
     """The request collides with something running (e.g. a checkpoint already in use)."""
 

@@ -237,13 +237,43 @@ class View(_Model):
         """Stored ``(column, cql_type)`` of all aggregations, in definition order."""
         return [c for name, m in self.monoids.items() for c in m.columns(name)]
 
+    def _hash(self, exclude: dict[str, Any]) -> str:
+        payload = self.model_dump(mode="json", exclude=exclude)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
     @cached_property
     def definition_hash(self) -> str:
-        """Hash of everything that affects results (recorded with each batch version)."""
-        payload = self.model_dump(
-            mode="json", exclude={"retain_versions", "schedule", "max_staleness_s"}
+        """Hash of everything that decides a batch row's or a real-time cell's content: the
+        view's name, keys (in order: they make the Cassandra key), bucket, filter (in order)
+        and aggregations with their parameters, and its source's name (its master dataset),
+        fields and types (they decide which events are valid), event id and event time with
+        its format. Not: the source's Kafka topic (where new events are read from, not what
+        they count for) nor ``retain_versions``, ``schedule``, ``max_staleness_s``.
+
+        Canonical JSON with sorted keys, SHA-256: the same in every process and release; the
+        order of a table's keys in ``views.toml`` does not matter. Recorded with each batch
+        version and real-time table; queries refuse to merge anything recorded under another
+        (:func:`serving.store.check_answerable`)."""
+        return self._hash(
+            {
+                "retain_versions": True,
+                "schedule": True,
+                "max_staleness_s": True,
+                "source": {"topic"},
+            }
         )
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @cached_property
+    def legacy_definition_hash(self) -> str:
+        """:attr:`definition_hash` as Lamina computed it before issue #12 (with the source's
+        topic): batch versions built then recorded it."""
+        return self._hash({"retain_versions": True, "schedule": True, "max_staleness_s": True})
+
+    def built_under(self, recorded: str) -> bool:
+        """Whether something recorded with definition hash ``recorded`` was built under this
+        definition: the current hash, the hash an older Lamina recorded for it, or none
+        (versions of a Lamina that recorded no hash count as matching: the upgrade path)."""
+        return recorded in ("", self.definition_hash, self.legacy_definition_hash)
 
     def accepts(self, event: dict[str, Any]) -> bool:
         """The view's filter on one parsed event."""

@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lamina.buckets import Bucket
-from lamina.errors import ConfigError, NotFoundError, QueryError
+from lamina.errors import ConfigError, NotFoundError, QueryError, ViewNotReadyError
 from lamina.events import parse_text
 from lamina.settings import Settings
 from lamina.views import View, ViewCatalog
 from serving.merge import merge, present, rollup
-from serving.store import Published, Store
+from serving.store import Published, Store, check_answerable
 
 
 def parse_time(value: str | float | int | None, name: str) -> float | None:
@@ -81,7 +81,13 @@ class QueryService:
     def describe(self, name: str) -> dict[str, Any]:
         view = self.catalog.view(name)
         pub = self.store.published(view)
+        rec = self.store.realtime_record(view)
         age = 0.0 if pub is None else pub.cutoff_age_s(time.time())
+        try:
+            check_answerable(view, pub, rec)
+            not_ready = None
+        except ViewNotReadyError as exc:
+            not_ready = {"error": exc.message, "hint": exc.hint}
         return {
             "view": view.name,
             "source": view.source.name,
@@ -104,8 +110,16 @@ class QueryService:
                 "published_at": _iso(pub.published_at),
                 "cutoff_age_s": round(age, 1),
                 "stale": age > view.max_staleness_s,
-                "definition_matches": pub.definition_hash == view.definition_hash,
+                "definition_matches": view.built_under(pub.definition_hash),
             },
+            "realtime": None
+            if rec is None
+            else {
+                "state": rec.state,
+                "definition_matches": rec.definition_hash == view.definition_hash,
+                "covers_from": rec.covers_from,
+            },
+            "not_ready": not_ready,
         }
 
     def resolve_range(
@@ -166,6 +180,10 @@ class QueryService:
             raise QueryError(f"q={q} is out of range", hint="use 0 <= q <= 1, e.g. 0.95")
         rng = self.resolve_range(view, start, end, granularity)
         pub: Published | None = self.store.published(view)
+        # Read the real-time table's record before and after the rows: a rebuild that began
+        # in between (it drops the table) is answered as one, never with the rows it left.
+        rec = self.store.realtime_record(view)
+        read_realtime = check_answerable(view, pub, rec)
         cutoff = pub.cutoff if pub else None
         b0, b1 = int(rng.start), int(rng.end)
         answers = []
@@ -179,9 +197,11 @@ class QueryService:
                     for r in self.store.read_batch(view, pub.version, key, b0, b1)
                 ]
             )
-            realtime = [
-                (r[0], r[1], tuple(r[2:])) for r in self.store.read_realtime(view, key, b0, b1)
-            ]
+            realtime = (
+                [(r[0], r[1], tuple(r[2:])) for r in self.store.read_realtime(view, key, b0, b1)]
+                if read_realtime
+                else []
+            )
             merged = merge(view, batch, realtime, cutoff)
             if rng.granularity != view.bucket:
                 merged = rollup(view, merged, rng.granularity)
@@ -199,6 +219,12 @@ class QueryService:
                         for b, m in sorted(merged.items())
                     ],
                 }
+            )
+        if self.store.realtime_record(view) != rec:
+            raise ViewNotReadyError(
+                f"view {view.name!r}: its real-time table changed while it was read (its "
+                "source job began rebuilding it)",
+                hint="try again in a moment",
             )
         if all(not a["buckets"] for a in answers) and len(keys) == 1:
             raise NotFoundError(

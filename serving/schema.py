@@ -14,6 +14,13 @@ Tables, all in the configured keyspace (never hand-written per view):
 - ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``, plus
   ``applied_batch``: the last micro-batch of the source job folded into the row (a replayed
   micro-batch skips the rows that already hold it: exactly-once read-modify-write).
+- ``realtime_tables``: per view, the definition its ``rt_<view>`` holds
+  (``definition_hash``), its ``state`` (``empty``: created empty by a process that is not its
+  source job, never written; ``rebuilding``; ``ready``), ``covers_from`` (``null``: every
+  epoch its source job read; else the first epoch it holds whole since its source job
+  rebuilt it, so only a batch at a cutoff at or after it merges exactly) and ``job_batch``
+  (the first micro-batch of the job run that built or adopted it). See
+  :meth:`serving.store.Store.follow_definition`.
 - ``leases``: per view, the build that holds the view (``holder``), a row with a TTL renewed
   while the build runs: one build of a view at a time (:meth:`serving.store.Store.build_lease`).
 - ``reconciliation``: per view and version, the JSON report comparing the version with the
@@ -100,9 +107,13 @@ def insert_cql(view: View, table: str, *, realtime: bool = False) -> str:
 CATALOG_GUARD_COLUMNS = (("previous_version", "int"), ("purged_before", "bigint"))
 """Columns of ``catalog`` added after its first release (older keyspaces get them by ALTER)."""
 
+REALTIME_STATES = ("empty", "rebuilding", "ready")
+"""States of a real-time table in ``realtime_tables`` (see the module docstring)."""
+
 
 def catalog_ddl(keyspace: str) -> list[str]:
-    """The bookkeeping tables: ``catalog``, ``versions``, ``leases``, ``reconciliation``."""
+    """The bookkeeping tables: ``catalog``, ``versions``, ``leases``, ``reconciliation``,
+    ``realtime_tables``."""
     return [
         f"CREATE TABLE IF NOT EXISTS {keyspace}.catalog (view_name text PRIMARY KEY, "
         "version int, cutoff bigint, rows bigint, published_at double, definition_hash text, "
@@ -116,4 +127,7 @@ def catalog_ddl(keyspace: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {keyspace}.reconciliation (view_name text, version int, "
         "report text, created_at double, PRIMARY KEY (view_name, version)) "
         "WITH CLUSTERING ORDER BY (version DESC)",
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.realtime_tables (view_name text PRIMARY KEY, "
+        "definition_hash text, state text, covers_from bigint, job_batch bigint, "
+        "updated_at double)",
     ]

@@ -40,7 +40,7 @@ from cassandra import InvalidRequest
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from lamina.errors import ConfigError, ConflictError, NotFoundError, PublishError
+from lamina.errors import ConflictError, NotFoundError, PublishError, ViewNotReadyError
 from lamina.schema import INGEST_EPOCH
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
@@ -110,6 +110,81 @@ class Version:
     finished_at: float | None
     definition_hash: str
     timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RealtimeTable:
+    """The ``realtime_tables`` row of a view: what its ``rt_<view>`` holds (see
+    :mod:`serving.schema`)."""
+
+    view: str
+    definition_hash: str
+    state: str  # empty | rebuilding | ready
+    covers_from: int | None
+    """``None``: every epoch its source job read; else the first epoch it holds whole."""
+    job_batch: int | None
+    """The first micro-batch of the source job run that rebuilt it (``None``: not rebuilt
+    by a source job of this Lamina)."""
+    updated_at: float
+
+
+def check_answerable(view: View, pub: Published | None, rec: RealtimeTable | None) -> bool:
+    """Raise :class:`ViewNotReadyError` unless a merge of ``pub`` and the real-time table
+    recorded by ``rec`` answers for every valid event of ``view``'s current definition;
+    returns whether the real-time table is to be read (``False``: it holds no rows).
+
+    Refused: a published version built under another definition hash (versions recorded
+    without one, by an older Lamina, count as matching); a real-time table not recorded
+    (made for another definition, not rebuilt yet), being rebuilt, or ``ready`` under another
+    definition; a table rebuilt from epoch ``covers_from`` on while no version at a cutoff at
+    or after it is published. A table recorded ``empty`` (never written by a source job) is
+    read only under its own definition (under another it holds no rows of this one). Pure:
+    no I/O.
+    """
+    name, src = view.name, view.source.name
+    batch_hint = f"run `lamina batch run --view {name}`"
+    job_hint = (
+        f"restart the source job of source {src!r} (`lamina stream restart` or `lamina stream "
+        "run`) with the current view definitions: it rebuilds the table when it starts"
+    )
+    if pub is not None and not view.built_under(pub.definition_hash):
+        raise ViewNotReadyError(
+            f"view {name!r}: its published batch version {pub.version} was built under "
+            f"another definition ({pub.definition_hash}; now {view.definition_hash})",
+            hint=f"{batch_hint}; if the source job was not restarted since the change, "
+            f"{job_hint} first",
+        )
+    if rec is None:
+        raise ViewNotReadyError(
+            f"view {name!r}: its real-time table was made for another definition and no "
+            "source job has rebuilt it yet",
+            hint=f"{job_hint}, then {batch_hint}",
+        )
+    if rec.state == "empty":  # no source job wrote it: rows only of its own definition
+        return rec.definition_hash == view.definition_hash
+    if rec.state == "rebuilding":
+        raise ViewNotReadyError(
+            f"view {name!r}: its real-time table is being rebuilt by the source job of "
+            f"source {src!r}",
+            hint="try again in a moment; if that job is not running, start it",
+        )
+    if rec.definition_hash != view.definition_hash:
+        raise ViewNotReadyError(
+            f"view {name!r}: its real-time table holds another definition "
+            f"({rec.definition_hash}) than this one ({view.definition_hash})",
+            hint=f"{job_hint}, then {batch_hint}; if the job already runs the current "
+            "definitions, this process reads older ones: restart it",
+        )
+    if rec.covers_from is not None and (pub is None or pub.cutoff < rec.covers_from):
+        have = "no version is published" if pub is None else f"the published cutoff is {pub.cutoff}"
+        raise ViewNotReadyError(
+            f"view {name!r}: its real-time table was rebuilt by its source job and holds the "
+            f"epochs from {rec.covers_from} ({utc(rec.covers_from)}) on, but {have}: the "
+            "epochs before it are in no table yet",
+            hint=f"{batch_hint} once the source has archived that epoch whole (the run's "
+            "cutoff must be at or after it)",
+        )
+    return True
 
 
 class BuildLease:
@@ -204,65 +279,173 @@ class Store:
     # -- schema -------------------------------------------------------------------------
 
     def ensure_schema(self, catalog: ViewCatalog) -> None:
-        """Create the keyspace, the catalog tables and every view's real-time table."""
-        s = self.session
-        ensure_keyspace(s, self.settings)
+        """Create the keyspace, the catalog tables and the real-time table of every view
+        that has none (:meth:`_ensure_realtime`). A real-time table made for another
+        definition is left as it is: only its source job rebuilds it
+        (:meth:`follow_definition`), and queries answer :class:`ViewNotReadyError` meanwhile
+        (:func:`check_answerable`)."""
+        ensure_keyspace(self.session, self.settings)
         self._ensure_catalog(force=True)
         for view in catalog.views.values():
-            s.execute(realtime_ddl(view, self.ks))
-            self._follow_definition(view)
+            self._ensure_realtime(view)
 
-    def _follow_definition(self, view: View) -> None:
-        """Bring ``view``'s real-time table (created by an earlier definition) in line with
-        the current one where Cassandra can: a new aggregation's columns are added (its
-        real-time states start with the events read from then on; the next batch, rebuilt
-        from scratch, covers the epochs before). A changed key or a column of another type
-        cannot be altered: :class:`ConfigError` says how to start the table afresh. Sums
-        of longs stored as ``bigint`` by an older Lamina keep working below 2**63 (a warning);
-        a table made before ``applied_batch`` gets it. One read of the table's columns.
-        """
-        table = realtime_table(view)
+    def _realtime_columns(self, view: View) -> dict[str, tuple[str, str]]:
+        """``{column: (kind, cql type)}`` of the view's real-time table (``{}``: none)."""
         rows = self.session.execute(
             "SELECT column_name, kind, type FROM system_schema.columns "
             "WHERE keyspace_name = %s AND table_name = %s",
-            (self.ks, table),
+            (self.ks, realtime_table(view)),
         )
-        found = {r.column_name: (r.kind, r.type) for r in rows}
+        return {r.column_name: (r.kind, r.type) for r in rows}
+
+    def _misfit(self, view: View, found: dict[str, tuple[str, str]]) -> str | None:
+        """Why a real-time table with columns ``found`` cannot hold ``view`` (``None``: it
+        can). A sum of longs stored as ``bigint`` by an older Lamina fits (a warning: it
+        works below 2**63); ``applied_batch`` may be missing (it is added)."""
+        table = realtime_table(view)
         keys = sorted(c for c, (kind, _) in found.items() if kind == "partition_key")
-        fix = (
-            f"stop its source job, DROP TABLE {self.ks}.{table}, start the job again (its "
-            f"real-time part restarts empty) and recompute the view (lamina batch run --view "
-            f"{view.name})"
-        )
         if keys != sorted(view.keys):
-            raise ConfigError(
-                f"view {view.name!r}: its real-time table {table} is keyed by {keys}, the "
-                f"definition now by {sorted(view.keys)}: Cassandra cannot change a table's key",
-                hint=fix,
-            )
-        for column, cql_type in [*view.value_columns, (APPLIED_BATCH, "bigint")]:
+            return f"{table} is keyed by {keys}, the definition by {sorted(view.keys)}"
+        for column, cql_type in view.value_columns:
             if column not in found:
-                log.info("view %s: adding column %s %s to %s", view.name, column, cql_type, table)
-                self._add_column(table, column, cql_type)
-                continue
+                return f"{table} has no column {column}"
             stored = found[column][1]
-            if stored == cql_type:
-                continue
             if (stored, cql_type) == ("bigint", "varint"):
                 log.warning(
                     "view %s: %s.%s is bigint (an older Lamina): sums past 2**63 fail there; "
-                    "to store them whole, %s",
+                    "a rebuild of the table by its source job stores them whole",
                     view.name,
                     table,
                     column,
-                    fix,
                 )
-                continue
-            raise ConfigError(
-                f"view {view.name!r}: column {column} of its real-time table {table} is "
-                f"{stored}, the definition now needs {cql_type}",
-                hint=fix,
+            elif stored != cql_type:
+                return f"column {column} of {table} is {stored}, the definition needs {cql_type}"
+        return None
+
+    def _ensure_realtime(self, view: View) -> None:
+        """Give ``view`` a recorded real-time table when it has no record: a missing table is
+        created (recorded ``empty``: no source job wrote it, so it holds no rows under any
+        definition); a table left by a Lamina before ``realtime_tables`` is adopted as it is
+        when its columns fit the definition (recorded ``ready``: the upgrade path, which
+        assumes the definition did not change with the upgrade), else left unrecorded for its
+        source job to rebuild. Both writes are ``IF NOT EXISTS``: a source job's record wins.
+        """
+        if self.realtime_record(view) is not None:
+            return
+        found = self._realtime_columns(view)
+        if not found:
+            self.session.execute(realtime_ddl(view, self.ks))
+            self._record_realtime(view, "empty", None, None, only_new=True)
+            return
+        misfit = self._misfit(view, found)
+        if misfit is not None:
+            log.warning(
+                "view %s: the real-time table does not fit the definition (%s): its source "
+                "job rebuilds it at its next start; queries answer 503 until then",
+                view.name,
+                misfit,
             )
+            return
+        self._add_column(realtime_table(view), APPLIED_BATCH, "bigint")
+        self._record_realtime(view, "ready", None, None, only_new=True)
+        log.info("view %s: adopted the real-time table of an older Lamina", view.name)
+
+    def realtime_record(self, view: View) -> RealtimeTable | None:
+        """The ``realtime_tables`` row of ``view`` (``None``: not recorded)."""
+        self._ensure_catalog()
+        row = self.session.execute(
+            self.prepare(f"SELECT * FROM {self.ks}.realtime_tables WHERE view_name = ?"),
+            (view.name,),
+        ).one()
+        if row is None:
+            return None
+        return RealtimeTable(
+            row.view_name,
+            row.definition_hash or "",
+            row.state or "",
+            row.covers_from,
+            row.job_batch,
+            row.updated_at or 0.0,
+        )
+
+    def _record_realtime(
+        self,
+        view: View,
+        state: str,
+        covers_from: int | None,
+        job_batch: int | None,
+        *,
+        only_new: bool = False,
+    ) -> None:
+        self.session.execute(
+            self.prepare(
+                f"INSERT INTO {self.ks}.realtime_tables (view_name, definition_hash, state, "
+                "covers_from, job_batch, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                + (" IF NOT EXISTS" if only_new else "")
+            ),
+            (view.name, view.definition_hash, state, covers_from, job_batch, time.time()),
+        )
+
+    def realtime_readable(self, view: View) -> bool:
+        """Whether ``view``'s real-time table holds rows of its current definition that may
+        be read with it (reconciliation, purge): recorded under the current definition
+        hash, and not being rebuilt."""
+        rec = self.realtime_record(view)
+        return (
+            rec is not None
+            and rec.definition_hash == view.definition_hash
+            and rec.state in ("ready", "empty")
+        )
+
+    def follow_definition(
+        self, view: View, *, first_batch: int, covers_from: int | None
+    ) -> RealtimeTable:
+        """Called by ``view``'s source job when it starts (before its first micro-batch
+        writes anything): keep the real-time table when it is recorded ``ready`` under the
+        current definition and exists; otherwise (another definition, a rebuild that did not
+        finish, a table no source job wrote, an unrecorded table that does not fit, a table
+        dropped by hand) rebuild it: record
+        ``rebuilding``, drop it, create it under the current definition, record ``ready``
+        with ``covers_from`` and ``job_batch = first_batch``. Returns the record.
+
+        ``covers_from``: the first epoch that only micro-batches from ``first_batch`` on can
+        hold (``None`` when no earlier micro-batch archived anything): the rebuilt table
+        lacks the events of earlier epochs, so queries answer
+        :class:`ViewNotReadyError` until a batch at a cutoff at or after it is published
+        (:func:`check_answerable`). Running it again after a failure is safe.
+        """
+        rec = self.realtime_record(view)
+        exists = self._realtime_columns(view) != {}
+        current = rec is not None and rec.definition_hash == view.definition_hash
+        if current and rec is not None and rec.state == "ready" and exists:
+            return rec
+        table = realtime_table(view)
+        if not exists:
+            why = "it has none (dropped by hand?)" if rec is not None else "it has none"
+        elif rec is None:
+            why = "its table was made for another definition"
+        elif rec.state == "empty":
+            why = "no source job wrote it yet" + (
+                "" if rec.definition_hash == view.definition_hash else " (another definition)"
+            )
+        elif rec.state == "rebuilding":
+            why = "its rebuild did not finish"
+        else:
+            why = f"its definition changed ({rec.definition_hash} -> {view.definition_hash})"
+        log.warning(
+            "view %s: rebuilding its real-time table %s (%s); it holds the epochs from %s on",
+            view.name,
+            table,
+            why,
+            "the first" if covers_from is None else f"{covers_from} ({utc(covers_from)})",
+        )
+        self._record_realtime(view, "rebuilding", None, first_batch)
+        self.session.execute(f"DROP TABLE IF EXISTS {self.ks}.{table}", timeout=120)
+        self.session.execute(realtime_ddl(view, self.ks), timeout=120)
+        self._record_realtime(view, "ready", covers_from, first_batch)
+        found = self.realtime_record(view)
+        assert found is not None
+        return found
 
     def _ensure_catalog(self, *, force: bool = False) -> None:
         """The bookkeeping tables and the catalog's guard columns (added to a catalog made by
@@ -671,7 +854,11 @@ class Store:
     ) -> Iterator[tuple[Any, ...]]:
         """Every real-time row of epochs ``< before_epoch``: a scan of the whole table, which
         holds only the epochs no purge has removed yet. Rows are ``(*keys, bucket,
-        ingest_epoch[, *value columns])``."""
+        ingest_epoch[, *value columns])``. None while the table is not readable under the
+        current definition (:meth:`realtime_readable`): it holds no rows of it."""
+        if not self.realtime_readable(view):
+            log.info("view %s: real-time table not of the current definition: not read", view.name)
+            return iter(())
         cols = [*view.keys, "bucket", INGEST_EPOCH]
         if values:
             cols += [c for c, _ in view.value_columns]
@@ -684,14 +871,20 @@ class Store:
         self, view: View, before_epoch: int
     ) -> Iterator[tuple[tuple[Any, ...], int, int, tuple[Any, ...]]]:
         """``(key, bucket, ingest_epoch, values)`` of every real-time row of epochs
-        ``< before_epoch``, values in ``view.value_columns`` order (blobs as ``bytes``)."""
+        ``< before_epoch``, values in ``view.value_columns`` order (blobs as ``bytes``).
+        Rows of epochs before the table's ``covers_from`` are left out: a table rebuilt by its
+        source job holds only part of those epochs."""
         n = len(view.keys)
+        rec = self.realtime_record(view)
+        floor = None if rec is None else rec.covers_from
         for r in self._realtime_before(view, before_epoch, values=True):
-            yield r[:n], r[n], r[n + 1], r[n + 2 :]
+            if floor is None or r[n + 1] >= floor:
+                yield r[:n], r[n], r[n + 1], r[n + 2 :]
 
     def purge_realtime(self, view: View, before_epoch: int) -> int:
         """Delete real-time rows of epochs ``< before_epoch`` (covered by every retained
-        batch version). Returns the number of rows deleted."""
+        batch version). Returns the number of rows deleted (none while the table is not of
+        the current definition: its source job drops it whole when it rebuilds it)."""
         where = " AND ".join(f"{k} = ?" for k in view.keys)
         stmt = self.prepare(
             f"DELETE FROM {self.ks}.{realtime_table(view)} WHERE {where} AND bucket = ? "

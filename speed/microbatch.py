@@ -74,6 +74,7 @@ from lamina.streams import (
 )
 from lamina.views import Source, View
 from serving.cassandra import shared_session
+from serving.store import Store
 from speed.completeness import advance, complete_before, newest_stamps
 from speed.dedup import KEPT, LISTED, DedupIndex, Verdict
 from speed.realtime import RealtimeCells, wait_out_outage
@@ -500,7 +501,9 @@ class SourceBatches:
 
     def _start(self, first_batch: int) -> None:
         """Build the duplicate index from the master dataset (archive files of earlier
-        micro-batches, imports, the legacy archive), and the views' writers."""
+        micro-batches, imports, the legacy archive), bring each view's real-time table in
+        line with its definition (:meth:`serving.store.Store.follow_definition`), and make
+        the views' writers."""
         settings, src = self.settings, self.source
         pipeline = settings.pipeline
         archive = epoch_dirs(archive_dir(settings, src))
@@ -526,8 +529,17 @@ class SourceBatches:
             self._seed(index, files, imported, floor)
         self.index = index
 
+        # A real-time table made under another definition is rebuilt, empty, before any
+        # write: it then holds whole the epochs after the last one earlier micro-batches
+        # archived (those are read from Kafka from here on only), and queries wait for a
+        # batch that reaches them (serving.store.check_answerable).
+        covers_from = None if high is None else high + pipeline.epoch_seconds
+
         def connect() -> dict[str, RealtimeCells]:
             session = shared_session(settings.cassandra, settings.cassandra.keyspace)
+            store = Store(session, settings.cassandra)
+            for view in self.views:
+                store.follow_definition(view, first_batch=first_batch, covers_from=covers_from)
             return {
                 view.name: RealtimeCells(
                     session,

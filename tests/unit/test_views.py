@@ -42,6 +42,103 @@ def test_definition_hash_tracks_semantics_only() -> None:
     assert parse_views(doc).view("cloud_metering").definition_hash != a.definition_hash
 
 
+def _hash(doc: dict[str, Any], view: str = "web_pageviews") -> str:
+    return parse_views(doc).view(view).definition_hash
+
+
+PINNED_HASHES = {
+    "cloud_metering": "eb66bd0efded5825",
+    "iot_temperature": "56123b4a8e784035",
+    "web_pageviews": "71220afee9dfafc6",
+}
+"""The example views' hashes: batch versions and real-time tables record them, so a change of
+the hash function itself would make every deployment rebuild (and answer 503 meanwhile)."""
+
+LEGACY_HASHES = {
+    "cloud_metering": "fc02742c294c4a15",
+    "iot_temperature": "dcecba433f1365a2",
+    "web_pageviews": "8f570cc82ebbfcba",
+}
+"""The hashes Lamina recorded with batch versions before issue #12 (with the topic): still
+accepted as the same definition."""
+
+
+def test_definition_hash_is_stable_across_processes() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from lamina.views import load_views; import sys; "
+        "c = load_views(sys.argv[1]); "
+        "print(' '.join(c.view(v).definition_hash + ':' + c.view(v).legacy_definition_hash "
+        "for v in sorted(c.views)))"
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(ROOT / "conf" / "views.toml")],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(runs) == 1
+    hashes = [h.split(":") for h in runs.pop().split()]
+    assert dict(zip(sorted(PINNED_HASHES), (h for h, _ in hashes), strict=True)) == PINNED_HASHES
+    assert dict(zip(sorted(LEGACY_HASHES), (h for _, h in hashes), strict=True)) == LEGACY_HASHES
+    web = parse_views(DOC).view("web_pageviews")
+    assert web.built_under(LEGACY_HASHES["web_pageviews"]) and web.built_under("")
+    assert not web.built_under(LEGACY_HASHES["cloud_metering"])
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (["views", "web_pageviews", "source"], "metering"),
+        (["views", "web_pageviews", "keys"], ["url", "visitor"]),
+        (["views", "web_pageviews", "keys"], ["visitor"]),
+        (["views", "web_pageviews", "bucket"], "15m"),
+        (["views", "web_pageviews", "filter"], [{"field": "status", "op": "<", "value": 500}]),
+        (["views", "web_pageviews", "filter"], []),
+        (["views", "web_pageviews", "aggregations", "slowest"], {"fn": "max", "field": "load_ms"}),
+        (["views", "web_pageviews", "aggregations", "visitors", "lg_k"], 14),
+        (["views", "web_pageviews", "aggregations", "pageviews", "field"], "visitor"),
+        (["sources", "pageviews", "event_time_format"], "epoch_ms"),
+        (["sources", "pageviews", "event_id"], "visitor"),
+        (["sources", "pageviews", "fields", "status"], "double"),
+    ],
+)
+def test_definition_hash_changes_with_what_decides_a_cell(path: list[str], value: Any) -> None:
+    doc = copy.deepcopy(DOC)
+    if path[-1] == "event_time_format":  # epoch_ms needs a numeric time field
+        doc["sources"]["pageviews"]["fields"]["ts"] = "long"
+    if path == ["views", "web_pageviews", "source"]:
+        doc["views"]["web_pageviews"] = {
+            "source": "metering",
+            "keys": ["customer"],
+            "bucket": "hour",
+            "aggregations": {"pageviews": {"fn": "count"}},
+        }
+    node = doc
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    assert _hash(doc) != _hash(DOC)
+
+
+def test_definition_hash_ignores_order_and_operational_settings() -> None:
+    doc = copy.deepcopy(DOC)
+    view = doc["views"]["web_pageviews"]
+    view["aggregations"] = dict(reversed(view["aggregations"].items()))
+    fields = doc["sources"]["pageviews"]["fields"]
+    doc["sources"]["pageviews"]["fields"] = dict(reversed(fields.items()))
+    view["retain_versions"], view["schedule"], view["max_staleness_s"] = 7, "@daily", 60
+    view["bucket"] = "1h"  # the same bucket, spelt otherwise
+    doc["sources"]["pageviews"]["topic"] = "pageviews-v2"  # where events come from, not what
+    assert _hash(doc) == _hash(DOC)
+
+
 def test_unknown_view_is_not_found() -> None:
     with pytest.raises(NotFoundError, match="known views: web_pageviews"):
         parse_views(DOC).view("nope")
