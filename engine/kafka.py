@@ -234,7 +234,10 @@ def parse_records(records: DataFrame, source: Source, epoch_seconds: int) -> Dat
     Epoch marks (:data:`MARK` true) are neither: they carry only their origin, epoch and a
     reason saying what they are, and :func:`valid` and :func:`rejected` leave them out.
     """
-    mark = (F.col("key") == F.lit(EPOCH_MARK_KEY)) & (F.col("value") == F.lit(EPOCH_MARK_VALUE))
+    # Null-safe: a record without key or value (a tombstone) is no mark, never a null here.
+    mark = F.col("key").eqNullSafe(F.lit(EPOCH_MARK_KEY)) & F.col("value").eqNullSafe(
+        F.lit(EPOCH_MARK_VALUE)
+    )
     parsed = parse(records.select("value", mark.alias(MARK), *KAFKA_ORIGIN), source)
     millis = F.floor(F.unix_micros(F.col("timestamp")) / 1000).cast("long")
     return parsed.select(
