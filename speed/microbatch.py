@@ -566,7 +566,11 @@ class SourceBatches:
         saved = read_json(source_report_file(settings, self.query)) or {}
         self.counters = {k: int(saved.get("counters", {}).get(k, 0)) for k in COUNTERS}
         self.last_batch = int(saved.get("batch_id", -1))
-        self.highs = {int(p): int(t) for p, t in saved.get("partition_high_ms", {}).items()}
+        # The highs of this checkpoint's run only (the report of the micro-batch before, or
+        # of this one's interrupted attempt): after a checkpoint reset they would declare
+        # epochs complete that the job is about to read again.
+        if self.last_batch in (first_batch - 1, first_batch):
+            self.highs = {int(p): int(t) for p, t in saved.get("partition_high_ms", {}).items()}
         log.info(
             "source %s: duplicate index of %d ids (%.1f MB) from the master dataset",
             src.name,

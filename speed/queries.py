@@ -87,12 +87,12 @@ class ProgressRecorder(StreamingQueryListener):
         self.names: dict[str, str] = {}
         self.marker = EpochMarker(settings)
         self.ids: set[str] | None = None
-        """The ids of the queries this recorder is for, once started (``None``: any query;
-        a session's listeners see every query's events, and an earlier run's recorder
-        must not act on a later run of a query of the same name)."""
+        """The run ids of the queries this recorder is for, once started (``None``: any
+        query; a session's listeners see every query's events, and an earlier run's
+        recorder must not act on a later run of the same query: same id, new run id)."""
 
-    def _mine(self, query_id: Any) -> bool:
-        return self.ids is None or str(query_id) in self.ids
+    def _mine(self, run_id: Any) -> bool:
+        return self.ids is None or str(run_id) in self.ids
 
     def onQueryStarted(self, event: Any) -> None:
         self.names[str(event.id)] = event.name
@@ -100,7 +100,7 @@ class ProgressRecorder(StreamingQueryListener):
     def onQueryIdle(self, event: Any) -> None:
         # Idle = nothing new in Kafka: every record appended before now is archived, and
         # the query is alive (its status says so: rates 0, reported now).
-        if not self._mine(event.id):
+        if not self._mine(event.runId):
             return
         try:
             name = self.names.get(str(event.id), "")
@@ -139,7 +139,7 @@ class ProgressRecorder(StreamingQueryListener):
 
     def onQueryProgress(self, event: Any) -> None:
         p = event.progress
-        if not self._mine(p.id):
+        if not self._mine(p.runId):
             return
         try:
             src = p.sources[0]
@@ -246,7 +246,7 @@ def start_all(
     recorder = ProgressRecorder(settings, archived)
     spark.streams.addListener(recorder)
     started = [start_source(spark, settings, catalog, src, trigger_s) for src in sources.values()]
-    recorder.ids = {str(q.id) for q in started}
+    recorder.ids = {str(q.runId) for q in started}
     return started
 
 
