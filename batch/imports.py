@@ -32,6 +32,7 @@ from lamina.events import Rejection, parse_event
 from lamina.master import (
     ImportStaging,
     arrow_schema,
+    check_schema,
     deadletter_dir,
     epoch_dirs,
     imports_dir,
@@ -179,6 +180,7 @@ def import_files(
     for p in paths:
         if not p.is_file():
             raise ConfigError(f"cannot import {p}: no such file")
+    check_schema(settings, source)
     swept = sweep_staging(settings, source)
     if swept:
         log.info("removed the staged files of imports that did not finish: %s", swept)

@@ -41,6 +41,7 @@ from engine.translate import aggregate
 from lamina.errors import PublishError
 from lamina.master import (
     archive_dir,
+    check_schema,
     committed_imports,
     complete_cutoff,
     epoch_dirs,
@@ -259,6 +260,7 @@ def build_view(
             )
     t0 = time.monotonic()
     cut = check_cutoff(settings, store, view, cutoff, allow_older_cutoff=True)
+    check_schema(settings, view.source)  # stored events parsed under this definition
     abandoned = store.fail_abandoned(view)  # we hold the lease: no other build is alive
     if abandoned:
         progress(

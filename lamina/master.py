@@ -79,7 +79,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lamina.buckets import ingest_epoch
-from lamina.errors import LaminaError
+from lamina.errors import ConfigError, LaminaError
 from lamina.files import read_json, write_json_atomic
 from lamina.schema import FieldType, master_columns
 from lamina.settings import Settings
@@ -420,6 +420,77 @@ def committed_imports(settings: Settings, source: Source) -> dict[int, list[Path
         if files:
             out[epoch] = files
     return out
+
+
+SCHEMA_FILE = "_schema.json"
+"""The source definition a source's master dataset is written under (:func:`check_schema`)."""
+
+
+def check_schema(settings: Settings, source: Source) -> None:
+    """Refuse to write or read ``source``'s master dataset under a definition (fields, types,
+    event id, event time and format: :attr:`Source.parsing`) other than the one it was
+    written under, recorded in ``<source>/_schema.json``; record it when there is none yet
+    (the first writer, or a master dataset of an older Lamina: taken as written under it).
+
+    Rows are stored parsed: under a changed definition a new field reads as null for every
+    earlier event, events the old one rejected exist only as dead letters, and a changed
+    type or time rule never applies to them, so a batch would publish numbers that are not
+    the aggregation of the events under the new definition. Raises :class:`ConfigError`
+    naming the way out (:func:`accept_schema`, or reverting).
+    """
+    path = source_dir(settings, source) / SCHEMA_FILE
+    found = read_json(path)
+    if found is None:
+        _record_schema(path, source, [])
+        return
+    if found.get("hash") == source.schema_hash:
+        return
+    was, now = found.get("schema", {}), source.parsing
+    changed = sorted(
+        {f"field {f}" for f in set(was.get("fields", {})) ^ set(now["fields"])}
+        | {
+            f"type of {f}"
+            for f in set(was.get("fields", {})) & set(now["fields"])
+            if was["fields"][f] != now["fields"][f]
+        }
+        | {
+            k.replace("_", " ")
+            for k in ("event_id", "event_time", "event_time_format")
+            if was.get(k) != now[k]
+        }
+    )
+    raise ConfigError(
+        f"source {source.name!r}: its definition changed ({', '.join(changed) or 'schema'}) "
+        f"since its master dataset was written ({found.get('hash')} -> {source.schema_hash}): "
+        "the events stored so far were parsed under the old one (a new field is null for "
+        "them, events it rejected are only dead letters, a new type or time rule does not "
+        "apply to them), so views of the new definition cannot be recomputed exactly",
+        hint=f"revert the change, or accept that history keeps its old parse with `lamina master "
+        f"accept-schema {source.name}` (new events are parsed under the new definition), or "
+        "import the history again under a source of a new name",
+    )
+
+
+def accept_schema(settings: Settings, source: Source) -> dict[str, Any]:
+    """Record ``source``'s current definition as the one its master dataset is written
+    under from now on (the events stored so far keep their old parse); returns the record,
+    with the earlier hashes in ``history``."""
+    path = source_dir(settings, source) / SCHEMA_FILE
+    found = read_json(path) or {}
+    history = [*found.get("history", []), *([found["hash"]] if "hash" in found else [])]
+    return _record_schema(path, source, [h for h in history if h != source.schema_hash])
+
+
+def _record_schema(path: Path, source: Source, history: list[str]) -> dict[str, Any]:
+    record = {
+        "hash": source.schema_hash,
+        "schema": source.parsing,
+        "history": history,
+        "recorded_at": time.time(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    return record
 
 
 def write_epoch(

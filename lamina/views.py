@@ -142,6 +142,17 @@ class Source(_Model):
     def _name(cls, v: str) -> str:
         return _ident("source", v)
 
+    @cached_property
+    def parsing(self) -> dict[str, Any]:
+        """What parsing an event of this source depends on (what its master dataset's rows
+        were made by): fields and types, event id, event time and its format."""
+        return self.model_dump(mode="json", exclude={"name", "topic"})
+
+    @cached_property
+    def schema_hash(self) -> str:
+        """Canonical JSON of :attr:`parsing` with sorted keys, SHA-256, 16 hex digits."""
+        return hashlib.sha256(json.dumps(self.parsing, sort_keys=True).encode()).hexdigest()[:16]
+
     @model_validator(mode="after")
     def _check(self) -> Source:
         for f in self.fields:

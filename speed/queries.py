@@ -27,7 +27,7 @@ from engine.kafka import kafka_records, parse_records
 from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
 from lamina.files import read_json
-from lamina.master import progress, record_progress
+from lamina.master import check_schema, progress, record_progress
 from lamina.process import STOP_REQUESTED
 from lamina.settings import Settings
 from lamina.streams import (
@@ -211,6 +211,8 @@ def lock_jobs(
         ],
     )
     require_broker_timestamps(settings, sources.values())
+    for src in sources.values():
+        check_schema(settings, src)  # the archive is written under one definition
     return queries_of
 
 

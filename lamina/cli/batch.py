@@ -37,6 +37,19 @@ def cmd_master_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_master_accept_schema(settings: Settings, args: argparse.Namespace) -> int:
+    from lamina.master import accept_schema
+
+    source = find_source(settings, args.source)
+    record = accept_schema(settings, source)
+    say(
+        f"source {source.name}: its master dataset is written under definition "
+        f"{record['hash']} from now on; events stored before keep their old parse"
+        + (f" (earlier: {', '.join(record['history'])})" if record["history"] else "")
+    )
+    return 0
+
+
 def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
     """Recompute and publish views. Unknown views and cutoffs no build may take (beyond the
     complete cutoff, older than the published one) fail before Spark starts; the build and
@@ -174,6 +187,12 @@ def register(sub: Any) -> None:
         help="events per Parquet file written (memory held per chunk; default 200000)",
     )
     imp.set_defaults(func=cmd_master_import)
+    acc = msub.add_parser(
+        "accept-schema",
+        help="accept a changed source definition: stored events keep their old parse",
+    )
+    acc.add_argument("source", help="source name from the views file")
+    acc.set_defaults(func=cmd_master_accept_schema)
     batch = sub.add_parser("batch", help="batch views: recompute, versions, rollback")
     bsub = batch.add_subparsers(dest="action", required=True, metavar="ACTION")
     run = bsub.add_parser("run", help="recompute views from the master dataset and publish")
