@@ -507,13 +507,27 @@ def write_epoch(
 
 
 def record_progress(
-    settings: Settings, source: Source, writer: str, complete_before: int, *, active: bool
+    settings: Settings,
+    source: Source,
+    writer: str,
+    complete_before: int,
+    *,
+    active: bool,
+    views: list[str] | None = None,
 ) -> None:
-    """Record that ``writer`` has written every event of epochs ``< complete_before``."""
+    """Record that ``writer`` has written every event of epochs ``< complete_before``; a
+    source job also names the ``views`` it keeps (``None``: those recorded before, if any)."""
     path = progress_dir(settings, source) / f"{writer}.json"
-    write_json_atomic(
-        path, {"complete_before": complete_before, "active": active, "updated_at": time.time()}
-    )
+    record: dict[str, Any] = {
+        "complete_before": complete_before,
+        "active": active,
+        "updated_at": time.time(),
+    }
+    if views is None:
+        views = (read_json(path) or {}).get("views")
+    if views is not None:
+        record["views"] = sorted(views)
+    write_json_atomic(path, record)
 
 
 def progress(settings: Settings, source: Source) -> dict[str, dict[str, Any]]:

@@ -13,9 +13,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lamina.buckets import Bucket
-from lamina.errors import ConfigError, NotFoundError, QueryError, ViewNotReadyError
+from lamina.errors import (
+    ConfigError,
+    LaminaError,
+    NotFoundError,
+    QueryError,
+    ViewNotReadyError,
+)
 from lamina.events import parse_text
+from lamina.master import progress
 from lamina.settings import Settings
+from lamina.streams import ARCHIVER
 from lamina.views import View, ViewCatalog
 from serving.merge import merge, present, rollup
 from serving.store import Published, Store, check_answerable
@@ -77,6 +85,7 @@ class QueryService:
         self.store = store
         self.catalog = catalog
         self.settings = settings
+        self._job_views_cache: dict[str, tuple[float, list[str] | None]] = {}
 
     def describe(self, name: str) -> dict[str, Any]:
         view = self.catalog.view(name)
@@ -84,7 +93,7 @@ class QueryService:
         rec = self.store.realtime_record(view)
         age = 0.0 if pub is None else pub.cutoff_age_s(time.time())
         try:
-            check_answerable(view, pub, rec)
+            check_answerable(view, pub, rec, self._job_views(view))
             not_ready = None
         except ViewNotReadyError as exc:
             not_ready = {"error": exc.message, "hint": exc.hint}
@@ -159,6 +168,23 @@ class QueryService:
             )
         return QueryRange(b_start, b_end, gran)
 
+    def _job_views(self, view: View) -> list[str] | None:
+        """The views the source job of ``view``'s source last recorded keeping (its progress
+        file in the master dataset; ``None`` when not recorded or not readable from here),
+        read at most every 2 s per source."""
+        src = view.source
+        now = time.monotonic()
+        hit = self._job_views_cache.get(src.name)
+        if hit is not None and now - hit[0] < 2.0:
+            return hit[1]
+        try:
+            found = progress(self.settings, src).get(ARCHIVER, {}).get("views")
+        except (LaminaError, OSError):
+            found = None
+        views = None if found is None else [str(v) for v in found]
+        self._job_views_cache[src.name] = (now, views)
+        return views
+
     def query(
         self,
         name: str,
@@ -183,7 +209,7 @@ class QueryService:
         # Read the real-time table's record before and after the rows: a rebuild that began
         # in between (it drops the table) is answered as one, never with the rows it left.
         rec = self.store.realtime_record(view)
-        read_realtime = check_answerable(view, pub, rec)
+        read_realtime = check_answerable(view, pub, rec, self._job_views(view))
         cutoff = pub.cutoff if pub else None
         b0, b1 = int(rng.start), int(rng.end)
         answers = []

@@ -128,7 +128,12 @@ class RealtimeTable:
     updated_at: float
 
 
-def check_answerable(view: View, pub: Published | None, rec: RealtimeTable | None) -> bool:
+def check_answerable(
+    view: View,
+    pub: Published | None,
+    rec: RealtimeTable | None,
+    job_views: list[str] | None = None,
+) -> bool:
     """Raise :class:`ViewNotReadyError` unless a merge of ``pub`` and the real-time table
     recorded by ``rec`` answers for every valid event of ``view``'s current definition;
     returns whether the real-time table is to be read (``False``: it holds no rows).
@@ -137,9 +142,10 @@ def check_answerable(view: View, pub: Published | None, rec: RealtimeTable | Non
     without one, by an older Lamina, count as matching); a real-time table not recorded
     (made for another definition, not rebuilt yet), being rebuilt, or ``ready`` under another
     definition; a table rebuilt from epoch ``covers_from`` on while no version at a cutoff at
-    or after it is published. A table recorded ``empty`` (never written by a source job) is
-    read only under its own definition (under another it holds no rows of this one). Pure:
-    no I/O.
+    or after it is published; a table recorded ``empty`` while the source's job keeps other
+    views only (``job_views``, as the job last recorded them; ``None``: unknown), i.e. the
+    view is newer than the job's start. An ``empty`` table is read only under its own
+    definition (under another it holds no rows of this one). Pure: no I/O.
     """
     name, src = view.name, view.source.name
     batch_hint = f"run `lamina batch run --view {name}`"
@@ -158,6 +164,13 @@ def check_answerable(view: View, pub: Published | None, rec: RealtimeTable | Non
         raise ViewNotReadyError(
             f"view {name!r}: its real-time table was made for another definition and no "
             "source job has rebuilt it yet",
+            hint=f"{job_hint}, then {batch_hint}",
+        )
+    if rec.state == "empty" and job_views is not None and name not in job_views:
+        raise ViewNotReadyError(
+            f"view {name!r}: the source job of source {src!r} keeps only "
+            f"{', '.join(job_views) or 'no views'}: it started before this view was defined, "
+            "so the events it reads are in no table of this view",
             hint=f"{job_hint}, then {batch_hint}",
         )
     if rec.state == "empty":  # no source job wrote it: rows only of its own definition

@@ -305,7 +305,8 @@ class SourceBatches:
         if recorded is not None and done <= int(recorded):
             self.complete = int(recorded)
             return
-        record_progress(self.settings, self.source, ARCHIVER, done, active=True)
+        views = [v.name for v in self.views]
+        record_progress(self.settings, self.source, ARCHIVER, done, active=True, views=views)
         self.complete = done
 
     def _lost(self, batch_id: int, meta: pa.Table) -> int:
