@@ -106,7 +106,9 @@ def credentials_refused(exc: BaseException) -> str | None:
     (wrong or missing username/password): the driver reports it as ``AuthenticationFailed``,
     wrapped in ``NoHostAvailable`` when connecting; ``None`` for anything else."""
     if isinstance(exc, NoHostAvailable):
-        causes = list(exc.errors.values())
+        # Per host when connecting; the driver also raises it with a plain list of hosts.
+        errors = exc.errors
+        causes = list(errors.values()) if isinstance(errors, dict) else []
         if causes and all(isinstance(c, AuthenticationFailed) for c in causes):
             text = str(causes[0])
             return text.split("message=", 1)[-1].strip("\"') ") if "message=" in text else text
