@@ -67,7 +67,7 @@ single-partition batches are exempt, but a request stays small: sketches are KBs
 
 
 def row_bytes(values: Sequence[Any]) -> int:
-    """An upper estimate of one row's bound values as Cassandra counts them: blobs and UTF-8
+    """An estimate of one row's serialized values as Cassandra sizes a batch: blobs and UTF-8
     text by length, numbers 8 bytes (varints 16), plus a 4-byte length per value."""
     n = 0
     for v in values:
