@@ -134,15 +134,18 @@ def _client(
     s = shared_session(cass, cass.keyspace)
     stmt = s.prepare(cql)
     start = time.monotonic()
-    done = write_grouped(
-        s,
-        stmt,
-        iter(_ROWS[share[0] : share[1]]),
-        key_len,
-        concurrency,
-        max_rows=max_rows,
-        max_bytes=BATCH_BYTES,
-    )
+    try:
+        done = write_grouped(
+            s,
+            stmt,
+            iter(_ROWS[share[0] : share[1]]),
+            key_len,
+            concurrency,
+            max_rows=max_rows,
+            max_bytes=BATCH_BYTES,
+        )
+    except Exception as exc:  # driver errors do not pickle back to the parent
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
     end = time.monotonic()
     cpu = time.process_time() - t0
     close_shared()
