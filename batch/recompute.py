@@ -3,7 +3,9 @@
 For each view: take the view's build lease (one build of a view at a time), pick the cutoff
 (complete ingest epochs only, never older than the published one), read the master dataset up
 to it, drop duplicate event ids, aggregate through :func:`engine.translate.aggregate`, write a
-new version table with concurrent prepared inserts from the Spark tasks, check it against the
+new version table from the Spark tasks (:func:`write_input`: each task gets whole view keys,
+sorted, and writes a key's rows in unlogged single-partition batches,
+:func:`serving.writer.partition_writer`), check it against the
 master dataset it read and reconcile it with the real-time view on the epochs both cover
 (report stored per version, :mod:`batch.reconcile`), then publish it with one conditional
 catalog write (:meth:`serving.store.Store.publish`), unless its self-check failed. A crash
@@ -179,6 +181,31 @@ def first_copies(events: DataFrame, event_id: str, copies: str | None = None) ->
     )
 
 
+WRITE_TASK_EVENTS = 1_000_000
+"""Deduplicated events aggregated and written per Spark task, about (:func:`write_tasks`)."""
+
+
+def write_tasks(events: int, parallelism: int) -> int:
+    """How many Spark tasks aggregate and write a version of ``events`` deduplicated events:
+    one per :data:`WRITE_TASK_EVENTS` events, at least ``parallelism`` (Spark's default
+    parallelism: every core writes; each task is a Python process with its own driver
+    connection, which is how the Python driver scales)."""
+    return max(parallelism, 1, -(-events // WRITE_TASK_EVENTS))
+
+
+def write_input(events: DataFrame, view: View, tasks: int) -> DataFrame:
+    """The aggregated rows of ``view`` (:func:`engine.translate.aggregate`) as the version's
+    writer wants them: each of ``tasks`` partitions holds every row of its view keys (the
+    Cassandra partitions), sorted by key, so a key's rows go in few full batches.
+
+    The events are hash-partitioned by the view's keys before the aggregation: that
+    partitioning satisfies the aggregation's grouping by (keys, bucket), so the plan has
+    this one exchange (of the filtered, projected events), not a second one of the
+    aggregated rows; the sort is within each task. A hot key lands whole in one task."""
+    grouped = events.repartition(tasks, *(F.col(k) for k in view.keys))
+    return aggregate(grouped, view).sortWithinPartitions(*view.keys)
+
+
 def resolve_cutoff(settings: Settings, view: View, cutoff: int | None) -> int:
     """The cutoff of a build: ``cutoff``, or the complete cutoff of the view's source (the
     newest one before which the master dataset holds every event, :func:`complete_cutoff`).
@@ -286,7 +313,8 @@ def build_view(
         timings["events"] = n_events
         timings["read_s"] = round(time.monotonic() - t0, 3)
         progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}; aggregating")
-        agg = aggregate(events, view)
+        tasks = write_tasks(n_events, spark.sparkContext.defaultParallelism)
+        agg = write_input(events, view, tasks)
         writer = partition_writer(
             settings.cassandra,
             view,
@@ -295,6 +323,7 @@ def build_view(
         )
         t1 = time.monotonic()
         rows = int(agg.rdd.mapPartitions(writer).sum())
+        timings["write_tasks"] = tasks
         timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()
         report = reconcile_version(store, view, version, cut, events)

@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="result file (default WORKDIR/batch-bench-<time>.json)",
     )
+    p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the raw write ceiling (the published rows written again into a scratch "
+        "table by CORES plain Python processes, no Spark: see bench/publish_bench.py)",
+    )
     args = p.parse_args(argv)
     if args.events < 1:
         p.error("--events must be positive")
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             [(duck_events,)] = con.sql(common.duckdb_events_sql(view, root, br.cutoff)).fetchall()
             check = br.rows == out.num_rows and br.events == duck_events
             ok &= check
+            ceiling = None if args.no_ceiling else _ceiling(settings, view, br.version, cores)
             result["views"][name] = {
                 "source": src,
                 "input_events": n_in,
@@ -244,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                         br.rows / max(br.timings.get("aggregate_write_s", 0.0), 1e-9), 1
                     ),
                 },
+                "write_ceiling": ceiling,
                 "duckdb": {
                     "seconds": round(duck_s, 3),
                     "rows": out.num_rows,
@@ -274,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         ("read+dedup s", "right"),
         ("agg+write s", "right"),
         ("rows/s written", "right"),
+        ("raw write rows/s", "right"),
         ("Spark ev/s", "right"),
         ("ev/s/core", "right"),
         ("DuckDB s", "right"),
@@ -293,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{sp['timings'].get('read_s', 0):.2f}",
             f"{sp['timings'].get('aggregate_write_s', 0):.2f}",
             _fmt_rate(sp["rows_written_per_s"]),
+            "-" if r["write_ceiling"] is None else _fmt_rate(r["write_ceiling"]["rows_per_s"]),
             _fmt_rate(sp["events_per_s"]),
             _fmt_rate(sp["events_per_s_per_core"]),
             f"{dk['seconds']:.2f}",
@@ -305,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"Spark startup (JVM + session, not in the figures): {result['spark_startup_s']:.1f}s. "
         "Spark s = wall time of run_batch for the view (read, dedup, aggregate, Cassandra "
-        "write, publish); DuckDB s = same aggregation into memory, no write. check = same "
-        "output row count and deduplicated event count in both."
+        "write, publish); rows/s written = rows / agg+write s (the aggregation and the "
+        "Cassandra write are one Spark stage); raw write rows/s = the same rows written again "
+        "by CORES Python processes alone (bench/publish_bench.py: the ceiling of the client "
+        "code on this node, no Spark); DuckDB s = same aggregation into memory, no write. "
+        "check = same output row count and deduplicated event count in both."
     )
     out_path = args.json or args.workdir / f"batch-bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +328,37 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         console.print("[red]Spark and DuckDB disagree on row or event counts (see 'check').[/]")
     return 0 if ok else 1
+
+
+def _ceiling(settings: Any, view: Any, version: int, cores: int) -> dict[str, Any]:
+    """The published rows of ``view`` version ``version``, read back and written into a
+    scratch table by ``cores`` client processes with the batch writer's settings
+    (:func:`publish_bench.measure`)."""
+    import publish_bench
+
+    from serving.cassandra import session
+    from serving.schema import batch_table
+    from serving.writer import BATCH_ROWS
+
+    cols = [*view.keys, "bucket", *(c for c, _ in view.value_columns)]
+    with session(settings.cassandra, settings.cassandra.keyspace) as s:
+        rows = sorted(
+            (
+                tuple(r)
+                for r in s.execute(f"SELECT {', '.join(cols)} FROM {batch_table(view, version)}")
+            ),
+            key=lambda r: (r[: len(view.keys)], r[len(view.keys)]),
+        )
+    return publish_bench.measure(
+        settings,
+        view,
+        1_000_000 + version,
+        rows,
+        processes=cores,
+        max_rows=BATCH_ROWS,
+        concurrency=settings.pipeline.write_concurrency,
+        node_pid=publish_bench.cassandra_pid(settings),
+    )
 
 
 def _cleanup(settings: Any) -> None:
