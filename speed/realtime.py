@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 100
 BATCH_BYTES = 40_000
-"""Bounds of one unlogged single-partition batch: rows, and estimated bytes below
-Cassandra's default ``batch_size_fail_threshold`` (50 KiB; sketches are up to a few kB)."""
+"""Bounds of one unlogged single-partition batch: rows, and estimated bytes, which keep each
+request small (Cassandra 5's ``batch_size_fail_threshold`` is 640 KiB and single-partition
+batches are exempt from it, CASSANDRA-10876; sketches are up to a few kB)."""
 
 
 def _size(params: tuple[Any, ...]) -> int:
