@@ -39,7 +39,7 @@ from batch.reconcile import (
     stored_verdict,
 )
 from engine.schema import master_schema
-from engine.translate import aggregate
+from engine.translate import aggregate, key_fits
 from lamina.errors import PublishError
 from lamina.master import (
     archive_dir,
@@ -54,7 +54,7 @@ from lamina.master import (
 )
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
-from lamina.views import View, ViewCatalog
+from lamina.views import MAX_KEY_BYTES, View, ViewCatalog
 from serving.schema import batch_table
 from serving.store import BuildLease, Published, Store, Version, open_store, utc
 from serving.writer import partition_writer, state_row
@@ -307,8 +307,26 @@ def build_view(
             *view.source.fields, EVENT_TIME, INGEST_EPOCH, "topic", copies
         )
         events.cache()
-        row = events.agg(F.count(F.lit(1)), F.sum(copies)).first()
-        n_events, deduped = (int(row[0]), int(row[1] or 0)) if row else (0, 0)
+        # The same pass counts the events whose key Cassandra cannot store (in no view).
+        row = events.agg(
+            F.count(F.lit(1)), F.sum(copies), F.count(F.when(~key_fits(view), 1))
+        ).first()
+        n_events, deduped, oversize = (
+            (int(row[0]), int(row[1] or 0), int(row[2])) if row else (0, 0, 0)
+        )
+        timings["oversize_keys"] = oversize
+        if oversize:
+            log.warning(
+                "%s v%s: %d events with a key over %d bytes",
+                view.name,
+                version,
+                oversize,
+                MAX_KEY_BYTES,
+            )
+            progress(
+                f"{view.name} v{version}: warning: {oversize} event(s) have a key larger than "
+                f"Cassandra stores ({MAX_KEY_BYTES} bytes): they are in no row of this view"
+            )
         read_rows, legacy_rows = read.counts(view.source.event_id)
         timings["events"] = n_events
         timings["read_s"] = round(time.monotonic() - t0, 3)

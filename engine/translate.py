@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from lamina.schema import EVENT_TIME, FieldType
-from lamina.views import Aggregation, Condition, View
+from lamina.views import MAX_KEY_BYTES, Aggregation, Condition, View
 
 
 def condition(c: Condition) -> Column:
@@ -88,11 +88,23 @@ def _agg_exprs(view: View) -> list[Column]:
     return exprs
 
 
+def key_fits(view: View) -> Column:
+    """Whether a row's key fits a Cassandra partition key (:meth:`View.key_bytes` <=
+    :data:`MAX_KEY_BYTES`; null for a null key)."""
+    sizes = [
+        F.octet_length(F.col(k)) if view.source.fields[k] == FieldType.STRING else F.lit(8)
+        for k in view.keys
+    ]
+    total = sizes[0] if len(sizes) == 1 else sum((s + F.lit(3) for s in sizes), F.lit(0))
+    return total <= F.lit(MAX_KEY_BYTES)
+
+
 def aggregate(events: DataFrame, view: View, extra_groups: Sequence[str] = ()) -> DataFrame:
     """Aggregate parsed events of ``view.source`` into per-(key, bucket[, extras]) states.
 
     ``events`` has the source's typed fields and ``_event_time`` (float seconds). Rows whose
-    key fields are null are dropped (a key must be addressable). Works on batch and
+    key fields are null are dropped (a key must be addressable), and rows whose key is too
+    large for Cassandra (:func:`key_fits`; the batch counts them). Works on batch and
     streaming DataFrames alike.
     """
     df = events
@@ -100,6 +112,7 @@ def aggregate(events: DataFrame, view: View, extra_groups: Sequence[str] = ()) -
         df = df.where(condition(c))
     for k in view.keys:
         df = df.where(F.col(k).isNotNull())
+    df = df.where(key_fits(view))
     df = df.withColumn("bucket", bucket_column(view))
     groups = [*view.keys, "bucket", *extra_groups]
     return df.groupBy(*groups).agg(*_agg_exprs(view))

@@ -33,6 +33,11 @@ from lamina.schema import DECLARABLE, NUMERIC, FieldType
 TimeFormat = Literal["iso8601", "epoch_s", "epoch_ms"]
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
+MAX_KEY_BYTES = 65_535
+"""The largest partition key Cassandra stores. An event whose key is larger (a 70 kB URL) is
+in no view keyed by it: batch and speed layer leave it out alike
+(:func:`engine.translate.aggregate`), and each batch counts them (``oversize_keys``)."""
+
 
 def _ident(kind: str, name: str) -> str:
     if not _IDENT.match(name):
@@ -289,6 +294,16 @@ class View(_Model):
     def accepts(self, event: dict[str, Any]) -> bool:
         """The view's filter on one parsed event."""
         return all(c.matches(event.get(c.field)) for c in self.filter)
+
+    def key_bytes(self, event: dict[str, Any]) -> int:
+        """The size of ``event``'s key as Cassandra stores it (:data:`MAX_KEY_BYTES`): a
+        string's UTF-8 bytes, 8 for any other type; with several keys, 3 bytes more per key
+        (length and end-of-component)."""
+        sizes = [
+            len(str(event.get(k)).encode()) if self.source.fields[k] == FieldType.STRING else 8
+            for k in self.keys
+        ]
+        return sizes[0] if len(sizes) == 1 else sum(s + 3 for s in sizes)
 
 
 def _view_error(view: str, msg: str) -> ViewDefinitionError:
