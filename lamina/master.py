@@ -545,6 +545,12 @@ def progress(settings: Settings, source: Source) -> dict[str, dict[str, Any]]:
     return found
 
 
+def recorded_complete(settings: Settings, source: Source, writer: str) -> int | None:
+    """The ``complete_before`` that ``writer`` last recorded (:func:`progress`), if any."""
+    found = progress(settings, source).get(writer, {}).get("complete_before")
+    return None if found is None else int(found)
+
+
 def complete_cutoff(settings: Settings, source: Source) -> int | None:
     """The epoch a batch may cut off at: every event of earlier epochs is in the dataset.
     Read under the shared :func:`cutoff_lock`: an import committing later takes an epoch at

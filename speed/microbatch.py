@@ -56,8 +56,8 @@ from lamina.master import (
     committed_imports,
     epoch_dirs,
     imports_dir,
-    progress,
     record_progress,
+    recorded_complete,
     stream_dir,
 )
 from lamina.schema import INGEST_EPOCH, master_columns
@@ -276,7 +276,7 @@ class SourceBatches:
         """How many of the micro-batch's valid records (ingest ``epochs``) fall in epochs
         already recorded complete (see :mod:`speed.completeness`): archived, in the next
         batch, missing from answers until it publishes."""
-        recorded = progress(self.settings, self.source).get(ARCHIVER, {}).get("complete_before")
+        recorded = recorded_complete(self.settings, self.source, ARCHIVER)
         if recorded is None:
             return 0
         late = int((epochs < int(recorded)).sum())
@@ -301,7 +301,7 @@ class SourceBatches:
         done = complete_before(self.highs, partitions, self.settings.pipeline.epoch_seconds)
         if done is None or (self.complete is not None and done <= self.complete):
             return
-        recorded = progress(self.settings, self.source).get(ARCHIVER, {}).get("complete_before")
+        recorded = recorded_complete(self.settings, self.source, ARCHIVER)
         if recorded is not None and done <= int(recorded):
             self.complete = int(recorded)
             return

@@ -27,7 +27,7 @@ from engine.kafka import kafka_records, parse_records
 from lamina.buckets import ingest_epoch
 from lamina.errors import ConfigError
 from lamina.files import read_json
-from lamina.master import check_schema, progress, record_progress
+from lamina.master import check_schema, record_progress, recorded_complete
 from lamina.process import STOP_REQUESTED
 from lamina.settings import Settings
 from lamina.streams import (
@@ -130,7 +130,7 @@ class ProgressRecorder(StreamingQueryListener):
         clock-skew allowance) is complete."""
         until = datetime.fromisoformat(timestamp).timestamp() - CLOCK_SKEW_S
         complete = ingest_epoch(int(until * 1000), self.settings.pipeline.epoch_seconds)
-        recorded = progress(self.settings, source).get(ARCHIVER, {}).get("complete_before")
+        recorded = recorded_complete(self.settings, source, ARCHIVER)
         if recorded is None or complete > int(recorded):  # never back
             record_progress(self.settings, source, ARCHIVER, complete, active=True)
 
