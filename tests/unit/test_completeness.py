@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from speed.completeness import advance, behind, complete_before, newest_stamps
+from speed.completeness import advance, behind, complete_before, newest_stamps, unread_marks
 
 ES = 10
 
@@ -57,3 +57,13 @@ def test_every_record_of_an_epoch_before_complete_is_already_read(
     for p, ts in logs.items():
         for t in ts[len(read[p]) :]:
             assert t // 1000 // es * es >= done
+
+
+def test_unread_marks_are_those_at_or_past_the_next_offset_to_read() -> None:
+    marks = {"t": {0: 10, 1: 4, 2: 7}, "u": {0: 3}}
+    # endOffset is the next offset to read: a mark at 10 is read once it is past 10.
+    read = {"t": {"0": 11, "1": 4, "2": 9}, "u": {"0": 3}}
+    assert unread_marks(marks, read) == {"t": [1], "u": [0]}
+    assert unread_marks(marks, {}) == {"t": [0, 1, 2], "u": [0]}
+    assert unread_marks(marks, {"t": {"0": 11, "1": 5, "2": 8}, "u": {"0": 4}}) == {}
+    assert unread_marks({}, read) == {}
