@@ -109,14 +109,20 @@ class EpochMarker:
     """Appends epoch marks to the idle partitions of source topics (see the module doc);
     one Kafka producer per job, made on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, timeout_ms: int = 10_000) -> None:
         self.settings = settings
+        self.timeout_ms = timeout_ms
+        """How long a Kafka step (connecting, sending) may take before the marks fail."""
         self.producer: Any = None
         self.marked: dict[tuple[str, int], int] = {}
         """The epoch (driver's clock) each partition was last marked in."""
         self.written: dict[str, dict[int, int]] = {}
         """The offset of the last mark written, per topic and partition."""
         self.stopped = False
+        self.failures = 0
+        """Marks this job could not write (Kafka down, no write permission on the topic):
+        reported in the query's status and ``lamina_stream_epoch_mark_failures``; while
+        they fail, idle partitions hold the batch cutoff back."""
         self._busy = threading.Lock()
 
     def mark_idle_soon(self, source: Source, highs: Mapping[int, int]) -> None:
@@ -158,7 +164,14 @@ class EpochMarker:
                 producer.flush(timeout=30)
             offsets = [f.get(timeout=30).offset for f in sent]
         except Exception as exc:  # Kafka down: the next idle moment tries again
-            log.warning("source %s: could not write epoch marks: %s", source.name, exc)
+            self.failures += 1
+            log.warning(
+                "source %s: could not write epoch marks (%d failures so far; idle partitions "
+                "hold the batch cutoff back until one is written): %s",
+                source.name,
+                self.failures,
+                exc,
+            )
             self.close()
             return []
         for p, offset in zip(due, offsets, strict=True):
@@ -182,7 +195,9 @@ class EpochMarker:
             from kafka import KafkaProducer
 
             self.producer = KafkaProducer(
-                **self.settings.kafka.client_config(), max_block_ms=10_000
+                **self.settings.kafka.client_config(),
+                max_block_ms=self.timeout_ms,
+                bootstrap_timeout_ms=self.timeout_ms,
             )
         return self.producer
 

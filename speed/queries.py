@@ -158,6 +158,7 @@ class ProgressRecorder(StreamingQueryListener):
                 "durations_ms": dict(p.durationMs),
                 "end_offsets": end,
                 "latest_offsets": latest,
+                "epoch_mark_failures": self.marker.failures,
                 "written_at": time.time(),
             }
             write_status(self.settings, p.name, status)
