@@ -216,6 +216,16 @@ class CassandraSettings(_Section):
     """SimpleStrategy replication factor; 3 on a real ring."""
     consistency: str = "LOCAL_ONE"
     """Read and write consistency level; LOCAL_QUORUM on a real ring."""
+    commitlog_sync: Literal["group", "periodic"] = "group"
+    """How the dev stack's node makes writes durable. ``group``: a write is acknowledged
+    once its commit log entry is on disk (fsynced with the writes of the same
+    ``commitlog_sync_window_ms``), so a node killed with SIGKILL (or a power cut) keeps
+    every write it acknowledged. ``periodic`` (Cassandra's own default): acknowledged at
+    once, fsynced every 10 s; a kill loses up to 10 s of acknowledged writes, which the
+    speed layer cannot see (its real-time cells would then miss events until the next
+    batch covers them)."""
+    commitlog_sync_window_ms: int = Field(default=10, ge=1, le=1000)
+    """The fsync window of ``commitlog_sync = "group"``: the most a write waits for its sync."""
     outage_retry_s: float = Field(default=120.0, ge=0)
     """How long a source job keeps retrying (with backoff) a micro-batch's real-time writes
     while Cassandra is unreachable before it stops with an error naming Cassandra."""
