@@ -65,13 +65,22 @@ def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
             check_cutoff(settings, store, view, args.cutoff)
     spark = spark_session(settings, "lamina-batch")
     try:
-        results = run_batch(spark, settings, catalog, args.view, cutoff=args.cutoff, progress=say)
+        results = run_batch(
+            spark,
+            settings,
+            catalog,
+            args.view,
+            cutoff=args.cutoff,
+            progress=say,
+            incremental=args.incremental,
+        )
     finally:
         spark.stop()
     for r in results:
+        kind = "incremental" if r.timings.get("incremental") else "full"
         say(
             f"{r.view}: version {r.version} published (cutoff {r.cutoff}, {r.events} events "
-            f"-> {r.rows} rows, {r.timings['total_s']:.1f}s)"
+            f"-> {r.rows} rows, {kind} build, {r.timings['total_s']:.1f}s)"
         )
     return 0
 
@@ -134,6 +143,9 @@ def cmd_batch_report(settings: Settings, args: argparse.Namespace) -> int:
             f"  {smp['kind']:<16} key {smp['key']} bucket {smp['bucket']} "
             f"{', '.join(smp['aggregations'])}: batch {smp['batch']} vs real time {smp['realtime']}"
         )
+    build = report.get("build")
+    if build is not None:
+        print(f"build: {build['kind']}: {build['why']}")
     check = report.get("self_check")
     if check is None:
         print("self-check against the master dataset: none (built by an older Lamina)")
@@ -202,6 +214,23 @@ def register(sub: Any) -> None:
         type=int,
         metavar="EPOCH_S",
         help="ingest-epoch cutoff (default: the last complete epoch)",
+    )
+    kind = run.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--incremental",
+        action="store_true",
+        default=None,
+        help="build each version as the published one plus the epochs completed since, where "
+        "that equals a full recompute (same definition, no change to older epochs, at most "
+        "[batch] full_every in a row), else in full; keeps each build's state "
+        "(default: [batch] incremental)",
+    )
+    kind.add_argument(
+        "--full",
+        dest="incremental",
+        action="store_false",
+        default=None,
+        help="recompute from the whole master dataset (the default unless [batch] incremental)",
     )
     run.set_defaults(func=cmd_batch_run)
     ver = bsub.add_parser("versions", help="list a view's batch versions (* = published)")
