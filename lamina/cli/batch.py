@@ -95,14 +95,18 @@ def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:
             f"view {view.name} has no batch versions yet: run `lamina batch run --view {view.name}`"
         )
         return 0
-    print(f"{'version':>7}  {'state':<10} {'cutoff (UTC)':<20} {'rows':>9} {'seconds':>8}  hash")
+    print(
+        f"{'version':>7}  {'state':<10} {'cutoff (UTC)':<20} {'rows':>9} {'seconds':>8}  "
+        f"{'build':<11}  hash"
+    )
     for v in versions:
         mark = "*" if pub and pub.version == v.version else " "
         cut = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.cutoff))
         secs = v.timings.get("total_s", 0.0)
+        built = "incremental" if v.timings.get("incremental") else "full"
         print(
             f"{v.version:>6}{mark}  {v.state:<10} {cut:<20} {v.rows:>9} {secs:>8.1f}  "
-            f"{v.definition_hash}"
+            f"{built:<11}  {v.definition_hash}"
         )
     return 0
 
