@@ -473,8 +473,10 @@ def build_incremental(
             )
             events = events.join(resent.distinct(), eid, "left_anti")
         events.cache()
+        t_resent = time.monotonic()
         row = events.agg(F.count(F.lit(1)), F.count(F.when(~key_fits(view), 1))).first()
         n_new, oversize = (int(row[0]), int(row[1])) if row else (0, 0)
+        timings["resent_check_s"] = round(time.monotonic() - t_resent, 3)
         fresh.unpersist()
         read_rows = epoch_counts(new, eid)
         timings |= {

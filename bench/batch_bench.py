@@ -436,6 +436,7 @@ def _incremental_table(found: dict[str, Any], hours: float) -> None:
         "rows",
         "incremental s",
         "read+dedup s",
+        "of it: re-send check s",
         "merge+write s",
         "full s",
         "full/incremental",
@@ -451,6 +452,7 @@ def _incremental_table(found: dict[str, Any], hours: float) -> None:
             f"{r['rows']:,}",
             f"{r['incremental']['seconds']:.2f}",
             f"{t.get('read_s', 0):.2f}",
+            f"{t.get('resent_check_s', 0):.2f}",
             f"{t.get('aggregate_write_s', 0):.2f}",
             f"{r['full']['seconds']:.2f}",
             f"{r['speedup']:.1f}x",
@@ -459,7 +461,8 @@ def _incremental_table(found: dict[str, Any], hours: float) -> None:
     console.print(table)
     console.print(
         "incremental s = wall time of run_batch(incremental=True): read the new epochs, dedup "
-        "them and drop re-sends of older ids (a scan of the old epochs' id column), merge into "
+        "them and drop re-sends of older ids (re-send check: a scan of the old epochs' id "
+        "column, a semi-join with the new ids), merge into "
         "the base's stored states, write the whole version (Cassandra + state Parquet) and "
         "publish; full s = the same data recomputed from scratch (no state kept, not "
         "published). check = the build was incremental, and both have the same rows, events "
