@@ -12,6 +12,10 @@ catalog write (:meth:`serving.store.Store.publish`), unless its self-check faile
 before the publish leaves the published version untouched (the half-built version stays
 ``building`` and its lease expires).
 
+Incremental builds (opt-in, ``[batch] incremental``): where it equals a full recompute, a
+version is the published version's stored states ⊕ the epochs completed since its cutoff
+(:mod:`batch.incremental`; :func:`build_view` plans it and hands over).
+
 The purge and a build in flight: the purge floor does not wait for ``building`` versions.
 Each purge records its floor in the catalog before it deletes, and no version below that
 floor is ever published (:meth:`serving.store.Store.check_publishable`): a build that started
