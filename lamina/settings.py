@@ -346,6 +346,22 @@ class PipelineSettings(_Section):
         return self
 
 
+class BatchSettings(_Section):
+    """How batch versions are built (``lamina batch run``, the DAGs): full recompute or
+    incremental (see ``batch/incremental.py`` and the README's "Incremental builds")."""
+
+    incremental: bool = False
+    """``true``: a new version is built, where it is safe, as the published version's
+    stored states merged with the events of the epochs completed since its cutoff (each
+    build then also keeps its aggregated states as Parquet under
+    ``<master_dir>/_batch_state``); otherwise, and whenever it is not safe, a full
+    recompute of the whole master dataset. ``lamina batch run --incremental`` / ``--full``
+    override it for one run."""
+    full_every: int = Field(default=24, ge=0)
+    """With ``incremental``: after this many incremental builds in a row, the next build
+    of a view is a full recompute (``0``: only when an incremental one is not safe)."""
+
+
 DEFAULT_JOB_CONF_ALLOWED = (
     "spark.executor.memory",
     "spark.executor.cores",
@@ -466,6 +482,7 @@ class Settings(BaseSettings):
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
 
