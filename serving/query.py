@@ -7,6 +7,8 @@ same errors (:class:`~lamina.errors.QueryError` -> 400, :class:`~lamina.errors.N
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +22,7 @@ from lamina.errors import (
     QueryError,
     ViewNotReadyError,
 )
-from lamina.events import parse_text
+from lamina.events import MAX_EVENT_TIME, MIN_EVENT_TIME, parse_text
 from lamina.master import progress
 from lamina.settings import Settings
 from lamina.streams import ARCHIVER
@@ -30,45 +32,141 @@ from serving.store import Published, Store, check_answerable
 
 
 def parse_time(value: str | float | int | None, name: str) -> float | None:
-    """ISO-8601 (UTC unless an offset is given) or epoch seconds -> epoch seconds."""
+    """ISO-8601 (UTC unless an offset is given) or epoch seconds -> epoch seconds.
+
+    Only finite times within the event-time range (1970-01-01 up to 2200-01-01, as for
+    events) are times: ``nan``, ``inf``, ``1e20`` or a year 9999 get a :class:`QueryError`.
+    """
     if value is None or value == "":
         return None
-    if isinstance(value, int | float):
-        return float(value)
+    shown = value
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None:
+        try:
+            dt = datetime.fromisoformat(str(value))
+            dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+            seconds = dt.timestamp()
+        except (ValueError, OverflowError):
+            raise QueryError(
+                f"{name}={shown!r} is not a time",
+                hint="use ISO-8601 like 2026-11-27T10:00:00Z or epoch seconds",
+            ) from None
+    if not math.isfinite(seconds) or not MIN_EVENT_TIME <= seconds <= MAX_EVENT_TIME:
         raise QueryError(
-            f"{name}={value!r} is not a time",
-            hint="use ISO-8601 like 2026-11-27T10:00:00Z or epoch seconds",
-        ) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+            f"{name}={shown!r} is outside the times events can have "
+            f"({_iso(MIN_EVENT_TIME)} to {_iso(MAX_EVENT_TIME)})",
+            hint="use ISO-8601 like 2026-11-27T10:00:00Z or epoch seconds in that range",
+        )
+    return seconds
+
+
+KEY_HINT = (
+    "join the values with commas in key order, writing a comma inside a value as \\, and a "
+    'backslash as \\\\, or give a JSON array such as ["a,b", 12]'
+)
+
+
+def _split_key(raw: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]``, with ``\\,`` a comma and ``\\\\`` a backslash inside a value
+    (any other escaped character stands for itself)."""
+    parts: list[str] = []
+    cur: list[str] = []
+    chars = iter(raw)
+    for ch in chars:
+        if ch == "\\":
+            cur.append(next(chars, "\\"))
+        elif ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _json_key(view: View, raw: str) -> list[Any]:
+    """A multi-field key given as a JSON array: one element per key field."""
+    try:
+        parts = json.loads(raw)
+    except ValueError:
+        parts = None
+    if not isinstance(parts, list):
+        raise QueryError(
+            f"key {raw!r} starts with '[' but is not a JSON array",
+            hint=KEY_HINT + " (a first value starting with '[' is written \\[)",
+        )
+    return parts
 
 
 def parse_key(view: View, raw: str) -> tuple[Any, ...]:
-    """``"a"`` or ``"a,b"`` (one value per key field, in order) -> typed key tuple."""
-    parts = raw.split(",") if len(view.keys) > 1 else [raw]
+    """The text of a key -> the typed key tuple the tables hold.
+
+    A view keyed by one field takes the text whole (commas included). A view keyed by
+    several takes either the values joined by commas in key order, with ``\\,`` for a comma
+    and ``\\\\`` for a backslash inside a value, or a JSON array (text starting with ``[``)
+    with one element per field: a string, or for long/double/boolean fields a JSON number or
+    boolean (or its text). Each value is checked as its field's type by the rule of imports
+    (longs within 64 bits, finite doubles, booleans ``true``/``false``); a
+    :class:`QueryError` (400) says what is wrong.
+    """
+    parts: list[Any]
+    if len(view.keys) == 1:
+        parts = [raw]
+    elif raw.startswith("["):
+        parts = _json_key(view, raw)
+    else:
+        parts = _split_key(raw)
     if len(parts) != len(view.keys):
         raise QueryError(
             f"key {raw!r} has {len(parts)} part(s) but view {view.name!r} is keyed by "
             f"{len(view.keys)}: {', '.join(view.keys)}",
-            hint="join the values with commas in that order",
+            hint=KEY_HINT,
         )
     out: list[Any] = []
-    for field, text in zip(view.keys, parts, strict=True):
+    for field, part in zip(view.keys, parts, strict=True):
         ftype = view.source.fields[field]
-        try:
-            value = text if ftype == "string" else parse_text(field, ftype, text)
-            if value is None:  # an empty part is no long, double or boolean
-                raise ValueError(text)
-        except ValueError:
-            raise QueryError(f"key field {field!r} is {ftype}, got {text!r}") from None
-        out.append(value)
+        out.append(_key_value(field, ftype, part))
     return tuple(out)
+
+
+def _key_value(field: str, ftype: str, part: Any) -> Any:
+    if ftype == "string":
+        if isinstance(part, str):
+            return part
+        raise QueryError(f"key field {field!r} is string, got {json.dumps(part)}")
+    if isinstance(part, bool):
+        text = "true" if part else "false"
+    elif isinstance(part, int | float) and not isinstance(part, bool):
+        text = repr(part)
+    elif isinstance(part, str):
+        text = part
+    else:
+        raise QueryError(f"key field {field!r} is {ftype}, got {json.dumps(part)}")
+    try:
+        value = parse_text(field, ftype, text)
+        if value is None:  # an empty part is no long, double or boolean
+            raise ValueError("empty")
+    except ValueError as exc:
+        why = str(exc)
+        reason = (
+            " (does not fit a 64-bit long)"
+            if "does not fit" in why
+            else " (not a finite number)"
+            if "finite" in why
+            else ""
+        )
+        hint = {
+            "boolean": "a boolean key is true or false",
+            "long": "a long key is an integer from -2**63 to 2**63-1",
+            "double": "a double key is a finite number",
+        }.get(ftype)
+        raise QueryError(
+            f"key field {field!r} is {ftype}, got {text!r}{reason}", hint=hint
+        ) from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -163,7 +261,7 @@ class QueryService:
         if n > self.settings.serving.max_buckets:
             raise QueryError(
                 f"the range spans {n} {view.bucket.label} buckets, more than the limit of "
-                f"{self.settings.serving.max_buckets}",
+                f"{self.settings.serving.max_buckets} (serving.max_buckets)",
                 hint="narrow from/to or raise serving.max_buckets",
             )
         return QueryRange(b_start, b_end, gran)
@@ -196,15 +294,29 @@ class QueryService:
     ) -> dict[str, Any]:
         """Merged answer per bucket for each key, with provenance (see :mod:`serving.merge`)."""
         view = self.catalog.view(name)
+        limits = self.settings.serving
         if not keys:
             raise QueryError("no key given", hint=f"pass one or more values of {view.keys}")
-        if len(keys) > self.settings.serving.max_keys:
+        if len(keys) > limits.max_keys:
             raise QueryError(
-                f"{len(keys)} keys, more than the limit of {self.settings.serving.max_keys}"
+                f"{len(keys)} keys, more than the limit of {limits.max_keys} (serving.max_keys)",
+                hint="ask for fewer keys per request or raise serving.max_keys",
             )
         if not 0.0 <= q <= 1.0:
             raise QueryError(f"q={q} is out of range", hint="use 0 <= q <= 1, e.g. 0.95")
+        # Each distinct key once (the first spelling names it): "true" and "True" are one key.
+        distinct: dict[tuple[Any, ...], str] = {}
+        for raw in keys:
+            distinct.setdefault(parse_key(view, raw), raw)
         rng = self.resolve_range(view, start, end, granularity)
+        n_buckets = int((rng.end - rng.start) // view.bucket.seconds)
+        cells = len(distinct) * n_buckets
+        if cells > limits.max_cells:
+            raise QueryError(
+                f"{len(distinct)} key(s) x {n_buckets} {view.bucket.label} buckets = {cells} "
+                f"cells, more than the limit of {limits.max_cells} (serving.max_cells)",
+                hint="ask for fewer keys or a narrower from/to, or raise serving.max_cells",
+            )
         pub: Published | None = self.store.published(view)
         # Read the real-time table's record before and after the rows: a rebuild that began
         # in between (it drops the table) is answered as one, never with the rows it left.
@@ -213,8 +325,7 @@ class QueryService:
         cutoff = pub.cutoff if pub else None
         b0, b1 = int(rng.start), int(rng.end)
         answers = []
-        for raw in keys:
-            key = parse_key(view, raw)
+        for key, raw in distinct.items():
             batch = (
                 []
                 if pub is None
@@ -252,9 +363,9 @@ class QueryService:
                 "source job began rebuilding it)",
                 hint="try again in a moment",
             )
-        if all(not a["buckets"] for a in answers) and len(keys) == 1:
+        if all(not a["buckets"] for a in answers) and len(answers) == 1:
             raise NotFoundError(
-                f"no data for key {keys[0]!r} of view {view.name!r} between "
+                f"no data for key {answers[0]['key']!r} of view {view.name!r} between "
                 f"{_iso(rng.start)} and {_iso(rng.end)}",
                 hint="check the key's spelling and the time range",
             )
