@@ -7,12 +7,15 @@ same errors (:class:`~lamina.errors.QueryError` -> 400, :class:`~lamina.errors.N
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from cassandra import InvalidRequest
 
 from lamina.buckets import Bucket
 from lamina.errors import (
@@ -28,7 +31,7 @@ from lamina.settings import Settings
 from lamina.streams import ARCHIVER
 from lamina.views import View, ViewCatalog
 from serving.merge import merge, present, rollup
-from serving.store import Published, Store, check_answerable
+from serving.store import SNAPSHOT_MAX_AGE_S, Published, RealtimeTable, Store, check_answerable
 
 
 def parse_time(value: str | float | int | None, name: str) -> float | None:
@@ -184,6 +187,9 @@ class QueryService:
         self.catalog = catalog
         self.settings = settings
         self._job_views_cache: dict[str, tuple[float, list[str] | None]] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+        self.snapshot_reads = 0
+        """How many times :meth:`snapshot` read the catalog (the others reused one)."""
 
     def describe(self, name: str) -> dict[str, Any]:
         view = self.catalog.view(name)
@@ -283,7 +289,9 @@ class QueryService:
         self._job_views_cache[src.name] = (now, views)
         return views
 
-    def query(
+    # -- the query: one code path for the CLI (query) and the API (query_async) ----------
+
+    def plan(
         self,
         name: str,
         keys: list[str],
@@ -291,8 +299,10 @@ class QueryService:
         end: Any = None,
         granularity: str | None = None,
         q: float = 0.5,
-    ) -> dict[str, Any]:
-        """Merged answer per bucket for each key, with provenance (see :mod:`serving.merge`)."""
+    ) -> QueryPlan:
+        """Check every parameter of a query, without I/O: the view, the keys (typed, each
+        distinct key once, the first spelling naming it), the range and the limits. Raises
+        :class:`QueryError` (400) or :class:`NotFoundError` (404)."""
         view = self.catalog.view(name)
         limits = self.settings.serving
         if not keys:
@@ -317,28 +327,105 @@ class QueryService:
                 f"cells, more than the limit of {limits.max_cells} (serving.max_cells)",
                 hint="ask for fewer keys or a narrower from/to, or raise serving.max_cells",
             )
-        pub: Published | None = self.store.published(view)
-        # Read the real-time table's record before and after the rows: a rebuild that began
-        # in between (it drops the table) is answered as one, never with the rows it left.
-        rec = self.store.realtime_record(view)
-        read_realtime = check_answerable(view, pub, rec, self._job_views(view))
+        return QueryPlan(view, list(distinct.items()), rng, q)
+
+    async def snapshot(self, view: View, *, fresh: bool = False) -> Snapshot:
+        """The catalog row and real-time record of ``view`` that a query merges against: read
+        at most :data:`~serving.store.SNAPSHOT_MAX_AGE_S` ago (else, or with ``fresh``, read
+        now). A query takes it once and uses nothing else, so its answer is of one published
+        version whatever publishes meanwhile."""
+        snap = self._snapshots.get(view.name)
+        now = time.monotonic()
+        if not fresh and snap is not None and now - snap.read_at < SNAPSHOT_MAX_AGE_S:
+            return snap
+        self.snapshot_reads += 1
+        pub, rec = await self.store.snapshot(view)
+        snap = Snapshot(pub, rec, now)  # its age counts from before the read
+        current = self._snapshots.get(view.name)
+        if current is None or current.read_at <= now:
+            self._snapshots[view.name] = snap
+        return snap
+
+    async def query_async(
+        self,
+        name: str,
+        keys: list[str],
+        start: Any = None,
+        end: Any = None,
+        granularity: str | None = None,
+        q: float = 0.5,
+    ) -> dict[str, Any]:
+        """Merged answer per bucket for each key, with provenance (see :mod:`serving.merge`).
+
+        Every parameter is checked before any read (:meth:`plan`). Then one snapshot of the
+        catalog (:meth:`snapshot`), and the batch and real-time slices of every key read at
+        once (:meth:`Store.read_slices`). A batch version garbage-collected since the
+        snapshot (two publishes within its age) is answered from a fresh snapshot.
+        """
+        plan = self.plan(name, keys, start, end, granularity, q)
+        view = plan.view
+        snap = await self.snapshot(view)
+        for attempt in range(2):
+            read_realtime = check_answerable(
+                view, snap.published, snap.realtime, self._job_views(view)
+            )
+            version = None if snap.published is None else snap.published.version
+            try:
+                slices = await self.store.read_slices(
+                    view,
+                    version,
+                    [k for k, _ in plan.keys],
+                    int(plan.range.start),
+                    int(plan.range.end),
+                    realtime=read_realtime,
+                )
+                break
+            except InvalidRequest:
+                # The version's table or the real-time table is gone: a later publish
+                # collected the one, a rebuild dropped the other. Once more, from the catalog.
+                if attempt:
+                    raise
+                snap = await self.snapshot(view, fresh=True)
+        latest = self._snapshots.get(view.name)
+        if (
+            latest is not None
+            and latest.realtime != snap.realtime
+            and latest.read_at > snap.read_at
+        ):
+            raise ViewNotReadyError(
+                f"view {view.name!r}: its real-time table changed while it was read (its "
+                "source job began rebuilding it)",
+                hint="try again in a moment",
+            )
+        return self.answer(plan, snap, slices)
+
+    def query(
+        self,
+        name: str,
+        keys: list[str],
+        start: Any = None,
+        end: Any = None,
+        granularity: str | None = None,
+        q: float = 0.5,
+    ) -> dict[str, Any]:
+        """:meth:`query_async` run to its end, for callers without an event loop (the CLI,
+        scripts, tests): the same code, hence the same answers and errors."""
+        return asyncio.run(self.query_async(name, keys, start, end, granularity, q))
+
+    def answer(
+        self,
+        plan: QueryPlan,
+        snap: Snapshot,
+        slices: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]],
+    ) -> dict[str, Any]:
+        """Merge, roll up and present the rows read for ``plan`` (pure: no I/O)."""
+        view, rng, q = plan.view, plan.range, plan.q
+        pub = snap.published
         cutoff = pub.cutoff if pub else None
-        b0, b1 = int(rng.start), int(rng.end)
         answers = []
-        for key, raw in distinct.items():
-            batch = (
-                []
-                if pub is None
-                else [
-                    (r[0], tuple(r[1:]))
-                    for r in self.store.read_batch(view, pub.version, key, b0, b1)
-                ]
-            )
-            realtime = (
-                [(r[0], r[1], tuple(r[2:])) for r in self.store.read_realtime(view, key, b0, b1)]
-                if read_realtime
-                else []
-            )
+        for (_, raw), (batch_rows, rt_rows) in zip(plan.keys, slices, strict=True):
+            batch = [(r[0], r[1:]) for r in batch_rows]
+            realtime = [(r[0], r[1], r[2:]) for r in rt_rows]
             merged = merge(view, batch, realtime, cutoff)
             if rng.granularity != view.bucket:
                 merged = rollup(view, merged, rng.granularity)
@@ -356,12 +443,6 @@ class QueryService:
                         for b, m in sorted(merged.items())
                     ],
                 }
-            )
-        if self.store.realtime_record(view) != rec:
-            raise ViewNotReadyError(
-                f"view {view.name!r}: its real-time table changed while it was read (its "
-                "source job began rebuilding it)",
-                hint="try again in a moment",
             )
         if all(not a["buckets"] for a in answers) and len(answers) == 1:
             raise NotFoundError(
@@ -382,6 +463,27 @@ class QueryService:
             },
             "results": answers,
         }
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """A query whose parameters were checked (:meth:`QueryService.plan`)."""
+
+    view: View
+    keys: list[tuple[tuple[Any, ...], str]]
+    """``(typed key, its text as first given)`` per distinct key, in request order."""
+    range: QueryRange
+    q: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of a view's catalog row and real-time record (:meth:`QueryService.snapshot`)."""
+
+    published: Published | None
+    realtime: RealtimeTable | None
+    read_at: float
+    """``time.monotonic()`` just before the read."""
 
 
 def _iso(t: float) -> str:

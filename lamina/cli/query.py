@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 from typing import Any
@@ -30,12 +31,22 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     from serving.query import QueryService
 
     catalog = load_catalog(settings)
+    # The connection narrates outages for a long-running API; here the one error line says it.
+    logging.getLogger("serving.connection").setLevel(logging.ERROR)
     # The API's own path: the same connection (schema ensured, outages as one error) and the
     # same query code, so both give the same answers and the same errors.
     conn = StoreConnection(settings, catalog)
     try:
-        answer = conn.call(
-            QueryService.query, args.view, args.key, args.start, args.end, args.granularity, args.q
+        answer = asyncio.run(
+            conn.acall(
+                QueryService.query_async,
+                args.view,
+                args.key,
+                args.start,
+                args.end,
+                args.granularity,
+                args.q,
+            )
         )
     finally:
         conn.close()
