@@ -8,6 +8,7 @@ same errors (:class:`~lamina.errors.QueryError` -> 400, :class:`~lamina.errors.N
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
@@ -188,6 +189,8 @@ class QueryService:
         self.settings = settings
         self._job_views_cache: dict[str, tuple[float, list[str] | None]] = {}
         self._snapshots: dict[str, Snapshot] = {}
+        self._reading: dict[str, tuple[asyncio.AbstractEventLoop, float, asyncio.Task[Snapshot]]]
+        self._reading = {}
         self.snapshot_reads = 0
         """How many times :meth:`snapshot` read the catalog (the others reused one)."""
 
@@ -338,11 +341,33 @@ class QueryService:
         now = time.monotonic()
         if not fresh and snap is not None and now - snap.read_at < SNAPSHOT_MAX_AGE_S:
             return snap
+        # One read in flight per view and event loop: the requests that find the snapshot
+        # old meanwhile wait for it rather than each reading the catalog (a read started
+        # less than SNAPSHOT_MAX_AGE_S before this request is young enough for it).
+        loop = asyncio.get_running_loop()
+        pending = self._reading.get(view.name)
+        if (
+            not fresh
+            and pending is not None
+            and pending[0] is loop
+            and now - pending[1] < SNAPSHOT_MAX_AGE_S
+        ):
+            return await asyncio.shield(pending[2])
+        task = loop.create_task(self._read_snapshot(view))
+        self._reading[view.name] = (loop, now, task)
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if self._reading.get(view.name, (None, None, None))[2] is task and task.done():
+                del self._reading[view.name]
+
+    async def _read_snapshot(self, view: View) -> Snapshot:
+        started = time.monotonic()
         self.snapshot_reads += 1
         pub, rec = await self.store.snapshot(view)
-        snap = Snapshot(pub, rec, now)  # its age counts from before the read
+        snap = Snapshot(pub, rec, started)  # its age counts from before the read
         current = self._snapshots.get(view.name)
-        if current is None or current.read_at <= now:
+        if current is None or current.read_at <= started:
             self._snapshots[view.name] = snap
         return snap
 
@@ -486,5 +511,7 @@ class Snapshot:
     """``time.monotonic()`` just before the read."""
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _iso(t: float) -> str:
+    """Epoch seconds as ISO-8601 UTC (``...Z``); cached: answers repeat the same buckets."""
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
