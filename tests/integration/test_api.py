@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.api import create_app
 from tests import truth
-from tests.conftest import run_lamina
+from tests.conftest import ROOT, run_lamina
 from tests.integration.conftest import drop_keyspace
 
 
@@ -220,6 +226,48 @@ def test_the_cli_says_the_same_in_one_line(world: dict[str, Any]) -> None:
                 }
             )
         )
+
+
+def test_serve_with_workers_answers_like_the_app(client: TestClient, world: dict[str, Any]) -> None:
+    """``lamina serve --workers 2``: worker processes build the app from the same settings
+    (file and environment) and answer the same JSON as the in-process app."""
+    s = world["settings"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "LAMINA_CASSANDRA__KEYSPACE": s.cassandra.keyspace,
+        "LAMINA_PIPELINE__MASTER_DIR": str(s.master_dir),
+    }
+    cmd = [sys.executable, "-m", "lamina.cli", "serve", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    params = {"key": ["c1", "c2"], **RANGE}
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "lamina serve --workers 2 never got healthy"
+            time.sleep(0.5)
+        want = client.get("/views/cloud_metering/query", params=params).json()
+        for _ in range(4):  # whichever worker answers
+            r = httpx.get(f"{base}/views/cloud_metering/query", params=params, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert r.json() == want
+        bad = httpx.get(f"{base}/views/cloud_metering/query", params={"key": "c1", "to": "inf"})
+        assert bad.status_code == 400 and "to='inf'" in bad.json()["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_openapi_documents_the_query(client: TestClient) -> None:
