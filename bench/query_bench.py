@@ -206,6 +206,24 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 # -- load ----------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (the workers of
+    ``lamina serve --workers N``), from /proc; 0.0 where /proc is not readable."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def summarize(lat_s: list[float], errors: int, elapsed: float) -> dict[str, Any]:
     lat = sorted(x * 1000 for x in lat_s)
     return {
@@ -456,8 +474,15 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         console.print(f"HTTP load: {args.concurrency} in flight for {args.duration:g}s ...")
+        cpu0, mine0 = cpu_seconds(proc.pid), time.process_time()
         http, statuses = asyncio.run(http_load(base, urls, b0, b1, args))
+        cpu = cpu_seconds(proc.pid) - cpu0  # includes the unmeasured warm-up's requests
+        mine = time.process_time() - mine0
         http["statuses"] = statuses
+        if http["requests"]:
+            sent = http["requests"] * (1 + args.warmup / args.duration)
+            http["server_cpu_ms_per_request"] = round(cpu * 1000 / sent, 2)
+            http["client_cpu_ms_per_request"] = round(mine * 1000 / sent, 2)
         result["http"] = http
         if args.rate > 0:
             console.print(
@@ -506,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['max_ms']:.1f}",
         )
     console.print(table)
+    if "server_cpu_ms_per_request" in result["http"]:
+        console.print(
+            "CPU per request (closed loop, warm-up included pro rata): API server "
+            f"{result['http']['server_cpu_ms_per_request']:.2f} ms, load generator (httpx) "
+            f"{result['http']['client_cpu_ms_per_request']:.2f} ms"
+        )
     raw_p50 = result["raw"]["p50_ms"]
     if raw_p50 > 0:
         result["p50_ratio_to_raw"] = round(result["http"]["p50_ms"] / raw_p50, 2)
