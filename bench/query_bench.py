@@ -69,6 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="latest hourly buckets that also get real-time rows, 2 epochs each (6)",
     )
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="also run an open-loop phase offering this many requests/s in total from "
+        "--concurrency clients, latency counted from each request's scheduled time (0: none)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes of `lamina serve` (1)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per load phase (20)")
     p.add_argument(
         "--warmup", type=float, default=2.0, help="unmeasured seconds before each phase (2)"
@@ -92,8 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--span-hours must be >= 24 (queries cover 24 hourly buckets)")
     if not 0 <= args.rt_hours <= 24:
         p.error("--rt-hours must be within 0..24")
-    if args.concurrency < 1 or args.duration <= 0:
-        p.error("--concurrency and --duration must be positive")
+    if args.concurrency < 1 or args.duration <= 0 or args.workers < 1 or args.rate < 0:
+        p.error("--concurrency, --duration and --workers must be positive, --rate >= 0")
     return args
 
 
@@ -147,7 +155,9 @@ def write_realtime(
         return write_rows(s, stmt, rows, 64)
 
 
-def start_server(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    settings: Settings, port: int, log_path: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
     """``lamina serve`` in a subprocess that sees the same private settings (via env)."""
     env = dict(os.environ)
     env.update(
@@ -163,6 +173,8 @@ def start_server(settings: Settings, port: int, log_path: Path) -> subprocess.Po
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "lamina.cli"]
     cmd += ["-c", str(common.ROOT / "conf" / "lamina.toml"), "serve"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     log = log_path.open("wb")
     return subprocess.Popen(cmd, cwd=common.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -192,6 +204,24 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 # -- load ----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its children (the workers of
+    ``lamina serve --workers N``), from /proc; 0.0 where /proc is not readable."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def summarize(lat_s: list[float], errors: int, elapsed: float) -> dict[str, Any]:
@@ -248,6 +278,66 @@ async def http_load(
         await asyncio.gather(*(worker(until, True) for _ in range(args.concurrency)))
         elapsed = time.monotonic() - t0
     return summarize(lat, errors, elapsed), statuses
+
+
+async def rate_load(
+    base: str, urls: list[str], b0: int, b1: int, args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Open loop: ``--rate`` requests/s in total, request *j* of client *w* scheduled at
+    ``t0 + (j * C + w) / rate``; a client behind its schedule sends at once, and latency
+    counts from the scheduled time (so a slow server is not hidden by fewer requests). At
+    the end of the phase, requests still due are counted as ``not_sent``."""
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    statuses: dict[str, int] = {}
+    lat: list[float] = []
+    errors = not_sent = 0
+    rng = random.Random(2)
+    c = args.concurrency
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+
+        async def worker(w: int, t0: float, until: float, record: bool) -> None:
+            nonlocal errors, not_sent
+            j = 0
+            while True:
+                due = t0 + (j * c + w) / args.rate
+                if due >= until:
+                    return
+                if time.perf_counter() >= until:  # behind schedule at the end: not sent
+                    if record:
+                        not_sent += int((until - due) * args.rate / c) + 1
+                    return
+                j += 1
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                params = {"key": rng.choice(urls), "from": str(b0), "to": str(b1)}
+                try:
+                    r = await client.get(f"/views/{VIEW}/query", params=params)
+                    code = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                dt = time.perf_counter() - due
+                if not record:
+                    continue
+                statuses[code] = statuses.get(code, 0) + 1
+                if code == "200":
+                    lat.append(dt)
+                else:
+                    errors += 1
+
+        if args.warmup > 0:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(w, t0, t0 + args.warmup, False) for w in range(c)))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w, t0, t0 + args.duration, True) for w in range(c)))
+        elapsed = time.perf_counter() - t0
+    out = summarize(lat, errors, elapsed)
+    out["offered_per_s"] = args.rate
+    # Scheduled within the phase but never sent (the server did not keep up with the rate).
+    out["not_sent"] = not_sent
+    return out, statuses
 
 
 def raw_load(
@@ -365,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         console.print(f"wrote {n_rt} real-time rows (epochs >= cutoff {br.cutoff})")
 
-        proc = start_server(settings, port, log_path)
+        proc = start_server(settings, port, log_path, args.workers)
         t0 = time.monotonic()
         wait_healthy(proc, base, log_path, timeout=90)
         console.print(f"API healthy in {time.monotonic() - t0:.1f}s (log {log_path})")
@@ -384,9 +474,24 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         console.print(f"HTTP load: {args.concurrency} in flight for {args.duration:g}s ...")
+        cpu0, mine0 = cpu_seconds(proc.pid), time.process_time()
         http, statuses = asyncio.run(http_load(base, urls, b0, b1, args))
+        cpu = cpu_seconds(proc.pid) - cpu0  # includes the unmeasured warm-up's requests
+        mine = time.process_time() - mine0
         http["statuses"] = statuses
+        if http["requests"]:
+            sent = http["requests"] * (1 + args.warmup / args.duration)
+            http["server_cpu_ms_per_request"] = round(cpu * 1000 / sent, 2)
+            http["client_cpu_ms_per_request"] = round(mine * 1000 / sent, 2)
         result["http"] = http
+        if args.rate > 0:
+            console.print(
+                f"HTTP open loop: {args.rate:g} requests/s offered by {args.concurrency} "
+                f"clients for {args.duration:g}s ..."
+            )
+            at_rate, rate_statuses = asyncio.run(rate_load(base, urls, b0, b1, args))
+            at_rate["statuses"] = rate_statuses
+            result["http_rate"] = at_rate
         stop_server(proc)  # free its CPU for the raw phase (2 cores are shared)
         console.print(f"raw driver load: {args.concurrency} threads for {args.duration:g}s ...")
         result["raw"] = raw_load(settings, view, br.version, urls, b0, b1, args)
@@ -402,10 +507,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     for col in ("path", "requests", "errors", "per s", "p50 ms", "p90 ms", "p99 ms", "max ms"):
         table.add_column(col, justify="left" if col == "path" else "right")
-    for label, r in (
-        ("HTTP API (catalog + batch + rt reads, merge, JSON)", result["http"]),
-        (f"raw driver (batch + rt slices, {result['raw']['rows_per_read']} rows)", result["raw"]),
-    ):
+    rows = [("HTTP API (batch + rt reads, merge, JSON)", result["http"])]
+    if "http_rate" in result:
+        missed = result["http_rate"]["not_sent"]
+        rows.append(
+            (
+                f"HTTP API at {args.rate:g}/s offered (open loop, {missed} not sent)",
+                result["http_rate"],
+            )
+        )
+    rows.append(
+        (f"raw driver (batch + rt slices, {result['raw']['rows_per_read']} rows)", result["raw"])
+    )
+    for label, r in rows:
         table.add_row(
             label,
             f"{r['requests']:,}",
@@ -417,6 +531,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['max_ms']:.1f}",
         )
     console.print(table)
+    if "server_cpu_ms_per_request" in result["http"]:
+        console.print(
+            "CPU per request (closed loop, warm-up included pro rata): API server "
+            f"{result['http']['server_cpu_ms_per_request']:.2f} ms, load generator (httpx) "
+            f"{result['http']['client_cpu_ms_per_request']:.2f} ms"
+        )
+    raw_p50 = result["raw"]["p50_ms"]
+    if raw_p50 > 0:
+        result["p50_ratio_to_raw"] = round(result["http"]["p50_ms"] / raw_p50, 2)
+        console.print(
+            f"merged point query p50 / raw driver read p50: {result['p50_ratio_to_raw']:.2f}x "
+            f"({result['http']['p50_ms']:.1f} ms vs {raw_p50:.1f} ms)"
+        )
     console.print(
         "Everything (Cassandra, the API server, the load generator) shares this machine's "
         f"{os.cpu_count()} core(s); the API server is stopped before the raw phase."
@@ -424,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.json or args.workdir / f"query-bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_path.write_text(json.dumps(result, indent=2))
     console.print(f"results written to [cyan]{out_path}[/]")
-    return 0 if result["http"]["errors"] == 0 and result["raw"]["errors"] == 0 else 1
+    failed = sum(result[k]["errors"] for k in ("http", "http_rate", "raw") if k in result)
+    return 0 if failed == 0 else 1
 
 
 def _cleanup(settings: Settings) -> None:

@@ -380,6 +380,19 @@ class ServingSettings(_Section):
     max_buckets: int = Field(default=10_000, ge=1)
     """Largest number of buckets one query may span (a bad range gets a 400, not a scan)."""
     max_keys: int = Field(default=1000, ge=1)
+    """Most keys one query may name (before duplicates are collapsed)."""
+    max_cells: int = Field(default=50_000, ge=1)
+    """Most cells one query may read: distinct keys x buckets of the view's own size in the
+    range (a granularity coarser than the view's bucket does not make it cheaper). It bounds
+    keys and range together: 1000 keys x 10,000 buckets is refused (400) though each is
+    within its own limit."""
+    timeout_s: float = Field(default=5.0, gt=0)
+    """How long the API waits for Cassandra's answer to a read (and to connect) before it
+    answers 503 (the store did not answer in time)."""
+    workers: int = Field(default=1, ge=1)
+    """Worker processes of ``lamina serve`` (``--workers``): each with its own event loop,
+    Cassandra session and catalog snapshot, sharing the port. Metrics at ``/metrics`` are
+    those of the worker that answers."""
     allowed_hosts: list[str] | None = None
     """``Host`` header values the API answers (exact names, ``*.example.com`` wildcards, or
     ``*`` for any); a request naming another host gets a 400, which defeats DNS rebinding.

@@ -249,6 +249,18 @@ class View(_Model):
         return out
 
     @cached_property
+    def value_layout(self) -> list[tuple[str, Monoid, int, int]]:
+        """``(aggregation, monoid, start, end)``: the aggregation's stored columns are
+        ``value_columns[start:end]`` (for decoding a row without recomputing the widths)."""
+        out: list[tuple[str, Monoid, int, int]] = []
+        i = 0
+        for name, m in self.monoids.items():
+            width = len(m.columns(name))
+            out.append((name, m, i, i + width))
+            i += width
+        return out
+
+    @cached_property
     def value_columns(self) -> list[tuple[str, str]]:
         """Stored ``(column, cql_type)`` of all aggregations, in definition order."""
         return [c for name, m in self.monoids.items() for c in m.columns(name)]

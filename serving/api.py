@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -77,6 +78,7 @@ def create_app(
         description="Merged batch + real-time answers of Lamina views.",
         lifespan=lifespan,
     )
+    app.state.store = store  # for tests and operators: its service's snapshot counters
     app.add_middleware(QueryLatencyMiddleware, metrics=metrics, endpoints=("describe", "query"))
     # Added last, so outermost: a request for a host not ours (DNS rebinding) reaches nothing.
     app.add_middleware(TrustedHosts, allowed_hosts=settings.serving.trusted_hosts())
@@ -171,10 +173,9 @@ def create_app(
         end: Annotated[str | None, Query(alias="to", description="ISO-8601 or epoch s")] = None,
         granularity: Annotated[str | None, Query(description="e.g. hour, day, 15m")] = None,
         q: Annotated[float, Query(ge=0.0, le=1.0, description="quantile to present")] = 0.5,
-    ) -> dict[str, Any]:
-        return await run_in_threadpool(
-            store.call, QueryService.query, view, key, start, end, granularity, q
-        )
+    ) -> Response:
+        answer = await store.acall(QueryService.query_async, view, key, start, end, granularity, q)
+        return Response(msgspec.json.encode(answer), media_type="application/json")
 
     for router in routers:
         app.include_router(router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from cassandra.cluster import (
     Cluster,
     ExecutionProfile,
     NoHostAvailable,
+    ResponseFuture,
     Session,
 )
 from cassandra.connection import ConnectionException
@@ -28,9 +31,14 @@ from cassandra.policies import (
     ExponentialReconnectionPolicy,
     TokenAwarePolicy,
 )
+from cassandra.query import tuple_factory
 
 from lamina.errors import ConfigError, StoreUnavailableError
 from lamina.settings import CassandraSettings
+
+TUPLES = "lamina_tuples"
+"""Execution profile whose rows are plain tuples (no named-tuple class per result): for the
+hot read paths that index columns by position (:meth:`serving.store.Store.read_slices`)."""
 
 PROTOCOL_VERSION = 4
 """Native protocol v4. Cassandra 5 speaks v5 too, but the Python driver's v5 framing
@@ -64,11 +72,18 @@ def cluster(
     driver's policy), with ``reconnect_max_s`` at most that long and without ever giving up,
     for long-lived processes that must answer again soon after an outage.
     """
-    profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
-        consistency_level=_consistency(settings.consistency),
-        request_timeout=timeout_s,
-    )
+    profiles = {
+        name: ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+            consistency_level=_consistency(settings.consistency),
+            request_timeout=timeout_s,
+            **extra_profile,
+        )
+        for name, extra_profile in (
+            (EXEC_PROFILE_DEFAULT, {}),
+            (TUPLES, {"row_factory": tuple_factory}),
+        )
+    }
     extra: dict[str, Any] = {}
     if reconnect_max_s is not None:
         extra["reconnection_policy"] = ExponentialReconnectionPolicy(
@@ -82,11 +97,49 @@ def cluster(
         [settings.host],
         port=settings.port,
         protocol_version=PROTOCOL_VERSION,
-        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        execution_profiles=profiles,
         connect_timeout=timeout_s,
         control_connection_timeout=timeout_s,
         **extra,
     )
+
+
+def rows_async(future: ResponseFuture) -> asyncio.Future[list[Any]]:
+    """Every row of a request sent with ``Session.execute_async`` (all its pages), as a future
+    of the running event loop: the driver's I/O thread completes it, the loop's thread never
+    blocks. Its exception is the driver's (an outage, a rejected statement)."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future[list[Any]] = loop.create_future()
+    rows: list[Any] = []
+
+    def settle(result: list[Any] | None, exc: BaseException | None) -> None:
+        if out.done():  # cancelled meanwhile (the request went away)
+            return
+        if exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(rows if result is None else result)
+
+    def hand_over(result: list[Any] | None, exc: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    def page(result: Any) -> None:
+        try:
+            rows.extend(result)
+            if future.has_more_pages:
+                future.start_fetching_next_page()
+                return
+        except BaseException as exc:  # handed to the awaiting coroutine
+            hand_over(None, exc)
+            return
+        hand_over(rows, None)
+
+    def failed(exc: BaseException) -> None:
+        hand_over(None, exc)
+
+    future.add_callbacks(page, failed)
+    return out
 
 
 _OUTAGES: tuple[tuple[type[BaseException], str], ...] = (

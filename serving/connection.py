@@ -7,10 +7,11 @@ HTTP 503, naming Cassandra's address) and answers again by itself once Cassandra
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
 from cassandra.cluster import Cluster
@@ -88,7 +89,11 @@ class StoreConnection:
         if last is not None and time.monotonic() - self._last_attempt < RETRY_CONNECT_S:
             raise StoreUnavailableError(last.message, hint=last.hint)  # a fresh traceback
         self._last_attempt = time.monotonic()
-        c = cluster(self.settings.cassandra, reconnect_max_s=RECONNECT_MAX_S)
+        c = cluster(
+            self.settings.cassandra,
+            timeout_s=self.settings.serving.timeout_s,
+            reconnect_max_s=RECONNECT_MAX_S,
+        )
         try:
             store = Store(c.connect(), self.settings.cassandra)
             store.ensure_schema(self.catalog)
@@ -113,6 +118,29 @@ class StoreConnection:
         svc = self.service()
         try:
             result = fn(svc, *args, **kwargs)
+        except Exception as exc:
+            err = unavailable(self.settings.cassandra, exc)
+            if err is None:
+                raise
+            self._went_down(exc)
+            raise err from None
+        self._answered()
+        return result
+
+    async def acall(
+        self,
+        fn: Callable[Concatenate[QueryService, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``await fn(service, *args, **kwargs)`` in the running event loop, with outages
+        raised as :class:`StoreUnavailableError` like :meth:`call` (connecting, when needed,
+        runs in a worker thread)."""
+        svc = self._service
+        if svc is None:
+            svc = await asyncio.to_thread(self.service)
+        try:
+            result = await fn(svc, *args, **kwargs)
         except Exception as exc:
             err = unavailable(self.settings.cassandra, exc)
             if err is None:

@@ -39,13 +39,7 @@ class Merged:
 
 def decode(view: View, values: Sequence[Any]) -> dict[str, Any]:
     """Stored column values (in ``view.value_columns`` order) -> state per aggregation."""
-    out: dict[str, Any] = {}
-    i = 0
-    for name, m in view.monoids.items():
-        width = len(m.columns(name))
-        out[name] = m.from_row(tuple(values[i : i + width]))
-        i += width
-    return out
+    return {name: m.from_row(tuple(values[i:j])) for name, m, i, j in view.value_layout}
 
 
 def encode(view: View, states: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -75,13 +69,17 @@ def merge(
     """
     out: dict[int, Merged] = {}
     for bucket, values in batch:
-        cur = out.setdefault(bucket, Merged(zero(view)))
+        cur = out.get(bucket)
+        if cur is None:
+            cur = out[bucket] = Merged(zero(view))
         cur.states = plus(view, cur.states, decode(view, values))
         cur.from_batch = True
     for bucket, epoch, values in realtime:
         if cutoff is not None and epoch < cutoff:
             continue
-        cur = out.setdefault(bucket, Merged(zero(view)))
+        cur = out.get(bucket)
+        if cur is None:
+            cur = out[bucket] = Merged(zero(view))
         cur.states = plus(view, cur.states, decode(view, values))
         cur.realtime_epochs.add(epoch)
     return out

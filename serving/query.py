@@ -7,10 +7,16 @@ same errors (:class:`~lamina.errors.QueryError` -> 400, :class:`~lamina.errors.N
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from cassandra import InvalidRequest
 
 from lamina.buckets import Bucket
 from lamina.errors import (
@@ -20,55 +26,151 @@ from lamina.errors import (
     QueryError,
     ViewNotReadyError,
 )
-from lamina.events import parse_text
+from lamina.events import MAX_EVENT_TIME, MIN_EVENT_TIME, parse_text
 from lamina.master import progress
 from lamina.settings import Settings
 from lamina.streams import ARCHIVER
 from lamina.views import View, ViewCatalog
 from serving.merge import merge, present, rollup
-from serving.store import Published, Store, check_answerable
+from serving.store import SNAPSHOT_MAX_AGE_S, Published, RealtimeTable, Store, check_answerable
 
 
 def parse_time(value: str | float | int | None, name: str) -> float | None:
-    """ISO-8601 (UTC unless an offset is given) or epoch seconds -> epoch seconds."""
+    """ISO-8601 (UTC unless an offset is given) or epoch seconds -> epoch seconds.
+
+    Only finite times within the event-time range (1970-01-01 up to 2200-01-01, as for
+    events) are times: ``nan``, ``inf``, ``1e20`` or a year 9999 get a :class:`QueryError`.
+    """
     if value is None or value == "":
         return None
-    if isinstance(value, int | float):
-        return float(value)
+    shown = value
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None:
+        try:
+            dt = datetime.fromisoformat(str(value))
+            dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+            seconds = dt.timestamp()
+        except (ValueError, OverflowError):
+            raise QueryError(
+                f"{name}={shown!r} is not a time",
+                hint="use ISO-8601 like 2026-11-27T10:00:00Z or epoch seconds",
+            ) from None
+    if not math.isfinite(seconds) or not MIN_EVENT_TIME <= seconds <= MAX_EVENT_TIME:
         raise QueryError(
-            f"{name}={value!r} is not a time",
-            hint="use ISO-8601 like 2026-11-27T10:00:00Z or epoch seconds",
-        ) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+            f"{name}={shown!r} is outside the times events can have "
+            f"({_iso(MIN_EVENT_TIME)} to {_iso(MAX_EVENT_TIME)})",
+            hint="use ISO-8601 like 2026-11-27T10:00:00Z or epoch seconds in that range",
+        )
+    return seconds
+
+
+KEY_HINT = (
+    "join the values with commas in key order, writing a comma inside a value as \\, and a "
+    'backslash as \\\\, or give a JSON array such as ["a,b", 12]'
+)
+
+
+def _split_key(raw: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]``, with ``\\,`` a comma and ``\\\\`` a backslash inside a value
+    (any other escaped character stands for itself)."""
+    parts: list[str] = []
+    cur: list[str] = []
+    chars = iter(raw)
+    for ch in chars:
+        if ch == "\\":
+            cur.append(next(chars, "\\"))
+        elif ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _json_key(view: View, raw: str) -> list[Any]:
+    """A multi-field key given as a JSON array: one element per key field."""
+    try:
+        parts = json.loads(raw)
+    except ValueError:
+        parts = None
+    if not isinstance(parts, list):
+        raise QueryError(
+            f"key {raw!r} starts with '[' but is not a JSON array",
+            hint=KEY_HINT + " (a first value starting with '[' is written \\[)",
+        )
+    return parts
 
 
 def parse_key(view: View, raw: str) -> tuple[Any, ...]:
-    """``"a"`` or ``"a,b"`` (one value per key field, in order) -> typed key tuple."""
-    parts = raw.split(",") if len(view.keys) > 1 else [raw]
+    """The text of a key -> the typed key tuple the tables hold.
+
+    A view keyed by one field takes the text whole (commas included). A view keyed by
+    several takes either the values joined by commas in key order, with ``\\,`` for a comma
+    and ``\\\\`` for a backslash inside a value, or a JSON array (text starting with ``[``)
+    with one element per field: a string, or for long/double/boolean fields a JSON number or
+    boolean (or its text). Each value is checked as its field's type by the rule of imports
+    (longs within 64 bits, finite doubles, booleans ``true``/``false``); a
+    :class:`QueryError` (400) says what is wrong.
+    """
+    parts: list[Any]
+    if len(view.keys) == 1:
+        parts = [raw]
+    elif raw.startswith("["):
+        parts = _json_key(view, raw)
+    else:
+        parts = _split_key(raw)
     if len(parts) != len(view.keys):
         raise QueryError(
             f"key {raw!r} has {len(parts)} part(s) but view {view.name!r} is keyed by "
             f"{len(view.keys)}: {', '.join(view.keys)}",
-            hint="join the values with commas in that order",
+            hint=KEY_HINT,
         )
     out: list[Any] = []
-    for field, text in zip(view.keys, parts, strict=True):
+    for field, part in zip(view.keys, parts, strict=True):
         ftype = view.source.fields[field]
-        try:
-            value = text if ftype == "string" else parse_text(field, ftype, text)
-            if value is None:  # an empty part is no long, double or boolean
-                raise ValueError(text)
-        except ValueError:
-            raise QueryError(f"key field {field!r} is {ftype}, got {text!r}") from None
-        out.append(value)
+        out.append(_key_value(field, ftype, part))
     return tuple(out)
+
+
+def _key_value(field: str, ftype: str, part: Any) -> Any:
+    if ftype == "string":
+        if isinstance(part, str):
+            return part
+        raise QueryError(f"key field {field!r} is string, got {json.dumps(part)}")
+    if isinstance(part, bool):
+        text = "true" if part else "false"
+    elif isinstance(part, int | float) and not isinstance(part, bool):
+        text = repr(part)
+    elif isinstance(part, str):
+        text = part
+    else:
+        raise QueryError(f"key field {field!r} is {ftype}, got {json.dumps(part)}")
+    try:
+        value = parse_text(field, ftype, text)
+        if value is None:  # an empty part is no long, double or boolean
+            raise ValueError("empty")
+    except ValueError as exc:
+        why = str(exc)
+        reason = (
+            " (does not fit a 64-bit long)"
+            if "does not fit" in why
+            else " (not a finite number)"
+            if "finite" in why
+            else ""
+        )
+        hint = {
+            "boolean": "a boolean key is true or false",
+            "long": "a long key is an integer from -2**63 to 2**63-1",
+            "double": "a double key is a finite number",
+        }.get(ftype)
+        raise QueryError(
+            f"key field {field!r} is {ftype}, got {text!r}{reason}", hint=hint
+        ) from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -86,6 +188,11 @@ class QueryService:
         self.catalog = catalog
         self.settings = settings
         self._job_views_cache: dict[str, tuple[float, list[str] | None]] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+        self._reading: dict[str, tuple[asyncio.AbstractEventLoop, float, asyncio.Task[Snapshot]]]
+        self._reading = {}
+        self.snapshot_reads = 0
+        """How many times :meth:`snapshot` read the catalog (the others reused one)."""
 
     def describe(self, name: str) -> dict[str, Any]:
         view = self.catalog.view(name)
@@ -163,7 +270,7 @@ class QueryService:
         if n > self.settings.serving.max_buckets:
             raise QueryError(
                 f"the range spans {n} {view.bucket.label} buckets, more than the limit of "
-                f"{self.settings.serving.max_buckets}",
+                f"{self.settings.serving.max_buckets} (serving.max_buckets)",
                 hint="narrow from/to or raise serving.max_buckets",
             )
         return QueryRange(b_start, b_end, gran)
@@ -185,6 +292,138 @@ class QueryService:
         self._job_views_cache[src.name] = (now, views)
         return views
 
+    # -- the query: one code path for the CLI (query) and the API (query_async) ----------
+
+    def plan(
+        self,
+        name: str,
+        keys: list[str],
+        start: Any = None,
+        end: Any = None,
+        granularity: str | None = None,
+        q: float = 0.5,
+    ) -> QueryPlan:
+        """Check every parameter of a query, without I/O: the view, the keys (typed, each
+        distinct key once, the first spelling naming it), the range and the limits. Raises
+        :class:`QueryError` (400) or :class:`NotFoundError` (404)."""
+        view = self.catalog.view(name)
+        limits = self.settings.serving
+        if not keys:
+            raise QueryError("no key given", hint=f"pass one or more values of {view.keys}")
+        if len(keys) > limits.max_keys:
+            raise QueryError(
+                f"{len(keys)} keys, more than the limit of {limits.max_keys} (serving.max_keys)",
+                hint="ask for fewer keys per request or raise serving.max_keys",
+            )
+        if not 0.0 <= q <= 1.0:
+            raise QueryError(f"q={q} is out of range", hint="use 0 <= q <= 1, e.g. 0.95")
+        # Each distinct key once (the first spelling names it): "true" and "True" are one key.
+        distinct: dict[tuple[Any, ...], str] = {}
+        for raw in keys:
+            distinct.setdefault(parse_key(view, raw), raw)
+        rng = self.resolve_range(view, start, end, granularity)
+        n_buckets = int((rng.end - rng.start) // view.bucket.seconds)
+        cells = len(distinct) * n_buckets
+        if cells > limits.max_cells:
+            raise QueryError(
+                f"{len(distinct)} key(s) x {n_buckets} {view.bucket.label} buckets = {cells} "
+                f"cells, more than the limit of {limits.max_cells} (serving.max_cells)",
+                hint="ask for fewer keys or a narrower from/to, or raise serving.max_cells",
+            )
+        return QueryPlan(view, list(distinct.items()), rng, q)
+
+    async def snapshot(self, view: View, *, fresh: bool = False) -> Snapshot:
+        """The catalog row and real-time record of ``view`` that a query merges against: read
+        at most :data:`~serving.store.SNAPSHOT_MAX_AGE_S` ago (else, or with ``fresh``, read
+        now). A query takes it once and uses nothing else, so its answer is of one published
+        version whatever publishes meanwhile."""
+        snap = self._snapshots.get(view.name)
+        now = time.monotonic()
+        if not fresh and snap is not None and now - snap.read_at < SNAPSHOT_MAX_AGE_S:
+            return snap
+        # One read in flight per view and event loop: the requests that find the snapshot
+        # old meanwhile wait for it rather than each reading the catalog (a read started
+        # less than SNAPSHOT_MAX_AGE_S before this request is young enough for it).
+        loop = asyncio.get_running_loop()
+        pending = self._reading.get(view.name)
+        if (
+            not fresh
+            and pending is not None
+            and pending[0] is loop
+            and now - pending[1] < SNAPSHOT_MAX_AGE_S
+        ):
+            return await asyncio.shield(pending[2])
+        task = loop.create_task(self._read_snapshot(view))
+        self._reading[view.name] = (loop, now, task)
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if self._reading.get(view.name, (None, None, None))[2] is task and task.done():
+                del self._reading[view.name]
+
+    async def _read_snapshot(self, view: View) -> Snapshot:
+        started = time.monotonic()
+        self.snapshot_reads += 1
+        pub, rec = await self.store.snapshot(view)
+        snap = Snapshot(pub, rec, started)  # its age counts from before the read
+        current = self._snapshots.get(view.name)
+        if current is None or current.read_at <= started:
+            self._snapshots[view.name] = snap
+        return snap
+
+    async def query_async(
+        self,
+        name: str,
+        keys: list[str],
+        start: Any = None,
+        end: Any = None,
+        granularity: str | None = None,
+        q: float = 0.5,
+    ) -> dict[str, Any]:
+        """Merged answer per bucket for each key, with provenance (see :mod:`serving.merge`).
+
+        Every parameter is checked before any read (:meth:`plan`). Then one snapshot of the
+        catalog (:meth:`snapshot`), and the batch and real-time slices of every key read at
+        once (:meth:`Store.read_slices`). A batch version garbage-collected since the
+        snapshot (two publishes within its age) is answered from a fresh snapshot.
+        """
+        plan = self.plan(name, keys, start, end, granularity, q)
+        view = plan.view
+        snap = await self.snapshot(view)
+        for attempt in range(2):
+            read_realtime = check_answerable(
+                view, snap.published, snap.realtime, self._job_views(view)
+            )
+            version = None if snap.published is None else snap.published.version
+            try:
+                slices = await self.store.read_slices(
+                    view,
+                    version,
+                    [k for k, _ in plan.keys],
+                    int(plan.range.start),
+                    int(plan.range.end),
+                    realtime=read_realtime,
+                )
+                break
+            except InvalidRequest:
+                # The version's table or the real-time table is gone: a later publish
+                # collected the one, a rebuild dropped the other. Once more, from the catalog.
+                if attempt:
+                    raise
+                snap = await self.snapshot(view, fresh=True)
+        latest = self._snapshots.get(view.name)
+        if (
+            latest is not None
+            and latest.realtime != snap.realtime
+            and latest.read_at > snap.read_at
+        ):
+            raise ViewNotReadyError(
+                f"view {view.name!r}: its real-time table changed while it was read (its "
+                "source job began rebuilding it)",
+                hint="try again in a moment",
+            )
+        return self.answer(plan, snap, slices)
+
     def query(
         self,
         name: str,
@@ -194,40 +433,24 @@ class QueryService:
         granularity: str | None = None,
         q: float = 0.5,
     ) -> dict[str, Any]:
-        """Merged answer per bucket for each key, with provenance (see :mod:`serving.merge`)."""
-        view = self.catalog.view(name)
-        if not keys:
-            raise QueryError("no key given", hint=f"pass one or more values of {view.keys}")
-        if len(keys) > self.settings.serving.max_keys:
-            raise QueryError(
-                f"{len(keys)} keys, more than the limit of {self.settings.serving.max_keys}"
-            )
-        if not 0.0 <= q <= 1.0:
-            raise QueryError(f"q={q} is out of range", hint="use 0 <= q <= 1, e.g. 0.95")
-        rng = self.resolve_range(view, start, end, granularity)
-        pub: Published | None = self.store.published(view)
-        # Read the real-time table's record before and after the rows: a rebuild that began
-        # in between (it drops the table) is answered as one, never with the rows it left.
-        rec = self.store.realtime_record(view)
-        read_realtime = check_answerable(view, pub, rec, self._job_views(view))
+        """:meth:`query_async` run to its end, for callers without an event loop (the CLI,
+        scripts, tests): the same code, hence the same answers and errors."""
+        return asyncio.run(self.query_async(name, keys, start, end, granularity, q))
+
+    def answer(
+        self,
+        plan: QueryPlan,
+        snap: Snapshot,
+        slices: list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]],
+    ) -> dict[str, Any]:
+        """Merge, roll up and present the rows read for ``plan`` (pure: no I/O)."""
+        view, rng, q = plan.view, plan.range, plan.q
+        pub = snap.published
         cutoff = pub.cutoff if pub else None
-        b0, b1 = int(rng.start), int(rng.end)
         answers = []
-        for raw in keys:
-            key = parse_key(view, raw)
-            batch = (
-                []
-                if pub is None
-                else [
-                    (r[0], tuple(r[1:]))
-                    for r in self.store.read_batch(view, pub.version, key, b0, b1)
-                ]
-            )
-            realtime = (
-                [(r[0], r[1], tuple(r[2:])) for r in self.store.read_realtime(view, key, b0, b1)]
-                if read_realtime
-                else []
-            )
+        for (_, raw), (batch_rows, rt_rows) in zip(plan.keys, slices, strict=True):
+            batch = [(r[0], r[1:]) for r in batch_rows]
+            realtime = [(r[0], r[1], r[2:]) for r in rt_rows]
             merged = merge(view, batch, realtime, cutoff)
             if rng.granularity != view.bucket:
                 merged = rollup(view, merged, rng.granularity)
@@ -246,15 +469,9 @@ class QueryService:
                     ],
                 }
             )
-        if self.store.realtime_record(view) != rec:
-            raise ViewNotReadyError(
-                f"view {view.name!r}: its real-time table changed while it was read (its "
-                "source job began rebuilding it)",
-                hint="try again in a moment",
-            )
-        if all(not a["buckets"] for a in answers) and len(keys) == 1:
+        if all(not a["buckets"] for a in answers) and len(answers) == 1:
             raise NotFoundError(
-                f"no data for key {keys[0]!r} of view {view.name!r} between "
+                f"no data for key {answers[0]['key']!r} of view {view.name!r} between "
                 f"{_iso(rng.start)} and {_iso(rng.end)}",
                 hint="check the key's spelling and the time range",
             )
@@ -273,5 +490,28 @@ class QueryService:
         }
 
 
+@dataclass(frozen=True)
+class QueryPlan:
+    """A query whose parameters were checked (:meth:`QueryService.plan`)."""
+
+    view: View
+    keys: list[tuple[tuple[Any, ...], str]]
+    """``(typed key, its text as first given)`` per distinct key, in request order."""
+    range: QueryRange
+    q: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of a view's catalog row and real-time record (:meth:`QueryService.snapshot`)."""
+
+    published: Published | None
+    realtime: RealtimeTable | None
+    read_at: float
+    """``time.monotonic()`` just before the read."""
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _iso(t: float) -> str:
+    """Epoch seconds as ISO-8601 UTC (``...Z``); cached: answers repeat the same buckets."""
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")

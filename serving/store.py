@@ -24,6 +24,7 @@ row, so that Paxos orders them with each other:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from lamina.errors import ConflictError, NotFoundError, PublishError, ViewNotRea
 from lamina.schema import INGEST_EPOCH
 from lamina.settings import CassandraSettings
 from lamina.views import View, ViewCatalog
-from serving.cassandra import ensure_keyspace, session
+from serving.cassandra import TUPLES, ensure_keyspace, rows_async, session
 from serving.schema import (
     APPLIED_BATCH,
     CATALOG_GUARD_COLUMNS,
@@ -64,6 +65,16 @@ PUBLISHABLE = ("ready", "published", "superseded")
 LEASE_TTL_S = 30
 """Seconds a build lease lives without renewal (it is renewed every third of that): how long a
 view stays locked after its build's process died without releasing it."""
+
+SNAPSHOT_MAX_AGE_S = 0.5
+"""Longest a query server reuses a view's catalog row and real-time record (its snapshot,
+:meth:`serving.query.QueryService.snapshot`): a publish is answered at most this long
+after it is written."""
+
+REBUILD_GRACE_S = 4 * SNAPSHOT_MAX_AGE_S
+"""How long a rebuild of a real-time table waits between recording ``rebuilding`` and
+dropping the table (:meth:`Store.follow_definition`): every query server has seen the record
+by then and answers 503, so none reads the table while it is dropped and made anew."""
 
 CAS_ATTEMPTS = 5
 """Compare-and-set attempts on a catalog row before giving up (each failed one means another
@@ -370,6 +381,10 @@ class Store:
             self.prepare(f"SELECT * FROM {self.ks}.realtime_tables WHERE view_name = ?"),
             (view.name,),
         ).one()
+        return self._realtime_of(row)
+
+    @staticmethod
+    def _realtime_of(row: Any) -> RealtimeTable | None:
         if row is None:
             return None
         return RealtimeTable(
@@ -453,6 +468,7 @@ class Store:
             "the first" if covers_from is None else f"{covers_from} ({utc(covers_from)})",
         )
         self._record_realtime(view, "rebuilding", None, first_batch)
+        time.sleep(REBUILD_GRACE_S)  # query servers see "rebuilding" before the drop
         self.session.execute(f"DROP TABLE IF EXISTS {self.ks}.{table}", timeout=120)
         self.session.execute(realtime_ddl(view, self.ks), timeout=120)
         self._record_realtime(view, "ready", covers_from, first_batch)
@@ -549,6 +565,10 @@ class Store:
         row = self.session.execute(
             self.prepare(f"SELECT * FROM {self.ks}.catalog WHERE view_name = ?"), (view.name,)
         ).one()
+        return self._published_of(row)
+
+    @staticmethod
+    def _published_of(row: Any) -> Published | None:
         if row is None or row.version is None:
             return None
         return Published(
@@ -838,6 +858,80 @@ class Store:
                 log.warning("view %s: could not release the build lease", view.name)
 
     # -- reads --------------------------------------------------------------------------
+
+    async def snapshot(self, view: View) -> tuple[Published | None, RealtimeTable | None]:
+        """The catalog row and the ``realtime_tables`` row of ``view``, read together
+        (asynchronously; call it from an event loop)."""
+        self._ensure_catalog()
+        pub_rows, rec_rows = await asyncio.gather(
+            rows_async(
+                self.session.execute_async(
+                    self.prepare(f"SELECT * FROM {self.ks}.catalog WHERE view_name = ?"),
+                    (view.name,),
+                )
+            ),
+            rows_async(
+                self.session.execute_async(
+                    self.prepare(f"SELECT * FROM {self.ks}.realtime_tables WHERE view_name = ?"),
+                    (view.name,),
+                )
+            ),
+        )
+        return (
+            self._published_of(pub_rows[0] if pub_rows else None),
+            self._realtime_of(rec_rows[0] if rec_rows else None),
+        )
+
+    async def read_slices(
+        self,
+        view: View,
+        version: int | None,
+        keys: Sequence[Sequence[Any]],
+        b_from: int,
+        b_to: int,
+        *,
+        realtime: bool,
+    ) -> list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+        """For each key, its batch rows of version ``version`` (none when ``None``) and, if
+        ``realtime``, its real-time rows, with ``b_from <= bucket < b_to``: every read in
+        flight at once (prepared statements, asynchronous; call it from an event loop).
+
+        Batch rows are ``(bucket, *value columns)``, real-time rows ``(bucket, ingest_epoch,
+        *value columns)``, value columns in ``view.value_columns`` order.
+        """
+        where = " AND ".join(f"{k} = ?" for k in view.keys)
+        values = ", ".join(c for c, _ in view.value_columns)
+        batch = (
+            None
+            if version is None
+            else self.prepare(
+                f"SELECT bucket, {values} FROM {self.ks}.{batch_table(view, version)} "
+                f"WHERE {where} AND bucket >= ? AND bucket < ?"
+            )
+        )
+        rt = (
+            self.prepare(
+                f"SELECT bucket, {INGEST_EPOCH}, {values} FROM {self.ks}.{realtime_table(view)} "
+                f"WHERE {where} AND bucket >= ? AND bucket < ?"
+            )
+            if realtime
+            else None
+        )
+        none: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        none.set_result([])
+        reads = []
+        for key in keys:
+            params = (*key, b_from, b_to)
+            for stmt in (batch, rt):
+                reads.append(
+                    none
+                    if stmt is None
+                    else rows_async(
+                        self.session.execute_async(stmt, params, execution_profile=TUPLES)
+                    )
+                )
+        rows = await asyncio.gather(*reads)
+        return [(rows[2 * i], rows[2 * i + 1]) for i in range(len(keys))]
 
     def read_batch(
         self, view: View, version: int, key: Sequence[Any], b_from: int, b_to: int

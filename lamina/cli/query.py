@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 from typing import Any
 
-from lamina.cli.common import connect_store, fmt
+from lamina.cli.common import fmt
 from lamina.context import load_catalog
 from lamina.settings import Settings
 
@@ -26,13 +27,29 @@ def cmd_views(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.connection import StoreConnection
     from serving.query import QueryService
 
     catalog = load_catalog(settings)
-    with connect_store(settings) as store:
-        answer = QueryService(store, catalog, settings).query(
-            args.view, args.key, args.start, args.end, args.granularity, args.q
+    # The connection narrates outages for a long-running API; here the one error line says it.
+    logging.getLogger("serving.connection").setLevel(logging.ERROR)
+    # The API's own path: the same connection (schema ensured, outages as one error) and the
+    # same query code, so both give the same answers and the same errors.
+    conn = StoreConnection(settings, catalog)
+    try:
+        answer = asyncio.run(
+            conn.acall(
+                QueryService.query_async,
+                args.view,
+                args.key,
+                args.start,
+                args.end,
+                args.granularity,
+                args.q,
+            )
         )
+    finally:
+        conn.close()
     if args.format == "json":
         print(json.dumps(answer, indent=2))
         return 0

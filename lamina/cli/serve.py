@@ -3,29 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from lamina.cli.common import say
+from lamina.cli.common import positive, say
 from lamina.context import load_catalog
-from lamina.settings import Settings
+from lamina.settings import CONFIG_ENV, Settings, load_settings
+
+HOST_ENV = "LAMINA_SERVING__HOST"
+
+
+def app() -> Any:
+    """The app of one ``lamina serve`` worker process (``uvicorn`` calls it in each worker
+    when ``--workers`` is more than 1): the settings from ``$LAMINA_CONFIG`` and the
+    ``LAMINA_*`` environment, which the parent process set to what it was started with."""
+    return _app(load_settings())
+
+
+def _app(settings: Settings) -> Any:
+    from serving.api import create_app
+    from speed.api import jobs_router
+
+    catalog = load_catalog(settings)
+    return create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
-
-    from serving.api import create_app
-    from speed.api import jobs_router
 
     host = args.host or settings.serving.host
     # --host counts as serving.host, also for the default of serving.allowed_hosts.
     settings = settings.model_copy(
         update={"serving": settings.serving.model_copy(update={"host": host})}
     )
-    catalog = load_catalog(settings)
-    app = create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
     port = args.port or settings.serving.port
-    say(f"serving on http://{host}:{port} (OpenAPI docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    workers = args.workers or settings.serving.workers
+    # uvloop's event loop and httptools' HTTP parser (both dependencies): the fast pair.
+    fast: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "log_level": "warning"}
+    if workers == 1:
+        application = _app(settings)
+        say(f"serving on http://{host}:{port} (OpenAPI docs at /docs)")
+        uvicorn.run(application, host=host, port=port, **fast)
+        return 0
+    # Each worker is a new process that builds its own app (own Cassandra session): it
+    # reads the same settings file and environment, with --host passed on.
+    load_catalog(settings)  # a broken views file fails here, once, not in every worker
+    if args.config is not None:
+        os.environ[CONFIG_ENV] = str(args.config.resolve())
+    os.environ[HOST_ENV] = host
+    say(f"serving on http://{host}:{port} with {workers} worker processes (OpenAPI at /docs)")
+    uvicorn.run("lamina.cli.serve:app", factory=True, host=host, port=port, workers=workers, **fast)
     return 0
 
 
@@ -34,4 +61,10 @@ def register(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the HTTP query API (OpenAPI at /docs)")
     serve.add_argument("--host", help="default: serving.host")
     serve.add_argument("--port", type=int, help="default: serving.port")
+    serve.add_argument(
+        "--workers",
+        type=positive,
+        metavar="N",
+        help="worker processes sharing the port (default: serving.workers, 1)",
+    )
     serve.set_defaults(func=cmd_serve)

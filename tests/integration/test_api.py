@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.api import create_app
 from tests import truth
+from tests.conftest import ROOT, run_lamina
+from tests.integration.conftest import drop_keyspace
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +133,34 @@ def test_many_keys_and_quantile(client: TestClient, world: dict[str, Any], q: fl
             "more than the limit",
         ),
         ("/views/cloud_metering/query", {"key": ["a"] * 1001}, 400, "more than the limit"),
+        ("/views/web_pageviews/query", {"key": "/p/1", "from": "nan"}, 400, "from='nan' is"),
+        ("/views/web_pageviews/query", {"key": "/p/1", "to": "inf"}, 400, "to='inf' is outside"),
+        (
+            "/views/web_pageviews/query",
+            {"key": "/p/1", "from": "1e20", "to": "0"},
+            400,
+            "from='1e20' is outside the times events can have",
+        ),
+        (
+            "/views/web_pageviews/query",
+            {"key": "/p/1", "to": "9999-12-31T23:00:00"},
+            400,
+            "outside the times",
+        ),
+        # Keys and range bounded together: each within its own limit, not both at once.
+        (
+            "/views/web_pageviews/query",
+            {"key": [f"/p/{i}" for i in range(100)], "from": "0", "to": str(3600 * 1000)},
+            400,
+            "100 key(s) x 1000 hour buckets = 100000 cells, more than the limit of 50000 "
+            "(serving.max_cells)",
+        ),
+        (
+            "/views/iot_temperature/query",
+            {"key": [f"s{i}" for i in range(10)], "from": "0", "to": str(60 * 10_000)},
+            400,
+            "(serving.max_cells)",
+        ),
     ],
 )
 def test_user_errors_are_4xx_with_a_message(
@@ -133,6 +169,105 @@ def test_user_errors_are_4xx_with_a_message(
     r = client.get(path, params=params)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+def test_duplicate_keys_are_read_once(client: TestClient) -> None:
+    """1,000 copies of a key over 10,000 buckets are one key's 10,000 cells: answered once."""
+    one = client.get("/views/cloud_metering/query", params={"key": "c1", **RANGE})
+    assert one.status_code == 200, one.text
+    r = client.get(
+        "/views/cloud_metering/query",
+        params={
+            "key": ["c1"] * 1000,
+            "from": str(int(RANGE["to"]) - 9_998 * 3600),  # 10,000 buckets at most
+            "to": RANGE["to"],
+        },
+    )
+    assert r.status_code == 200, r.text
+    [result] = r.json()["results"]
+    assert result["key"] == "c1" and result["buckets"] == one.json()["results"][0]["buckets"]
+    both = client.get("/views/cloud_metering/query", params={"key": ["c2", "c1", "c2"], **RANGE})
+    assert [x["key"] for x in both.json()["results"]] == ["c2", "c1"]
+
+
+def test_the_cli_says_the_same_in_one_line(world: dict[str, Any]) -> None:
+    s = world["settings"]
+    env = {
+        "LAMINA_CASSANDRA__KEYSPACE": s.cassandra.keyspace,
+        "LAMINA_PIPELINE__MASTER_DIR": str(s.master_dir),
+    }
+    for args, said in [
+        (["--from", "nan"], "from='nan' is outside the times events can have"),
+        (["--from", "1e20", "--to", "0"], "from='1e20' is outside"),
+        (["--to", "inf"], "to='inf' is outside"),
+    ]:
+        out = run_lamina(env, "query", "web_pageviews", "/p/1", *args)
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert out.stderr.startswith(f"lamina: error: {said}"), (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    # A keyspace never created (nothing published yet): an answer of the store, no traceback.
+    fresh = run_lamina(
+        {**env, "LAMINA_CASSANDRA__KEYSPACE": "t_never_" + s.cassandra.keyspace[2:]},
+        "query",
+        "web_pageviews",
+        "/p/1",
+    )
+    try:
+        assert fresh.returncode == 1, fresh.stdout
+        assert fresh.stderr.startswith("lamina: error: no data for key '/p/1'"), fresh.stderr
+        assert len(fresh.stderr.strip().splitlines()) == 1
+    finally:
+        drop_keyspace(
+            s.model_copy(
+                update={
+                    "cassandra": s.cassandra.model_copy(
+                        update={"keyspace": "t_never_" + s.cassandra.keyspace[2:]}
+                    )
+                }
+            )
+        )
+
+
+def test_serve_with_workers_answers_like_the_app(client: TestClient, world: dict[str, Any]) -> None:
+    """``lamina serve --workers 2``: worker processes build the app from the same settings
+    (file and environment) and answer the same JSON as the in-process app."""
+    s = world["settings"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "LAMINA_CASSANDRA__KEYSPACE": s.cassandra.keyspace,
+        "LAMINA_PIPELINE__MASTER_DIR": str(s.master_dir),
+    }
+    cmd = [sys.executable, "-m", "lamina.cli", "serve", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    params = {"key": ["c1", "c2"], **RANGE}
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "lamina serve --workers 2 never got healthy"
+            time.sleep(0.5)
+        want = client.get("/views/cloud_metering/query", params=params).json()
+        for _ in range(4):  # whichever worker answers
+            r = httpx.get(f"{base}/views/cloud_metering/query", params=params, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"] == "application/json"
+            assert r.json() == want
+        bad = httpx.get(f"{base}/views/cloud_metering/query", params={"key": "c1", "to": "inf"})
+        assert bad.status_code == 400 and "to='inf'" in bad.json()["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_openapi_documents_the_query(client: TestClient) -> None:

@@ -21,7 +21,7 @@ from lamina.views import load_views
 from serving.cassandra import session
 from serving.query import QueryService
 from serving.schema import batch_table
-from serving.store import Published, Store
+from serving.store import Published, RealtimeTable, Store
 from tests import truth
 from tests.conftest import ROOT, isolated
 from tests.integration.answers import answers, assert_exact
@@ -236,12 +236,12 @@ def test_gc_while_a_reader_is_in_flight(private_world: dict[str, Any], spark: An
 
         raced: Published | None = None
 
-        def published(self, v: Any) -> Published | None:
-            pub = super().published(v)
+        async def snapshot(self, v: Any) -> tuple[Published | None, RealtimeTable | None]:
+            pub, rec = await super().snapshot(v)  # the catalog snapshot the query takes
             if self.raced is None:
                 self.raced = pub
                 run_batch(spark, settings, catalog, [view])  # publish, then maintain (GC)
-            return pub
+            return pub, rec
 
     with session(settings.cassandra) as s:
         store = PublishAfterCatalogRead(s, settings.cassandra)

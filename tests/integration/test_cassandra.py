@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from cassandra import ConsistencyLevel, Unavailable
+from cassandra import ConsistencyLevel, InvalidRequest, Unavailable
 from cassandra.cluster import NoHostAvailable
+from cassandra.concurrent import execute_concurrent_with_args
 
 from lamina import process
 from lamina.settings import CassandraSettings, Settings
 from lamina.stack.manager import Stack
-from serving.cassandra import PROTOCOL_VERSION, ensure_keyspace, release_version, session
+from serving.cassandra import (
+    PROTOCOL_VERSION,
+    TUPLES,
+    ensure_keyspace,
+    release_version,
+    rows_async,
+    session,
+)
 
 
 @pytest.fixture
@@ -133,3 +143,33 @@ def test_a_killed_node_keeps_every_write_it_acknowledged(
         stored = {r.k for r in s.execute("SELECT k FROM acked", timeout=120)}
     lost = acked - stored
     assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes lost"
+
+
+def test_rows_async_gathers_every_page(private: CassandraSettings) -> None:
+    """The API's asynchronous reads (:func:`rows_async`) return all rows of a result larger
+    than one page (the driver fetches 5,000 rows a page), in order, as plain tuples with the
+    :data:`TUPLES` profile; a rejected statement is raised to the awaiting coroutine."""
+    with session(private) as s:
+        ensure_keyspace(s, private)
+        table = f"{private.keyspace}.paged"
+        s.execute(f"CREATE TABLE {table} (k text, b int, v bigint, PRIMARY KEY (k, b))")
+        insert = s.prepare(f"INSERT INTO {table} (k, b, v) VALUES (?, ?, ?)")
+        n = 12_345
+        execute_concurrent_with_args(s, insert, [("one", b, b * 7) for b in range(n)])
+        select = s.prepare(f"SELECT b, v FROM {table} WHERE k = ? AND b >= ? AND b < ?")
+
+        async def read() -> tuple[list[Any], list[Any]]:
+            return await asyncio.gather(
+                rows_async(s.execute_async(select, ("one", 0, n), execution_profile=TUPLES)),
+                rows_async(s.execute_async(select, ("one", 10, 20))),
+            )
+
+        paged, small = asyncio.run(read())
+        assert paged == [(b, b * 7) for b in range(n)]
+        assert [tuple(r) for r in small] == [(b, b * 7) for b in range(10, 20)]
+
+        async def bad() -> list[Any]:
+            return await rows_async(s.execute_async(f"SELECT * FROM {private.keyspace}.nope"))
+
+        with pytest.raises(InvalidRequest, match="nope"):
+            asyncio.run(bad())

@@ -25,7 +25,7 @@ from lamina.views import load_views
 from serving.cassandra import session
 from serving.query import QueryService
 from serving.schema import batch_table, insert_cql, realtime_table
-from serving.store import Published, Store, open_store
+from serving.store import Published, RealtimeTable, Store, open_store
 from tests import truth
 from tests.conftest import ROOT, isolated, run_lamina
 from tests.integration.answers import answers, assert_exact
@@ -248,14 +248,16 @@ def test_retain_one_keeps_the_previous_version_for_readers_in_flight(
     [first] = run_batch(spark, settings, catalog, [VIEW], cutoff=w["e2"])
 
     class PublishAfterCatalogRead(Store):
+        """The catalog snapshot a query takes, then a publish before its data reads."""
+
         raced: Published | None = None
 
-        def published(self, v: Any) -> Published | None:
-            pub = super().published(v)
+        async def snapshot(self, v: Any) -> tuple[Published | None, RealtimeTable | None]:
+            pub, rec = await super().snapshot(v)
             if self.raced is None:
                 self.raced = pub
                 run_batch(spark, settings, catalog, [VIEW])  # publish, then GC and purge
-            return pub
+            return pub, rec
 
     with session(settings.cassandra) as s:
         store = PublishAfterCatalogRead(s, settings.cassandra)

@@ -14,6 +14,8 @@ always starts it again, also when an assertion fails.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from lamina.settings import Settings
 from lamina.stack.manager import Stack
 from lamina.views import ViewCatalog, load_views
 from serving.api import create_app
-from tests.conftest import ROOT, isolated
+from tests.conftest import ROOT, isolated, run_lamina
 from tests.integration.conftest import drop_keyspace
 
 VIEW = "web_pageviews"
@@ -110,6 +112,18 @@ def test_cassandra_outage_is_503_json_and_the_api_recovers(outage_settings: Sett
             assert metrics.status_code == 200
             assert 'lamina_up{part="cassandra"} 0.0' in metrics.text
 
+            # The CLI: one line naming Cassandra, exit 1, no traceback.
+            cli = run_lamina(
+                {"LAMINA_CASSANDRA__KEYSPACE": settings.cassandra.keyspace},
+                "query",
+                VIEW,
+                "/p/1",
+            )
+            assert cli.returncode == 1, (cli.stdout, cli.stderr)
+            assert cli.stderr.startswith("lamina: error: the store is unavailable: Cassandra at ")
+            assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+            assert "Traceback" not in cli.stdout + cli.stderr
+
             # An API started during the outage starts, and answers the same.
             late = apis.enter_context(
                 TestClient(
@@ -123,3 +137,37 @@ def test_cassandra_outage_is_503_json_and_the_api_recovers(outage_settings: Sett
         wait_answering(client, settings, before)
         wait_answering(late, settings, before)
         assert client.get("/health").json()["store"] == "up"
+
+
+def test_a_cassandra_that_does_not_answer_is_503_json_and_the_api_recovers(
+    outage_settings: Settings,
+) -> None:
+    """A hung node (its process stopped with SIGSTOP: connections stay open, nothing answers)
+    is answered within ``serving.timeout_s`` with the 503 "did not answer in time", never
+    hangs the API nor gives a 500; once the node runs again, the API answers by itself."""
+    settings = outage_settings.model_copy(
+        update={"serving": outage_settings.serving.model_copy(update={"timeout_s": 2.0})}
+    )
+    catalog: ViewCatalog = load_views(ROOT / "conf" / "views.toml")
+    [cassandra] = [s for s in Stack(settings, ["cassandra"]).status() if s.name == "cassandra"]
+    assert cassandra.pid is not None
+    with TestClient(
+        create_app(settings, catalog), base_url=LOCAL, raise_server_exceptions=False
+    ) as client:
+        before = statuses(client)
+        assert before[STORE_PATHS[1]] == 404
+        os.kill(cassandra.pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                started = time.monotonic()
+                r = client.get(STORE_PATHS[1])
+                took = time.monotonic() - started
+                assert_unavailable(r, settings)
+                assert took < 15, took
+                print(f"[hung] {r.json()['error']} after {took:.1f}s")
+            assert "did not answer in time" in r.json()["error"] or (
+                "cannot be reached" in r.json()["error"]
+            )
+        finally:
+            os.kill(cassandra.pid, signal.SIGCONT)
+        wait_answering(client, settings, before)
