@@ -38,12 +38,21 @@ class ServiceStatus:
         return self.state == "healthy"
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+STILL_STARTING_S = 30.0
+"""How often a service that is not ready yet reports what its log last said."""
+
+
+def _tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> str:
+    """The last ``lines`` lines of ``path`` (read from its end: service logs grow large),
+    joined with `` | ``; empty if the file does not exist."""
     try:
-        text = path.read_text(errors="replace").splitlines()
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - max_bytes))
+            text = f.read().decode(errors="replace").splitlines()
     except FileNotFoundError:
         return ""
-    return " | ".join(line.strip() for line in text[-lines:])
+    kept = [line.strip()[:300] for line in text if line.strip()]
+    return " | ".join(kept[-lines:])
 
 
 class Stack:
@@ -133,8 +142,15 @@ class Stack:
     def _wait_ready(self, svc: Service, progress: Callable[[str], None]) -> ServiceStatus:
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
         t0 = time.monotonic()
+        next_note = t0 + STILL_STARTING_S
         last_error = ""
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_note:  # a slow start says what it is doing
+                next_note += STILL_STARTING_S
+                progress(
+                    f"{svc.name}: still starting after {time.monotonic() - t0:.0f}s;"
+                    f" its log says: {_tail(svc.log_file, 1)}"
+                )
             pid = process.running_pid(svc.pid_file, svc.marker)
             if pid is None:
                 raise StackError(
@@ -153,7 +169,7 @@ class Stack:
             )
         raise StackError(
             f"{svc.name} did not become ready within {self.settings.stack.start_timeout_s:.0f}s"
-            f" (last error: {last_error})",
+            f" (last error: {last_error}); the last lines of its log: {_tail(svc.log_file, 3)}",
             log=str(svc.log_file),
         )
 

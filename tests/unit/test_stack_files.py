@@ -61,3 +61,41 @@ def test_rendered_configuration_is_private_and_escapes_the_password(tmp_path: Pa
     # writes non-ASCII as \uXXXX (it is read as ISO-8859-1).
     assert 'password="p\\\\"w\\\\\\\\\\u00f6" user_lamina="p\\\\"w\\\\\\\\\\u00f6";' in text
     assert "listeners=SASL_PLAINTEXT://127.0.0.1:1," in text
+
+
+def test_cassandra_config_renders_each_commitlog_mode(tmp_path: Path) -> None:
+    """``batch`` (the default) needs no window; ``group`` its window; ``periodic`` its period.
+    Cassandra refuses to start on a setting of another mode, so each renders only its own."""
+    from lamina.stack.services import CassandraService
+
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    s = s.model_copy(update={"stack": s.stack.model_copy(update={"state_dir": tmp_path})})
+    assert s.cassandra.commitlog_sync == "batch"
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "jamm-0.4.0.jar").touch()
+    expected = {
+        "batch": [],
+        "group": ["commitlog_sync_group_window: 10ms"],
+        "periodic": ["commitlog_sync_period: 10000ms"],
+    }
+    for mode, lines in expected.items():
+        c = s.cassandra.model_copy(update={"commitlog_sync": mode})
+        svc = CassandraService(s.model_copy(update={"cassandra": c}))
+        svc.make_private()
+        svc.command("java", [jars])
+        conf = (svc.dir / "conf" / "cassandra.yaml").read_text().splitlines()
+        assert f"commitlog_sync: {mode}" in conf
+        assert [ln for ln in conf if ln.startswith("commitlog_sync_")] == lines
+
+
+def test_a_log_tail_reads_only_the_end_of_a_large_log(tmp_path: Path) -> None:
+    from lamina.stack.manager import _tail
+
+    log = tmp_path / "cassandra.log"
+    with log.open("w") as f:
+        for i in range(200_000):
+            f.write(f"INFO line {i}\n")
+        f.write("INFO Migrating rows from legacy compaction_history\n\n")
+    assert _tail(log, 2) == "INFO line 199999 | INFO Migrating rows from legacy compaction_history"
+    assert _tail(tmp_path / "missing.log") == ""
