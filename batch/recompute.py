@@ -308,28 +308,34 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
             return Deduped(
                 rows.select(*out), read_rows, legacy_rows, total, oversize_rows, 0, 0, tuple(cached)
             )
-        single = rows.join(F.broadcast(hashes), ID_HASH, "left_anti").select(*out)
+        if repeated_hashes <= MAX_BROADCAST_HASHES:
+            single = rows.join(F.broadcast(hashes), ID_HASH, "left_anti").select(*out)
+            repeated_rows = rows.join(F.broadcast(hashes), ID_HASH, "left_semi")
+            tasks = write_tasks(2 * repeated_hashes, parallelism)
+        else:  # too many to broadcast (a replay of a whole topic): every row goes through
+            single = rows.where(F.lit(False)).select(*out)
+            repeated_rows, tasks = rows, write_tasks(total, parallelism)
         firsts = _first_of_repeated(
-            rows.join(F.broadcast(hashes), ID_HASH, "left_semi").drop(ID_HASH, LEGACY),
-            view,
-            columns,
-            write_tasks(2 * repeated_hashes, parallelism),
+            repeated_rows.drop(ID_HASH, LEGACY), view, columns, tasks
         ).cache()
         cached.append(firsts)
         s = firsts.agg(
             F.count(F.lit(1)),
+            F.count(F.when(F.col(COPIES) > 1, 1)),
             F.sum(COPIES),
             F.sum("_oversize_copies"),
             F.count(F.when(~fits, 1)),
             F.count(F.when(F.col("_ambiguous"), 1)),
         ).first()
         assert s is not None
-        repeated, copies, oversize_copies, oversize_firsts, ambiguous = (int(x or 0) for x in s)
+        ids, repeated, copies, oversize_copies, oversize_firsts, ambiguous = (
+            int(x or 0) for x in s
+        )
         settled = firsts.where(~F.col("_ambiguous")).select(*out)
         if ambiguous:
-            ids = firsts.where(F.col("_ambiguous")).select(F.col(event_id).alias("_tied"))
+            tie = firsts.where(F.col("_ambiguous")).select(F.col(event_id).alias("_tied"))
             full = read.union(spark, view)
-            tied = full.join(F.broadcast(ids), full[event_id].eqNullSafe(ids["_tied"]), "left_semi")
+            tied = full.join(F.broadcast(tie), full[event_id].eqNullSafe(tie["_tied"]), "left_semi")
             again = first_copies(tied, event_id).select(*out).cache()
             cached.append(again)
             settled = settled.unionByName(again)
@@ -337,7 +343,7 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
             single.unionByName(settled),
             read_rows,
             legacy_rows,
-            total - copies + repeated,
+            total - copies + ids,
             oversize_rows - oversize_copies + oversize_firsts,
             repeated,
             ambiguous,
@@ -350,6 +356,9 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
 
 
 COPIES = "_copies"
+MAX_BROADCAST_HASHES = 2_000_000
+"""Repeated id hashes :func:`deduplicate` broadcasts to every task (8 bytes each) to pick
+the rows of repeated ids out; beyond, every row goes through the grouping by event id."""
 
 
 def _first_of_repeated(rows: DataFrame, view: View, columns: list[str], tasks: int) -> DataFrame:

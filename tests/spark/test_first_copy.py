@@ -8,7 +8,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+import batch.recompute
 from batch.recompute import deduplicate, first_copies, master_read, read_master
 from lamina.master import archive_dir, archive_file, arrow_schema, imports_dir
 from lamina.settings import Settings
@@ -79,13 +81,17 @@ def _plan(df: Any) -> str:
     return str(df._jdf.queryExecution().executedPlan().toString())
 
 
+@pytest.mark.parametrize("broadcast", [True, False])
 def test_copies_tied_on_the_order_keep_the_copy_every_column_picks(
-    settings: Settings, spark: Any, tmp_path: Path
+    settings: Settings, spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broadcast: bool
 ) -> None:
     """Copies of an id at the same (epoch, partition, offset) are ordered by the other
     columns, every one of them, as :func:`first_copies` does: the build reads only the view's
     columns, and settles the ids whose tied copies differ in one of them from every column
-    (here ``ts``, which web_pageviews does not read, decides between ``/a`` and ``/b``)."""
+    (here ``ts``, which web_pageviews does not read, decides between ``/a`` and ``/b``).
+    Without ``broadcast``, too many repeated hashes to broadcast: every row is grouped."""
+    if not broadcast:
+        monkeypatch.setattr(batch.recompute, "MAX_BROADCAST_HASHES", 0)
     s = isolated(settings, tmp_path)
     imports = imports_dir(s, VIEW.source)
 
