@@ -3,7 +3,8 @@
 The Airflow ``spark_submit`` runner (``SparkSubmitOperator``) runs this file; it builds one
 new, unpublished version of ``VIEW`` at ``cutoff`` with :func:`batch.steps.build` and
 prints ``{"view", "cutoff", "version"}`` as one JSON line. The DAG's next task finds the
-version in the store (:func:`batch.steps.built_version`).
+version in the store (:func:`batch.steps.built_version`). ``--full``: a full recompute
+even where ``[batch] incremental`` allows an incremental build (a from-scratch run).
 
 Settings come from ``$LAMINA_CONFIG`` and ``LAMINA_*`` variables like every step, except the
 Spark master: spark-submit (its ``--master``, deploy mode and resources, from the Airflow
@@ -24,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batch/driver.py", description=__doc__.splitlines()[0])
     parser.add_argument("view", help="view name from the views file")
     parser.add_argument("--cutoff", type=int, required=True, help="ingest-epoch cutoff (s)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="a full recompute even where [batch] incremental allows an incremental build",
+    )
     args = parser.parse_args(argv)
 
     from pyspark.sql import SparkSession
@@ -37,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if master:
         os.environ["LAMINA_SPARK__MASTER"] = master
     try:
-        version = build(args.view, args.cutoff)
+        version = build(args.view, args.cutoff, full=args.full)
     except LaminaError as exc:
         print(f"lamina: error: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,10 @@ catalog write (:meth:`serving.store.Store.publish`), unless its self-check faile
 before the publish leaves the published version untouched (the half-built version stays
 ``building`` and its lease expires).
 
+Incremental builds (opt-in, ``[batch] incremental``): where it equals a full recompute, a
+version is the published version's stored states ⊕ the epochs completed since its cutoff
+(:mod:`batch.incremental`; :func:`build_view` plans it and hands over).
+
 The purge and a build in flight: the purge floor does not wait for ``building`` versions.
 Each purge records its floor in the catalog before it deletes, and no version below that
 floor is ever published (:meth:`serving.store.Store.check_publishable`): a build that started
@@ -31,6 +35,14 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from batch.incremental import (
+    build_incremental,
+    commit_state,
+    drop_state,
+    plan_build,
+    state_dir,
+    write_version,
+)
 from batch.reconcile import (
     Reconciliation,
     judge,
@@ -483,6 +495,7 @@ def build_view(
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
     lease: BuildLease | None = None,
+    incremental: bool | None = None,
 ) -> Version:
     """Recompute one view into a new, unpublished version (state ``ready``), with its report
     stored: its self-check against the master dataset it read, its reconciliation with the
@@ -499,12 +512,23 @@ def build_view(
     checked by :func:`check_cutoff`; an older one than the published is let through (a
     from-scratch recompute: validation and the publish decide).
 
+    ``incremental`` (default ``[batch] incremental``): build it as the published version ⊕
+    the epochs completed since, where that equals a full recompute, and keep this build's
+    state for the next one (:mod:`batch.incremental`; its report says which kind and why).
+
     Raises; a failed build is marked ``failed`` and the published version stays as it was.
     """
     if lease is None:
         with store.build_lease(view) as own:
             return build_view(
-                spark, settings, store, view, cutoff=cutoff, progress=progress, lease=own
+                spark,
+                settings,
+                store,
+                view,
+                cutoff=cutoff,
+                progress=progress,
+                lease=own,
+                incremental=incremental,
             )
     t0 = time.monotonic()
     cut = check_cutoff(settings, store, view, cutoff, allow_older_cutoff=True)
@@ -519,8 +543,17 @@ def build_view(
     if left_out:
         log.warning("%s: %s", view.name, left_out)
         progress(f"{view.name}: warning: {left_out}")
+    on = settings.batch.incremental if incremental is None else incremental
+    plan = plan_build(settings, store, view, cut, incremental=on)
+    if plan.base is not None:
+        return build_incremental(
+            spark, settings, store, view, cut, plan, progress=progress, lease=lease, started=t0
+        )
+    if on:
+        progress(f"{view.name}: full build: {plan.why}")
     version = store.begin_version(view, cut)
-    timings: dict[str, float] = {}
+    state = state_dir(settings, view, version) if plan.keep_state else None
+    timings: dict[str, float] = {"incremental": 0.0}
     try:
         deduped = deduplicate(spark, master_read(spark, settings, view, cut), view)
         events = deduped.events
@@ -551,7 +584,7 @@ def build_view(
             settings.pipeline.write_concurrency,
         )
         t1 = time.monotonic()
-        rows = int(agg.rdd.mapPartitions(writer).sum())
+        rows = write_version(agg, writer, state)
         timings["write_tasks"] = tasks
         timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()
@@ -571,7 +604,12 @@ def build_view(
         store.save_reconciliation(
             view,
             version,
-            report.to_dict() | {"self_check": check.to_dict(), "verdict": verdict.to_dict()},
+            report.to_dict()
+            | {
+                "self_check": check.to_dict(),
+                "verdict": verdict.to_dict(),
+                "build": plan.describe(),
+            },
         )
         timings["self_check_s"] = round(time.monotonic() - t2 - timings["reconcile_s"], 3)
         progress(
@@ -584,8 +622,14 @@ def build_view(
         for line in [*verdict.problems, *verdict.warnings]:
             log.warning("%s v%s: %s", view.name, version, line)
         lease.check()  # another build may hold the view: this one is not to be published
+        if state is not None and verdict.publishable:
+            commit_state(
+                settings, view, version, cut, plan, events=n_events, oversize=oversize, rows=rows
+            )
     except BaseException:
         store.finish_version(view, version, "failed", 0, timings)
+        if state is not None:
+            drop_state(state)
         raise
     timings["total_s"] = round(time.monotonic() - t0, 3)
     # A batch that fails its self-check is never publishable, not even by a rollback, and
@@ -597,10 +641,16 @@ def build_view(
 
 
 def reconcile_version(
-    store: Store, view: View, version: int, cutoff: int, events: DataFrame
+    store: Store,
+    view: View,
+    version: int,
+    cutoff: int,
+    events: DataFrame,
+    from_epoch: int | None = None,
 ) -> Reconciliation:
     """Compare version ``version`` with the real-time view where both cover (the caller
-    stores the report, with the self-check: :func:`build_view`).
+    stores the report, with the self-check: :func:`build_view`); with ``from_epoch``, only
+    on the epochs from it on (an incremental build: :mod:`batch.incremental`).
 
     ``events`` are the master dataset's events before ``cutoff`` with their ``ingest_epoch``
     and ``topic``. Only events that came through Kafka (``topic`` set) are compared: imported
@@ -609,7 +659,10 @@ def reconcile_version(
     translation the version and the speed layer use) and streamed to the driver, where
     :func:`batch.reconcile.reconcile` compares them with the fold of the real-time rows.
     """
-    realtime = realtime_overlap(view, store.realtime_before(view, cutoff))
+    rows = store.realtime_before(view, cutoff)
+    if from_epoch is not None:
+        rows = (r for r in rows if r[2] >= from_epoch)
+    realtime = realtime_overlap(view, rows)
     cells: Iterable[tuple[tuple[Any, ...], int, tuple[Any, ...]]] = ()
     if realtime.first_epoch is not None:
         overlap = events.where(
@@ -630,6 +683,7 @@ def run_view(
     *,
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
+    incremental: bool | None = None,
 ) -> BatchResult:
     """Recompute and publish one view, holding its build lease throughout. Raises; the
     published version stays as it was. A version that fails its self-check is not published
@@ -639,7 +693,16 @@ def run_view(
     a rollback (:meth:`Store.rollback`)."""
     with store.build_lease(view, "lamina batch run") as lease:
         cut = check_cutoff(settings, store, view, cutoff)
-        built = build_view(spark, settings, store, view, cutoff=cut, progress=progress, lease=lease)
+        built = build_view(
+            spark,
+            settings,
+            store,
+            view,
+            cutoff=cut,
+            progress=progress,
+            lease=lease,
+            incremental=incremental,
+        )
         report = store.reconciliation(view, built.version)
         verdict = stored_verdict(report, settings.airflow.max_divergence)
         if not verdict.publishable:
@@ -701,8 +764,10 @@ def run_batch(
     *,
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
+    incremental: bool | None = None,
 ) -> list[BatchResult]:
     """Recompute and publish each named view (all by default), then collect garbage.
+    ``incremental``: see :func:`build_view` (default ``[batch] incremental``).
 
     ``cutoff`` (default: each source's complete cutoff when the run starts) is the same for
     every view of a source."""
@@ -717,6 +782,16 @@ def run_batch(
     with open_store(settings.cassandra, catalog) as store:
         for view in chosen:
             cut = cuts[view.source.name]
-            results.append(run_view(spark, settings, store, view, cutoff=cut, progress=progress))
+            results.append(
+                run_view(
+                    spark,
+                    settings,
+                    store,
+                    view,
+                    cutoff=cut,
+                    progress=progress,
+                    incremental=incremental,
+                )
+            )
             collect_and_purge(store, view, progress)
     return results

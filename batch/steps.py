@@ -77,8 +77,10 @@ def recompute_cutoff(view_name: str, from_scratch: bool) -> int | None:
     return complete_cutoff(settings, catalog.view(view_name).source)
 
 
-def build(view_name: str, cutoff: int | None = None) -> int:
-    """Recompute the view into a new unpublished version; returns its number."""
+def build(view_name: str, cutoff: int | None = None, *, full: bool = False) -> int:
+    """Recompute the view into a new unpublished version; returns its number. Incremental
+    where ``[batch] incremental`` allows it (:mod:`batch.incremental`), unless ``full`` (a
+    from-scratch recompute)."""
     from batch.recompute import build_view
     from engine.session import spark_session
 
@@ -87,7 +89,9 @@ def build(view_name: str, cutoff: int | None = None) -> int:
     spark = spark_session(settings, f"lamina-batch-{view_name}")
     try:
         with open_store(settings.cassandra, catalog) as store:
-            return build_view(spark, settings, store, view, cutoff=cutoff).version
+            return build_view(
+                spark, settings, store, view, cutoff=cutoff, incremental=False if full else None
+            ).version
     finally:
         spark.stop()
 

@@ -12,6 +12,12 @@ writer's progress so a cutoff exists, then for each view:
 
 and prints both side by side, plus a JSON result file.
 
+With ``--incremental-hours H``, the builds above keep their states (``[batch] incremental``),
+then H hours of new events per source (the sources' hourly rate, event times in the H
+hours after the base's) are written into new ingest epochs, and each view is built twice
+at the new cutoff: incrementally (the published version ⊕ the new epochs,
+:mod:`batch.incremental`) and by a full recompute, timed side by side (second table).
+
 ``--events N`` is the TOTAL number of events, split evenly across the sources of the chosen
 views (the three example views use three different sources: N/3 each).
 
@@ -105,6 +111,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the raw write ceiling (the published rows written again into a scratch "
         "table by CORES plain Python processes, no Spark: see bench/publish_bench.py)",
     )
+    p.add_argument(
+        "--incremental-hours",
+        type=float,
+        default=0.0,
+        metavar="H",
+        help="also time an incremental build of H hours of new events on top of the base "
+        "(the base's hourly rate), beside a full recompute of the same data (default 0: off)",
+    )
     args = p.parse_args(argv)
     if args.events < 1:
         p.error("--events must be positive")
@@ -123,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     settings = common.private_settings(args.workdir.absolute(), "bench")
+    if args.incremental_hours > 0:  # the base builds keep their states
+        settings = settings.model_copy(
+            update={"batch": settings.batch.model_copy(update={"incremental": True})}
+        )
     catalog = load_views(settings.pipeline.views_file)
     views = [v.strip() for v in args.views.split(",") if v.strip()]
     for v in views:
@@ -263,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 "spark_over_duckdb": round(spark_s / duck_s, 2),
                 "rows_and_events_match": check,
             }
+        if args.incremental_hours > 0:
+            result["incremental"] = _incremental(settings, catalog, views, spark, args, result)
+            ok &= all(r["check"] for r in result["incremental"].values())
     finally:
         if spark is not None:
             spark.stop()
@@ -312,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             "[green]ok[/]" if r["rows_and_events_match"] else "[red]MISMATCH[/]",
         )
     console.print(table)
+    if "incremental" in result:
+        _incremental_table(result["incremental"], args.incremental_hours)
     console.print(
         f"Spark startup (JVM + session, not in the figures): {result['spark_startup_s']:.1f}s. "
         "Spark s = wall time of run_batch for the view (read, dedup, aggregate, Cassandra "
@@ -328,6 +351,123 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         console.print("[red]Spark and DuckDB disagree on row or event counts (see 'check').[/]")
     return 0 if ok else 1
+
+
+def _incremental(
+    settings: Any,
+    catalog: Any,
+    views: list[str],
+    spark: Any,
+    args: argparse.Namespace,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """Write ``args.incremental_hours`` of new events per source into the epochs after the
+    base's cutoff, then per view: a full recompute (not published) and an incremental build
+    (published) at the new cutoff, timed."""
+    import numpy as np
+
+    from batch.recompute import build_view, run_batch
+    from lamina.master import record_progress, write_epoch
+    from serving.store import open_store
+
+    hours = args.incremental_hours
+    eps = settings.pipeline.epoch_seconds
+    end = (time.time() // common.HOUR) * common.HOUR
+    added: dict[str, int] = {}
+    for i, src in enumerate(dict.fromkeys(catalog.view(v).source.name for v in views)):
+        gen = result["generation"][src]
+        n = max(1, round(gen["rows"] * hours / args.span_hours))
+        rng = np.random.default_rng(args.seed + 100 + i)
+        source = catalog.sources[src]
+        epoch, done = gen["cutoff"], 0
+        while done < n:
+            rows = min(args.chunk_rows, n - done)
+            table = common.generate_chunk(
+                source, rows, rng, end, end + hours * common.HOUR, offset0=gen["rows"] + done
+            )
+            write_epoch(settings, source, epoch, table, "bench-new")
+            epoch, done = epoch + eps, done + rows
+        record_progress(settings, source, "bench-new", epoch, active=False)
+        added[src] = n
+    out: dict[str, Any] = {}
+    for name in views:
+        view = catalog.view(name)
+        # The full recompute first, left unpublished (the incremental build's base stays the
+        # published version, whose state the base run kept), then the incremental build.
+        console.print(f"[bold]{name}[/]: full recompute of base + new epochs ...")
+        t0 = time.monotonic()
+        with open_store(settings.cassandra, catalog) as store:
+            full = build_view(spark, settings, store, view, incremental=False)
+        full_s = time.monotonic() - t0
+        console.print(f"[bold]{name}[/]: incremental build on top of the base ...")
+        t0 = time.monotonic()
+        [inc] = run_batch(
+            spark,
+            settings,
+            catalog,
+            [name],
+            progress=lambda m: console.print(f"  {m}"),
+            incremental=True,
+        )
+        inc_s = time.monotonic() - t0
+        out[name] = {
+            "new_events": added[view.source.name],
+            "base_events": result["views"][name]["dedup_events"],
+            "rows": inc.rows,
+            "incremental": {"seconds": round(inc_s, 3), "timings": inc.timings},
+            "full": {"seconds": round(full_s, 3), "timings": full.timings},
+            "speedup": round(full_s / inc_s, 2),
+            "check": inc.timings.get("incremental") == 1.0
+            and (inc.rows, inc.events, inc.cutoff)
+            == (full.rows, int(full.timings["events"]), full.cutoff),
+        }
+    return out
+
+
+def _incremental_table(found: dict[str, Any], hours: float) -> None:
+    table = Table(
+        title=f"Incremental build: {hours:g} h of new events on top of the base, beside a full "
+        "recompute of the same data (built just before it, not published)"
+    )
+    for col in (
+        "view",
+        "base events",
+        "new events",
+        "rows",
+        "incremental s",
+        "read+dedup s",
+        "of it: re-send check s",
+        "merge+write s",
+        "full s",
+        "full/incremental",
+        "check",
+    ):
+        table.add_column(col, justify="left" if col == "view" else "right")
+    for name, r in found.items():
+        t = r["incremental"]["timings"]
+        table.add_row(
+            name,
+            f"{r['base_events']:,}",
+            f"{r['new_events']:,}",
+            f"{r['rows']:,}",
+            f"{r['incremental']['seconds']:.2f}",
+            f"{t.get('read_s', 0):.2f}",
+            f"{t.get('resent_check_s', 0):.2f}",
+            f"{t.get('aggregate_write_s', 0):.2f}",
+            f"{r['full']['seconds']:.2f}",
+            f"{r['speedup']:.1f}x",
+            "[green]ok[/]" if r["check"] else "[red]MISMATCH[/]",
+        )
+    console.print(table)
+    console.print(
+        "incremental s = wall time of run_batch(incremental=True): read the new epochs, dedup "
+        "them and drop re-sends of older ids (re-send check: a scan of the old epochs' id "
+        "column, a semi-join with the new ids), merge into "
+        "the base's stored states, write the whole version (Cassandra + state Parquet) and "
+        "publish; full s = the same data recomputed from scratch (no state kept, not "
+        "published). check = the build was incremental, and both have the same rows, events "
+        "and cutoff."
+    )
 
 
 def _ceiling(settings: Any, view: Any, version: int, cores: int) -> dict[str, Any]:

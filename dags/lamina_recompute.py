@@ -6,7 +6,8 @@ Trigger with params ``views`` (view names; default every view) and ``from_scratc
   epochs past the published cutoff; the others are skipped.
 - ``from_scratch = true``: rebuild every chosen view from the whole master dataset at its
   current complete cutoff, even if nothing new arrived: after a change of a view's
-  definition, or to repair a published version. Validation then also accepts a cutoff
+  definition, or to repair a published version; always a full recompute, never an
+  incremental build (``[batch] incremental``). Validation then also accepts a cutoff
   older than the published one where that is safe (the real-time epochs it needs were
   not purged), see :func:`batch.steps.validate`, and so does the publish (which checks the
   purge floor recorded in the catalog again, atomically).

@@ -110,7 +110,9 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
     finds the version built at that cutoff during this run. ``validate`` refuses a batch that
     fails its self-check against the master dataset (the task fails with an ``ALERT`` line)
     and alerts, without blocking, when the speed layer diverged beyond ``max_divergence``;
-    it lets an older cutoff through only for a ``from_scratch`` run (see
+    the recompute is incremental where ``[batch] incremental`` allows it, and always full in
+    a ``from_scratch`` run; ``validate`` lets an older cutoff through only for a
+    ``from_scratch`` run (see
     :func:`batch.steps.validate`), and so does ``publish``; a build holds the view's lease
     (one build of a view at a time).
     """
@@ -124,7 +126,9 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
         @task(multiple_outputs=True)
         def submission(cutoff: int) -> dict[str, Any]:
             python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-            return {"args": [view_name, "--cutoff", str(cutoff)], "env": python | endpoint_env(af)}
+            full = ["--full"] if get_current_context()["params"].get("from_scratch") else []
+            args = [view_name, "--cutoff", str(cutoff), *full]
+            return {"args": args, "env": python | endpoint_env(af)}
 
         first = submission(cutoff)
         recompute = SparkSubmitOperator(
@@ -145,8 +149,9 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
         def recompute_in_worker(cutoff: int) -> int:
             from batch.steps import build
 
+            full = bool(get_current_context()["params"].get("from_scratch"))
             with lamina_endpoints(af):
-                return build(view_name, cutoff)
+                return build(view_name, cutoff, full=full)
 
         recompute = first = recompute_in_worker.override(task_id="recompute")(cutoff)
         recomputed = recompute

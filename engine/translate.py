@@ -3,6 +3,8 @@
 Batch (:mod:`batch.recompute`) and speed (:mod:`speed`) both call :func:`aggregate`, so the two
 engines cannot diverge. The output columns are exactly ``view.keys``, ``bucket``, any extra
 group columns, then ``view.value_columns`` — the states :mod:`lamina.monoids` merges.
+:func:`merge_states` merges such rows per cell in Spark with each monoid's ``plus``
+(incremental batch builds, :mod:`batch.incremental`).
 """
 
 from __future__ import annotations
@@ -116,3 +118,42 @@ def aggregate(events: DataFrame, view: View, extra_groups: Sequence[str] = ()) -
     df = df.withColumn("bucket", bucket_column(view))
     groups = [*view.keys, "bucket", *extra_groups]
     return df.groupBy(*groups).agg(*_agg_exprs(view))
+
+
+_Merge = Callable[[View, str], list[Column]]
+
+MERGES: dict[str, _Merge] = {
+    "count": lambda view, name: [F.sum(name).alias(name)],
+    "sum": lambda view, name: [F.sum(name).alias(name)],
+    "min": lambda view, name: [F.min(name).alias(name)],
+    "max": lambda view, name: [F.max(name).alias(name)],
+    "mean": lambda view, name: [
+        F.sum(f"{name}_sum").alias(f"{name}_sum"),
+        F.sum(f"{name}_count").alias(f"{name}_count"),
+    ],
+    "distinct": lambda view, name: [F.hll_union_agg(name, False).alias(name)],
+    "quantiles": lambda view, name: [
+        F.kll_merge_agg_double(name, view.monoids[name].params.get("k", 200)).alias(name)
+    ],
+}
+"""Each monoid's ``plus`` over its state columns (:data:`AGGREGATIONS`' output) as a Spark
+aggregation: sums of counts, sums (``decimal(38,0)`` stays exact) and of a mean's (sum,
+count), min of mins, max of maxes, the DataSketches union of HLL sketches (same ``lg_k``,
+as :meth:`lamina.monoids.Distinct.combine`) and the merge of KLL sketches (the view's
+``k``, as :meth:`lamina.monoids.Quantiles.combine`). SQL nulls are the identity, as
+``None`` is in :meth:`lamina.monoids.Monoid.plus`. A monoid without an entry here cannot be
+merged in Spark: views using it are always recomputed in full."""
+
+
+def mergeable(view: View) -> list[str]:
+    """The aggregations of ``view`` that :func:`merge_states` cannot merge (empty: all can)."""
+    return [name for name, agg in view.aggregations.items() if agg.fn not in MERGES]
+
+
+def merge_states(states: DataFrame, view: View) -> DataFrame:
+    """Merge rows of :func:`aggregate`'s output (``view.keys``, ``bucket``, the value
+    columns; several rows per cell allowed) into one row per (key, bucket) with the
+    monoids' ``plus`` (:data:`MERGES`), in the same column order. Raises ``KeyError`` for
+    an aggregation without a merge (check :func:`mergeable` first)."""
+    exprs = [e for name, agg in view.aggregations.items() for e in MERGES[agg.fn](view, name)]
+    return states.groupBy(*view.keys, "bucket").agg(*exprs)

@@ -216,6 +216,16 @@ class CassandraSettings(_Section):
     """SimpleStrategy replication factor; 3 on a real ring."""
     consistency: str = "LOCAL_ONE"
     """Read and write consistency level; LOCAL_QUORUM on a real ring."""
+    commitlog_sync: Literal["group", "periodic"] = "group"
+    """How the dev stack's node makes writes durable. ``group``: a write is acknowledged
+    once its commit log entry is on disk (fsynced with the writes of the same
+    ``commitlog_sync_window_ms``), so a node killed with SIGKILL (or a power cut) keeps
+    every write it acknowledged. ``periodic`` (Cassandra's own default): acknowledged at
+    once, fsynced every 10 s; a kill loses up to 10 s of acknowledged writes, which the
+    speed layer cannot see (its real-time cells would then miss events until the next
+    batch covers them)."""
+    commitlog_sync_window_ms: int = Field(default=10, ge=1, le=1000)
+    """The fsync window of ``commitlog_sync = "group"``: the most a write waits for its sync."""
     outage_retry_s: float = Field(default=120.0, ge=0)
     """How long a source job keeps retrying (with backoff) a micro-batch's real-time writes
     while Cassandra is unreachable before it stops with an error naming Cassandra."""
@@ -334,6 +344,22 @@ class PipelineSettings(_Section):
                 f"({self.dedup_horizon_s})"
             )
         return self
+
+
+class BatchSettings(_Section):
+    """How batch versions are built (``lamina batch run``, the DAGs): full recompute or
+    incremental (see ``batch/incremental.py`` and the README's "Incremental builds")."""
+
+    incremental: bool = False
+    """``true``: a new version is built, where it is safe, as the published version's
+    stored states merged with the events of the epochs completed since its cutoff (each
+    build then also keeps its aggregated states as Parquet under
+    ``<master_dir>/_batch_state``); otherwise, and whenever it is not safe, a full
+    recompute of the whole master dataset. ``lamina batch run --incremental`` / ``--full``
+    override it for one run."""
+    full_every: int = Field(default=24, ge=0)
+    """With ``incremental``: after this many incremental builds in a row, the next build
+    of a view is a full recompute (``0``: only when an incremental one is not safe)."""
 
 
 DEFAULT_JOB_CONF_ALLOWED = (
@@ -456,6 +482,7 @@ class Settings(BaseSettings):
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
 

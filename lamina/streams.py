@@ -222,7 +222,8 @@ class QueryStatus:
 
     ``lag`` is the number of records in Kafka past the query's last processed offsets
     (``None`` if the query never completed a micro-batch or Kafka could not be asked);
-    ``age_s`` is the time since the last progress report.
+    ``age_s`` is the time since the last progress report; ``epoch_mark_failures`` counts
+    the epoch marks the job could not write since it started (:mod:`speed.completeness`).
     """
 
     query: str
@@ -236,6 +237,7 @@ class QueryStatus:
     batch_duration_ms: int | None = None
     processed_offsets: dict[str, int] | None = None
     lag: int | None = None
+    epoch_mark_failures: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,6 +353,7 @@ def query_statuses(
                 batch_duration_ms=raw.get("durations_ms", {}).get("triggerExecution"),
                 processed_offsets=processed,
                 lag=lag,
+                epoch_mark_failures=raw.get("epoch_mark_failures"),
             )
         )
     return out

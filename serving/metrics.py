@@ -243,6 +243,15 @@ def families(snapshot: Snapshot, catalog: ViewCatalog) -> list[Metric]:
         ),
         (
             _gauge(
+                "lamina_stream_epoch_mark_failures",
+                "Epoch marks the job could not write since it started (idle partitions then "
+                "hold the batch cutoff back)",
+                ["query"],
+            ),
+            lambda s: s.epoch_mark_failures,
+        ),
+        (
+            _gauge(
                 "lamina_stream_progress_age_seconds",
                 "Seconds since the query last reported progress",
                 ["query"],

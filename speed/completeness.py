@@ -90,26 +90,51 @@ def behind(
     )
 
 
+def unread_marks(
+    marks: Mapping[str, Mapping[int, int]], read_until: Mapping[str, Mapping[str, int]]
+) -> dict[str, list[int]]:
+    """The partitions whose last mark (``marks``: topic -> partition -> offset) a query has
+    not read: ``read_until`` is its progress's ``endOffset`` (topic -> partition, as a
+    string -> the next offset to read)."""
+    out: dict[str, list[int]] = {}
+    for topic, offsets in marks.items():
+        until = read_until.get(topic, {})
+        behind = sorted(p for p, off in offsets.items() if int(until.get(str(p), -1)) <= off)
+        if behind:
+            out[topic] = behind
+    return out
+
+
 class EpochMarker:
     """Appends epoch marks to the idle partitions of source topics (see the module doc);
     one Kafka producer per job, made on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, timeout_ms: int = 10_000) -> None:
         self.settings = settings
+        self.timeout_ms = timeout_ms
+        """How long a Kafka step (connecting, sending) may take before the marks fail."""
         self.producer: Any = None
         self.marked: dict[tuple[str, int], int] = {}
         """The epoch (driver's clock) each partition was last marked in."""
+        self.written: dict[str, dict[int, int]] = {}
+        """The offset of the last mark written, per topic and partition."""
+        self.stopped = False
+        self.failures = 0
+        """Marks this job could not write (Kafka down, no write permission on the topic):
+        reported in the query's status and ``lamina_stream_epoch_mark_failures``; while
+        they fail, idle partitions hold the batch cutoff back."""
         self._busy = threading.Lock()
 
     def mark_idle_soon(self, source: Source, highs: Mapping[int, int]) -> None:
         """:meth:`mark_idle` in a thread of its own, unless one is still at work: Spark's
         listeners share one thread, which a Kafka call must not hold up."""
-        if not self._busy.acquire(blocking=False):
+        if self.stopped or not self._busy.acquire(blocking=False):
             return
 
         def work() -> None:
             try:
-                self.mark_idle(source, highs)
+                if not self.stopped:  # checked again under the lock (:meth:`stop`)
+                    self.mark_idle(source, highs)
             finally:
                 self._busy.release()
 
@@ -131,24 +156,48 @@ class EpochMarker:
                 for p in behind(highs, partitions, now_ms, es)
                 if self.marked.get((source.topic, p), -1) < epoch
             ]
-            for p in due:
+            sent = [
                 producer.send(source.topic, key=EPOCH_MARK_KEY, value=EPOCH_MARK_VALUE, partition=p)
+                for p in due
+            ]
             if due:
                 producer.flush(timeout=30)
+            offsets = [f.get(timeout=30).offset for f in sent]
         except Exception as exc:  # Kafka down: the next idle moment tries again
-            log.warning("source %s: could not write epoch marks: %s", source.name, exc)
+            self.failures += 1
+            log.warning(
+                "source %s: could not write epoch marks (%d failures so far; idle partitions "
+                "hold the batch cutoff back until one is written): %s",
+                source.name,
+                self.failures,
+                exc,
+            )
             self.close()
             return []
-        for p in due:
+        for p, offset in zip(due, offsets, strict=True):
             self.marked[(source.topic, p)] = epoch
+            self.written.setdefault(source.topic, {})[p] = offset
         return due
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, dict[int, int]]:
+        """Write no more marks (waiting up to ``timeout_s`` for one being written); returns
+        the offsets of the last marks written (:attr:`written`). A graceful stop lets the
+        queries read these before it stops them, so a job stopped when caught up leaves no
+        lag of its own marks behind (:func:`unread_marks`)."""
+        self.stopped = True
+        if self._busy.acquire(timeout=timeout_s):
+            self._busy.release()
+        self.close()
+        return {t: dict(offs) for t, offs in self.written.items()}
 
     def _producer(self) -> Any:
         if self.producer is None:
             from kafka import KafkaProducer
 
             self.producer = KafkaProducer(
-                **self.settings.kafka.client_config(), max_block_ms=10_000
+                **self.settings.kafka.client_config(),
+                max_block_ms=self.timeout_ms,
+                bootstrap_timeout_ms=self.timeout_ms,
             )
         return self.producer
 

@@ -49,7 +49,7 @@ from lamina.streams import (
 from lamina.views import Source, ViewCatalog
 from serving.cassandra import close_shared
 from serving.store import open_store
-from speed.completeness import EpochMarker
+from speed.completeness import EpochMarker, unread_marks
 from speed.microbatch import FAILURES, SourceBatches
 from speed.realtime import wait_out_outage
 
@@ -138,7 +138,11 @@ class ProgressRecorder(StreamingQueryListener):
         pass
 
     def onQueryProgress(self, event: Any) -> None:
-        p = event.progress
+        self.record(event.progress)
+
+    def record(self, p: Any) -> None:
+        """Write the status of a query's micro-batch (a ``StreamingQueryProgress``); mark
+        idle partitions when it read everything its topic held."""
         if not self._mine(p.runId):
             return
         try:
@@ -154,6 +158,7 @@ class ProgressRecorder(StreamingQueryListener):
                 "durations_ms": dict(p.durationMs),
                 "end_offsets": end,
                 "latest_offsets": latest,
+                "epoch_mark_failures": self.marker.failures,
                 "written_at": time.time(),
             }
             write_status(self.settings, p.name, status)
@@ -249,7 +254,52 @@ def start_all(
     spark.streams.addListener(recorder)
     started = [start_source(spark, settings, catalog, src, trigger_s) for src in sources.values()]
     recorder.ids = {str(q.runId) for q in started}
+    for q in started:
+        RECORDERS[str(q.runId)] = recorder
     return started
+
+
+RECORDERS: dict[str, ProgressRecorder] = {}
+"""The progress recorder (and epoch marker) of each query this process started, by run id
+(:func:`drain_marks`)."""
+
+MARK_DRAIN_S = 30.0
+"""How long a graceful stop waits, at most, for the queries to read their own epoch marks."""
+
+
+def drain_marks(queries: Sequence[StreamingQuery], timeout_s: float) -> None:
+    """Before a graceful stop: write no more epoch marks and wait (up to ``timeout_s``)
+    until each query has read the marks already written, so a job stopped when caught up
+    shows no lag and its last complete epoch is recorded. Past the timeout, or for a query
+    that is not running, it goes on: unread marks are read by the next run."""
+    recorders = {id(r): r for q in queries if (r := RECORDERS.get(str(q.runId))) is not None}
+    marks: dict[str, dict[int, int]] = {}
+    for r in recorders.values():
+        for topic, offsets in r.marker.stop().items():
+            marks.setdefault(topic, {}).update(offsets)
+    if not marks:
+        return
+    deadline = time.monotonic() + timeout_s
+    waiting = list(queries)
+    while waiting and time.monotonic() < deadline:
+        waiting = [q for q in waiting if q.isActive and unread_marks(marks, _read_until(q))]
+        if waiting:
+            time.sleep(0.1)
+    # The listener hears of the last micro-batch a moment later, if before the stop at all:
+    # its status is written now (the lag ``stream status`` shows after the stop).
+    for q in queries:
+        recorder = RECORDERS.get(str(q.runId))
+        progress = q.lastProgress
+        if recorder is not None and progress is not None:
+            recorder.record(progress)
+
+
+def _read_until(query: StreamingQuery) -> dict[str, Any]:
+    """The end offsets of ``query``'s last micro-batch (``{}`` before its first)."""
+    progress = query.lastProgress
+    if progress is None:
+        return {}
+    return _offsets(progress.sources[0].endOffset) if progress.sources else {}
 
 
 def stop_gracefully(query: StreamingQuery, timeout_s: float) -> None:
@@ -304,6 +354,7 @@ def run_until_stopped(
         while failed is None and any(q.isActive for q in queries):
             if requested.is_set():
                 say("stopping at the next micro-batch boundary ...")
+                drain_marks(queries, min(stop_timeout_s, MARK_DRAIN_S))
                 for q in queries:
                     stop_gracefully(q, stop_timeout_s)
                 break

@@ -65,13 +65,22 @@ def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
             check_cutoff(settings, store, view, args.cutoff)
     spark = spark_session(settings, "lamina-batch")
     try:
-        results = run_batch(spark, settings, catalog, args.view, cutoff=args.cutoff, progress=say)
+        results = run_batch(
+            spark,
+            settings,
+            catalog,
+            args.view,
+            cutoff=args.cutoff,
+            progress=say,
+            incremental=args.incremental,
+        )
     finally:
         spark.stop()
     for r in results:
+        kind = "incremental" if r.timings.get("incremental") else "full"
         say(
             f"{r.view}: version {r.version} published (cutoff {r.cutoff}, {r.events} events "
-            f"-> {r.rows} rows, {r.timings['total_s']:.1f}s)"
+            f"-> {r.rows} rows, {kind} build, {r.timings['total_s']:.1f}s)"
         )
     return 0
 
@@ -86,14 +95,18 @@ def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:
             f"view {view.name} has no batch versions yet: run `lamina batch run --view {view.name}`"
         )
         return 0
-    print(f"{'version':>7}  {'state':<10} {'cutoff (UTC)':<20} {'rows':>9} {'seconds':>8}  hash")
+    print(
+        f"{'version':>7}  {'state':<10} {'cutoff (UTC)':<20} {'rows':>9} {'seconds':>8}  "
+        f"{'build':<11}  hash"
+    )
     for v in versions:
         mark = "*" if pub and pub.version == v.version else " "
         cut = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.cutoff))
         secs = v.timings.get("total_s", 0.0)
+        built = "incremental" if v.timings.get("incremental") else "full"
         print(
             f"{v.version:>6}{mark}  {v.state:<10} {cut:<20} {v.rows:>9} {secs:>8.1f}  "
-            f"{v.definition_hash}"
+            f"{built:<11}  {v.definition_hash}"
         )
     return 0
 
@@ -134,6 +147,9 @@ def cmd_batch_report(settings: Settings, args: argparse.Namespace) -> int:
             f"  {smp['kind']:<16} key {smp['key']} bucket {smp['bucket']} "
             f"{', '.join(smp['aggregations'])}: batch {smp['batch']} vs real time {smp['realtime']}"
         )
+    build = report.get("build")
+    if build is not None:
+        print(f"build: {build['kind']}: {build['why']}")
     check = report.get("self_check")
     if check is None:
         print("self-check against the master dataset: none (built by an older Lamina)")
@@ -202,6 +218,23 @@ def register(sub: Any) -> None:
         type=int,
         metavar="EPOCH_S",
         help="ingest-epoch cutoff (default: the last complete epoch)",
+    )
+    kind = run.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--incremental",
+        action="store_true",
+        default=None,
+        help="build each version as the published one plus the epochs completed since, where "
+        "that equals a full recompute (same definition, no change to older epochs, at most "
+        "[batch] full_every in a row), else in full; keeps each build's state "
+        "(default: [batch] incremental)",
+    )
+    kind.add_argument(
+        "--full",
+        dest="incremental",
+        action="store_false",
+        default=None,
+        help="recompute from the whole master dataset (the default unless [batch] incremental)",
     )
     run.set_defaults(func=cmd_batch_run)
     ver = bsub.add_parser("versions", help="list a view's batch versions (* = published)")

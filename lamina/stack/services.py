@@ -436,6 +436,12 @@ class CassandraService(Service):
             port=c.port,
             storage_port=c.storage_port,
             data_dir=data,
+            commitlog_sync=c.commitlog_sync,
+            commitlog_sync_setting=(
+                f"commitlog_sync_group_window: {c.commitlog_sync_window_ms}ms"
+                if c.commitlog_sync == "group"
+                else "commitlog_sync_period: 10000ms"
+            ),
             authenticator="AllowAllAuthenticator"
             if c.username is None
             else "PasswordAuthenticator",

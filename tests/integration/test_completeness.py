@@ -26,9 +26,11 @@ from lamina.streams import (
     release_locks,
     source_query,
     source_report_file,
+    status_file,
 )
 from lamina.views import Source
-from speed.queries import start_all
+from speed.completeness import unread_marks
+from speed.queries import drain_marks, start_all
 from tests.integration.streams import (
     drop_private_world,
     private_env,
@@ -128,6 +130,49 @@ def test_an_idle_partition_gets_epoch_marks_and_is_never_a_dead_letter(
     assert counters["records"] == 1 and counters["archived"] == 1, counters
     assert 1 <= counters["epoch_marks"] <= len(marks), (counters, len(marks))
     assert counters["rejected"] == 0 and counters["past_complete"] == 0
+
+
+def test_a_graceful_stop_reads_the_marks_written_before_it(world: Settings, spark: Any) -> None:
+    """A job stopped when caught up leaves no lag of its own marks: the stop writes no more
+    and waits for the next micro-batch to read those written (a 10 s trigger leaves them
+    unread for seconds: without the wait, ``stream status`` shows them as lag)."""
+    settings = world
+    catalog, source = ready_source(settings)
+    [query] = start_all(spark, settings, catalog, [source.name], trigger_s=10)
+    release_locks()
+
+    def read_until() -> dict[str, int]:
+        progress = query.lastProgress
+        offsets = json.loads(progress.sources[0].endOffset) if progress else {}
+        return {str(p): int(o) for p, o in offsets.get(source.topic, {}).items()}
+
+    def unread() -> dict[int, int]:
+        """The newest mark per partition, if the query has not read it."""
+        until = read_until()
+        newest: dict[int, int] = {}
+        for r in topic_records(settings, source.topic, marks=True):
+            if r.key == EPOCH_MARK_KEY:
+                newest[r.partition] = max(r.offset, newest.get(r.partition, -1))
+        return {p: o for p, o in newest.items() if until.get(str(p), -1) <= o}
+
+    try:
+        send(settings, source.topic, event(), partition=0)
+        waiting = wait_for("a mark the query has not read yet", unread, timeout_s=120)
+        drain_marks([query], timeout_s=60)
+        assert query.isActive
+        until = read_until()
+        assert all(until.get(str(p), -1) > o for p, o in waiting.items()), (waiting, until)
+        assert unread_marks({source.topic: waiting}, {source.topic: until}) == {}
+        # The status (what ``stream status`` computes the lag from) is written at once.
+        status = read_json(status_file(settings, source_query(source)))
+        assert status is not None
+        done = status["end_offsets"][source.topic]
+        assert all(int(done[str(p)]) > o for p, o in waiting.items()), (status, waiting)
+        # No mark after the drain: the stop can leave nothing unread behind.
+        time.sleep(12)
+        assert unread() == {}, "a mark was written after the drain"
+    finally:
+        query.stop()
 
 
 def test_an_open_transaction_holds_its_epoch_and_an_aborted_one_never_counts(

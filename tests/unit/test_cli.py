@@ -133,3 +133,20 @@ def test_a_down_store_is_a_one_line_error_not_a_traceback() -> None:
         "lamina: error: the store is unavailable: Cassandra at 127.0.0.1:1"
     )
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_batch_run_incremental_and_full_flags() -> None:
+    """``--incremental`` / ``--full`` override ``[batch] incremental`` for one run (neither:
+    the setting, ``None``); both at once is a usage error."""
+    import argparse
+
+    from lamina.cli import batch as batch_cli
+
+    parser = argparse.ArgumentParser()
+    batch_cli.register(parser.add_subparsers(dest="group"))
+    assert parser.parse_args(["batch", "run"]).incremental is None
+    assert parser.parse_args(["batch", "run", "--incremental"]).incremental is True
+    assert parser.parse_args(["batch", "run", "--full"]).incremental is False
+    out = run("batch", "run", "--incremental", "--full")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
+    assert "--incremental" in run("batch", "run", "--help").stdout

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from speed.completeness import advance, behind, complete_before, newest_stamps
+from lamina.settings import load_settings
+from lamina.views import load_views
+from speed.completeness import (
+    EpochMarker,
+    advance,
+    behind,
+    complete_before,
+    newest_stamps,
+    unread_marks,
+)
+from tests.conftest import ROOT
 
 ES = 10
 
@@ -57,3 +70,30 @@ def test_every_record_of_an_epoch_before_complete_is_already_read(
     for p, ts in logs.items():
         for t in ts[len(read[p]) :]:
             assert t // 1000 // es * es >= done
+
+
+def test_unread_marks_are_those_at_or_past_the_next_offset_to_read() -> None:
+    marks = {"t": {0: 10, 1: 4, 2: 7}, "u": {0: 3}}
+    # endOffset is the next offset to read: a mark at 10 is read once it is past 10.
+    read = {"t": {"0": 11, "1": 4, "2": 9}, "u": {"0": 3}}
+    assert unread_marks(marks, read) == {"t": [1], "u": [0]}
+    assert unread_marks(marks, {}) == {"t": [0, 1, 2], "u": [0]}
+    assert unread_marks(marks, {"t": {"0": 11, "1": 5, "2": 8}, "u": {"0": 4}}) == {}
+    assert unread_marks({}, read) == {}
+
+
+def test_a_mark_that_cannot_be_written_is_counted(tmp_path: Path) -> None:
+    """Kafka unreachable (a port nobody listens on): no mark, no exception, one failure
+    counted per attempt, and a stopped marker writes nothing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: connections are refused
+    base = load_settings(ROOT / "conf" / "lamina.toml")
+    settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"port": port})})
+    source = load_views(ROOT / "conf" / "views.toml").view("web_pageviews").source
+    marker = EpochMarker(settings, timeout_ms=1000)
+    assert marker.mark_idle(source, {}) == []
+    assert marker.failures == 1 and marker.written == {}
+    assert marker.stop(timeout_s=1) == {}
+    marker.mark_idle_soon(source, {})
+    assert marker.failures == 1  # stopped: not even tried

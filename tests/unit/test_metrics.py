@@ -116,6 +116,7 @@ def test_stream_and_deadletter_gauges_of_a_snapshot() -> None:
             processed_rows_per_s=80.0,
             batch_duration_ms=250,
             lag=17,
+            epoch_mark_failures=2,
         ),
         QueryStatus(query="source-metering", topic="pageviews", batch_id=3, age_s=2.0),
         QueryStatus(query="source-sensors", topic="sensor-readings"),
@@ -129,6 +130,8 @@ def test_stream_and_deadletter_gauges_of_a_snapshot() -> None:
     assert got[("lamina_stream_progress_age_seconds", ("source-pageviews",))] == 8.0
     assert got[("lamina_realtime_freshness_seconds", ("web_pageviews",))] == 8.0
     assert got[("lamina_stream_last_batch_id", ("source-metering",))] == 3
+    assert got[("lamina_stream_epoch_mark_failures", ("source-pageviews",))] == 2
+    assert ("lamina_stream_epoch_mark_failures", ("source-metering",)) not in got
     # Unknown values (no lag, never reported) have no sample rather than a made-up zero.
     assert not [
         k for k in got if k[0] == "lamina_stream_lag_records" and k[1][0] != "source-pageviews"
