@@ -175,14 +175,20 @@ def port_owner(port: int) -> str | None:
             break
     if not inode:
         return None
+    gone = (FileNotFoundError, PermissionError, ProcessLookupError)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) == f"socket:[{inode}]":
-                    line = cmdline(int(proc.name)) or "?"
-                    return f"pid {proc.name} ({line[:80]})"
-        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            fds = list((proc / "fd").iterdir())
+        except gone:  # the process ended, or is not ours to look at
             continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except gone:  # this descriptor was closed meanwhile: look at the next one
+                continue
+            if target == f"socket:[{inode}]":
+                line = cmdline(int(proc.name)) or "?"
+                return f"pid {proc.name} ({line[:80]})"
     return None

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from lamina import process
 from lamina.process import alive
 
 SYS_EXIT = {"x86_64": 60, "aarch64": 93}
@@ -51,3 +55,35 @@ def test_a_process_is_alive_until_its_last_thread_ends() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_port_owner_finds_the_listener_while_descriptors_come_and_go() -> None:
+    """A descriptor closed while the owner scan reads this process's fds (driver and Kafka
+    client threads do that all the time) must not hide the listening socket behind it: the
+    churned descriptors are numbered below the socket's, so the scan meets them first."""
+    stop = threading.Event()
+    low = [open(os.devnull, "rb") for _ in range(256)]  # noqa: SIM115
+    sock = socket.socket()
+    for f in low:
+        f.close()
+
+    def churn() -> None:
+        while not stop.is_set():
+            files = [open(os.devnull, "rb") for _ in range(128)]  # noqa: SIM115
+            for f in files:
+                f.close()
+
+    with sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        workers = [threading.Thread(target=churn, daemon=True) for _ in range(2)]
+        for w in workers:
+            w.start()
+        try:
+            found = [process.port_owner(port) for _ in range(40)]
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+    assert all(f is not None and f.startswith(f"pid {os.getpid()} (") for f in found), found
