@@ -29,9 +29,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from batch.incremental import (
@@ -94,30 +95,19 @@ class MasterRead:
     epochs: DataFrame | None
     legacy: DataFrame | None
 
-    def union(self, spark: SparkSession, view: View) -> DataFrame:
+    def union(self, spark: SparkSession, view: View, columns: list[str] | None = None) -> DataFrame:
+        """Both parts as one DataFrame: every master column, or only ``columns`` (then the
+        Parquet scans read only those)."""
         parts = [p for p in (self.legacy, self.epochs) if p is not None]
         if not parts:
-            return spark.createDataFrame([], master_schema(view.source))
+            empty = spark.createDataFrame([], master_schema(view.source))
+            return empty if columns is None else empty.select(*columns)
+        if columns is not None:
+            parts = [p.select(*columns) for p in parts]
         df = parts[0]
         for p in parts[1:]:
             df = df.unionByName(p)
         return df
-
-    def counts(self, event_id: str) -> tuple[dict[int, tuple[int, int]], int]:
-        """Rows read per ingest epoch, as (rows, rows with an event id), and the legacy
-        archive's rows: a Spark job over the same file listings as the build, reading the
-        event-id column (a count of rows alone is answered from the footers, which would
-        not see a file Spark skips while reading it)."""
-        per_epoch: dict[int, tuple[int, int]] = {}
-        if self.epochs is not None:
-            for r in (
-                self.epochs.groupBy(INGEST_EPOCH)
-                .agg(F.count(F.lit(1)).alias("n"), F.count(event_id).alias("ids"))
-                .collect()
-            ):
-                per_epoch[int(r[INGEST_EPOCH])] = (int(r["n"]), int(r["ids"]))
-        legacy = 0 if self.legacy is None else int(self.legacy.count())
-        return per_epoch, legacy
 
 
 def master_read(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> MasterRead:
@@ -157,10 +147,10 @@ def master_read(spark: SparkSession, settings: Settings, view: View, cutoff: int
 
 
 def read_master(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> DataFrame:
-    """Every event of the view's source with ingest epoch ``< cutoff``, one per event id
-    (:func:`master_read`, :func:`first_copies`)."""
-    raw = master_read(spark, settings, view, cutoff).union(spark, view)
-    return first_copies(raw, view.source.event_id)
+    """Every event of the view's source with ingest epoch ``< cutoff``, one per event id,
+    the columns ``view`` reads (:func:`master_read`, :func:`deduplicate`). The result stays
+    cached (for tests and tools; a build unpersists its :class:`Deduped`)."""
+    return deduplicate(spark, master_read(spark, settings, view, cutoff), view).events
 
 
 FIRST_COPY_ORDER = (INGEST_EPOCH, "partition", "offset")
@@ -190,6 +180,237 @@ def first_copies(events: DataFrame, event_id: str, copies: str | None = None) ->
             *([copies] if copies else []),
         )
         .select(*columns, *([copies] if copies else []))
+    )
+
+
+def needed_columns(view: View) -> list[str]:
+    """The master columns a build of ``view`` reads, in the master schema's order: the event
+    id, the view's keys, filtered and aggregated fields, the event time, the copy order
+    (:data:`FIRST_COPY_ORDER`) and ``topic`` (the reconciliation compares only events that
+    came through Kafka). The source's other fields (its raw event-time field, fields no
+    aggregation of this view reads) are not read."""
+    wanted = {
+        view.source.event_id,
+        *view.keys,
+        *(c.field for c in view.filter),
+        *(a.field for a in view.aggregations.values() if a.field),
+        EVENT_TIME,
+        "topic",
+        *FIRST_COPY_ORDER,
+    }
+    return [c for c in master_schema(view.source).fieldNames() if c in wanted]
+
+
+ID_HASH = "_id_hash"
+"""``xxhash64`` of the event id, the dedup's pre-check (:func:`deduplicate`)."""
+LEGACY = "_legacy"
+"""Whether a row was read from the legacy file-sink archive (counted apart)."""
+
+
+@dataclass(frozen=True)
+class Deduped:
+    """A build's events, one per event id, from one read of the master dataset
+    (:func:`deduplicate`), and the counts its self-check needs
+    (:func:`batch.reconcile.self_check`).
+
+    ``events`` has the columns of :func:`needed_columns` but ``partition`` and ``offset``;
+    it is computed from cached data: call :meth:`unpersist` when the build is done.
+    ``read_rows`` maps each ingest epoch of the archive and the imports to (rows read, rows
+    with an event id); ``legacy_rows`` were read from the legacy archive. The dedup consumed
+    exactly those rows (it reads the cached read, nothing else). ``count``: events;
+    ``oversize``: events whose key Cassandra cannot store (:func:`key_fits`);
+    ``repeated``: event ids with more than one copy; ``ambiguous``: of those, ids whose
+    first copies tie on :data:`FIRST_COPY_ORDER` and differ in a column the view reads
+    (settled from every column, read again)."""
+
+    events: DataFrame
+    read_rows: dict[int, tuple[int, int]]
+    legacy_rows: int
+    count: int
+    oversize: int
+    repeated: int
+    ambiguous: int
+    cached: tuple[DataFrame, ...]
+
+    @property
+    def consumed(self) -> int:
+        """Rows the dedup consumed: every row read."""
+        return sum(n for n, _ in self.read_rows.values()) + self.legacy_rows
+
+    def unpersist(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+
+
+def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
+    """The first copy of every event id of ``read`` (:data:`FIRST_COPY_ORDER`: exactly the
+    copy :func:`first_copies` keeps over every column), reading only the columns ``view``
+    needs (:func:`needed_columns`), in one pass over the files.
+
+    Plan (Spark jobs in order):
+
+    1. The pruned rows and the ``xxhash64`` of their event id are cached; the same job
+       counts them per ingest epoch (the self-check's side of the files: nothing else reads
+       them, so the dedup consumes exactly the rows counted).
+    2. Hashes seen more than once, from the cache: an exchange of 8-byte hashes, no row.
+       Ids whose hash is seen once have one copy, which is their first: those rows (all but
+       the redeliveries, usually) are events as they are, never shuffled.
+    3. The rows of repeated hashes (a hash collision only sends a few more): per event id,
+       the copies at the smallest (epoch, partition, offset) are compared on the columns
+       the view reads. If they agree (redeliveries do), that is the first copy's content,
+       whatever the other columns (which only break such ties). If they differ, the id is
+       settled by :func:`first_copies` over every column, read again for those ids only
+       (an extra Spark job only when it happens: two imported copies of an id in one epoch
+       that differ, or one Kafka position under two topics).
+
+    Shuffles are sized from the rows read (:func:`write_tasks`), not
+    ``spark.sql.shuffle.partitions``.
+    """
+    event_id = view.source.event_id
+    columns = needed_columns(view)
+    parts = [
+        p.select(*columns, F.lit(legacy).alias(LEGACY))
+        for p, legacy in ((read.legacy, True), (read.epochs, False))
+        if p is not None
+    ]
+    if parts:
+        rows = parts[0]
+        for p in parts[1:]:
+            rows = rows.unionByName(p)
+    else:
+        rows = read.union(spark, view, columns).withColumn(LEGACY, F.lit(False))
+    rows = rows.withColumn(ID_HASH, F.xxhash64(F.col(event_id))).cache()
+    cached = [rows]
+    try:
+        fits = key_fits(view)
+        read_rows: dict[int, tuple[int, int]] = {}
+        legacy_rows = total = oversize_rows = 0
+        for r in (
+            rows.groupBy(INGEST_EPOCH, LEGACY)
+            .agg(
+                F.count(F.lit(1)).alias("n"),
+                F.count(event_id).alias("ids"),
+                F.count(F.when(~fits, 1)).alias("oversize"),
+            )
+            .collect()
+        ):
+            n = int(r["n"])
+            total += n
+            oversize_rows += int(r["oversize"])
+            if r[LEGACY]:
+                legacy_rows += n
+            else:
+                epoch = int(r[INGEST_EPOCH])
+                prev = read_rows.get(epoch, (0, 0))
+                read_rows[epoch] = (prev[0] + n, prev[1] + int(r["ids"]))
+        parallelism = spark.sparkContext.defaultParallelism
+        out = [c for c in columns if c not in ("partition", "offset")]
+        hashes = (
+            rows.select(ID_HASH)
+            .repartition(write_tasks(total, parallelism), ID_HASH)
+            .groupBy(ID_HASH)
+            .agg(F.count(F.lit(1)).alias("n"))
+            .where(F.col("n") > 1)
+            .select(ID_HASH)
+            .cache()
+        )
+        cached.append(hashes)
+        repeated_hashes = hashes.count()
+        if not repeated_hashes:
+            return Deduped(
+                rows.select(*out), read_rows, legacy_rows, total, oversize_rows, 0, 0, tuple(cached)
+            )
+        if repeated_hashes <= MAX_BROADCAST_HASHES:
+            single = rows.join(F.broadcast(hashes), ID_HASH, "left_anti").select(*out)
+            repeated_rows = rows.join(F.broadcast(hashes), ID_HASH, "left_semi")
+            tasks = write_tasks(2 * repeated_hashes, parallelism)
+        else:  # too many to broadcast (a replay of a whole topic): every row goes through
+            single = rows.where(F.lit(False)).select(*out)
+            repeated_rows, tasks = rows, write_tasks(total, parallelism)
+        firsts = _first_of_repeated(
+            repeated_rows.drop(ID_HASH, LEGACY), view, columns, tasks
+        ).cache()
+        cached.append(firsts)
+        s = firsts.agg(
+            F.count(F.lit(1)),
+            F.count(F.when(F.col(COPIES) > 1, 1)),
+            F.sum(COPIES),
+            F.sum("_oversize_copies"),
+            F.count(F.when(~fits, 1)),
+            F.count(F.when(F.col("_ambiguous"), 1)),
+        ).first()
+        assert s is not None
+        ids, repeated, copies, oversize_copies, oversize_firsts, ambiguous = (
+            int(x or 0) for x in s
+        )
+        settled = firsts.where(~F.col("_ambiguous")).select(*out)
+        if ambiguous:
+            tie = firsts.where(F.col("_ambiguous")).select(F.col(event_id).alias("_tied"))
+            full = read.union(spark, view)
+            tied = full.join(F.broadcast(tie), full[event_id].eqNullSafe(tie["_tied"]), "left_semi")
+            again = first_copies(tied, event_id).select(*out).cache()
+            cached.append(again)
+            settled = settled.unionByName(again)
+        return Deduped(
+            single.unionByName(settled),
+            read_rows,
+            legacy_rows,
+            total - copies + ids,
+            oversize_rows - oversize_copies + oversize_firsts,
+            repeated,
+            ambiguous,
+            tuple(cached),
+        )
+    except BaseException:
+        for df in cached:
+            df.unpersist()
+        raise
+
+
+COPIES = "_copies"
+MAX_BROADCAST_HASHES = 2_000_000
+"""Repeated id hashes :func:`deduplicate` broadcasts to every task (8 bytes each) to pick
+the rows of repeated ids out; beyond, every row goes through the grouping by event id."""
+
+
+def _first_of_repeated(rows: DataFrame, view: View, columns: list[str], tasks: int) -> DataFrame:
+    """Per event id of ``rows`` (the copies of ids with a repeated hash, every copy): the
+    first copy on ``columns`` (``_lo``'s fields), with ``_copies`` (rows of the id),
+    ``_oversize_copies`` (of those, rows whose key does not fit) and ``_ambiguous``: the
+    copies at the smallest :data:`FIRST_COPY_ORDER` differ in a column of ``columns``, so
+    the columns not read decide (:func:`deduplicate`)."""
+    event_id = view.source.event_id
+    rest = [c for c in columns if c not in FIRST_COPY_ORDER and c != event_id]
+    per_id = Window.partitionBy(event_id)
+    ranked = rows.repartition(tasks, event_id).select(
+        *columns,
+        F.min(F.struct(*FIRST_COPY_ORDER)).over(per_id).alias("_first"),
+        F.count(F.lit(1)).over(per_id).alias(COPIES),
+        F.count(F.when(~key_fits(view), 1)).over(per_id).alias("_oversize_copies"),
+    )
+    at_first = ranked.where(
+        reduce(
+            lambda a, b: a & b,
+            (F.col(c).eqNullSafe(F.col(f"_first.{c}")) for c in FIRST_COPY_ORDER),
+        )
+    )
+    lo = F.min(F.struct(*FIRST_COPY_ORDER, *rest)).alias("_lo")
+    hi = F.max(F.struct(*rest)).alias("_hi")
+    return (
+        at_first.groupBy(event_id)
+        .agg(
+            lo, hi, F.max(COPIES).alias(COPIES), F.max("_oversize_copies").alias("_oversize_copies")
+        )
+        .select(
+            event_id,
+            *(F.col(f"_lo.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)),
+            COPIES,
+            "_oversize_copies",
+            (~F.struct(*(F.col(f"_lo.{c}").alias(c) for c in rest)).eqNullSafe(F.col("_hi"))).alias(
+                "_ambiguous"
+            ),
+        )
+        .select(*columns, COPIES, "_oversize_copies", "_ambiguous")
     )
 
 
@@ -282,9 +503,9 @@ def build_view(
     with ``[airflow] max_divergence``). A failed self-check does not fail the build: the
     version is built, and refused at validation or by :func:`run_view`.
 
-    The self-check costs one more Spark job over the same file listing, reading the event-id
-    column only, a count of the rows the dedup consumed (a column of the cached events), and
-    the footers of the master dataset's files (listed again at the end).
+    The self-check costs no Spark job of its own: the rows read per epoch are counted by the
+    job that caches the one read the dedup consumes (:func:`deduplicate`); and the footers
+    of the master dataset's files (listed again at the end).
 
     Holds the view's build lease (``lease``, or its own: :meth:`Store.build_lease`), so a
     second build of the view meanwhile is refused with :class:`ConflictError`. The cutoff is
@@ -334,20 +555,11 @@ def build_view(
     state = state_dir(settings, view, version) if plan.keep_state else None
     timings: dict[str, float] = {"incremental": 0.0}
     try:
-        read = master_read(spark, settings, view, cut)
-        copies = "_copies"
-        events = first_copies(read.union(spark, view), view.source.event_id, copies).select(
-            *view.source.fields, EVENT_TIME, INGEST_EPOCH, "topic", copies
-        )
-        events.cache()
-        # The same pass counts the events whose key Cassandra cannot store (in no view).
-        row = events.agg(
-            F.count(F.lit(1)), F.sum(copies), F.count(F.when(~key_fits(view), 1))
-        ).first()
-        n_events, deduped, oversize = (
-            (int(row[0]), int(row[1] or 0), int(row[2])) if row else (0, 0, 0)
-        )
+        deduped = deduplicate(spark, master_read(spark, settings, view, cut), view)
+        events = deduped.events
+        n_events, oversize = deduped.count, deduped.oversize
         timings["oversize_keys"] = oversize
+        timings["repeated_ids"] = deduped.repeated
         if oversize:
             log.warning(
                 "%s v%s: %d events with a key over %d bytes",
@@ -360,7 +572,6 @@ def build_view(
                 f"{view.name} v{version}: warning: {oversize} event(s) have a key larger than "
                 f"Cassandra stores ({MAX_KEY_BYTES} bytes): they are in no row of this view"
             )
-        read_rows, legacy_rows = read.counts(view.source.event_id)
         timings["events"] = n_events
         timings["read_s"] = round(time.monotonic() - t0, 3)
         progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}; aggregating")
@@ -379,15 +590,15 @@ def build_view(
         t2 = time.monotonic()
         report = reconcile_version(store, view, version, cut, events)
         timings["reconcile_s"] = round(time.monotonic() - t2, 3)
-        events.unpersist()
+        deduped.unpersist()
         # Listed now, at the end: a file that changed while the build ran shows.
         check = self_check(
             footer_rows(settings, view.source, cut),
-            read_rows,
+            deduped.read_rows,
             n_events,
             event_id=view.source.event_id,
-            legacy_rows=legacy_rows,
-            deduped_rows=deduped,
+            legacy_rows=deduped.legacy_rows,
+            deduped_rows=deduped.consumed,
         )
         verdict = judge(report, check, settings.airflow.max_divergence)
         store.save_reconciliation(

@@ -229,7 +229,8 @@ def self_check(
     ``read`` maps each epoch to (rows read, rows with a non-null ``event_id``), over the
     archive and the imports; ``legacy_rows`` were read from the legacy archive; ``events``
     were left after the dedup, out of ``deduped_rows`` rows it consumed (``None``: same as
-    read; the dedup reads every column, the per-epoch read only the event id).
+    read; a build's dedup consumes its one cached read whole, the read ``read`` counts:
+    :func:`batch.recompute.deduplicate`).
 
     Problems: an epoch whose footers and read rows differ (or with an unreadable file);
     rows without an event id (the dedup would merge them into one event); a dedup that
