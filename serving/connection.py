@@ -119,11 +119,8 @@ class StoreConnection:
         try:
             result = fn(svc, *args, **kwargs)
         except Exception as exc:
-            err = unavailable(self.settings.cassandra, exc)
-            if err is None:
-                raise
-            self._went_down(exc)
-            raise err from None
+            self._raise_outage(exc)
+            raise
         self._answered()
         return result
 
@@ -142,13 +139,18 @@ class StoreConnection:
         try:
             result = await fn(svc, *args, **kwargs)
         except Exception as exc:
-            err = unavailable(self.settings.cassandra, exc)
-            if err is None:
-                raise
-            self._went_down(exc)
-            raise err from None
+            self._raise_outage(exc)
+            raise
         self._answered()
         return result
+
+    def _raise_outage(self, exc: Exception) -> None:
+        """Raise ``exc`` as a :class:`StoreUnavailableError` if it is an outage (and note
+        the outage); return for any other error, which the caller re-raises as it is."""
+        err = unavailable(self.settings.cassandra, exc)
+        if err is not None:
+            self._went_down(exc)
+            raise err from None
 
     def ping(self) -> str:
         """Cassandra's version, asked now (a real query); raises like :meth:`call`."""

@@ -180,6 +180,21 @@ class QueryRange:
     granularity: Bucket
 
 
+def missing_table(view: View, version: int | None, exc: Exception) -> Exception:
+    """The error for a read whose table is still gone after a fresh catalog snapshot: a
+    table the catalog names was dropped behind it (by hand, or purges outran the reader).
+    Any other :class:`InvalidRequest` is a bug and stays one (a 500 that names it)."""
+    text = str(exc)
+    if "unconfigured table" not in text and "does not exist" not in text:
+        return exc
+    return ViewNotReadyError(
+        f"view {view.name!r}: a table its published version {version} or its real-time "
+        f"cells need is missing ({text.split(':')[-1].strip()[:120]})",
+        hint=f"publish it again (lamina batch run --view {view.name}); if a source job "
+        "was rebuilding its real-time table, try again in a moment",
+    )
+
+
 class QueryService:
     """Answers merged queries for the views of ``catalog`` from ``store``."""
 
@@ -405,11 +420,11 @@ class QueryService:
                     realtime=read_realtime,
                 )
                 break
-            except InvalidRequest:
+            except InvalidRequest as exc:
                 # The version's table or the real-time table is gone: a later publish
                 # collected the one, a rebuild dropped the other. Once more, from the catalog.
                 if attempt:
-                    raise
+                    raise missing_table(view, version, exc) from None
                 snap = await self.snapshot(view, fresh=True)
         latest = self._snapshots.get(view.name)
         if (
