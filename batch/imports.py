@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lamina.errors import ConfigError
-from lamina.events import Rejection, parse_event
+from lamina.events import Rejection, parse_event, reason_kind
 from lamina.master import (
     ImportStaging,
     arrow_schema,
@@ -211,7 +211,7 @@ def import_files(
                     )
                     if isinstance(parsed, Rejection):
                         report.rejected += 1
-                        report.reasons[parsed.reason.split(":")[0]] += 1
+                        report.reasons[reason_kind(parsed.reason)] += 1
                         if dl_file is None:  # raw input: private to the importing user
                             fd = os.open(dl_staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                             dl_file = os.fdopen(fd, "w")

@@ -313,6 +313,33 @@ def _decode(text: str) -> Any:
     return value
 
 
+_KINDS = [
+    (re.compile(r"^(not valid JSON)(?:: .*)?$", re.S), r"\1"),
+    (re.compile(r"^(field '.*' should be \w+, got \w+)\b.*$", re.S), r"\1"),
+    (
+        re.compile(
+            r"^(field '.*' (?:does not fit a 64-bit long|is not a finite number)): .*$", re.S
+        ),
+        r"\1",
+    ),
+    (re.compile(r"^event time .* (\([^()]*\) is outside .*)$", re.S), r"event time \1"),
+    (re.compile(r"^event time .* (is not (?:an )?ISO-8601(?: string)?)$", re.S), r"event time \1"),
+    (re.compile(r"^(.*) at byte \d+$", re.S), r"\1"),
+]
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of problem a rejection reason names, without the value that caused it:
+    ``field 'load_ms' should be double, got str 'abc'`` and ``... got str 'x'`` are one kind,
+    ``field 'load_ms' should be double, got str``; reasons that name no value are their own
+    kind. Dead-letter summaries count by kind and show the full reasons as examples."""
+    for pattern, repl in _KINDS:
+        kind, n = pattern.subn(repl, reason)
+        if n:
+            return kind
+    return reason
+
+
 def parse_event(
     raw: bytes | str | dict[str, Any], source: Source, *, coerce: bool = False
 ) -> dict[str, Any] | Rejection:

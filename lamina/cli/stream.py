@@ -113,23 +113,40 @@ def cmd_stream_restart(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
+    from lamina.events import reason_kind
     from speed.deadletters import read_deadletters, read_duplicates
 
     read = read_duplicates if args.what == "duplicates" else read_deadletters
     letters = read(settings, find_source(settings, args.source))
     newest = letters[-args.limit :] if args.limit else []
     if args.format == "json":
-        print(json.dumps(newest, indent=2))
+        print(json.dumps([{**d, "kind": reason_kind(d["reason"])} for d in newest], indent=2))
         return 0
-    from collections import Counter
-
     for d in newest:
         print(f"{d['topic']}[{d['partition']}]@{d['offset']}  {d['reason']}  raw={d['raw'][:80]!r}")
-    counts = Counter(d["reason"].split(":")[0] for d in letters)
-    summary = ", ".join(f"{n} {r}" for r, n in counts.most_common())
     noun = "listed duplicates" if args.what == "duplicates" else "dead letters"
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for d in letters:
+        kinds.setdefault(reason_kind(d["reason"]), []).append(d)
+    ranked = sorted(kinds.items(), key=lambda kv: -len(kv[1]))
+    summary = ", ".join(f"{len(ds)} {kind}" for kind, ds in ranked)
     say(f"{len(letters)} {noun} for source {args.source}" + (f": {summary}" if summary else ""))
+    for kind, ds in ranked:  # the kinds whose letters say more: their newest distinct reasons
+        examples: dict[str, dict[str, Any]] = {}
+        for d in reversed(ds):
+            if d["reason"] != kind and len(examples) < EXAMPLES:
+                examples.setdefault(d["reason"], d)
+        if examples:
+            shown = ", ".join(
+                f"{reason!r} ({d['topic']}[{d['partition']}]@{d['offset']})"
+                for reason, d in examples.items()
+            )
+            say(f"  {kind}, e.g. {shown}")
     return 0
+
+
+EXAMPLES = 2
+"""Distinct reasons shown per kind of problem in the dead-letter summary (newest first)."""
 
 
 def register(sub: Any) -> None:

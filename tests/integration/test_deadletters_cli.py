@@ -64,6 +64,13 @@ SUMMARY = (
     "7 dead letters for source pageviews: 4 not valid JSON, 2 not a JSON object but list, "
     "1 missing field 'event_id'"
 )
+KIND = {  # the kind of problem each reason above is counted under
+    "not valid JSON": "not valid JSON",
+    "not valid JSON: not valid UTF-8": "not valid JSON",
+    "not valid JSON: an empty record": "not valid JSON",
+    "not a JSON object but list": "not a JSON object but list",
+    "missing field 'event_id'": "missing field 'event_id'",
+}
 FOREIGN = "not a Lamina dead letter (written to the topic by something else)"
 
 
@@ -146,18 +153,32 @@ def lamina(env: dict[str, str], *args: str) -> str:
 def test_json_lists_each_letter_once_with_its_origin(
     env: dict[str, str], letters: list[dict[str, Any]]
 ) -> None:
+    kinded = [{**d, "kind": KIND[d["reason"]]} for d in letters]
     stdout = lamina(env, "deadletters", "pageviews", "--format", "json")
-    assert json.loads(stdout) == letters
+    assert json.loads(stdout) == kinded
     stdout = lamina(env, "deadletters", "pageviews", "--format", "json", "--limit", "2")
-    assert json.loads(stdout) == letters[-2:]
+    assert json.loads(stdout) == kinded[-2:]
     stdout = lamina(env, "deadletters", "pageviews", "--format", "json", "--limit", "0")
     assert json.loads(stdout) == []
+
+
+def examples(letters: list[dict[str, Any]]) -> str:
+    """The summary's example line: the kind ``not valid JSON`` with its two newest reasons
+    that say more than the kind (the other kinds' letters say nothing more)."""
+    detailed = [d for d in reversed(letters) if d["reason"] != "not valid JSON"]
+    detailed = [d for d in detailed if KIND[d["reason"]] == "not valid JSON"]
+    assert len(detailed) == 2
+    shown = ", ".join(
+        f"{d['reason']!r} ({d['topic']}[{d['partition']}]@{d['offset']})" for d in detailed
+    )
+    return f"  not valid JSON, e.g. {shown}"
 
 
 def test_limit_zero_prints_only_the_summary(
     env: dict[str, str], letters: list[dict[str, Any]]
 ) -> None:
-    assert lamina(env, "deadletters", "pageviews", "--limit", "0").splitlines() == [SUMMARY]
+    summary = lamina(env, "deadletters", "pageviews", "--limit", "0").splitlines()
+    assert summary == [SUMMARY, examples(letters)]
 
 
 def test_a_negative_limit_is_a_usage_error(env: dict[str, str]) -> None:
@@ -173,7 +194,7 @@ def test_table_shows_the_newest_letters_and_a_summary(
     args = [] if limit is None else ["--limit", str(limit)]
     stdout = lamina(env, "deadletters", "pageviews", *args)
     shown = letters if limit is None else letters[-limit:]  # default 20: all 7
-    assert stdout.splitlines() == [*map(line, shown), SUMMARY]
+    assert stdout.splitlines() == [*map(line, shown), SUMMARY, examples(letters)]
     assert len(LONG) > 80 and LONG.decode() not in stdout  # raw records are cut
 
 
@@ -202,7 +223,7 @@ def test_foreign_records_are_shown_not_hidden(env: dict[str, str]) -> None:
         for raw, off in zip(("hello", '{"n": 1}'), at, strict=True)
     ]
     stdout = lamina(env, "deadletters", "sensors", "--format", "json")
-    assert json.loads(stdout) == want
+    assert json.loads(stdout) == [{**d, "kind": FOREIGN} for d in want]
     stdout = lamina(env, "deadletters", "sensors")
     assert stdout.splitlines() == [
         *map(line, want),

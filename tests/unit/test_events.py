@@ -389,3 +389,27 @@ def test_any_decoded_row_is_accepted_or_rejected(changes: dict[str, Any]) -> Non
         row = {**valid, **changes}
         _decided(row, source)
         _decided({k: v if v is None else str(v) for k, v in row.items()}, source, coerce=True)
+
+
+def _rejected(**changes: Any) -> str:
+    raw = json.dumps({**GOOD, **changes}) if changes else "{"
+    out = parse_event(raw, PV)
+    assert isinstance(out, Rejection), out
+    return out.reason
+
+
+def test_a_reason_kind_drops_the_value_and_keeps_the_problem() -> None:
+    """Dead-letter summaries count rejections by kind: the same problem with other values
+    is one kind; a different field or type is another."""
+    kind = events.reason_kind
+    assert kind(_rejected(load_ms="abc")) == kind(_rejected(load_ms="x y: z"))
+    assert kind(_rejected(load_ms="abc")) == "field 'load_ms' should be double, got str"
+    assert kind(_rejected(load_ms=True)) == "field 'load_ms' should be double, got bool"
+    assert kind(_rejected(status=2**70)) == "field 'status' does not fit a 64-bit long"
+    assert kind(_rejected(ts="yesterday")) == kind(_rejected(ts="2026-13-45"))
+    assert (
+        kind(_rejected(ts="3026-01-01T00:00:00Z")) == "event time (iso8601) is outside 1970..2200"
+    )
+    assert kind(_rejected()) == kind("not valid JSON: a duplicate key") == "not valid JSON"
+    assert kind(_rejected(event_id=None)) == "missing field 'event_id'"
+    assert kind("could not be parsed: RecursionError") == "could not be parsed: RecursionError"
