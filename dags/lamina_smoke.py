@@ -20,18 +20,22 @@ from airflow.sdk import dag, task
 def lamina_smoke() -> None:
     @task(retries=2, retry_delay=pendulum.duration(seconds=5))
     def probe(service: str) -> dict[str, str]:
-        from lamina.settings import load_settings
+        from batch.steps import context
         from lamina.stack.manager import Stack
 
-        status = Stack(load_settings(), [service]).status()[0]
+        settings, _ = context()  # the settings every DAG reads, whatever the directory
+        status = Stack(settings, [service]).status()[0]
         if not status.healthy:
             raise RuntimeError(f"{service} is {status.state}; run `lamina stack up`")
         return {"service": service, "version": status.version or "?"}
 
     @task
     def report(results: list[dict[str, str]]) -> str:
+        from batch.steps import ROOT
+        from lamina.context import config_path
+
         line = ", ".join(f"{r['service']} {r['version']}" for r in results)
-        print(f"lamina stack healthy: {line}")
+        print(f"lamina stack healthy: {line} (settings: {config_path(ROOT) or 'defaults'})")
         return line
 
     report(

@@ -13,6 +13,7 @@ Orchestration only: every task calls :mod:`batch.steps`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Connection, get_current_context, task
-from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 import batch
 from lamina.settings import AirflowSettings, Settings, environment
@@ -58,6 +59,20 @@ def _connection(conn_id: str) -> Any | None:
         return Connection.get(conn_id)
     except AirflowNotFoundException:
         return None
+
+
+def require_spark_connection(af: AirflowSettings, master: str) -> None:
+    """Fail the task at once (no retries) when ``runner = "spark_submit"`` has no Spark
+    connection: the Spark provider would otherwise submit to ``yarn`` and fail every try."""
+    if _connection(af.spark_conn_id) is not None:
+        return
+    example = json.dumps({"conn_type": "spark", "host": master})
+    raise AirflowFailException(
+        f"runner 'spark_submit' needs the Airflow connection {af.spark_conn_id!r} (without "
+        "it the Spark provider submits to 'yarn'): define it, e.g. "
+        f"AIRFLOW_CONN_{af.spark_conn_id.upper()}='{example}' for [spark] master, or set "
+        '[airflow] runner = "taskflow"'
+    )
 
 
 def endpoint_env(af: AirflowSettings) -> dict[str, str]:
@@ -125,6 +140,7 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
 
         @task(multiple_outputs=True)
         def submission(cutoff: int) -> dict[str, Any]:
+            require_spark_connection(af, settings.spark.master)
             python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
             full = ["--full"] if get_current_context()["params"].get("from_scratch") else []
             args = [view_name, "--cutoff", str(cutoff), *full]

@@ -24,11 +24,18 @@ def load_catalog(settings: Settings, root: Path | None = None) -> ViewCatalog:
     return load_views(path)
 
 
+def config_path(root: Path | None = None) -> Path | None:
+    """The settings file the rule in the module docstring picks when none is given
+    (``None``: defaults and ``LAMINA_*`` variables only)."""
+    found = default_config_path()
+    if found is None and root is not None:
+        return root / "conf" / "lamina.toml"
+    return found
+
+
 def load_context(
     config: Path | str | None = None, *, root: Path | None = None
 ) -> tuple[Settings, ViewCatalog]:
     """Settings and views by the rule in the module docstring."""
-    if config is None and root is not None and default_config_path() is None:
-        config = root / "conf" / "lamina.toml"
-    settings = load_settings(config)
+    settings = load_settings(config if config is not None else config_path(root))
     return settings, load_catalog(settings, root)

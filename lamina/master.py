@@ -400,6 +400,13 @@ def sweep_staging(settings: Settings, source: Source) -> list[str]:
     return swept
 
 
+def first_epoch(settings: Settings, source: Source) -> int | None:
+    """The first ingest epoch (its start, epoch seconds) holding data of ``source`` in the
+    master dataset, archived or imported; ``None`` when it holds none."""
+    archived = [e for e, d in epoch_dirs(archive_dir(settings, source)).items() if data_files(d)]
+    return min([*archived, *committed_imports(settings, source)], default=None)
+
+
 def committed_imports(settings: Settings, source: Source) -> dict[int, list[Path]]:
     """The Parquet files of every committed import of ``source``, by ingest epoch (epochs
     holding none are left out): those listed in the manifests of the epochs' import

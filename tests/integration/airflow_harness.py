@@ -70,9 +70,12 @@ class AirflowHarness:
         )
         assert self._reply() == {"ready": True}, f"harness did not start: see {log}"
 
-    def run(self, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        """``airflow <argv>`` (the CLI's own entry point) in a forked child."""
-        return self._request({"argv": list(argv)}, env)
+    def run(
+        self, *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> tuple[int, str, str]:
+        """``airflow <argv>`` (the CLI's own entry point) in a forked child, in ``cwd``
+        (default: the repository)."""
+        return self._request({"argv": list(argv), "cwd": str(cwd or ROOT)}, env)
 
     def python(self, code: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
         """``python -c <code>`` in a forked child (Airflow already imported)."""
@@ -83,7 +86,7 @@ class AirflowHarness:
         changed = [v for v in STARTUP_VARS if env.get(v) != self.env.get(v)]
         assert not changed, f"{changed} are fixed when the harness starts"
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({**req, "env": env, "cwd": str(ROOT)}) + "\n")
+        self.proc.stdin.write(json.dumps({"cwd": str(ROOT), **req, "env": env}) + "\n")
         self.proc.stdin.flush()
         self.forks += 1
         started = time.monotonic()

@@ -57,11 +57,16 @@ def harness(airflow_env: dict[str, str]) -> Iterator[AirflowHarness]:
 
 
 def airflow(
-    h: AirflowHarness, *args: str, env: dict[str, str], ok: bool = True, stderr: bool = False
+    h: AirflowHarness,
+    *args: str,
+    env: dict[str, str],
+    ok: bool = True,
+    stderr: bool = False,
+    cwd: Path | None = None,
 ) -> str:
-    """Run the airflow CLI; assert it succeeded (or failed, ``ok=False``); its stdout, or
-    stdout+stderr when it failed or ``stderr``."""
-    rc, stdout, err = h.run(*args, env=env)
+    """Run the airflow CLI (in ``cwd``, default the repository); assert it succeeded (or
+    failed, ``ok=False``); its stdout, or stdout+stderr when it failed or ``stderr``."""
+    rc, stdout, err = h.run(*args, env=env, cwd=cwd)
     out = f"{stdout}\n{err}"
     assert (rc == 0) == ok, f"airflow {' '.join(args)} exited {rc}:{out}"
     return stdout if ok and not stderr else out
@@ -73,6 +78,7 @@ def run_dag(
     env: dict[str, str],
     conf: dict[str, Any] | None = None,
     ok: bool = True,
+    cwd: Path | None = None,
 ) -> tuple[dict[str, str], str]:
     """`airflow dags test` one run; the states of its tasks and the command's output (stdout
     and stderr). The
@@ -80,7 +86,7 @@ def run_dag(
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     before = newest_run(db, dag_id)
     args = ["dags", "test", dag_id, *(["-c", json.dumps(conf)] if conf else [])]
-    out = airflow(h, *args, env=env, ok=ok, stderr=True)
+    out = airflow(h, *args, env=env, ok=ok, stderr=True, cwd=cwd)
     run = newest_run(db, dag_id)
     assert run is not None and (before is None or run.id > before.id), f"no new run of {dag_id}"
     assert run.state == ("success" if ok else "failed")
@@ -99,6 +105,17 @@ def test_smoke_dag_runs_green(harness: AirflowHarness, airflow_env: dict[str, st
         "probe_cassandra": "success",
         "report": "success",
     }
+
+
+def test_smoke_dag_finds_the_settings_from_any_directory(
+    harness: AirflowHarness, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A scheduler is started anywhere: without ``LAMINA_CONFIG`` the smoke DAG, like the
+    others, reads the repository's ``conf/lamina.toml``, not the working directory's."""
+    env = {k: v for k, v in airflow_env.items() if k != "LAMINA_CONFIG"}
+    states, out = run_dag(harness, "lamina_smoke", env, cwd=tmp_path)
+    assert set(states.values()) == {"success"}
+    assert f"(settings: {ROOT / 'conf' / 'lamina.toml'})" in out
 
 
 VIEWS = ("web_pageviews", "iot_temperature", "cloud_metering")
@@ -458,6 +475,24 @@ def test_recompute_dag_with_spark_submit(
     want = truth.truth("cloud_metering", private_world["data"]["cloud_metering"].good)
     got = answers(settings, catalog, "cloud_metering", sorted({k for k, _ in want}))
     assert {k: b["values"] for k, b in got.items()} == want
+
+
+def test_spark_submit_without_its_connection_fails_at_once_saying_so(
+    harness: AirflowHarness, world_env: dict[str, str], private_world: dict[str, Any]
+) -> None:
+    """Without the ``lamina_spark`` connection the Spark provider would submit to ``yarn``
+    and fail three times: the ``submission`` step fails once, naming the connection."""
+    env = {**world_env, "LAMINA_AIRFLOW__RUNNER": "spark_submit"}
+    env.pop("AIRFLOW_CONN_LAMINA_SPARK", None)
+    before = published(private_world)
+    conf = {"views": ["cloud_metering"], "from_scratch": True}
+    states, out = run_dag(harness, "lamina_recompute", env, conf, ok=False)
+    assert states["cloud_metering.submission"] == "failed"
+    assert states["cloud_metering.recompute"] == "upstream_failed"
+    assert "needs the Airflow connection 'lamina_spark'" in out
+    assert "AIRFLOW_CONN_LAMINA_SPARK=" in out
+    assert out.count("needs the Airflow connection") <= 2  # no retries (the log and the error)
+    assert published(private_world) == before
 
 
 def test_recompute_dag_skips_views_without_new_epochs(

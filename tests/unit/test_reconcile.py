@@ -347,8 +347,20 @@ def test_staleness_arithmetic() -> None:
     )
     ahead = freshness(view, published(int(now) + 10), now)  # an import's cutoff runs ahead
     assert not ahead.stale and ahead.age_s == -10
-    never = freshness(view, None, now)
+    empty = freshness(view, None, now)  # a fresh install: no data, nothing to publish
+    assert not empty.stale and empty.age_s is None and empty.version is None
+    assert empty.describe() == (
+        "view 'cloud_metering' has no published batch version yet, and its source has no "
+        "data in the master dataset: nothing to publish"
+    )
+    new = freshness(view, None, now, first_epoch=int(now) - 3 * 3600)  # before a batch ran
+    assert not new.stale and new.waiting_s == 3 * 3600
+    never = freshness(view, None, now, first_epoch=int(now) - 3 * 3600 - 1)
     assert never.stale and never.age_s is None and never.version is None
-    assert never.describe() == "view 'cloud_metering' has no published batch version"
+    assert never.describe() == (
+        "view 'cloud_metering' has no published batch version; its source's master dataset "
+        "has held data for 10801s (limit 10800s)"
+    )
+    assert not freshness(view, published(int(now)), now, first_epoch=0).stale
     strict = view.model_copy(update={"max_staleness_s": 60})
     assert freshness(strict, published(int(now) - 61), now).stale
