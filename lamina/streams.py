@@ -174,6 +174,29 @@ def lock_checkpoint(settings: Settings, query: str, *, hold: bool = True) -> Non
         )
 
 
+def lock_holder(settings: Settings, query: str) -> str | None:
+    """Who holds ``query``'s checkpoint lock now (``None``: nobody), looked up without
+    touching the lock (a probe that took it could make a job starting at that moment
+    refuse): ``/proc/locks`` names the pid of the ``flock`` on the lock file's inode, and
+    the file holds the description its holder wrote (see :func:`try_lock`)."""
+    path = settings.checkpoint_dir / f"{query}.lock"
+    try:
+        st = path.stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in locks.splitlines():
+        f = line.split()
+        if len(f) > 5 and f[1] == "FLOCK" and f[5] == file_id:
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                text = ""
+            return text or f"pid {f[4]}"
+    return None
+
+
 def release_locks() -> None:
     """Release every checkpoint lock this process holds (its queries have stopped)."""
     while _HELD:
@@ -291,6 +314,50 @@ def topic_offsets(
             for tp, off in consumer.end_offsets(tps, timeout_ms).items():
                 last[tp.topic][str(tp.partition)] = off
         return first, last
+    finally:
+        consumer.close()
+
+
+def events_behind(
+    settings: Settings,
+    topic: str,
+    processed: dict[str, int],
+    latest: dict[str, int],
+    most: int = 1000,
+    timeout_ms: int = 3000,
+) -> int | None:
+    """How many of the records of ``topic`` between ``processed`` and ``latest`` (partition
+    -> offset) are events, not the job's own epoch marks (:data:`EPOCH_MARK_KEY`): a job
+    that read every event is caught up even while its latest marks wait for its next
+    micro-batch. Reads those records (at most ``most``; ``None`` when there are more, or
+    Kafka does not answer in time)."""
+    from kafka import TopicPartition
+
+    behind = {p: end - processed.get(p, 0) for p, end in latest.items()}
+    behind = {p: n for p, n in behind.items() if n > 0}
+    if not behind:
+        return 0
+    if sum(behind.values()) > most:
+        return None
+    consumer = offsets_client(settings, timeout_ms)
+    try:
+        tps = {TopicPartition(topic, int(p)): processed.get(p, 0) for p in behind}
+        consumer.assign(list(tps))
+        for tp, off in tps.items():
+            consumer.seek(tp, off)
+        left, events = dict(behind), 0
+        deadline = time.monotonic() + timeout_ms / 1000
+        while any(n > 0 for n in left.values()) and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                for r in records:
+                    p = str(tp.partition)
+                    if left.get(p, 0) <= 0 or r.offset >= latest[p]:
+                        continue
+                    left[p] -= 1
+                    events += r.key != EPOCH_MARK_KEY
+        return events if not any(n > 0 for n in left.values()) else None
+    except Exception:  # Kafka down or slow: unknown
+        return None
     finally:
         consumer.close()
 

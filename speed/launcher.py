@@ -60,8 +60,13 @@ from lamina.process import alive, cmdline, spawn
 from lamina.settings import Settings
 from lamina.streams import (
     checkpoint_path,
+    end_offsets,
+    events_behind,
+    job_names,
     job_queries,
+    job_source,
     lock_checkpoint,
+    lock_holder,
     query_statuses,
     read_source_report,
 )
@@ -581,4 +586,70 @@ def status(settings: Settings, job_id: str) -> dict[str, Any]:
         src.name: complete_cutoff(saved, src) for src in queries.values()
     }
     out["sources"] = {src.name: read_source_report(saved, q) for q, src in queries.items()}
+    return out
+
+
+def source_statuses(settings: Settings, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each source job of ``names`` (default: every one) as it stands, however it runs:
+    ``run_by`` is the submitted job running it, or the foreground process (``lamina stream
+    run``, a notebook) holding its checkpoint, or ``None`` when nothing runs it; ``lag`` the
+    Kafka records its queries have not processed (``None``: Kafka unreachable or never run);
+    ``caught_up`` whether that lag is 0; ``complete_before_epoch`` the ingest epoch before
+    which the master dataset of the source is complete (archived); plus each query's status
+    (see :func:`lamina.streams.query_statuses`)."""
+    from lamina.master import complete_cutoff
+
+    catalog = load_catalog(settings)
+    chosen = names or job_names(catalog)
+    for name in chosen:
+        job_source(catalog, name)  # an unknown name fails before any work
+    live = {j.what: j for j in jobs(settings) if j.state in LIVE}
+    try:
+        latest = end_offsets(settings, {job_source(catalog, n).topic for n in chosen})
+    except Exception:  # Kafka down: report progress without lag
+        latest = {}
+    out = []
+    for name in chosen:
+        queries = job_queries(catalog, name)
+        holders = [h for q in queries if (h := lock_holder(settings, q)) is not None]
+        job = live.get(name)
+        run_by = f"job {job.id}" if job is not None else (holders[0] if holders else None)
+        statuses = query_statuses(settings, queries, latest=latest)
+        lags = [q.lag for q in statuses]
+        lag = None if any(x is None for x in lags) else sum(x for x in lags if x is not None)
+        behind = [
+            events_behind(settings, q.topic, q.processed_offsets or {}, latest[q.topic])
+            if q.lag is not None and q.topic in latest
+            else None
+            for q in statuses
+        ]
+        events = None if None in behind else sum(n for n in behind if n is not None)
+        out.append(
+            {
+                "source": name,
+                "run_by": run_by,
+                "lag": lag,
+                "events_behind": events,
+                "caught_up": None if events is None and lag != 0 else lag == 0 or events == 0,
+                "complete_before_epoch": complete_cutoff(settings, job_source(catalog, name)),
+                "queries": [q.as_dict() for q in statuses],
+            }
+        )
+    return out
+
+
+def foreground_runs(settings: Settings) -> dict[str, str]:
+    """Source jobs running outside the registry (``lamina stream run``, a notebook), by
+    source, with the process holding their checkpoint."""
+    catalog = load_catalog(settings)
+    live = {j.what for j in jobs(settings) if j.state in LIVE}
+    out = {}
+    for name in job_names(catalog):
+        if name in live:
+            continue
+        for query in job_queries(catalog, name):
+            holder = lock_holder(settings, query)
+            if holder is not None:
+                out[name] = holder
+                break
     return out

@@ -53,16 +53,24 @@ def cmd_stream_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(found, indent=2))
         return 0
-    if not found:
+    from speed.launcher import foreground_runs
+
+    foreground = foreground_runs(settings)
+    if not found and not foreground:
         say(f"no submitted jobs in {settings.jobs_dir} (lamina stream submit JOB starts one)")
     for j in found:
         print_job(j)
+    for source, holder in foreground.items():
+        print(f"{'(foreground)':<40} {source:<16} {'running':<10} {holder}")
     return 0
 
 
 def cmd_stream_status(settings: Settings, args: argparse.Namespace) -> int:
+    from lamina.streams import job_names
     from speed.launcher import status
 
+    if args.id is None or args.id in job_names(load_catalog(settings)):
+        return _source_status(settings, args)
     st = status(settings, args.id)
     if args.format == "json":
         print(json.dumps(st, indent=2))
@@ -93,6 +101,31 @@ def cmd_stream_status(settings: Settings, args: argparse.Namespace) -> int:
         )
     for src, epoch in st.get("complete_before_epoch", {}).items():
         print(f"  master dataset of {src} complete before ingest epoch {fmt(epoch)}")
+    return 0
+
+
+def _source_status(settings: Settings, args: argparse.Namespace) -> int:
+    """``lamina stream status [SOURCE]``: each source job, run in the foreground or
+    submitted: who runs it, its lag (Kafka records not processed, ``events``: those that are
+    events, not its own epoch marks), whether it caught up, how far it archived."""
+    from speed.launcher import source_statuses
+
+    found = source_statuses(settings, None if args.id is None else [args.id])
+    if args.format == "json":
+        print(json.dumps(found, indent=2))
+        return 0
+    print(
+        f"{'source':<16} {'run by':<44} {'lag':>8} {'events':>7}  {'caught up':<9}  "
+        "archived before epoch"
+    )
+    for s in found:
+        caught = {None: "?", True: "yes", False: "no"}[s["caught_up"]]
+        epoch = s["complete_before_epoch"]
+        archived = "-" if epoch is None else f"{epoch} ({age(epoch)})"
+        print(
+            f"{s['source']:<16} {(s['run_by'] or 'not running')[:44]:<44} "
+            f"{fmt(s['lag']):>8} {fmt(s['events_behind']):>7}  {caught:<9}  {archived}"
+        )
     return 0
 
 
@@ -194,9 +227,16 @@ def register(sub: Any) -> None:
     slist.add_argument("--format", choices=("table", "json"), default="table")
     slist.set_defaults(func=cmd_stream_list)
     sstat = stsub.add_parser(
-        "status", help="a job's queries: rates, batch duration, Kafka lag, last progress"
+        "status",
+        help="each source job (foreground or submitted): lag, caught up, archived epoch; "
+        "or a submitted job's queries: rates, batch duration, lag, last progress",
     )
-    sstat.add_argument("id", metavar="ID")
+    sstat.add_argument(
+        "id",
+        metavar="ID|SOURCE",
+        nargs="?",
+        help="a submitted job's id, or a source (default: every source job)",
+    )
     sstat.add_argument("--format", choices=("table", "json"), default="table")
     sstat.set_defaults(func=cmd_stream_status)
     sstop = stsub.add_parser("stop", help="stop a job gracefully, between micro-batches")
