@@ -2,17 +2,67 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from lamina.errors import LaminaError
 from lamina.jars import spark_connector_jars
 from lamina.settings import Settings
 
+log = logging.getLogger(__name__)
+
 POOLS = Path(__file__).with_name("pools.xml")
 """The FAIR scheduler's pools (``views`` before ``archive``; see the file)."""
+
+JVM_LOG: Path | None = None
+"""Where the Spark JVM's own output goes (set by :func:`send_jvm_output_to`): its stdout and
+stderr, hence log4j's console and the JVM's warnings. ``None``: the terminal, inherited."""
+
+
+def send_jvm_output_to(path: Path | None) -> None:
+    """Send the output of the JVM this process starts to ``path`` (appended) instead of the
+    terminal: the CLI keeps its console to Lamina's own lines unless ``--verbose``. Takes
+    effect for the first session only (one JVM per process)."""
+    global JVM_LOG
+    JVM_LOG = path
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """File descriptors 1 and 2 point at ``path`` for the block: a child process started
+    meanwhile (the JVM) keeps writing there; this process's own are restored after."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    """The last ``lines`` non-empty lines of ``path``, joined with `` | ``."""
+    try:
+        text = path.read_bytes()[-16384:].decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return " | ".join([ln.strip() for ln in text if ln.strip()][-lines:])
 
 
 def spark_session(settings: Settings, app_name: str) -> SparkSession:
@@ -56,7 +106,19 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     builder = builder.config("spark.jars", ",".join(str(j) for j in connector))
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    if JVM_LOG is None or SparkContext._gateway is not None:
+        session = builder.getOrCreate()
+    else:
+        log.info("starting Spark (%s); its own log: %s", sp.master, JVM_LOG)
+        try:
+            with _output_to(JVM_LOG):
+                session = builder.getOrCreate()
+        except Exception as exc:
+            raise LaminaError(
+                f"Spark did not start ({type(exc).__name__}: {str(exc)[:300]}); the end of "
+                f"its log {JVM_LOG}: {_tail(JVM_LOG)}",
+                hint="run the command again with --verbose to see Spark's output",
+            ) from None
     session.sparkContext.setLogLevel("WARN")
     _quiet(session, "org.apache.spark.scheduler.DAGScheduler")
     return session

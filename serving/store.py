@@ -460,9 +460,14 @@ class Store:
             why = "its rebuild did not finish"
         else:
             why = f"its definition changed ({rec.definition_hash} -> {view.definition_hash})"
-        log.warning(
-            "view %s: rebuilding its real-time table %s (%s); it holds the epochs from %s on",
+        first = (rec is None and not exists) or (
+            rec is not None and rec.state == "empty" and rec.definition_hash == view.definition_hash
+        )  # a new view or a fresh install: nothing to warn about
+        log.log(
+            logging.INFO if first else logging.WARNING,
+            "view %s: %s its real-time table %s (%s); it holds the epochs from %s on",
             view.name,
+            "building" if first else "rebuilding",
             table,
             why,
             "the first" if covers_from is None else f"{covers_from} ({utc(covers_from)})",

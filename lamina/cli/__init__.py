@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,12 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="settings file (default: $LAMINA_CONFIG, else ./conf/lamina.toml)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug details, and show Spark's output and dependencies' warnings (by "
+        "default Spark's output goes to <state dir>/logs/spark.log)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for group in GROUPS:
         group.register(sub)
     return p
+
+
+OWN_MODULES = r"(lamina|batch|speed|serving|engine|dags)(\.|$)"
+"""Lamina's own packages: their warnings always show."""
+
+
+def quiet_dependencies() -> None:
+    """Hide the Python warnings of dependencies (a newcomer's console shows Lamina's own
+    lines; ``--verbose`` shows them), also in the processes this one starts (Spark's Python
+    workers), through ``PYTHONWARNINGS``."""
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=OWN_MODULES)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,9 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("py4j", logging.WARNING),
     ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else quiet)
+    if not args.verbose:
+        quiet_dependencies()
     settings = None
     try:
         settings = load_settings(args.config)
+        if not args.verbose:
+            from engine.session import send_jvm_output_to
+
+            send_jvm_output_to(settings.stack.state_dir / "logs" / "spark.log")
         return int(args.func(settings, args))
     except LaminaError as exc:
         print(f"lamina: error: {exc}", file=sys.stderr)

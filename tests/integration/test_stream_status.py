@@ -65,5 +65,12 @@ def test_status_and_list_see_a_foreground_run(stack: Settings, tmp_path: Path) -
                 proc.wait(timeout=120)
             [after] = source_statuses(settings, [JOB])
             assert after["run_by"] is None and after["complete_before_epoch"] is not None
+            # The console shows Lamina's own lines; Spark's output went to its log file.
+            console = (tmp_path / "stream.log").read_text()
+            spark_log = settings.stack.state_dir / "logs" / "spark.log"
+            assert f"its own log: {spark_log}" in console, console
+            for noise in ("log4j", " WARN ", "Warning", "WARNING: Using incubator modules"):
+                assert noise not in console, console
+            assert "log4j" in spark_log.read_text()
         finally:
             drop_private_world(settings)
