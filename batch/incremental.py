@@ -423,13 +423,21 @@ def build_incremental(
         n_fresh = deduped.count
         fresh = deduped.events_of(view)
         old = master_read(spark, settings, view, base.cutoff).epochs
+        parallelism = spark.sparkContext.defaultParallelism
         events = fresh
         if old is not None and n_fresh:
             ids = fresh.select(eid)
-            resent = old.select(eid).join(
-                F.broadcast(ids) if n_fresh <= BROADCAST_IDS else ids, eid, "left_semi"
-            )
-            events = events.join(resent.distinct(), eid, "left_anti")
+            small = n_fresh <= BROADCAST_IDS
+            resent = old.select(eid).join(F.broadcast(ids) if small else ids, eid, "left_semi")
+            # At most the new ids: broadcast too when they are, else both sides go through
+            # one shuffle sized from them (write_tasks).
+            resent = resent.repartition(write_tasks(n_fresh, parallelism), eid).distinct()
+            if small:
+                events = events.join(F.broadcast(resent), eid, "left_anti")
+            else:
+                events = events.repartition(write_tasks(n_fresh, parallelism), eid).join(
+                    resent, eid, "left_anti"
+                )
         events = events.cache()
         t_resent = time.monotonic()
         row = events.agg(F.count(F.lit(1)), F.count(F.when(~key_fits(view), 1))).first()
@@ -448,12 +456,9 @@ def build_incremental(
             f"({n_fresh - n_new} re-sends of older events dropped); merging into version "
             f"{base.version}"
         )
-        tasks = write_tasks(base.events + n_new, spark.sparkContext.defaultParallelism)
+        tasks = write_tasks(base.events + n_new, parallelism)
         prev = spark.read.parquet(str(state_dir(settings, view, base.version) / ROWS))
-        both = prev.unionByName(aggregate(events, view)).repartition(
-            tasks, *(F.col(k) for k in view.keys)
-        )
-        merged = merge_states(both, view).sortWithinPartitions(*view.keys)
+        merged = merge_input(prev, events, view, write_tasks(n_new, parallelism), tasks)
         writer = partition_writer(
             settings.cassandra,
             view,
@@ -524,6 +529,21 @@ def build_incremental(
         if events is not None:
             events.unpersist()
     return finish_build(store, view, version, verdict, rows, timings, started)
+
+
+def merge_input(
+    prev: DataFrame, events: DataFrame, view: View, new_tasks: int, tasks: int
+) -> DataFrame:
+    """The rows of an incremental version as its writer wants them (as
+    :func:`batch.recompute.write_input`): the base's state rows ``prev`` merged per (key,
+    bucket) with the aggregated new ``events`` (:func:`engine.translate.merge_states`), in
+    ``tasks`` partitions by the view's keys, sorted by key within each. The new events'
+    aggregation is cut into ``new_tasks`` tasks: both shuffles are sized by the caller from
+    the rows (:func:`batch.recompute.write_tasks`), never by ``spark.sql.shuffle.partitions``."""
+    keys = [F.col(k) for k in view.keys]
+    fresh = aggregate(events.repartition(new_tasks, *keys), view)
+    both = prev.unionByName(fresh).repartition(tasks, *keys)
+    return merge_states(both, view).sortWithinPartitions(*view.keys)
 
 
 def conclude_build(

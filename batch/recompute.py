@@ -541,14 +541,23 @@ def _first_of_repeated(
 
 WRITE_TASK_EVENTS = 1_000_000
 """Deduplicated events aggregated and written per Spark task, about (:func:`write_tasks`)."""
+MAX_SHUFFLE_TASKS = 8192
+"""The most tasks a build's shuffle is cut into (:func:`write_tasks`): beyond, each task
+takes more events instead (a shuffle's files grow with map tasks × reduce tasks)."""
 
 
 def write_tasks(events: int, parallelism: int) -> int:
-    """How many Spark tasks aggregate and write a version of ``events`` deduplicated events:
-    one per :data:`WRITE_TASK_EVENTS` events, at least ``parallelism`` (Spark's default
-    parallelism: every core writes; each task is a Python process with its own driver
-    connection, which is how the Python driver scales)."""
-    return max(parallelism, 1, -(-events // WRITE_TASK_EVENTS))
+    """How many Spark tasks a shuffle of ``events`` rows of a build is cut into (the dedup's,
+    the aggregation and write's, an incremental build's): one per :data:`WRITE_TASK_EVENTS`
+    rows, at least ``parallelism`` (Spark's default parallelism: every core works; each
+    writing task is a Python process with its own driver connection, which is how the
+    Python driver scales), at most :data:`MAX_SHUFFLE_TASKS`.
+
+    Every shuffle of a build is sized this way from rows counted in its read, never by
+    ``spark.sql.shuffle.partitions``: that setting is the session's, shared with the
+    streaming queries (whose state stores keep the partition count they started with), and
+    stays small for their micro-batches."""
+    return max(parallelism, 1, min(MAX_SHUFFLE_TASKS, -(-events // WRITE_TASK_EVENTS)))
 
 
 def write_input(events: DataFrame, view: View, tasks: int) -> DataFrame:
