@@ -62,9 +62,10 @@ def _exchanges(df: Any) -> list[int]:
 
 
 def test_an_incremental_builds_shuffles_are_sized_from_its_rows(spark: Any, tmp_path: Path) -> None:
-    """The new events' aggregation and the merge are cut into the tasks the build sized from
-    its rows (:func:`batch.recompute.write_tasks`), not ``spark.sql.shuffle.partitions``;
-    and ``write_tasks`` stays within its floor and ceiling."""
+    """The merge is cut into the tasks the build sized from its rows
+    (:func:`batch.recompute.write_tasks`), not ``spark.sql.shuffle.partitions``, and the
+    new events' states are combined before their exchange; ``write_tasks`` stays within its
+    floor and ceiling."""
     from batch.incremental import merge_input
     from batch.recompute import MAX_SHUFFLE_TASKS, write_tasks
     from engine.schema import event_schema
@@ -80,8 +81,10 @@ def test_an_incremental_builds_shuffles_are_sized_from_its_rows(spark: Any, tmp_
     prev = aggregate(spark.read.schema(schema).parquet(str(tmp_path / "old")), view)
     new = spark.read.schema(schema).parquet(str(tmp_path / "new"))
     assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
-    merged = merge_input(prev.localCheckpoint(), new, view, 5, 7)
-    assert sorted(_exchanges(merged)) == [5, 7]
+    merged = merge_input(prev.localCheckpoint(), new, view, 7)
+    assert sorted(_exchanges(merged)) == [2, 7]
+    plan = str(merged._jdf.queryExecution().executedPlan().toString())
+    assert "partial_count" in plan  # the map-side combine of the new events
     assert merged.rdd.getNumPartitions() == 7
     assert (
         merged.count()
