@@ -171,23 +171,18 @@ can differ (the speed layer keeps the one read first), which only matters if the
 contents differ, and the batch then corrects the speed layer."""
 
 
-def first_copies(events: DataFrame, event_id: str, copies: str | None = None) -> DataFrame:
+def first_copies(events: DataFrame, event_id: str) -> DataFrame:
     """One row per ``event_id``: its first copy by :data:`FIRST_COPY_ORDER` (deterministic,
-    whatever the files' order; redeliveries by producer retries or replays share the id).
-    With ``copies``, a column of that name counts the rows of the id the dedup consumed."""
+    whatever the files' order; redeliveries by producer retries or replays share the id),
+    over every column of ``events``: the definition :func:`deduplicate` keeps to."""
     columns = events.columns
     rest = [c for c in columns if c not in FIRST_COPY_ORDER and c != event_id]
     first = F.min(F.struct(*FIRST_COPY_ORDER, *rest)).alias("_first")
-    counted = [F.count(F.lit(1)).alias(copies)] if copies else []
     return (
         events.groupBy(event_id)
-        .agg(first, *counted)
-        .select(
-            event_id,
-            *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)),
-            *([copies] if copies else []),
-        )
-        .select(*columns, *([copies] if copies else []))
+        .agg(first)
+        .select(event_id, *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)))
+        .select(*columns)
     )
 
 
