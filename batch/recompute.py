@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any
@@ -36,16 +36,17 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from batch.incremental import (
+    Plan,
     build_incremental,
-    commit_state,
+    conclude_build,
     drop_state,
+    finish_build,
     plan_build,
     state_dir,
     write_version,
 )
 from batch.reconcile import (
     Reconciliation,
-    judge,
     realtime_overlap,
     reconcile,
     self_check,
@@ -67,7 +68,7 @@ from lamina.master import (
 )
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
-from lamina.views import MAX_KEY_BYTES, View, ViewCatalog
+from lamina.views import MAX_KEY_BYTES, Source, View, ViewCatalog
 from serving.schema import batch_table
 from serving.store import BuildLease, Published, Store, Version, open_store, utc
 from serving.writer import partition_writer, state_row
@@ -110,26 +111,33 @@ class MasterRead:
         return df
 
 
-def master_read(spark: SparkSession, settings: Settings, view: View, cutoff: int) -> MasterRead:
-    """The view's source in the master dataset with ingest epoch ``< cutoff``, every copy:
-    the source job's archive and the committed imports
-    (:func:`lamina.master.committed_imports`: never a part of an import), pruned to the
-    epochs before the cutoff, and the legacy file-sink archive through its metadata log,
-    when present. Call it after choosing ``cutoff``: an import committed since then has an
-    epoch at or after it (see "Imports" in :mod:`lamina.master`)."""
+def master_read(
+    spark: SparkSession, settings: Settings, view: View, cutoff: int, since: int | None = None
+) -> MasterRead:
+    """The view's source in the master dataset with ingest epoch ``< cutoff`` (and, with
+    ``since``, ``>= since``), every copy: the source job's archive and the committed imports
+    (:func:`lamina.master.committed_imports`: never a part of an import), pruned to those
+    epochs, and the legacy file-sink archive through its metadata log, when present. Call it
+    after choosing ``cutoff``: an import committed since then has an epoch at or after it
+    (see "Imports" in :mod:`lamina.master`)."""
     schema = master_schema(view.source)
     legacy = None
     stream = stream_dir(settings, view.source)
+    low = -(2**63) if since is None else since
     if (stream / "_spark_metadata").exists():
         legacy = spark.read.schema(schema).parquet(str(stream))
         legacy = legacy.where(F.col(INGEST_EPOCH) < F.lit(cutoff))
+        if since is not None:
+            legacy = legacy.where(F.col(INGEST_EPOCH) >= F.lit(since))
     archived = [
-        str(d) for e, d in epoch_dirs(archive_dir(settings, view.source)).items() if e < cutoff
+        str(d)
+        for e, d in epoch_dirs(archive_dir(settings, view.source)).items()
+        if low <= e < cutoff
     ]
     imported = [
         str(f)
         for e, files in committed_imports(settings, view.source).items()
-        if e < cutoff
+        if low <= e < cutoff
         for f in files
     ]
     parts: list[DataFrame] = []
@@ -163,42 +171,50 @@ can differ (the speed layer keeps the one read first), which only matters if the
 contents differ, and the batch then corrects the speed layer."""
 
 
-def first_copies(events: DataFrame, event_id: str, copies: str | None = None) -> DataFrame:
+def first_copies(events: DataFrame, event_id: str) -> DataFrame:
     """One row per ``event_id``: its first copy by :data:`FIRST_COPY_ORDER` (deterministic,
-    whatever the files' order; redeliveries by producer retries or replays share the id).
-    With ``copies``, a column of that name counts the rows of the id the dedup consumed."""
+    whatever the files' order; redeliveries by producer retries or replays share the id),
+    over every column of ``events``: the definition :func:`deduplicate` keeps to."""
     columns = events.columns
     rest = [c for c in columns if c not in FIRST_COPY_ORDER and c != event_id]
     first = F.min(F.struct(*FIRST_COPY_ORDER, *rest)).alias("_first")
-    counted = [F.count(F.lit(1)).alias(copies)] if copies else []
     return (
         events.groupBy(event_id)
-        .agg(first, *counted)
-        .select(
-            event_id,
-            *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)),
-            *([copies] if copies else []),
-        )
-        .select(*columns, *([copies] if copies else []))
+        .agg(first)
+        .select(event_id, *(F.col(f"_first.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)))
+        .select(*columns)
     )
 
 
-def needed_columns(view: View) -> list[str]:
-    """The master columns a build of ``view`` reads, in the master schema's order: the event
-    id, the view's keys, filtered and aggregated fields, the event time, the copy order
-    (:data:`FIRST_COPY_ORDER`) and ``topic`` (the reconciliation compares only events that
-    came through Kafka). The source's other fields (its raw event-time field, fields no
-    aggregation of this view reads) are not read."""
+def needed_columns(*views: View) -> list[str]:
+    """The master columns a build of ``views`` (views of one source) reads, in the master
+    schema's order: the event id, the views' keys, filtered and aggregated fields, the event
+    time, the copy order (:data:`FIRST_COPY_ORDER`) and ``topic`` (the reconciliation
+    compares only events that came through Kafka). The source's other fields (its raw
+    event-time field, fields no aggregation of these views reads) are not read."""
+    source = _one_source(views)
     wanted = {
-        view.source.event_id,
-        *view.keys,
-        *(c.field for c in view.filter),
-        *(a.field for a in view.aggregations.values() if a.field),
+        source.event_id,
         EVENT_TIME,
         "topic",
         *FIRST_COPY_ORDER,
     }
-    return [c for c in master_schema(view.source).fieldNames() if c in wanted]
+    for view in views:
+        wanted |= {
+            *view.keys,
+            *(c.field for c in view.filter),
+            *(a.field for a in view.aggregations.values() if a.field),
+        }
+    return [c for c in master_schema(source).fieldNames() if c in wanted]
+
+
+def _one_source(views: Sequence[View]) -> Source:
+    if not views:
+        raise ValueError("no view given")
+    sources = {v.source.name for v in views}
+    if len(sources) > 1:
+        raise ValueError(f"views of several sources ({', '.join(sorted(sources))}) in one read")
+    return views[0].source
 
 
 ID_HASH = "_id_hash"
@@ -213,21 +229,22 @@ class Deduped:
     (:func:`deduplicate`), and the counts its self-check needs
     (:func:`batch.reconcile.self_check`).
 
-    ``events`` has the columns of :func:`needed_columns` but ``partition`` and ``offset``;
-    it is computed from cached data: call :meth:`unpersist` when the build is done.
-    ``read_rows`` maps each ingest epoch of the archive and the imports to (rows read, rows
-    with an event id); ``legacy_rows`` were read from the legacy archive. The dedup consumed
-    exactly those rows (it reads the cached read, nothing else). ``count``: events;
-    ``oversize``: events whose key Cassandra cannot store (:func:`key_fits`);
-    ``repeated``: event ids with more than one copy; ``ambiguous``: of those, ids whose
-    first copies tie on :data:`FIRST_COPY_ORDER` and differ in a column the view reads
-    (settled from every column, read again)."""
+    ``events`` has the columns of :func:`needed_columns` (of every view the read was made
+    for) but ``partition`` and ``offset``; it is computed from cached data: call
+    :meth:`unpersist` when every build that uses it is done. ``read_rows`` maps each ingest
+    epoch of the archive and the imports to (rows read, rows with an event id);
+    ``legacy_rows`` were read from the legacy archive. The dedup consumed exactly those rows
+    (it reads the cached read, nothing else). ``count``: events; ``oversize``: per view
+    name, events whose key Cassandra cannot store (:func:`key_fits`); ``repeated``: event
+    ids with more than one copy; ``ambiguous``: of those, ids whose first copies tie on
+    :data:`FIRST_COPY_ORDER` and differ in a column read (settled from every column, read
+    again)."""
 
     events: DataFrame
     read_rows: dict[int, tuple[int, int]]
     legacy_rows: int
     count: int
-    oversize: int
+    oversize: dict[str, int]
     repeated: int
     ambiguous: int
     cached: tuple[DataFrame, ...]
@@ -237,15 +254,26 @@ class Deduped:
         """Rows the dedup consumed: every row read."""
         return sum(n for n, _ in self.read_rows.values()) + self.legacy_rows
 
+    def events_of(self, view: View) -> DataFrame:
+        """``events`` with only the columns ``view`` needs (a read shared by several views
+        of a source carries the columns of all)."""
+        wanted = set(needed_columns(view))
+        return self.events.select(*(c for c in self.events.columns if c in wanted))
+
     def unpersist(self) -> None:
         for df in self.cached:
             df.unpersist()
 
 
-def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
+def _oversize(i: int) -> str:
+    return f"_oversize_copies_{i}"
+
+
+def deduplicate(spark: SparkSession, read: MasterRead, *views: View) -> Deduped:
     """The first copy of every event id of ``read`` (:data:`FIRST_COPY_ORDER`: exactly the
-    copy :func:`first_copies` keeps over every column), reading only the columns ``view``
-    needs (:func:`needed_columns`), in one pass over the files.
+    copy :func:`first_copies` keeps over every column), reading only the columns ``views``
+    (one or more views of one source) need (:func:`needed_columns`), in one pass over the
+    files: several views of a source share one read and one dedup (:class:`SourceReads`).
 
     Plan (Spark jobs in order):
 
@@ -257,17 +285,18 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
        the redeliveries, usually) are events as they are, never shuffled.
     3. The rows of repeated hashes (a hash collision only sends a few more): per event id,
        the copies at the smallest (epoch, partition, offset) are compared on the columns
-       the view reads. If they agree (redeliveries do), that is the first copy's content,
-       whatever the other columns (which only break such ties). If they differ, the id is
-       settled by :func:`first_copies` over every column, read again for those ids only
-       (an extra Spark job only when it happens: two imported copies of an id in one epoch
-       that differ, or one Kafka position under two topics).
+       read. If they agree (redeliveries do), that is the first copy's content, whatever
+       the other columns (which only break such ties). If they differ, the id is settled by
+       :func:`first_copies` over every column, read again for those ids only (an extra
+       Spark job only when it happens: two imported copies of an id in one epoch that
+       differ, or one Kafka position under two topics).
 
     Shuffles are sized from the rows read (:func:`write_tasks`), not
     ``spark.sql.shuffle.partitions``.
     """
-    event_id = view.source.event_id
-    columns = needed_columns(view)
+    source = _one_source(views)
+    event_id = source.event_id
+    columns = needed_columns(*views)
     parts = [
         p.select(*columns, F.lit(legacy).alias(LEGACY))
         for p, legacy in ((read.legacy, True), (read.epochs, False))
@@ -278,25 +307,27 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
         for p in parts[1:]:
             rows = rows.unionByName(p)
     else:
-        rows = read.union(spark, view, columns).withColumn(LEGACY, F.lit(False))
+        rows = read.union(spark, views[0], columns).withColumn(LEGACY, F.lit(False))
     rows = rows.withColumn(ID_HASH, F.xxhash64(F.col(event_id))).cache()
     cached = [rows]
     try:
-        fits = key_fits(view)
+        fits = [key_fits(v) for v in views]
         read_rows: dict[int, tuple[int, int]] = {}
-        legacy_rows = total = oversize_rows = 0
+        legacy_rows = total = 0
+        oversize_rows = [0] * len(views)
         for r in (
             rows.groupBy(INGEST_EPOCH, LEGACY)
             .agg(
                 F.count(F.lit(1)).alias("n"),
                 F.count(event_id).alias("ids"),
-                F.count(F.when(~fits, 1)).alias("oversize"),
+                *(F.count(F.when(~f, 1)).alias(_oversize(i)) for i, f in enumerate(fits)),
             )
             .collect()
         ):
             n = int(r["n"])
             total += n
-            oversize_rows += int(r["oversize"])
+            for i in range(len(views)):
+                oversize_rows[i] += int(r[_oversize(i)])
             if r[LEGACY]:
                 legacy_rows += n
             else:
@@ -305,6 +336,10 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
                 read_rows[epoch] = (prev[0] + n, prev[1] + int(r["ids"]))
         parallelism = spark.sparkContext.defaultParallelism
         out = [c for c in columns if c not in ("partition", "offset")]
+
+        def per_view(counts: Sequence[int]) -> dict[str, int]:
+            return {v.name: n for v, n in zip(views, counts, strict=True)}
+
         hashes = (
             rows.select(ID_HASH)
             .repartition(write_tasks(total, parallelism), ID_HASH)
@@ -318,7 +353,14 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
         repeated_hashes = hashes.count()
         if not repeated_hashes:
             return Deduped(
-                rows.select(*out), read_rows, legacy_rows, total, oversize_rows, 0, 0, tuple(cached)
+                rows.select(*out),
+                read_rows,
+                legacy_rows,
+                total,
+                per_view(oversize_rows),
+                0,
+                0,
+                tuple(cached),
             )
         if repeated_hashes <= MAX_BROADCAST_HASHES:
             single = rows.join(F.broadcast(hashes), ID_HASH, "left_anti").select(*out)
@@ -328,25 +370,24 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
             single = rows.where(F.lit(False)).select(*out)
             repeated_rows, tasks = rows, write_tasks(total, parallelism)
         firsts = _first_of_repeated(
-            repeated_rows.drop(ID_HASH, LEGACY), view, columns, tasks
+            repeated_rows.drop(ID_HASH, LEGACY), views, columns, tasks
         ).cache()
         cached.append(firsts)
         s = firsts.agg(
             F.count(F.lit(1)),
             F.count(F.when(F.col(COPIES) > 1, 1)),
             F.sum(COPIES),
-            F.sum("_oversize_copies"),
-            F.count(F.when(~fits, 1)),
             F.count(F.when(F.col("_ambiguous"), 1)),
+            *(F.sum(_oversize(i)) for i in range(len(views))),
+            *(F.count(F.when(~f, 1)) for f in fits),
         ).first()
         assert s is not None
-        ids, repeated, copies, oversize_copies, oversize_firsts, ambiguous = (
-            int(x or 0) for x in s
-        )
+        ids, repeated, copies, ambiguous, *over = (int(x or 0) for x in s)
+        oversize_copies, oversize_firsts = over[: len(views)], over[len(views) :]
         settled = firsts.where(~F.col("_ambiguous")).select(*out)
         if ambiguous:
             tie = firsts.where(F.col("_ambiguous")).select(F.col(event_id).alias("_tied"))
-            full = read.union(spark, view)
+            full = read.union(spark, views[0])
             tied = full.join(F.broadcast(tie), full[event_id].eqNullSafe(tie["_tied"]), "left_semi")
             again = first_copies(tied, event_id).select(*out).cache()
             cached.append(again)
@@ -356,7 +397,12 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
             read_rows,
             legacy_rows,
             total - copies + ids,
-            oversize_rows - oversize_copies + oversize_firsts,
+            per_view(
+                [
+                    r - c + f
+                    for r, c, f in zip(oversize_rows, oversize_copies, oversize_firsts, strict=True)
+                ]
+            ),
             repeated,
             ambiguous,
             tuple(cached),
@@ -367,26 +413,102 @@ def deduplicate(spark: SparkSession, read: MasterRead, view: View) -> Deduped:
         raise
 
 
+class SourceReads:
+    """A run's deduplicated reads of the master dataset, one per (source, first epoch,
+    cutoff), shared by the builds of every view of that source in the run: ``lamina batch
+    run`` over several views of one source reads and deduplicates it once
+    (:func:`deduplicate` for all of them at once: the columns of every view, the oversize
+    keys of each), not once per view.
+
+    ``views``: the views the run builds (the read of a source is made for those of its
+    views). :meth:`dedup` makes a read on first use and hands the same one to the next
+    build; :meth:`done` says a view's build no longer needs any (its read is unpersisted
+    once every view it was made for is done); :meth:`close` (or leaving the ``with``
+    block) unpersists what is left. ``passes`` counts the reads made per key: the proof
+    that a source was read and deduplicated once."""
+
+    def __init__(self, spark: SparkSession, settings: Settings, views: Iterable[View]) -> None:
+        self._spark = spark
+        self._settings = settings
+        self._views: dict[str, dict[str, View]] = {}
+        for v in views:
+            self._views.setdefault(v.source.name, {})[v.name] = v
+        self._reads: dict[tuple[str, int | None, int], Deduped] = {}
+        self._waiting: dict[tuple[str, int | None, int], set[str]] = {}
+        self._used: dict[tuple[str, int | None, int], int] = {}
+        self._done: set[str] = set()
+        self.passes: dict[tuple[str, int | None, int], int] = {}
+
+    def dedup(self, view: View, cutoff: int, since: int | None = None) -> tuple[Deduped, int]:
+        """The deduplicated events of ``view``'s source in the epochs ``[since, cutoff)``
+        (``since`` ``None``: every epoch below ``cutoff``), and how many builds used this
+        read before this one (0: made now)."""
+        key = (view.source.name, since, cutoff)
+        found = self._reads.get(key)
+        if found is not None:
+            self._done.discard(view.name)
+            used = self._used[key]
+            self._used[key] += 1
+            self._waiting[key].add(view.name)
+            return found, used
+        group = {**self._views.get(view.source.name, {}), view.name: view}
+        read = master_read(self._spark, self._settings, view, cutoff, since)
+        deduped = deduplicate(self._spark, read, *group.values())
+        self.passes[key] = self.passes.get(key, 0) + 1
+        self._reads[key] = deduped
+        self._used[key] = 1
+        self._waiting[key] = {n for n in group if n not in self._done} | {view.name}
+        return deduped, 0
+
+    def done(self, view: View) -> None:
+        """``view``'s build is over (built or failed): reads no other view waits for go."""
+        self._done.add(view.name)
+        for key in list(self._reads):
+            self._waiting[key].discard(view.name)
+            if not self._waiting[key]:
+                self._reads.pop(key).unpersist()
+                del self._waiting[key]
+
+    def close(self) -> None:
+        """Unpersist every read left."""
+        for deduped in self._reads.values():
+            deduped.unpersist()
+        self._reads.clear()
+        self._waiting.clear()
+
+    def __enter__(self) -> SourceReads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 COPIES = "_copies"
 MAX_BROADCAST_HASHES = 2_000_000
 """Repeated id hashes :func:`deduplicate` broadcasts to every task (8 bytes each) to pick
 the rows of repeated ids out; beyond, every row goes through the grouping by event id."""
 
 
-def _first_of_repeated(rows: DataFrame, view: View, columns: list[str], tasks: int) -> DataFrame:
+def _first_of_repeated(
+    rows: DataFrame, views: Sequence[View], columns: list[str], tasks: int
+) -> DataFrame:
     """Per event id of ``rows`` (the copies of ids with a repeated hash, every copy): the
     first copy on ``columns`` (``_lo``'s fields), with ``_copies`` (rows of the id),
-    ``_oversize_copies`` (of those, rows whose key does not fit) and ``_ambiguous``: the
-    copies at the smallest :data:`FIRST_COPY_ORDER` differ in a column of ``columns``, so
-    the columns not read decide (:func:`deduplicate`)."""
-    event_id = view.source.event_id
+    ``_oversize_copies_<i>`` (of those, rows whose key does not fit ``views[i]``) and
+    ``_ambiguous``: the copies at the smallest :data:`FIRST_COPY_ORDER` differ in a column
+    of ``columns``, so the columns not read decide (:func:`deduplicate`)."""
+    event_id = views[0].source.event_id
     rest = [c for c in columns if c not in FIRST_COPY_ORDER and c != event_id]
     per_id = Window.partitionBy(event_id)
+    oversize = [_oversize(i) for i in range(len(views))]
     ranked = rows.repartition(tasks, event_id).select(
         *columns,
         F.min(F.struct(*FIRST_COPY_ORDER)).over(per_id).alias("_first"),
         F.count(F.lit(1)).over(per_id).alias(COPIES),
-        F.count(F.when(~key_fits(view), 1)).over(per_id).alias("_oversize_copies"),
+        *(
+            F.count(F.when(~key_fits(v), 1)).over(per_id).alias(o)
+            for v, o in zip(views, oversize, strict=True)
+        ),
     )
     at_first = ranked.where(
         reduce(
@@ -398,32 +520,39 @@ def _first_of_repeated(rows: DataFrame, view: View, columns: list[str], tasks: i
     hi = F.max(F.struct(*rest)).alias("_hi")
     return (
         at_first.groupBy(event_id)
-        .agg(
-            lo, hi, F.max(COPIES).alias(COPIES), F.max("_oversize_copies").alias("_oversize_copies")
-        )
+        .agg(lo, hi, F.max(COPIES).alias(COPIES), *(F.max(o).alias(o) for o in oversize))
         .select(
             event_id,
             *(F.col(f"_lo.{c}").alias(c) for c in (*FIRST_COPY_ORDER, *rest)),
             COPIES,
-            "_oversize_copies",
+            *oversize,
             (~F.struct(*(F.col(f"_lo.{c}").alias(c) for c in rest)).eqNullSafe(F.col("_hi"))).alias(
                 "_ambiguous"
             ),
         )
-        .select(*columns, COPIES, "_oversize_copies", "_ambiguous")
+        .select(*columns, COPIES, *oversize, "_ambiguous")
     )
 
 
 WRITE_TASK_EVENTS = 1_000_000
 """Deduplicated events aggregated and written per Spark task, about (:func:`write_tasks`)."""
+MAX_SHUFFLE_TASKS = 8192
+"""The most tasks a build's shuffle is cut into (:func:`write_tasks`): beyond, each task
+takes more events instead (a shuffle's files grow with map tasks × reduce tasks)."""
 
 
 def write_tasks(events: int, parallelism: int) -> int:
-    """How many Spark tasks aggregate and write a version of ``events`` deduplicated events:
-    one per :data:`WRITE_TASK_EVENTS` events, at least ``parallelism`` (Spark's default
-    parallelism: every core writes; each task is a Python process with its own driver
-    connection, which is how the Python driver scales)."""
-    return max(parallelism, 1, -(-events // WRITE_TASK_EVENTS))
+    """How many Spark tasks a shuffle of ``events`` rows of a build is cut into (the dedup's,
+    the aggregation and write's, an incremental build's): one per :data:`WRITE_TASK_EVENTS`
+    rows, at least ``parallelism`` (Spark's default parallelism: every core works; each
+    writing task is a Python process with its own driver connection, which is how the
+    Python driver scales), at most :data:`MAX_SHUFFLE_TASKS`.
+
+    Every shuffle of a build is sized this way from rows counted in its read, never by
+    ``spark.sql.shuffle.partitions``: that setting is the session's, shared with the
+    streaming queries (whose state stores keep the partition count they started with), and
+    stays small for their micro-batches."""
+    return max(parallelism, 1, min(MAX_SHUFFLE_TASKS, -(-events // WRITE_TASK_EVENTS)))
 
 
 def write_input(events: DataFrame, view: View, tasks: int) -> DataFrame:
@@ -496,6 +625,7 @@ def build_view(
     progress: Callable[[str], None] = log.info,
     lease: BuildLease | None = None,
     incremental: bool | None = None,
+    reads: SourceReads | None = None,
 ) -> Version:
     """Recompute one view into a new, unpublished version (state ``ready``), with its report
     stored: its self-check against the master dataset it read, its reconciliation with the
@@ -516,6 +646,11 @@ def build_view(
     the epochs completed since, where that equals a full recompute, and keep this build's
     state for the next one (:mod:`batch.incremental`; its report says which kind and why).
 
+    ``reads``: the run's shared reads (:class:`SourceReads`): the views of a source built in
+    one run read and deduplicate it once (the version's timings say ``read_shared`` 1 when
+    its build took a read another build made, ``read_views`` how many views it was made
+    for); by default the build reads for itself.
+
     Raises; a failed build is marked ``failed`` and the published version stays as it was.
     """
     if lease is None:
@@ -529,6 +664,7 @@ def build_view(
                 progress=progress,
                 lease=own,
                 incremental=incremental,
+                reads=reads,
             )
     t0 = time.monotonic()
     cut = check_cutoff(settings, store, view, cutoff, allow_older_cutoff=True)
@@ -545,21 +681,67 @@ def build_view(
         progress(f"{view.name}: warning: {left_out}")
     on = settings.batch.incremental if incremental is None else incremental
     plan = plan_build(settings, store, view, cut, incremental=on)
-    if plan.base is not None:
-        return build_incremental(
-            spark, settings, store, view, cut, plan, progress=progress, lease=lease, started=t0
+    own_reads = reads is None
+    shared = SourceReads(spark, settings, [view]) if reads is None else reads
+    try:
+        if plan.base is not None:
+            return build_incremental(
+                spark,
+                settings,
+                store,
+                view,
+                cut,
+                plan,
+                progress=progress,
+                lease=lease,
+                started=t0,
+                reads=shared,
+            )
+        if on:
+            progress(f"{view.name}: full build: {plan.why}")
+        return _build_full(
+            spark,
+            settings,
+            store,
+            view,
+            cut,
+            plan,
+            progress=progress,
+            lease=lease,
+            started=t0,
+            reads=shared,
         )
-    if on:
-        progress(f"{view.name}: full build: {plan.why}")
+    finally:
+        shared.done(view)
+        if own_reads:
+            shared.close()
+
+
+def _build_full(
+    spark: SparkSession,
+    settings: Settings,
+    store: Store,
+    view: View,
+    cut: int,
+    plan: Plan,
+    *,
+    progress: Callable[[str], None],
+    lease: BuildLease,
+    started: float,
+    reads: SourceReads,
+) -> Version:
+    """A full recompute of ``view`` at ``cut`` (:func:`build_view`'s contract)."""
     version = store.begin_version(view, cut)
     state = state_dir(settings, view, version) if plan.keep_state else None
     timings: dict[str, float] = {"incremental": 0.0}
     try:
-        deduped = deduplicate(spark, master_read(spark, settings, view, cut), view)
-        events = deduped.events
-        n_events, oversize = deduped.count, deduped.oversize
+        deduped, used = reads.dedup(view, cut)
+        events = deduped.events_of(view)
+        n_events, oversize = deduped.count, deduped.oversize[view.name]
         timings["oversize_keys"] = oversize
         timings["repeated_ids"] = deduped.repeated
+        timings["read_shared"] = float(used > 0)
+        timings["read_views"] = len(deduped.oversize)
         if oversize:
             log.warning(
                 "%s v%s: %d events with a key over %d bytes",
@@ -573,8 +755,16 @@ def build_view(
                 f"Cassandra stores ({MAX_KEY_BYTES} bytes): they are in no row of this view"
             )
         timings["events"] = n_events
-        timings["read_s"] = round(time.monotonic() - t0, 3)
-        progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}; aggregating")
+        timings["read_s"] = round(time.monotonic() - started, 3)
+        shared = (
+            f" (the read of {view.source.name!r} made for {len(deduped.oversize)} views, "
+            f"{'reused' if used else 'made now'})"
+            if len(deduped.oversize) > 1
+            else ""
+        )
+        progress(
+            f"{view.name} v{version}: {n_events} events before cutoff {cut}{shared}; aggregating"
+        )
         tasks = write_tasks(n_events, spark.sparkContext.defaultParallelism)
         agg = write_input(events, view, tasks)
         writer = partition_writer(
@@ -590,7 +780,6 @@ def build_view(
         t2 = time.monotonic()
         report = reconcile_version(store, view, version, cut, events)
         timings["reconcile_s"] = round(time.monotonic() - t2, 3)
-        deduped.unpersist()
         # Listed now, at the end: a file that changed while the build ran shows.
         check = self_check(
             footer_rows(settings, view.source, cut),
@@ -600,44 +789,36 @@ def build_view(
             legacy_rows=deduped.legacy_rows,
             deduped_rows=deduped.consumed,
         )
-        verdict = judge(report, check, settings.airflow.max_divergence)
-        store.save_reconciliation(
+        verdict = conclude_build(
+            settings,
+            store,
             view,
             version,
-            report.to_dict()
-            | {
-                "self_check": check.to_dict(),
-                "verdict": verdict.to_dict(),
-                "build": plan.describe(),
-            },
+            cut,
+            plan,
+            report,
+            check,
+            timings,
+            checked_from=t2,
+            progress=progress,
+            lease=lease,
+            state=state,
+            summary=(
+                f"reconciled {report.cells} cells with the real-time view (epochs "
+                f"{report.epoch_from}..{cut}): {report.diverging} diverging; self-check "
+                f"{'passed' if check.ok else 'FAILED'} ({check.read_rows + check.legacy_rows} "
+                f"rows read, footers {check.footer_rows}, {n_events} events)"
+            ),
+            events=n_events,
+            oversize=oversize,
+            rows=rows,
         )
-        timings["self_check_s"] = round(time.monotonic() - t2 - timings["reconcile_s"], 3)
-        progress(
-            f"{view.name} v{version}: reconciled {report.cells} cells with the real-time view "
-            f"(epochs {report.epoch_from}..{cut}): {report.diverging} diverging; self-check "
-            f"{'passed' if check.ok else 'FAILED'} ({check.read_rows + check.legacy_rows} rows "
-            f"read, footers {check.footer_rows}, {n_events} events); diverged: "
-            f"{verdict.diverged}"
-        )
-        for line in [*verdict.problems, *verdict.warnings]:
-            log.warning("%s v%s: %s", view.name, version, line)
-        lease.check()  # another build may hold the view: this one is not to be published
-        if state is not None and verdict.publishable:
-            commit_state(
-                settings, view, version, cut, plan, events=n_events, oversize=oversize, rows=rows
-            )
     except BaseException:
         store.finish_version(view, version, "failed", 0, timings)
         if state is not None:
             drop_state(state)
         raise
-    timings["total_s"] = round(time.monotonic() - t0, 3)
-    # A batch that fails its self-check is never publishable, not even by a rollback, and
-    # the next GC collects it (it must not crowd the retained versions out).
-    store.finish_version(view, version, "ready" if verdict.publishable else "failed", rows, timings)
-    built = store.version(view, version)
-    assert built is not None  # begin_version wrote it
-    return built
+    return finish_build(store, view, version, verdict, rows, timings, started)
 
 
 def reconcile_version(
@@ -684,13 +865,14 @@ def run_view(
     cutoff: int | None = None,
     progress: Callable[[str], None] = log.info,
     incremental: bool | None = None,
+    reads: SourceReads | None = None,
 ) -> BatchResult:
     """Recompute and publish one view, holding its build lease throughout. Raises; the
     published version stays as it was. A version that fails its self-check is not published
     (:class:`PublishError`); one whose real-time view diverged beyond ``max_divergence`` is,
     with a warning. A cutoff older than the published one is refused
     before the build (and, should one be published meanwhile, at the publish): going back is
-    a rollback (:meth:`Store.rollback`)."""
+    a rollback (:meth:`Store.rollback`). ``reads``: see :func:`build_view`."""
     with store.build_lease(view, "lamina batch run") as lease:
         cut = check_cutoff(settings, store, view, cutoff)
         built = build_view(
@@ -702,6 +884,7 @@ def run_view(
             progress=progress,
             lease=lease,
             incremental=incremental,
+            reads=reads,
         )
         report = store.reconciliation(view, built.version)
         verdict = stored_verdict(report, settings.airflow.max_divergence)
@@ -770,7 +953,9 @@ def run_batch(
     ``incremental``: see :func:`build_view` (default ``[batch] incremental``).
 
     ``cutoff`` (default: each source's complete cutoff when the run starts) is the same for
-    every view of a source."""
+    every view of a source, and so is the read: the views of a source share one read and
+    dedup of it (:class:`SourceReads`), each view still built, checked and published on its
+    own."""
     chosen = [catalog.view(v) for v in views] if views else list(catalog.views.values())
     # One cutoff per source, taken before the first build: the views of a source answer
     # for the same events, however long the builds take.
@@ -779,7 +964,10 @@ def run_batch(
         if view.source.name not in cuts:
             cuts[view.source.name] = resolve_cutoff(settings, view, cutoff)
     results = []
-    with open_store(settings.cassandra, catalog) as store:
+    with (
+        open_store(settings.cassandra, catalog) as store,
+        SourceReads(spark, settings, chosen) as reads,
+    ):
         for view in chosen:
             cut = cuts[view.source.name]
             results.append(
@@ -791,6 +979,7 @@ def run_batch(
                     cutoff=cut,
                     progress=progress,
                     incremental=incremental,
+                    reads=reads,
                 )
             )
             collect_and_purge(store, view, progress)

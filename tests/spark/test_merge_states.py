@@ -3,6 +3,7 @@ of all the events, and with the monoids' ``plus`` the speed layer and serving us
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,40 @@ def test_every_monoid_has_a_spark_merge() -> None:
     from engine.translate import AGGREGATIONS, MERGES
 
     assert set(MERGES) == set(AGGREGATIONS)
+
+
+def _exchanges(df: Any) -> list[int]:
+    """The partition counts of ``df``'s shuffles (its plan's hash-partitioned exchanges)."""
+    plan = str(df._jdf.queryExecution().executedPlan().toString())
+    return [int(n) for n in re.findall(r"Exchange hashpartitioning\(.*?, (\d+)\)", plan)]
+
+
+def test_an_incremental_builds_shuffles_are_sized_from_its_rows(spark: Any, tmp_path: Path) -> None:
+    """The merge is cut into the tasks the build sized from its rows
+    (:func:`batch.recompute.write_tasks`), not ``spark.sql.shuffle.partitions``, and the
+    new events' states are combined before their exchange; ``write_tasks`` stays within its
+    floor and ceiling."""
+    from batch.incremental import merge_input
+    from batch.recompute import MAX_SHUFFLE_TASKS, write_tasks
+    from engine.schema import event_schema
+    from engine.translate import aggregate
+
+    assert write_tasks(0, 2) == 2 and write_tasks(2_500_000, 2) == 3
+    assert write_tasks(10**13, 2) == MAX_SHUFFLE_TASKS and write_tasks(10**13, 9000) == 9000
+    view = CATALOG.view("web_pageviews")
+    schema = event_schema(view.source)
+    events = GENERATORS["web_pageviews"](300, seed=29).good
+    write_events(view, events[:200], tmp_path / "old")
+    write_events(view, events[200:], tmp_path / "new")
+    prev = aggregate(spark.read.schema(schema).parquet(str(tmp_path / "old")), view)
+    new = spark.read.schema(schema).parquet(str(tmp_path / "new"))
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
+    merged = merge_input(prev.localCheckpoint(), new, view, 7)
+    assert sorted(_exchanges(merged)) == [2, 7]
+    plan = str(merged._jdf.queryExecution().executedPlan().toString())
+    assert "partial_count" in plan  # the map-side combine of the new events
+    assert merged.rdd.getNumPartitions() == 7
+    assert (
+        merged.count()
+        == prev.unionByName(aggregate(new, view)).select("url", "bucket").distinct().count()
+    )
