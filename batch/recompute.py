@@ -68,7 +68,7 @@ from lamina.master import (
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import MAX_KEY_BYTES, View, ViewCatalog
-from serving.schema import batch_table
+from serving.schema import batch_index_table, batch_table
 from serving.store import BuildLease, Published, Store, Version, open_store, utc
 from serving.writer import partition_writer, state_row
 
@@ -582,6 +582,7 @@ def build_view(
             view,
             batch_table(view, version),
             settings.pipeline.write_concurrency,
+            index_table=batch_index_table(view, version),
         )
         t1 = time.monotonic()
         rows = write_version(agg, writer, state)

@@ -16,10 +16,14 @@ For one view and key, with the published batch version ``v`` and its cutoff ``E`
    KLL sketch; distinct estimate from the HLL sketch).
 
 A bucket carries its provenance: whether batch data and which real-time epochs went into it.
+
+Top-N and key listings (:func:`merge_index`, :func:`rank`, :func:`keys_with_data`) read the
+key indexes (rows of many keys per bucket) and apply this same merge to each key.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +59,12 @@ def zero(view: View) -> dict[str, Any]:
     return {name: m.zero() for name, m in view.monoids.items()}
 
 
+def counts(epoch: int, cutoff: int | None) -> bool:
+    """Whether a real-time row of ingest epoch ``epoch`` is merged under ``cutoff`` (the
+    published cutoff; ``None``: nothing published, every row counts)."""
+    return cutoff is None or epoch >= cutoff
+
+
 def merge(
     view: View,
     batch: Iterable[tuple[int, Sequence[Any]]],
@@ -75,7 +85,7 @@ def merge(
         cur.states = plus(view, cur.states, decode(view, values))
         cur.from_batch = True
     for bucket, epoch, values in realtime:
-        if cutoff is not None and epoch < cutoff:
+        if not counts(epoch, cutoff):
             continue
         cur = out.get(bucket)
         if cur is None:
@@ -101,3 +111,78 @@ def rollup(view: View, merged: Mapping[int, Merged], granularity: Bucket) -> dic
 def present(view: View, states: Mapping[str, Any], **query: Any) -> dict[str, Any]:
     """User-facing values of one bucket's states."""
     return {name: m.present(states[name], **query) for name, m in view.monoids.items()}
+
+
+Key = tuple[Any, ...]
+
+
+def merge_index(
+    view: View,
+    batch: Iterable[Sequence[Any]],
+    realtime: Iterable[Sequence[Any]],
+    cutoff: int | None,
+) -> dict[Key, dict[str, Any]]:
+    """Key index rows of a range -> each key's states over the whole range.
+
+    ``batch`` yields ``(bucket, *keys, *values)``, ``realtime`` ``(bucket, ingest_epoch,
+    *keys, *values)`` (values in ``view.value_columns`` order). Each key's rows are merged by
+    :func:`merge` (the cutoff rule of point queries), then its buckets folded with the same
+    monoid ``plus``. A key is present when at least one of its rows is merged.
+    """
+    n = len(view.keys)
+    per_key: dict[Key, tuple[list[Any], list[Any]]] = {}
+    for r in batch:
+        per_key.setdefault(tuple(r[1 : 1 + n]), ([], []))[0].append((r[0], r[1 + n :]))
+    for r in realtime:
+        per_key.setdefault(tuple(r[2 : 2 + n]), ([], []))[1].append((r[0], r[1], r[2 + n :]))
+    out: dict[Key, dict[str, Any]] = {}
+    for key, (b_rows, rt_rows) in per_key.items():
+        merged = merge(view, b_rows, rt_rows, cutoff)
+        if not merged:
+            continue
+        states = zero(view)
+        for m in merged.values():
+            states = plus(view, states, m.states)
+        out[key] = states
+    return out
+
+
+def keys_with_data(
+    view: View,
+    batch: Iterable[Sequence[Any]],
+    realtime: Iterable[Sequence[Any]],
+    cutoff: int | None,
+) -> set[Key]:
+    """The keys that :func:`merge_index` would return for these rows, from their key columns
+    alone: ``batch`` rows ``(bucket, *keys, ...)``, ``realtime`` rows ``(bucket,
+    ingest_epoch, *keys, ...)`` (a real-time row counts when :func:`counts`)."""
+    n = len(view.keys)
+    found = {tuple(r[1 : 1 + n]) for r in batch}
+    found |= {tuple(r[2 : 2 + n]) for r in realtime if counts(r[1], cutoff)}
+    return found
+
+
+def rank(
+    view: View,
+    totals: Mapping[Key, Mapping[str, Any]],
+    by: str,
+    limit: int,
+    **query: Any,
+) -> list[tuple[Key, Any]]:
+    """The ``limit`` keys of ``totals`` with the largest presented value of aggregation
+    ``by`` (:func:`present`: a count, a sum, a mean, a distinct or quantile estimate), as
+    ``(key, value)``, largest first; ties in key order; keys without a value (``None`` or
+    NaN, e.g. the mean of nothing) last, in key order."""
+    monoid = view.monoids[by]
+    valued: list[tuple[Key, Any]] = []
+    empty: list[tuple[Key, Any]] = []
+    for key, states in totals.items():
+        value = monoid.present(states[by], **query)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            empty.append((key, None))
+        else:
+            valued.append((key, value))
+    valued.sort(key=lambda kv: kv[0])
+    valued.sort(key=lambda kv: kv[1], reverse=True)  # stable: ties stay in key order
+    empty.sort(key=lambda kv: kv[0])
+    return (valued + empty)[:limit]
