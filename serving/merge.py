@@ -186,3 +186,29 @@ def rank(
     valued.sort(key=lambda kv: kv[1], reverse=True)  # stable: ties stay in key order
     empty.sort(key=lambda kv: kv[0])
     return (valued + empty)[:limit]
+
+
+def fold_aggregation(
+    view: View,
+    name: str,
+    batch: Iterable[Sequence[Any]],
+    realtime: Iterable[Sequence[Any]],
+    cutoff: int | None,
+) -> dict[Key, dict[str, Any]]:
+    """:func:`merge_index` of one aggregation ``name`` alone: rows carry only its value
+    columns (``(bucket, *keys, *its columns)``, ``(bucket, ingest_epoch, *keys, *its
+    columns)``). The same rows are taken (:func:`counts`) and folded with the same monoid
+    ``plus``; folding all of a key's rows at once equals folding its buckets' merges, the
+    monoid being associative and commutative. Returns ``{key: {name: state}}``."""
+    m = view.monoids[name]
+    n = len(view.keys)
+    zero_state = m.zero()
+    out: dict[Key, Any] = {}
+    for r in batch:
+        key = tuple(r[1 : 1 + n])
+        out[key] = m.plus(out.get(key, zero_state), m.from_row(tuple(r[1 + n :])))
+    for r in realtime:
+        if counts(r[1], cutoff):
+            key = tuple(r[2 : 2 + n])
+            out[key] = m.plus(out.get(key, zero_state), m.from_row(tuple(r[2 + n :])))
+    return {key: {name: state} for key, state in out.items()}

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from lamina.errors import QueryError
 from lamina.settings import Settings
 from lamina.views import load_views
-from serving.merge import encode, keys_with_data, merge_index, rank, zero
+from serving.merge import encode, fold_aggregation, keys_with_data, merge_index, rank, zero
 from serving.query import QueryService, key_text, parse_key
 from tests.unit.test_query_keys import CATALOG as KEYED
 
@@ -59,6 +59,17 @@ def test_the_index_merge_takes_what_a_point_merge_takes(
     got = merge_index(VIEW, batch, realtime, cutoff)
     assert {k[0]: v for k, v in got.items()} == want
     assert keys_with_data(VIEW, batch, realtime, cutoff) == set(got)
+    # One aggregation's columns alone (what top-N reads to rank) fold to the same states.
+    for name, _, i, j in VIEW.value_layout:
+        n = len(VIEW.keys)
+        alone = fold_aggregation(
+            VIEW,
+            name,
+            [(*r[: 1 + n], *r[1 + n + i : 1 + n + j]) for r in batch],
+            [(*r[: 2 + n], *r[2 + n + i : 2 + n + j]) for r in realtime],
+            cutoff,
+        )
+        assert alone == {k: {name: v[name]} for k, v in got.items()}
 
 
 def test_rank_largest_first_ties_in_key_order_empty_last() -> None:
