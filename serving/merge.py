@@ -17,8 +17,8 @@ For one view and key, with the published batch version ``v`` and its cutoff ``E`
 
 A bucket carries its provenance: whether batch data and which real-time epochs went into it.
 
-Top-N and key listings (:func:`merge_index`, :func:`rank`, :func:`keys_with_data`) read the
-key indexes (rows of many keys per bucket) and apply this same merge to each key.
+Top-N and key listings (:func:`fold_aggregation`, :func:`rank`, :func:`keys_with_data`) read
+the key indexes (rows of many keys per bucket) and take the same rows with the same monoids.
 """
 
 from __future__ import annotations
@@ -116,45 +116,14 @@ def present(view: View, states: Mapping[str, Any], **query: Any) -> dict[str, An
 Key = tuple[Any, ...]
 
 
-def merge_index(
-    view: View,
-    batch: Iterable[Sequence[Any]],
-    realtime: Iterable[Sequence[Any]],
-    cutoff: int | None,
-) -> dict[Key, dict[str, Any]]:
-    """Key index rows of a range -> each key's states over the whole range.
-
-    ``batch`` yields ``(bucket, *keys, *values)``, ``realtime`` ``(bucket, ingest_epoch,
-    *keys, *values)`` (values in ``view.value_columns`` order). Each key's rows are merged by
-    :func:`merge` (the cutoff rule of point queries), then its buckets folded with the same
-    monoid ``plus``. A key is present when at least one of its rows is merged.
-    """
-    n = len(view.keys)
-    per_key: dict[Key, tuple[list[Any], list[Any]]] = {}
-    for r in batch:
-        per_key.setdefault(tuple(r[1 : 1 + n]), ([], []))[0].append((r[0], r[1 + n :]))
-    for r in realtime:
-        per_key.setdefault(tuple(r[2 : 2 + n]), ([], []))[1].append((r[0], r[1], r[2 + n :]))
-    out: dict[Key, dict[str, Any]] = {}
-    for key, (b_rows, rt_rows) in per_key.items():
-        merged = merge(view, b_rows, rt_rows, cutoff)
-        if not merged:
-            continue
-        states = zero(view)
-        for m in merged.values():
-            states = plus(view, states, m.states)
-        out[key] = states
-    return out
-
-
 def keys_with_data(
     view: View,
     batch: Iterable[Sequence[Any]],
     realtime: Iterable[Sequence[Any]],
     cutoff: int | None,
 ) -> set[Key]:
-    """The keys that :func:`merge_index` would return for these rows, from their key columns
-    alone: ``batch`` rows ``(bucket, *keys, ...)``, ``realtime`` rows ``(bucket,
+    """The keys that have at least one bucket in :func:`merge` of these rows, from their key
+    columns alone: ``batch`` rows ``(bucket, *keys, ...)``, ``realtime`` rows ``(bucket,
     ingest_epoch, *keys, ...)`` (a real-time row counts when :func:`counts`)."""
     n = len(view.keys)
     found = {tuple(r[1 : 1 + n]) for r in batch}
@@ -195,11 +164,12 @@ def fold_aggregation(
     realtime: Iterable[Sequence[Any]],
     cutoff: int | None,
 ) -> dict[Key, dict[str, Any]]:
-    """:func:`merge_index` of one aggregation ``name`` alone: rows carry only its value
-    columns (``(bucket, *keys, *its columns)``, ``(bucket, ingest_epoch, *keys, *its
-    columns)``). The same rows are taken (:func:`counts`) and folded with the same monoid
-    ``plus``; folding all of a key's rows at once equals folding its buckets' merges, the
-    monoid being associative and commutative. Returns ``{key: {name: state}}``."""
+    """Each key's state of aggregation ``name`` over key index rows of a range: the rows of
+    :func:`merge` (batch rows, real-time rows that :func:`counts`) folded with the same
+    monoid ``plus``, all of a key's rows at once (which equals folding its buckets' merges:
+    the monoid is associative and commutative). Rows carry only that aggregation's value
+    columns: ``(bucket, *keys, *its columns)``, ``(bucket, ingest_epoch, *keys, *its
+    columns)``. Returns ``{key: {name: state}}``; a key is present when a row of it counts."""
     m = view.monoids[name]
     n = len(view.keys)
     zero_state = m.zero()

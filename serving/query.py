@@ -31,7 +31,16 @@ from lamina.master import progress
 from lamina.settings import Settings
 from lamina.streams import ARCHIVER
 from lamina.views import View, ViewCatalog
-from serving.merge import keys_with_data, merge, merge_index, present, rank, rollup
+from serving.merge import (
+    fold_aggregation,
+    keys_with_data,
+    merge,
+    plus,
+    present,
+    rank,
+    rollup,
+    zero,
+)
 from serving.store import SNAPSHOT_MAX_AGE_S, Published, RealtimeTable, Store, check_answerable
 
 
@@ -271,10 +280,11 @@ class QueryService:
         return IndexPlan(view, rng, limit, by, prefix or "", q)
 
     async def _read_index(
-        self, plan: IndexPlan, *, values: bool
-    ) -> tuple[Snapshot, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        self, plan: IndexPlan, columns: list[str]
+    ) -> tuple[Snapshot, bool, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """One snapshot, then the key index rows of ``plan``'s range that a merge under its
-        cutoff takes (:meth:`Store.read_index`)."""
+        cutoff takes, with value ``columns`` (:meth:`Store.read_index`); also whether the
+        real-time view was read (:func:`check_answerable`)."""
         view = plan.view
         snap = await self.snapshot(view)
         for attempt in range(2):
@@ -290,7 +300,7 @@ class QueryService:
                     int(plan.range.end),
                     realtime=read_realtime,
                     cutoff=None if pub is None else pub.cutoff,
-                    values=values,
+                    columns=columns,
                     max_rows=self.settings.serving.max_index_rows,
                 )
                 break
@@ -311,7 +321,7 @@ class QueryService:
                 f"the range holds more than {limit} key index rows (serving.max_index_rows)",
                 hint="narrow from/to or raise serving.max_index_rows",
             )
-        return snap, got[0], got[1]
+        return snap, read_realtime, got[0], got[1]
 
     def _index_answer(self, plan: IndexPlan, snap: Snapshot) -> dict[str, Any]:
         pub = snap.published
@@ -341,26 +351,56 @@ class QueryService:
         value: each key's rows merged as a point query merges them (the published version's
         key index, the real-time one's epochs at or after its cutoff), then ranked
         (:func:`serving.merge.rank`). Parameters as for :meth:`query_async` (default range:
-        the 24 view buckets up to now)."""
+        the 24 view buckets up to now).
+
+        Two steps: the index rows carry only ``by``'s columns (:func:`fold_aggregation`
+        ranks every key); the winners' other values come from their point reads
+        (:meth:`Store.read_slices`) under the same snapshot, merged as a point query merges.
+        A micro-batch being written meanwhile may show in one step and not yet in the other,
+        as it may in one key of a point query and not yet in another."""
         plan = self.plan_index(name, start, end, limit, by=by, q=q, top=True)
-        snap, batch, realtime = await self._read_index(plan, values=True)
-        view, cutoff = plan.view, (snap.published.cutoff if snap.published else None)
-        totals = merge_index(view, batch, realtime, cutoff)
         assert plan.by is not None
+        view = plan.view
+        columns = [
+            c
+            for n, _, i, j in view.value_layout
+            if n == plan.by
+            for c, _ in view.value_columns[i:j]
+        ]
+        snap, read_realtime, batch, realtime = await self._read_index(plan, columns)
+        pub = snap.published
+        cutoff = pub.cutoff if pub else None
+        totals = fold_aggregation(view, plan.by, batch, realtime, cutoff)
         ranked = rank(view, totals, plan.by, plan.limit, q=plan.q)
+        slices = await self.store.read_slices(
+            view,
+            None if pub is None else pub.version,
+            [key for key, _ in ranked],
+            int(plan.range.start),
+            int(plan.range.end),
+            realtime=read_realtime,
+        )
+        results = []
+        for i, ((key, value), (b_rows, rt_rows)) in enumerate(zip(ranked, slices, strict=True)):
+            merged = merge(
+                view,
+                [(r[0], r[1:]) for r in b_rows],
+                [(r[0], r[1], r[2:]) for r in rt_rows],
+                cutoff,
+            )
+            states = zero(view)
+            for m in merged.values():
+                states = plus(view, states, m.states)
+            values = present(view, states, q=plan.q)
+            values[plan.by] = value  # the ranked value (the same, but for writes in flight)
+            results.append(
+                {"rank": i + 1, "key": key_text(view, key), "value": value, "values": values}
+            )
         return self._index_answer(plan, snap) | {
             "by": plan.by,
             "q": plan.q,
             "keys_with_data": len(totals),
-            "results": [
-                {
-                    "rank": i + 1,
-                    "key": key_text(view, key),
-                    "value": value,
-                    "values": present(view, totals[key], q=plan.q),
-                }
-                for i, (key, value) in enumerate(ranked)
-            ],
+            "results": results,
         }
 
     async def keys_async(
@@ -375,7 +415,7 @@ class QueryService:
         bucket), whose text (:func:`key_text`) starts with ``prefix``: the first ``limit`` in
         key order, with how many matched."""
         plan = self.plan_index(name, start, end, limit, prefix=prefix, top=False)
-        snap, batch, realtime = await self._read_index(plan, values=False)
+        snap, _, batch, realtime = await self._read_index(plan, [])
         view, cutoff = plan.view, (snap.published.cutoff if snap.published else None)
         found = sorted(keys_with_data(view, batch, realtime, cutoff))
         texts = [t for t in (key_text(view, k) for k in found) if t.startswith(plan.prefix)]

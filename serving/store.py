@@ -971,7 +971,7 @@ class Store:
         *,
         realtime: bool,
         cutoff: int | None,
-        values: bool,
+        columns: Sequence[str],
         max_rows: int,
         concurrency: int = INDEX_CONCURRENCY,
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None:
@@ -981,13 +981,13 @@ class Store:
         real-time ones of epochs ``>= cutoff`` (all when ``cutoff`` is ``None``): the rows a
         merge under that cutoff takes (:func:`serving.merge.merge`).
 
-        Batch rows are ``(bucket, *keys[, *value columns])``, real-time rows ``(bucket,
-        ingest_epoch, *keys[, *value columns])``: the value columns (in
-        ``view.value_columns`` order) only with ``values``. Returns ``None`` as soon as
-        more than ``max_rows`` rows were read (the caller refuses the request).
+        Batch rows are ``(bucket, *keys, *columns)``, real-time rows ``(bucket,
+        ingest_epoch, *keys, *columns)``: ``columns`` are value columns (none: the keys
+        alone). Returns ``None`` as soon as more than ``max_rows`` rows were read (the
+        caller refuses the request).
         """
         keys = ", ".join(view.keys)
-        cols = f", {', '.join(c for c, _ in view.value_columns)}" if values else ""
+        cols = "".join(f", {c}" for c in columns)
         limit = max_rows + 1
         batch = (
             None

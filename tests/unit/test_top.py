@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from lamina.errors import QueryError
 from lamina.settings import Settings
 from lamina.views import load_views
-from serving.merge import encode, fold_aggregation, keys_with_data, merge_index, rank, zero
+from serving.merge import encode, fold_aggregation, keys_with_data, merge, plus, rank, zero
 from serving.query import QueryService, key_text, parse_key
 from tests.unit.test_query_keys import CATALOG as KEYED
 
@@ -43,7 +43,7 @@ def values(secs: int) -> tuple[Any, ...]:
 
 
 @given(rows_st, st.one_of(st.none(), st.integers(0, 10).map(lambda e: e * 60)))
-def test_the_index_merge_takes_what_a_point_merge_takes(
+def test_the_index_fold_takes_what_a_point_merge_takes(
     rows: list[tuple[str, int, int | None, int]], cutoff: int | None
 ) -> None:
     # batch rows (epoch None) stand for events of epochs < cutoff; real-time rows count only
@@ -56,12 +56,24 @@ def test_the_index_merge_takes_what_a_point_merge_takes(
             cur = want.setdefault(key, {"instance_seconds": 0, "records": 0})
             cur["instance_seconds"] += s
             cur["records"] += 1
-    got = merge_index(VIEW, batch, realtime, cutoff)
+    # The point query's merge of each key, its buckets folded: the truth above.
+    got: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for key in {(r[1],) for r in batch} | {(r[2],) for r in realtime}:
+        merged = merge(
+            VIEW,
+            [(r[0], r[2:]) for r in batch if (r[1],) == key],
+            [(r[0], r[1], r[3:]) for r in realtime if (r[2],) == key],
+            cutoff,
+        )
+        if merged:
+            got[key] = zero(VIEW)
+            for m in merged.values():
+                got[key] = plus(VIEW, got[key], m.states)
     assert {k[0]: v for k, v in got.items()} == want
     assert keys_with_data(VIEW, batch, realtime, cutoff) == set(got)
     # One aggregation's columns alone (what top-N reads to rank) fold to the same states.
+    n = len(VIEW.keys)
     for name, _, i, j in VIEW.value_layout:
-        n = len(VIEW.keys)
         alone = fold_aggregation(
             VIEW,
             name,
