@@ -311,15 +311,20 @@ def test_openapi_documents_the_query(client: TestClient) -> None:
 def test_top_and_keys_read_a_bounded_number_of_index_rows(world: dict[str, Any]) -> None:
     """More key index rows in the range than ``serving.max_index_rows``: a 400 naming it,
     never an unbounded scan; within it, answered."""
-    settings = world["settings"].model_copy(deep=True)
-    settings.serving.max_index_rows = 5
-    app = create_app(settings, world["catalog"])
+
+    def with_bound(rows: int) -> Any:
+        s = world["settings"]
+        return s.model_copy(
+            update={"serving": s.serving.model_copy(update={"max_index_rows": rows})}
+        )
+
+    app = create_app(with_bound(5), world["catalog"])
     with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         for path, params in (("top", {"by": "pageviews"}), ("keys", {})):
             r = c.get(f"/views/web_pageviews/{path}", params={**params, **RANGE})
             assert r.status_code == 400, r.text
             assert "(serving.max_index_rows)" in r.json()["error"] and r.json()["hint"]
-    settings.serving.max_index_rows = 1_000_000
-    with TestClient(create_app(settings, world["catalog"]), base_url="http://127.0.0.1") as c:
+    app = create_app(with_bound(1_000_000), world["catalog"])
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.get("/views/web_pageviews/top", params={"by": "pageviews", **RANGE})
         assert r.status_code == 200 and len(r.json()["results"]) == 10
