@@ -327,4 +327,8 @@ def test_top_and_keys_read_a_bounded_number_of_index_rows(world: dict[str, Any])
     app = create_app(with_bound(1_000_000), world["catalog"])
     with TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.get("/views/web_pageviews/top", params={"by": "pageviews", **RANGE})
-        assert r.status_code == 200 and len(r.json()["results"]) == 10
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["keys_with_data"] > 5 and len(body["results"]) == min(
+            10, body["keys_with_data"]
+        )
