@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lamina.buckets import Bucket
+from lamina.monoids import Monoid
 from lamina.views import View
 
 
@@ -166,19 +167,24 @@ def fold_aggregation(
 ) -> dict[Key, dict[str, Any]]:
     """Each key's state of aggregation ``name`` over key index rows of a range: the rows of
     :func:`merge` (batch rows, real-time rows that :func:`counts`) folded with the same
-    monoid ``plus``, all of a key's rows at once (which equals folding its buckets' merges:
-    the monoid is associative and commutative). Rows carry only that aggregation's value
-    columns: ``(bucket, *keys, *its columns)``, ``(bucket, ingest_epoch, *keys, *its
-    columns)``. Returns ``{key: {name: state}}``; a key is present when a row of it counts."""
+    monoid (its ``total``: ``plus`` from ``zero``), all of a key's rows at once (which
+    equals folding its buckets' merges: the monoid is associative and commutative). Rows
+    carry only that aggregation's value columns: ``(bucket, *keys, *its columns)``,
+    ``(bucket, ingest_epoch, *keys, *its columns)``. Returns ``{key: {name: state}}``; a
+    key is present when a row of it counts."""
     m = view.monoids[name]
     n = len(view.keys)
-    zero_state = m.zero()
-    out: dict[Key, Any] = {}
-    for r in batch:
-        key = tuple(r[1 : 1 + n])
-        out[key] = m.plus(out.get(key, zero_state), m.from_row(tuple(r[1 + n :])))
-    for r in realtime:
-        if counts(r[1], cutoff):
-            key = tuple(r[2 : 2 + n])
-            out[key] = m.plus(out.get(key, zero_state), m.from_row(tuple(r[2 + n :])))
-    return {key: {name: state} for key, state in out.items()}
+    rows: dict[Key, list[Any]] = {}
+    if type(m).from_row is Monoid.from_row:  # one column, stored as the state itself
+        for r in batch:
+            rows.setdefault(tuple(r[1 : 1 + n]), []).append(r[1 + n])
+        for r in realtime:
+            if counts(r[1], cutoff):
+                rows.setdefault(tuple(r[2 : 2 + n]), []).append(r[2 + n])
+    else:
+        for r in batch:
+            rows.setdefault(tuple(r[1 : 1 + n]), []).append(m.from_row(tuple(r[1 + n :])))
+        for r in realtime:
+            if counts(r[1], cutoff):
+                rows.setdefault(tuple(r[2 : 2 + n]), []).append(m.from_row(tuple(r[2 + n :])))
+    return {key: {name: m.total(states)} for key, states in rows.items()}
