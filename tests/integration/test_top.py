@@ -29,8 +29,10 @@ from serving.cassandra import session
 from serving.schema import batch_index_table
 from serving.store import open_store
 from speed.queries import start_source
+from speed.realtime import RealtimeCells
 from tests import truth
-from tests.conftest import run_lamina
+from tests.conftest import isolated, run_lamina
+from tests.integration.conftest import drop_keyspace
 from tests.integration.streams import drop_private_world, private_env, produce, settings_under
 from tests.integration.test_streaming import crash_after_sink
 from tests.integration.test_view_changes import epoch_boundary
@@ -218,3 +220,55 @@ def test_top_and_keys_equal_the_truth_through_two_publishes(
     view = catalog.view("cloud_metering")
     for v in (first, second):
         assert (batch_index_table(view, v) in tables) == (f"b_cloud_metering_v{v}" in tables)
+
+
+def test_a_micro_batch_cut_between_its_index_rows_and_its_cells_counts_once(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """The speed layer writes a cell's key index row (its whole state, with the micro-batch
+    id) before the cell. A micro-batch cut off between the two leaves index rows ahead of
+    their cells; its replay must write both with the state the cell's guard computes (the
+    stored state plus the same partial), once, and a second replay must change nothing."""
+    settings = isolated(stack, tmp_path)
+    catalog = load_views(settings.pipeline.views_file)
+    view = catalog.view("cloud_metering")
+    ks = settings.cassandra.keyspace
+    try:
+        with open_store(settings.cassandra, catalog) as store:
+            s = store.session
+
+            def cells(written_before: int | None) -> RealtimeCells:
+                return RealtimeCells(
+                    s, ks, view, written_before=written_before, cache_seconds=60, concurrency=8
+                )
+
+            def table(name: str) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+                cols = "customer, bucket, ingest_epoch, instance_seconds, records, applied_batch"
+                rows = s.execute(f"SELECT {cols} FROM {ks}.{name}")
+                return {(r[0], r[1], r[2]): tuple(r[3:]) for r in rows}
+
+            # (customer, bucket, ingest_epoch, instance_seconds, records)
+            first = [("c1", 3600, 60, 10, 1), ("c2", 3600, 60, 5, 2), ("c1", 7200, 60, 1, 1)]
+            second = [("c1", 3600, 60, 7, 1), ("c3", 7200, 120, 4, 1)]
+            cells(None).apply(first, 1)
+            # Micro-batch 2 cut off after its index rows: written as _write writes them.
+            job = cells(120)
+            merged = {("c1", 3600, 60): (17, 2), ("c3", 7200, 120): (4, 1)}
+            job._send(
+                job.index_stmt,
+                [[(b, e, c, *merged[(c, b, e)], 2)] for c, b, e, _, _ in second],
+            )
+            assert table("rt_cloud_metering")[("c1", 3600, 60)] == (10, 1, 1)
+            # The restarted job replays micro-batch 2 (twice: a second crash after it).
+            for _ in range(2):
+                cells(120).apply(second, 2)
+                rt, rx = table("rt_cloud_metering"), table("rx_cloud_metering")
+                assert rt == rx
+                assert rt == {
+                    ("c1", 3600, 60): (17, 2, 2),
+                    ("c2", 3600, 60): (5, 2, 1),
+                    ("c1", 7200, 60): (1, 1, 1),
+                    ("c3", 7200, 120): (4, 1, 2),
+                }
+    finally:
+        drop_keyspace(settings)
