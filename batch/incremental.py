@@ -111,7 +111,7 @@ from lamina.master import (
 )
 from lamina.settings import Settings
 from lamina.views import Source, View
-from serving.schema import batch_table
+from serving.schema import batch_index_table, batch_table
 from serving.store import PUBLISHABLE, BuildLease, Store, Version
 from serving.writer import partition_writer
 
@@ -464,6 +464,7 @@ def build_incremental(
             view,
             batch_table(view, version),
             settings.pipeline.write_concurrency,
+            index_table=batch_index_table(view, version),
         )
         t1 = time.monotonic()
         rows = write_version(merged, writer, state)

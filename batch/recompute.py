@@ -69,7 +69,7 @@ from lamina.master import (
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import MAX_KEY_BYTES, Source, View, ViewCatalog
-from serving.schema import batch_table
+from serving.schema import batch_index_table, batch_table
 from serving.store import BuildLease, Published, Store, Version, open_store, utc
 from serving.writer import partition_writer, state_row
 
@@ -772,6 +772,7 @@ def _build_full(
             view,
             batch_table(view, version),
             settings.pipeline.write_concurrency,
+            index_table=batch_index_table(view, version),
         )
         t1 = time.monotonic()
         rows = write_version(agg, writer, state)

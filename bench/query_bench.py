@@ -13,6 +13,11 @@ both), starts ``lamina serve`` as a subprocess on 127.0.0.1 with the same settin
    SELECT of the batch-table partition slice for the 24 buckets + the real-time slice,
    issued together with ``execute_async``) for the same duration.
 
+3. top-N (``--top-duration`` > 0): ``--top-concurrency`` workers issue
+   ``GET /views/web_pageviews/top?by=pageviews&limit=10`` over the same 24 hours (every key's
+   index rows of the 24 buckets, batch + real-time, merged and ranked), closed loop. The
+   issue's figure, "top-10 over 24 h with 10k keys", is ``--urls 10000``.
+
 Latency percentiles and throughput are printed side by side and written as JSON.
 
 Run from the repository root:  .venv/bin/python bench/query_bench.py --duration 5
@@ -44,7 +49,7 @@ from lamina.settings import Settings
 from lamina.views import View, load_views
 from serving.cassandra import cluster, session
 from serving.merge import encode
-from serving.schema import batch_table, insert_cql, realtime_table
+from serving.schema import batch_table, insert_cql, realtime_index_upsert_cql, realtime_table
 from serving.writer import write_rows
 
 VIEW = "web_pageviews"
@@ -93,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--keep-data", action="store_true", help="keep the keyspace and the generated files"
     )
+    p.add_argument(
+        "--top-duration", type=float, default=0.0, help="seconds of the top-N phase (0: none)"
+    )
+    p.add_argument("--top-concurrency", type=int, default=4, help="top-N requests in flight (4)")
     p.add_argument("--seed", type=int, default=11, help="random seed (11)")
     p.add_argument("--json", type=Path, default=None, help="result file (WORKDIR/query-...json)")
     args = p.parse_args(argv)
@@ -135,7 +144,8 @@ def publish_batch(settings: Settings, view: View, args: argparse.Namespace, end:
 def write_realtime(
     settings: Settings, view: View, urls: list[str], buckets: list[int], cutoff: int, seed: int
 ) -> int:
-    """Real-time states for each (url, bucket) in two ingest epochs >= ``cutoff``."""
+    """Real-time states for each (url, bucket) in two ingest epochs >= ``cutoff``, with their
+    key index rows (as the speed layer writes them)."""
     rng = random.Random(seed)
     m = view.monoids
     rows = []
@@ -151,6 +161,8 @@ def write_realtime(
                         states[name] = m[name].plus(states[name], m[name].lift(val))
                 rows.append((url, b, epoch, *encode(view, states)))
     with session(settings.cassandra, settings.cassandra.keyspace) as s:
+        index = s.prepare(realtime_index_upsert_cql(view, settings.cassandra.keyspace))
+        write_rows(s, index, ((b, e, url, *values, None) for url, b, e, *values in rows), 64)
         stmt = s.prepare(insert_cql(view, realtime_table(view), realtime=True))
         return write_rows(s, stmt, rows, 64)
 
@@ -340,6 +352,47 @@ async def rate_load(
     return out, statuses
 
 
+async def top_load(base: str, b0: int, b1: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Closed loop: ``--top-concurrency`` clients ask the top 10 URLs by pageviews over
+    ``[b0, b1)`` for ``--top-duration`` seconds (after ``--warmup``)."""
+    c = args.top_concurrency
+    limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+    statuses: dict[str, int] = {}
+    lat: list[float] = []
+    errors = 0
+    params = {"by": "pageviews", "limit": "10", "from": str(b0), "to": str(b1)}
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+
+        async def worker(until: float, record: bool) -> None:
+            nonlocal errors
+            while time.monotonic() < until:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.get(f"/views/{VIEW}/top", params=params)
+                    code = str(r.status_code)
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                dt = time.perf_counter() - t0
+                if not record:
+                    continue
+                statuses[code] = statuses.get(code, 0) + 1
+                if code == "200":
+                    lat.append(dt)
+                else:
+                    errors += 1
+
+        if args.warmup > 0:
+            until = time.monotonic() + args.warmup
+            await asyncio.gather(*(worker(until, False) for _ in range(c)))
+        t0 = time.monotonic()
+        until = t0 + args.top_duration
+        await asyncio.gather(*(worker(until, True) for _ in range(c)))
+        elapsed = time.monotonic() - t0
+    out = summarize(lat, errors, elapsed)
+    out["statuses"] = statuses
+    return out
+
+
 def raw_load(
     settings: Settings, view: View, version: int, urls: list[str], b0: int, b1: int, args: Any
 ) -> dict[str, Any]:
@@ -492,6 +545,19 @@ def main(argv: list[str] | None = None) -> int:
             at_rate, rate_statuses = asyncio.run(rate_load(base, urls, b0, b1, args))
             at_rate["statuses"] = rate_statuses
             result["http_rate"] = at_rate
+        if args.top_duration > 0:
+            r = httpx.get(
+                f"{base}/views/{VIEW}/top",
+                params={"by": "pageviews", "limit": "10", "from": str(b0), "to": str(b1)},
+                timeout=120,
+            )
+            r.raise_for_status()
+            result["top_sanity"] = {"keys_with_data": r.json()["keys_with_data"]}
+            console.print(
+                f"top-10 over 24 h: {r.json()['keys_with_data']:,} keys with data; "
+                f"{args.top_concurrency} in flight for {args.top_duration:g}s ..."
+            )
+            result["top"] = asyncio.run(top_load(base, b0, b1, args))
         stop_server(proc)  # free its CPU for the raw phase (2 cores are shared)
         console.print(f"raw driver load: {args.concurrency} threads for {args.duration:g}s ...")
         result["raw"] = raw_load(settings, view, br.version, urls, b0, b1, args)
@@ -519,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(
         (f"raw driver (batch + rt slices, {result['raw']['rows_per_read']} rows)", result["raw"])
     )
+    if "top" in result:
+        rows.append(
+            (
+                f"HTTP top-10 by pageviews over 24 h ({result['top_sanity']['keys_with_data']:,} "
+                f"keys, {args.top_concurrency} in flight)",
+                result["top"],
+            )
+        )
     for label, r in rows:
         table.add_row(
             label,
@@ -551,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.json or args.workdir / f"query-bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_path.write_text(json.dumps(result, indent=2))
     console.print(f"results written to [cyan]{out_path}[/]")
-    failed = sum(result[k]["errors"] for k in ("http", "http_rate", "raw") if k in result)
+    failed = sum(result[k]["errors"] for k in ("http", "http_rate", "raw", "top") if k in result)
     return 0 if failed == 0 else 1
 
 

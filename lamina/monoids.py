@@ -68,6 +68,8 @@ class Monoid(ABC):
         """The user-facing value of a state (JSON-serializable)."""
 
     def total(self, states: Iterable[Any]) -> Any:
+        """``plus`` of all ``states`` from :meth:`zero` (subclasses may fold faster: the
+        same value, as the monoid laws give)."""
         return reduce(self.plus, states, self.zero())
 
     def from_row(self, values: tuple[Any, ...]) -> Any:
@@ -112,6 +114,9 @@ class Count(Monoid):
     def combine(self, a: Any, b: Any) -> int:
         return int(a) + int(b)
 
+    def total(self, states: Iterable[Any]) -> int:
+        return sum(int(s) for s in states if s is not None)
+
     def lift(self, value: Any) -> int:
         return 0 if value is None and self.params.get("field") else 1
 
@@ -136,6 +141,10 @@ class Sum(Monoid):
     def combine(self, a: Any, b: Any) -> Any:
         return a + b
 
+    def total(self, states: Iterable[Any]) -> Any:
+        present = [s for s in states if s is not None]
+        return sum(present[1:], present[0]) if present else None
+
     def lift(self, value: Any) -> Any:
         return value
 
@@ -152,12 +161,18 @@ class Min(Sum):
     def combine(self, a: Any, b: Any) -> Any:
         return min(a, b)
 
+    def total(self, states: Iterable[Any]) -> Any:
+        return min((s for s in states if s is not None), default=None)
+
 
 class Max(Min):
     name = "max"
 
     def combine(self, a: Any, b: Any) -> Any:
         return max(a, b)
+
+    def total(self, states: Iterable[Any]) -> Any:
+        return max((s for s in states if s is not None), default=None)
 
 
 class Mean(Monoid):

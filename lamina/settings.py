@@ -389,6 +389,12 @@ class ServingSettings(_Section):
     range (a granularity coarser than the view's bucket does not make it cheaper). It bounds
     keys and range together: 1000 keys x 10,000 buckets is refused (400) though each is
     within its own limit."""
+    max_index_rows: int = Field(default=1_000_000, ge=1)
+    """Most key index rows one top-N or key listing may read (``/views/{view}/top``,
+    ``/keys``): about keys with data x buckets in the range, per layer. Going over is a 400
+    (narrow the range), never an unbounded scan."""
+    max_limit: int = Field(default=10_000, ge=1)
+    """Largest ``limit`` of a top-N or key listing."""
     timeout_s: float = Field(default=5.0, gt=0)
     """How long the API waits for Cassandra's answer to a read (and to connect) before it
     answers 503 (the store did not answer in time)."""

@@ -12,9 +12,9 @@ Only requests whose ``Host`` header names one of ``serving.allowed_hosts`` (defa
 loopback names and ``serving.host``; see :meth:`~lamina.settings.ServingSettings.trusted_hosts`)
 are answered; any other gets a JSON 400 (:class:`serving.auth.TrustedHosts`), so a DNS-rebound
 page cannot reach an API on 127.0.0.1. With ``serving.read_token`` set, the query routes
-(``/views``, ``/views/{view}``, ``/views/{view}/query``) need ``Authorization: Bearer`` with
-it or ``serving.jobs_token`` (401 otherwise); ``/health`` and ``/metrics`` stay open (load
-balancers and Prometheus).
+(``/views``, ``/views/{view}``, ``/views/{view}/query``, ``/top``, ``/keys``) need
+``Authorization: Bearer`` with it or ``serving.jobs_token`` (401 otherwise); ``/health`` and
+``/metrics`` stay open (load balancers and Prometheus).
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.store = store  # for tests and operators: its service's snapshot counters
-    app.add_middleware(QueryLatencyMiddleware, metrics=metrics, endpoints=("describe", "query"))
+    app.add_middleware(
+        QueryLatencyMiddleware, metrics=metrics, endpoints=("describe", "query", "top", "keys")
+    )
     # Added last, so outermost: a request for a host not ours (DNS rebinding) reaches nothing.
     app.add_middleware(TrustedHosts, allowed_hosts=settings.serving.trusted_hosts())
     reads = [Depends(read_guard(settings))]
@@ -175,6 +177,37 @@ def create_app(
         q: Annotated[float, Query(ge=0.0, le=1.0, description="quantile to present")] = 0.5,
     ) -> Response:
         answer = await store.acall(QueryService.query_async, view, key, start, end, granularity, q)
+        return Response(msgspec.json.encode(answer), media_type="application/json")
+
+    @app.get(
+        "/views/{view}/top",
+        summary="Top keys by an aggregation's merged value over a time range",
+        dependencies=reads,
+    )
+    async def top(
+        view: str,
+        by: Annotated[str | None, Query(description="the aggregation to rank by")] = None,
+        start: Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch s")] = None,
+        end: Annotated[str | None, Query(alias="to", description="ISO-8601 or epoch s")] = None,
+        limit: Annotated[int | None, Query(description="keys to return (default 10)")] = None,
+        q: Annotated[float, Query(description="quantile to present and rank by")] = 0.5,
+    ) -> Response:
+        answer = await store.acall(QueryService.top_async, view, by, start, end, limit, q)
+        return Response(msgspec.json.encode(answer), media_type="application/json")
+
+    @app.get(
+        "/views/{view}/keys",
+        summary="Keys with data in a time range, in key order",
+        dependencies=reads,
+    )
+    async def keys(
+        view: str,
+        start: Annotated[str | None, Query(alias="from", description="ISO-8601 or epoch s")] = None,
+        end: Annotated[str | None, Query(alias="to", description="ISO-8601 or epoch s")] = None,
+        prefix: Annotated[str | None, Query(description="keys whose text starts so")] = None,
+        limit: Annotated[int | None, Query(description="keys to return (default 100)")] = None,
+    ) -> Response:
+        answer = await store.acall(QueryService.keys_async, view, start, end, prefix, limit)
         return Response(msgspec.json.encode(answer), media_type="application/json")
 
     for router in routers:

@@ -16,15 +16,20 @@ For one view and key, with the published batch version ``v`` and its cutoff ``E`
    KLL sketch; distinct estimate from the HLL sketch).
 
 A bucket carries its provenance: whether batch data and which real-time epochs went into it.
+
+Top-N and key listings (:func:`fold_aggregation`, :func:`rank`, :func:`keys_with_data`) read
+the key indexes (rows of many keys per bucket) and take the same rows with the same monoids.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lamina.buckets import Bucket
+from lamina.monoids import Monoid
 from lamina.views import View
 
 
@@ -55,6 +60,12 @@ def zero(view: View) -> dict[str, Any]:
     return {name: m.zero() for name, m in view.monoids.items()}
 
 
+def counts(epoch: int, cutoff: int | None) -> bool:
+    """Whether a real-time row of ingest epoch ``epoch`` is merged under ``cutoff`` (the
+    published cutoff; ``None``: nothing published, every row counts)."""
+    return cutoff is None or epoch >= cutoff
+
+
 def merge(
     view: View,
     batch: Iterable[tuple[int, Sequence[Any]]],
@@ -75,7 +86,7 @@ def merge(
         cur.states = plus(view, cur.states, decode(view, values))
         cur.from_batch = True
     for bucket, epoch, values in realtime:
-        if cutoff is not None and epoch < cutoff:
+        if not counts(epoch, cutoff):
             continue
         cur = out.get(bucket)
         if cur is None:
@@ -101,3 +112,79 @@ def rollup(view: View, merged: Mapping[int, Merged], granularity: Bucket) -> dic
 def present(view: View, states: Mapping[str, Any], **query: Any) -> dict[str, Any]:
     """User-facing values of one bucket's states."""
     return {name: m.present(states[name], **query) for name, m in view.monoids.items()}
+
+
+Key = tuple[Any, ...]
+
+
+def keys_with_data(
+    view: View,
+    batch: Iterable[Sequence[Any]],
+    realtime: Iterable[Sequence[Any]],
+    cutoff: int | None,
+) -> set[Key]:
+    """The keys that have at least one bucket in :func:`merge` of these rows, from their key
+    columns alone: ``batch`` rows ``(bucket, *keys, ...)``, ``realtime`` rows ``(bucket,
+    ingest_epoch, *keys, ...)`` (a real-time row counts when :func:`counts`)."""
+    n = len(view.keys)
+    found = {tuple(r[1 : 1 + n]) for r in batch}
+    found |= {tuple(r[2 : 2 + n]) for r in realtime if counts(r[1], cutoff)}
+    return found
+
+
+def rank(
+    view: View,
+    totals: Mapping[Key, Mapping[str, Any]],
+    by: str,
+    limit: int,
+    **query: Any,
+) -> list[tuple[Key, Any]]:
+    """The ``limit`` keys of ``totals`` with the largest presented value of aggregation
+    ``by`` (:func:`present`: a count, a sum, a mean, a distinct or quantile estimate), as
+    ``(key, value)``, largest first; ties in key order; keys without a value (``None`` or
+    NaN, e.g. the mean of nothing) last, in key order."""
+    monoid = view.monoids[by]
+    valued: list[tuple[Key, Any]] = []
+    empty: list[tuple[Key, Any]] = []
+    for key, states in totals.items():
+        value = monoid.present(states[by], **query)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            empty.append((key, None))
+        else:
+            valued.append((key, value))
+    valued.sort(key=lambda kv: kv[0])
+    valued.sort(key=lambda kv: kv[1], reverse=True)  # stable: ties stay in key order
+    empty.sort(key=lambda kv: kv[0])
+    return (valued + empty)[:limit]
+
+
+def fold_aggregation(
+    view: View,
+    name: str,
+    batch: Iterable[Sequence[Any]],
+    realtime: Iterable[Sequence[Any]],
+    cutoff: int | None,
+) -> dict[Key, dict[str, Any]]:
+    """Each key's state of aggregation ``name`` over key index rows of a range: the rows of
+    :func:`merge` (batch rows, real-time rows that :func:`counts`) folded with the same
+    monoid (its ``total``: ``plus`` from ``zero``), all of a key's rows at once (which
+    equals folding its buckets' merges: the monoid is associative and commutative). Rows
+    carry only that aggregation's value columns: ``(bucket, *keys, *its columns)``,
+    ``(bucket, ingest_epoch, *keys, *its columns)``. Returns ``{key: {name: state}}``; a
+    key is present when a row of it counts."""
+    m = view.monoids[name]
+    n = len(view.keys)
+    rows: dict[Key, list[Any]] = {}
+    if type(m).from_row is Monoid.from_row:  # one column, stored as the state itself
+        for r in batch:
+            rows.setdefault(tuple(r[1 : 1 + n]), []).append(r[1 + n])
+        for r in realtime:
+            if counts(r[1], cutoff):
+                rows.setdefault(tuple(r[2 : 2 + n]), []).append(r[2 + n])
+    else:
+        for r in batch:
+            rows.setdefault(tuple(r[1 : 1 + n]), []).append(m.from_row(tuple(r[1 + n :])))
+        for r in realtime:
+            if counts(r[1], cutoff):
+                rows.setdefault(tuple(r[2 : 2 + n]), []).append(m.from_row(tuple(r[2 + n :])))
+    return {key: {name: m.total(states)} for key, states in rows.items()}

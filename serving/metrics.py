@@ -408,8 +408,8 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "lamina_query_duration_seconds",
-            "Time to answer a request to a per-view endpoint (query, describe), by view and "
-            "outcome (ok, client_error = 4xx, server_error = 5xx)",
+            "Time to answer a request to a per-view endpoint (query, top, keys, describe), by "
+            "view and outcome (ok, client_error = 4xx, server_error = 5xx)",
             ["endpoint", "view", "outcome"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

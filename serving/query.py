@@ -31,7 +31,16 @@ from lamina.master import progress
 from lamina.settings import Settings
 from lamina.streams import ARCHIVER
 from lamina.views import View, ViewCatalog
-from serving.merge import merge, present, rollup
+from serving.merge import (
+    fold_aggregation,
+    keys_with_data,
+    merge,
+    plus,
+    present,
+    rank,
+    rollup,
+    zero,
+)
 from serving.store import SNAPSHOT_MAX_AGE_S, Published, RealtimeTable, Store, check_answerable
 
 
@@ -173,6 +182,31 @@ def _key_value(field: str, ftype: str, part: Any) -> Any:
     return value
 
 
+def key_text(view: View, key: tuple[Any, ...]) -> str:
+    """The text of a typed key, as :func:`parse_key` reads it back (the inverse): a single
+    field's value whole; several fields joined by commas, a backslash inside a value
+    written as two, a comma as backslash-comma, and a first value's leading ``[`` as
+    backslash-``[``. Booleans are ``true``/``false``."""
+    parts = []
+    for v in key:
+        if isinstance(v, bool):
+            parts.append("true" if v else "false")
+        elif isinstance(v, float):
+            parts.append(repr(v))
+        else:
+            parts.append(str(v))
+    if len(parts) == 1:
+        return parts[0]
+    out = [p.replace("\\", "\\\\").replace(",", "\\,") for p in parts]
+    if out[0].startswith("["):
+        out[0] = "\\" + out[0]
+    return ",".join(out)
+
+
+MAX_PREFIX = 1000
+"""Longest ``prefix`` of a key listing (characters)."""
+
+
 @dataclass(frozen=True)
 class QueryRange:
     start: float
@@ -208,6 +242,204 @@ class QueryService:
         self._reading = {}
         self.snapshot_reads = 0
         """How many times :meth:`snapshot` read the catalog (the others reused one)."""
+
+    # -- top-N and key listings: the key indexes, merged like a point query -------------
+
+    def plan_index(
+        self,
+        name: str,
+        start: Any,
+        end: Any,
+        limit: int | None,
+        *,
+        by: str | None = None,
+        prefix: str | None = None,
+        q: float = 0.5,
+        top: bool,
+    ) -> IndexPlan:
+        """Check every parameter of a top-N (``top``: ``by`` required) or key listing,
+        without I/O. Raises :class:`QueryError` (400) or :class:`NotFoundError` (404)."""
+        view = self.catalog.view(name)
+        limits = self.settings.serving
+        if top:
+            if not by:
+                raise QueryError(
+                    "no aggregation to rank by",
+                    hint=f"pass by= one of {', '.join(view.aggregations)}",
+                )
+            if by not in view.aggregations:
+                raise QueryError(
+                    f"view {view.name!r} has no aggregation {by!r}",
+                    hint=f"rank by one of {', '.join(view.aggregations)}",
+                )
+        if limit is None:
+            limit = 10 if top else 100
+        if not 1 <= limit <= limits.max_limit:
+            raise QueryError(
+                f"limit={limit} is out of range",
+                hint=f"use 1 <= limit <= {limits.max_limit} (serving.max_limit)",
+            )
+        if not 0.0 <= q <= 1.0:
+            raise QueryError(f"q={q} is out of range", hint="use 0 <= q <= 1, e.g. 0.95")
+        if prefix is not None and len(prefix) > MAX_PREFIX:
+            raise QueryError(
+                f"prefix of {len(prefix)} characters is too long",
+                hint=f"a prefix is at most {MAX_PREFIX} characters",
+            )
+        if prefix is not None and not prefix.isprintable():
+            raise QueryError(
+                f"prefix {prefix!r} holds control characters",
+                hint="a prefix is the start of a key's text, as the listing shows keys",
+            )
+        rng = self.resolve_range(view, start, end, None)
+        return IndexPlan(view, rng, limit, by, prefix or "", q)
+
+    async def _read_index(
+        self, plan: IndexPlan, columns: list[str]
+    ) -> tuple[Snapshot, bool, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """One snapshot, then the key index rows of ``plan``'s range that a merge under its
+        cutoff takes, with value ``columns`` (:meth:`Store.read_index`); also whether the
+        real-time view was read (:func:`check_answerable`)."""
+        view = plan.view
+        snap = await self.snapshot(view)
+        for attempt in range(2):
+            read_realtime = check_answerable(
+                view, snap.published, snap.realtime, self._job_views(view)
+            )
+            pub = snap.published
+            try:
+                got = await self.store.read_index(
+                    view,
+                    None if pub is None else pub.version,
+                    int(plan.range.start),
+                    int(plan.range.end),
+                    realtime=read_realtime,
+                    cutoff=None if pub is None else pub.cutoff,
+                    columns=columns,
+                    max_rows=self.settings.serving.max_index_rows,
+                )
+                break
+            except InvalidRequest:
+                # As for point queries: a table collected or rebuilt since the snapshot.
+                if attempt:
+                    raise ViewNotReadyError(
+                        f"view {view.name!r}: the key index of its published version "
+                        f"{None if pub is None else pub.version} or of its real-time view is "
+                        "missing (built by an older Lamina, or dropped)",
+                        hint=f"run `lamina batch run --view {view.name}` to publish a version "
+                        "with its index; restart the source job if the real-time one is missing",
+                    ) from None
+                snap = await self.snapshot(view, fresh=True)
+        if got is None:
+            limit = self.settings.serving.max_index_rows
+            raise QueryError(
+                f"the range holds more than {limit} key index rows (serving.max_index_rows)",
+                hint="narrow from/to or raise serving.max_index_rows",
+            )
+        return snap, read_realtime, got[0], got[1]
+
+    def _index_answer(self, plan: IndexPlan, snap: Snapshot) -> dict[str, Any]:
+        pub = snap.published
+        return {
+            "view": plan.view.name,
+            "from": _iso(plan.range.start),
+            "to": _iso(plan.range.end),
+            "limit": plan.limit,
+            "provenance": {
+                "version": pub.version if pub else None,
+                "cutoff": pub.cutoff if pub else None,
+                "cutoff_iso": _iso(pub.cutoff) if pub else None,
+            },
+        }
+
+    async def top_async(
+        self,
+        name: str,
+        by: str | None,
+        start: Any = None,
+        end: Any = None,
+        limit: int | None = None,
+        q: float = 0.5,
+    ) -> dict[str, Any]:
+        """The ``limit`` keys with the largest merged value of aggregation ``by`` over the
+        range (for sketches their estimate; a quantile's at ``q``), with every aggregation's
+        value: each key's rows merged as a point query merges them (the published version's
+        key index, the real-time one's epochs at or after its cutoff), then ranked
+        (:func:`serving.merge.rank`). Parameters as for :meth:`query_async` (default range:
+        the 24 view buckets up to now).
+
+        Two steps: the index rows carry only ``by``'s columns (:func:`fold_aggregation`
+        ranks every key); the winners' other values come from their point reads
+        (:meth:`Store.read_slices`) under the same snapshot, merged as a point query merges.
+        A micro-batch being written meanwhile may show in one step and not yet in the other,
+        as it may in one key of a point query and not yet in another."""
+        plan = self.plan_index(name, start, end, limit, by=by, q=q, top=True)
+        assert plan.by is not None
+        view = plan.view
+        columns = [
+            c
+            for n, _, i, j in view.value_layout
+            if n == plan.by
+            for c, _ in view.value_columns[i:j]
+        ]
+        snap, read_realtime, batch, realtime = await self._read_index(plan, columns)
+        pub = snap.published
+        cutoff = pub.cutoff if pub else None
+        totals = fold_aggregation(view, plan.by, batch, realtime, cutoff)
+        ranked = rank(view, totals, plan.by, plan.limit, q=plan.q)
+        slices = await self.store.read_slices(
+            view,
+            None if pub is None else pub.version,
+            [key for key, _ in ranked],
+            int(plan.range.start),
+            int(plan.range.end),
+            realtime=read_realtime,
+        )
+        results = []
+        for i, ((key, value), (b_rows, rt_rows)) in enumerate(zip(ranked, slices, strict=True)):
+            merged = merge(
+                view,
+                [(r[0], r[1:]) for r in b_rows],
+                [(r[0], r[1], r[2:]) for r in rt_rows],
+                cutoff,
+            )
+            states = zero(view)
+            for m in merged.values():
+                states = plus(view, states, m.states)
+            values = present(view, states, q=plan.q)
+            values[plan.by] = value  # the ranked value (the same, but for writes in flight)
+            results.append(
+                {"rank": i + 1, "key": key_text(view, key), "value": value, "values": values}
+            )
+        return self._index_answer(plan, snap) | {
+            "by": plan.by,
+            "q": plan.q,
+            "keys_with_data": len(totals),
+            "results": results,
+        }
+
+    async def keys_async(
+        self,
+        name: str,
+        start: Any = None,
+        end: Any = None,
+        prefix: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """The keys with data in the range (the keys a point query answers with at least one
+        bucket), whose text (:func:`key_text`) starts with ``prefix``: the first ``limit`` in
+        key order, with how many matched."""
+        plan = self.plan_index(name, start, end, limit, prefix=prefix, top=False)
+        snap, _, batch, realtime = await self._read_index(plan, [])
+        view, cutoff = plan.view, (snap.published.cutoff if snap.published else None)
+        found = sorted(keys_with_data(view, batch, realtime, cutoff))
+        texts = [t for t in (key_text(view, k) for k in found) if t.startswith(plan.prefix)]
+        return self._index_answer(plan, snap) | {
+            "prefix": plan.prefix,
+            "matched": len(texts),
+            "truncated": len(texts) > plan.limit,
+            "keys": texts[: plan.limit],
+        }
 
     def describe(self, name: str) -> dict[str, Any]:
         view = self.catalog.view(name)
@@ -276,7 +508,8 @@ class QueryService:
             t_start = t_end - 24 * gran.seconds
         if t_end <= t_start:
             raise QueryError(
-                f"empty time range: from ({_iso(t_start)}) must be before to ({_iso(t_end)})"
+                f"empty time range: from ({_iso(t_start)}) must be before to ({_iso(t_end)})",
+                hint="swap from and to, or widen the range",
             )
         # Whole granularity buckets: the range is widened to bucket boundaries.
         b_start = gran.bucket_of(t_start)
@@ -513,6 +746,18 @@ class QueryPlan:
     keys: list[tuple[tuple[Any, ...], str]]
     """``(typed key, its text as first given)`` per distinct key, in request order."""
     range: QueryRange
+    q: float
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """A top-N or key listing whose parameters were checked (:meth:`QueryService.plan_index`)."""
+
+    view: View
+    range: QueryRange
+    limit: int
+    by: str | None
+    prefix: str
     q: float
 
 

@@ -11,6 +11,15 @@ Tables, all in the configured keyspace (never hand-written per view):
 - ``versions``: every batch version of a view (state, cutoff, row count, timings, hash).
 - ``b_<view>_v<N>``: batch view version N; ``PRIMARY KEY ((keys...), bucket)`` so a key's
   bucket range is one partition slice.
+- ``bx_<view>_v<N>``: the key index of batch version N, the same rows as ``b_<view>_v<N>``
+  keyed the other way round: ``PRIMARY KEY ((bucket), keys...)``, so the keys of a bucket
+  (with their states) are one partition, for top-N and key listings. Written by the same
+  build before the version can be published, dropped with the version's table.
+- ``rx_<view>``: the key index of the real-time view, the same cells as ``rt_<view>``:
+  ``PRIMARY KEY ((bucket), ingest_epoch, keys...)``, so a bucket's cells of the epochs at or
+  after a cutoff are one slice. The speed layer writes a cell's index row (its whole state,
+  with ``applied_batch``) before the cell itself, so the cell's ``applied_batch`` guard covers
+  both (see :mod:`speed.realtime`); purged and rebuilt with ``rt_<view>``.
 - ``rt_<view>``: real-time view; ``PRIMARY KEY ((keys...), bucket, ingest_epoch)``, plus
   ``applied_batch``: the last micro-batch of the source job folded into the row (a replayed
   micro-batch skips the rows that already hold it: exactly-once read-modify-write).
@@ -49,6 +58,14 @@ def realtime_table(view: View) -> str:
     return f"rt_{view.name}"
 
 
+def batch_index_table(view: View, version: int) -> str:
+    return f"bx_{view.name}_v{version}"
+
+
+def realtime_index_table(view: View) -> str:
+    return f"rx_{view.name}"
+
+
 def _key_columns(view: View) -> str:
     return ", ".join(f"{k} {CQL_TYPES[view.source.fields[k]]}" for k in view.keys)
 
@@ -66,7 +83,41 @@ def batch_ddl(view: View, version: int, keyspace: str) -> str:
     )
 
 
+def batch_index_ddl(view: View, version: int, keyspace: str) -> str:
+    keys = ", ".join(view.keys)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{batch_index_table(view, version)} "
+        f"(bucket bigint, {_key_columns(view)}, {_value_columns(view)}, "
+        f"PRIMARY KEY ((bucket), {keys}))"
+    )
+
+
+def batch_index_insert_cql(view: View, table: str) -> str:
+    """Write one row of a batch key index: bucket, keys, value columns."""
+    cols = ["bucket", *view.keys, *(c for c, _ in view.value_columns)]
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+
+
 APPLIED_BATCH = "applied_batch"
+
+
+def realtime_index_ddl(view: View, keyspace: str) -> str:
+    keys = ", ".join(view.keys)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{realtime_index_table(view)} "
+        f"(bucket bigint, {INGEST_EPOCH} bigint, {_key_columns(view)}, {_value_columns(view)}, "
+        f"{APPLIED_BATCH} bigint, PRIMARY KEY ((bucket), {INGEST_EPOCH}, {keys}))"
+    )
+
+
+def realtime_index_upsert_cql(view: View, keyspace: str) -> str:
+    """Write one real-time key index row: bucket, ingest epoch, keys, value columns, applied
+    batch (the same values as the cell's :func:`realtime_upsert_cql`)."""
+    cols = ["bucket", INGEST_EPOCH, *view.keys, *(c for c, _ in view.value_columns), APPLIED_BATCH]
+    return (
+        f"INSERT INTO {keyspace}.{realtime_index_table(view)} ({', '.join(cols)}) "
+        f"VALUES ({', '.join('?' * len(cols))})"
+    )
 
 
 def realtime_ddl(view: View, keyspace: str) -> str:

@@ -50,9 +50,13 @@ from serving.schema import (
     APPLIED_BATCH,
     CATALOG_GUARD_COLUMNS,
     batch_ddl,
+    batch_index_ddl,
+    batch_index_table,
     batch_table,
     catalog_ddl,
     realtime_ddl,
+    realtime_index_ddl,
+    realtime_index_table,
     realtime_table,
 )
 from serving.writer import write_rows
@@ -75,6 +79,9 @@ REBUILD_GRACE_S = 4 * SNAPSHOT_MAX_AGE_S
 """How long a rebuild of a real-time table waits between recording ``rebuilding`` and
 dropping the table (:meth:`Store.follow_definition`): every query server has seen the record
 by then and answers 503, so none reads the table while it is dropped and made anew."""
+
+INDEX_CONCURRENCY = 32
+"""Key index partitions (one per bucket and layer) a top-N or key listing reads at once."""
 
 CAS_ATTEMPTS = 5
 """Compare-and-set attempts on a catalog row before giving up (each failed one means another
@@ -359,6 +366,7 @@ class Store:
         found = self._realtime_columns(view)
         if not found:
             self.session.execute(realtime_ddl(view, self.ks))
+            self.session.execute(realtime_index_ddl(view, self.ks))
             self._record_realtime(view, "empty", None, None, only_new=True)
             return
         misfit = self._misfit(view, found)
@@ -444,12 +452,15 @@ class Store:
         """
         rec = self.realtime_record(view)
         exists = self._realtime_columns(view) != {}
+        indexed = self._table_exists(realtime_index_table(view))
         current = rec is not None and rec.definition_hash == view.definition_hash
-        if current and rec is not None and rec.state == "ready" and exists:
+        if current and rec is not None and rec.state == "ready" and exists and indexed:
             return rec
         table = realtime_table(view)
         if not exists:
             why = "it has none (dropped by hand?)" if rec is not None else "it has none"
+        elif current and rec is not None and rec.state == "ready":
+            why = "it has no key index (made by an older Lamina, or dropped by hand)"
         elif rec is None:
             why = "its table was made for another definition"
         elif rec.state == "empty":
@@ -475,11 +486,25 @@ class Store:
         self._record_realtime(view, "rebuilding", None, first_batch)
         time.sleep(REBUILD_GRACE_S)  # query servers see "rebuilding" before the drop
         self.session.execute(f"DROP TABLE IF EXISTS {self.ks}.{table}", timeout=120)
+        self.session.execute(
+            f"DROP TABLE IF EXISTS {self.ks}.{realtime_index_table(view)}", timeout=120
+        )
         self.session.execute(realtime_ddl(view, self.ks), timeout=120)
+        self.session.execute(realtime_index_ddl(view, self.ks), timeout=120)
         self._record_realtime(view, "ready", covers_from, first_batch)
         found = self.realtime_record(view)
         assert found is not None
         return found
+
+    def _table_exists(self, table: str) -> bool:
+        return (
+            self.session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s "
+                "AND table_name = %s",
+                (self.ks, table),
+            ).one()
+            is not None
+        )
 
     def _ensure_catalog(self, *, force: bool = False) -> None:
         """The bookkeeping tables and the catalog's guard columns (added to a catalog made by
@@ -551,6 +576,7 @@ class Store:
             ).was_applied
             if applied:
                 self.session.execute(batch_ddl(view, version, self.ks))
+                self.session.execute(batch_index_ddl(view, version, self.ks))
                 return version
         raise PublishError(f"view {view.name!r}: could not allocate a batch version")
 
@@ -748,6 +774,9 @@ class Store:
             if v.version in keep or v.state == "collected" or v.state == "building":
                 continue
             self.session.execute(f"DROP TABLE IF EXISTS {self.ks}.{batch_table(view, v.version)}")
+            self.session.execute(
+                f"DROP TABLE IF EXISTS {self.ks}.{batch_index_table(view, v.version)}"
+            )
             self._set_state(view, v.version, "collected")
             dropped.append(v.version)
         return dropped
@@ -938,6 +967,80 @@ class Store:
         rows = await asyncio.gather(*reads)
         return [(rows[2 * i], rows[2 * i + 1]) for i in range(len(keys))]
 
+    async def read_index(
+        self,
+        view: View,
+        version: int | None,
+        b_from: int,
+        b_to: int,
+        *,
+        realtime: bool,
+        cutoff: int | None,
+        columns: Sequence[str],
+        max_rows: int,
+        concurrency: int = INDEX_CONCURRENCY,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None:
+        """Every key index row of the buckets ``b_from <= bucket < b_to`` (a partition per
+        bucket, read ``concurrency`` at a time, asynchronously; call it from an event loop):
+        those of batch version ``version`` (none when ``None``) and, if ``realtime``, the
+        real-time ones of epochs ``>= cutoff`` (all when ``cutoff`` is ``None``): the rows a
+        merge under that cutoff takes (:func:`serving.merge.merge`).
+
+        Batch rows are ``(bucket, *keys, *columns)``, real-time rows ``(bucket,
+        ingest_epoch, *keys, *columns)``: ``columns`` are value columns (none: the keys
+        alone). Returns ``None`` as soon as more than ``max_rows`` rows were read (the
+        caller refuses the request).
+        """
+        keys = ", ".join(view.keys)
+        cols = "".join(f", {c}" for c in columns)
+        limit = max_rows + 1
+        batch = (
+            None
+            if version is None
+            else self.prepare(
+                f"SELECT bucket, {keys}{cols} FROM {self.ks}.{batch_index_table(view, version)} "
+                f"WHERE bucket = ? LIMIT {limit}"
+            )
+        )
+        rt = None
+        if realtime:
+            since = "" if cutoff is None else f" AND {INGEST_EPOCH} >= ?"
+            rt = self.prepare(
+                f"SELECT bucket, {INGEST_EPOCH}, {keys}{cols} FROM "
+                f"{self.ks}.{realtime_index_table(view)} WHERE bucket = ?{since} LIMIT {limit}"
+            )
+        step = view.bucket.seconds
+        reads: list[tuple[PreparedStatement, tuple[Any, ...], list[tuple[Any, ...]]]] = []
+        batch_rows: list[tuple[Any, ...]] = []
+        rt_rows: list[tuple[Any, ...]] = []
+        for b in range(b_from, b_to, step):
+            if batch is not None:
+                reads.append((batch, (b,), batch_rows))
+            if rt is not None:
+                reads.append((rt, (b,) if cutoff is None else (b, cutoff), rt_rows))
+        gate = asyncio.Semaphore(concurrency)
+        total = 0
+        over = asyncio.Event()
+
+        async def one(stmt: PreparedStatement, params: tuple[Any, ...], out: list[Any]) -> None:
+            nonlocal total
+            async with gate:
+                if over.is_set():
+                    return
+                rows = await rows_async(
+                    self.session.execute_async(stmt, params, execution_profile=TUPLES)
+                )
+            total += len(rows)
+            if total > max_rows:
+                over.set()
+                return
+            out.extend(rows)
+
+        await asyncio.gather(*(one(*r) for r in reads))
+        if over.is_set():
+            return None
+        return batch_rows, rt_rows
+
     def read_batch(
         self, view: View, version: int, key: Sequence[Any], b_from: int, b_to: int
     ) -> Iterator[Any]:
@@ -1002,5 +1105,15 @@ class Store:
             f"DELETE FROM {self.ks}.{realtime_table(view)} WHERE {where} AND bucket = ? "
             "AND ingest_epoch = ?"
         )
+        index = self.prepare(
+            f"DELETE FROM {self.ks}.{realtime_index_table(view)} WHERE bucket = ? "
+            f"AND ingest_epoch = ? AND {where}"
+        )
         doomed = list(self._realtime_before(view, before_epoch, values=False))
+        n = len(view.keys)
+        # The index rows first, then the cells: a purge cut short leaves cells (found and
+        # deleted by the next purge, with their index rows again), never orphaned index
+        # rows. Either way their epochs are below every cutoff that may still be published,
+        # so no query merges them meanwhile.
+        write_rows(self.session, index, ((r[n], r[n + 1], *r[:n]) for r in doomed), 64)
         return write_rows(self.session, stmt, doomed, 64)

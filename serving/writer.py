@@ -28,7 +28,7 @@ from lamina.schema import INGEST_EPOCH
 from lamina.settings import CassandraSettings
 from lamina.views import View
 from serving.cassandra import shared_session
-from serving.schema import insert_cql
+from serving.schema import batch_index_insert_cql, insert_cql
 
 
 def write_rows(
@@ -180,6 +180,7 @@ def partition_writer(
     realtime: bool = False,
     batch_rows: int = BATCH_ROWS,
     batch_bytes: int = BATCH_BYTES,
+    index_table: str | None = None,
 ) -> Callable[[Iterable[Any]], Iterator[int]]:
     """A ``mapPartitions`` function writing aggregated rows of ``view`` into ``table``.
 
@@ -190,6 +191,11 @@ def partition_writer(
     ``batch_rows`` and ``batch_bytes``; ``batch_rows=1``: one insert per row). Rows of a key
     should arrive consecutively (:func:`batch.recompute.write_input` sorts them): rows in
     any order all land, in smaller batches. Yields the number of rows written.
+
+    ``index_table`` (a batch version's key index, :func:`serving.schema.batch_index_table`):
+    every row is written there too, as ``(bucket, *keys, *state columns)``, by runs of
+    :data:`INDEX_CHUNK` rows sorted by bucket (the index's partition), after the run's rows
+    in ``table``. The caller's version is unpublished until both are whole.
     """
     cql = insert_cql(view, table, realtime=realtime)
     extra = (INGEST_EPOCH,) if realtime else ()
@@ -199,15 +205,50 @@ def partition_writer(
     def write(rows: Iterable[Any]) -> Iterator[int]:
         s = shared_session(cass, cass.keyspace)
         values = ((*(r[c] for c in prefix), *state_row(view, r)) for r in rows)
-        done = write_grouped(
-            s,
-            s.prepare(cql),
-            values,
-            key_len,
-            concurrency,
-            max_rows=batch_rows,
-            max_bytes=batch_bytes,
+        if index_table is None:
+            chunks: Iterable[Iterable[tuple[Any, ...]]] = [values]
+        else:
+            chunks = _chunked(values, INDEX_CHUNK)
+        stmt = s.prepare(cql)
+        index = (
+            None if index_table is None else s.prepare(batch_index_insert_cql(view, index_table))
         )
-        yield done.rows
+        n = 0
+        for chunk in chunks:
+            done = write_grouped(
+                s,
+                stmt,
+                chunk,
+                key_len,
+                concurrency,
+                max_rows=batch_rows,
+                max_bytes=batch_bytes,
+            )
+            n += done.rows
+            if index is not None:
+                assert isinstance(chunk, list)
+                by_bucket = sorted(
+                    ((v[key_len], *v[:key_len], *v[key_len + 1 :]) for v in chunk),
+                    key=lambda v: v[0],
+                )
+                write_grouped(
+                    s, index, by_bucket, 1, concurrency, max_rows=batch_rows, max_bytes=batch_bytes
+                )
+        yield n
 
     return write
+
+
+INDEX_CHUNK = 20_000
+"""Rows written to a version's table, then (sorted by bucket) to its key index, at a time."""
+
+
+def _chunked(rows: Iterable[tuple[Any, ...]], n: int) -> Iterator[list[tuple[Any, ...]]]:
+    chunk: list[tuple[Any, ...]] = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

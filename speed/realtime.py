@@ -10,6 +10,12 @@ later one) is skipped, so a micro-batch replayed after a crash (Spark replays th
 offsets, hence the same partial states) adds to the cells it had not reached, never twice to
 the ones it had. One Cassandra row write is atomic, so a cell is either before or after.
 
+The key index (``rx_<view>``, :mod:`serving.schema`) gets each written cell's whole state too,
+*before* the cell: its rows are overwritten, never added to, so the cell's guard covers them.
+A micro-batch interrupted after an index row and before its cell finds the cell without its
+id when replayed and writes both again with the same state (the stored state plus the same
+partial); a cell that holds the id has its index row already.
+
 Reads are avoided where they cannot find anything: the cells this process wrote are cached
 (the job is the tables' only writer: its checkpoint lock says so), and a cell of an epoch
 later than anything archived before the job started and than anything it wrote since cannot
@@ -33,7 +39,7 @@ from lamina.process import STOP_REQUESTED
 from lamina.views import View
 from serving.cassandra import OUTAGE_ERRORS, credentials_refused
 from serving.merge import decode, encode, plus
-from serving.schema import realtime_cell_cql, realtime_upsert_cql
+from serving.schema import realtime_cell_cql, realtime_index_upsert_cql, realtime_upsert_cql
 from serving.writer import state_values
 
 log = logging.getLogger(__name__)
@@ -133,6 +139,7 @@ class RealtimeCells:
         self.session = session
         self.read_stmt = session.prepare(realtime_cell_cql(view, keyspace))
         self.write_stmt = session.prepare(realtime_upsert_cql(view, keyspace))
+        self.index_stmt = session.prepare(realtime_index_upsert_cql(view, keyspace))
         self.cache: dict[Cell, tuple[int, tuple[Any, ...]]] = {}
         self.high = written_before
         self.known_after = written_before
@@ -225,31 +232,42 @@ class RealtimeCells:
         return self.evicted_below is not None and epoch < self.evicted_below
 
     def _write(self, cells: list[tuple[Cell, tuple[Any, ...]]], batch_id: int) -> None:
-        """Write ``cells``: grouped by Cassandra partition (the view's key) into unlogged
-        batches of at most :data:`BATCH_ROWS` rows, one round trip each (a single-partition
-        batch is applied atomically by its replica; no cross-partition coordination)."""
+        """Write ``cells``: first their key index rows (every one acknowledged), then the
+        cells (see the module docstring). Each grouped by Cassandra partition (the bucket for
+        the index, the view's key for the cells) into unlogged batches of at most
+        :data:`BATCH_ROWS` rows, one round trip each (a single-partition batch is applied
+        atomically by its replica; no cross-partition coordination)."""
         if not cells:
             return
         n_keys = len(self.view.keys)
+        index: dict[Any, list[tuple[Any, ...]]] = {}
         by_partition: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         for cell, values in cells:
+            index.setdefault(cell[n_keys], []).append(
+                (cell[n_keys], cell[n_keys + 1], *cell[:n_keys], *values, batch_id)
+            )
             by_partition.setdefault(cell[:n_keys], []).append((*cell, *values, batch_id))
+        self._send(self.index_stmt, index.values())
+        self._send(self.write_stmt, by_partition.values())
+        self.writes += len(cells)
+
+    def _send(self, stmt: Any, partitions: Iterable[list[tuple[Any, ...]]]) -> None:
+        """Execute ``stmt`` for every row, the rows of each partition in unlogged batches."""
         statements: list[tuple[Any, Any]] = []
-        for rows in by_partition.values():
+        for rows in partitions:
             for chunk in _chunks(rows):
                 if len(chunk) == 1:
-                    statements.append((self.write_stmt, chunk[0]))
+                    statements.append((stmt, chunk[0]))
                     continue
                 batch = BatchStatement(batch_type=BatchType.UNLOGGED)
                 for params in chunk:
-                    batch.add(self.write_stmt, params)
+                    batch.add(stmt, params)
                 statements.append((batch, ()))
         for ok, result in execute_concurrent(
             self.session, statements, concurrency=self.concurrency
         ):
             if not ok:
                 raise result
-        self.writes += len(cells)
 
     def _evict(self) -> None:
         if self.high is None:

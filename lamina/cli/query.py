@@ -1,4 +1,5 @@
-"""``lamina views`` and ``lamina query``: the view definitions and merged answers."""
+"""``lamina views``, ``lamina query`` and ``lamina keys``: the view definitions, merged answers,
+top keys and key listings (the HTTP API's code: :class:`serving.query.QueryService`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 from typing import Any
 
 from lamina.cli.common import fmt
 from lamina.context import load_catalog
+from lamina.errors import QueryError
 from lamina.settings import Settings
 
 log = logging.getLogger("lamina")
@@ -26,30 +29,57 @@ def cmd_views(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+def _ask(settings: Settings, fn: Any, *args: Any) -> dict[str, Any]:
+    """``fn(service, *args)`` (a :class:`~serving.query.QueryService` coroutine) over the API's
+    own connection code: the same answers and the same errors as the HTTP API."""
     from serving.connection import StoreConnection
-    from serving.query import QueryService
 
     catalog = load_catalog(settings)
     # The connection narrates outages for a long-running API; here the one error line says it.
     logging.getLogger("serving.connection").setLevel(logging.ERROR)
-    # The API's own path: the same connection (schema ensured, outages as one error) and the
-    # same query code, so both give the same answers and the same errors.
     conn = StoreConnection(settings, catalog)
     try:
-        answer = asyncio.run(
-            conn.acall(
-                QueryService.query_async,
-                args.view,
-                args.key,
-                args.start,
-                args.end,
-                args.granularity,
-                args.q,
-            )
-        )
+        answer: dict[str, Any] = asyncio.run(conn.acall(fn, *args))
     finally:
         conn.close()
+    return answer
+
+
+def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.query import QueryService
+
+    if args.top is not None:
+        if args.key:
+            raise QueryError(
+                "--top ranks every key: give no key with it",
+                hint=f"lamina query {args.view} --top AGG [--limit N]",
+            )
+        return _print_top(
+            _ask(
+                settings,
+                QueryService.top_async,
+                args.view,
+                args.top,
+                args.start,
+                args.end,
+                args.limit,
+                args.q,
+            ),
+            args.format,
+        )
+    if args.limit is not None:
+        raise QueryError("--limit goes with --top", hint="lamina query VIEW --top AGG --limit N")
+    catalog = load_catalog(settings)
+    answer = _ask(
+        settings,
+        QueryService.query_async,
+        args.view,
+        args.key,
+        args.start,
+        args.end,
+        args.granularity,
+        args.q,
+    )
     if args.format == "json":
         print(json.dumps(answer, indent=2))
         return 0
@@ -77,16 +107,70 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_top(answer: dict[str, Any], form: str) -> int:
+    if form == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    prov = answer["provenance"]
+    table = Table(
+        title=f"{answer['view']}: top {answer['limit']} by {answer['by']}, {answer['from']} to "
+        f"{answer['to']} — batch version {prov['version'] or '-'} (cutoff "
+        f"{prov['cutoff_iso'] or 'none'}); {answer['keys_with_data']} keys with data"
+    )
+    names = list(answer["results"][0]["values"]) if answer["results"] else []
+    for col in ("rank", "key", *names):
+        table.add_column(col)
+    for r in answer["results"]:
+        table.add_row(str(r["rank"]), r["key"], *(fmt(r["values"][n]) for n in names))
+    Console().print(table)
+    return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.query import QueryService
+
+    answer = _ask(
+        settings, QueryService.keys_async, args.view, args.start, args.end, args.prefix, args.limit
+    )
+    if args.format == "json":
+        print(json.dumps(answer, indent=2))
+        return 0
+    for key in answer["keys"]:
+        print(key)
+    if answer["truncated"]:
+        print(
+            f"... {answer['matched'] - len(answer['keys'])} more (of {answer['matched']}); "
+            "raise --limit or narrow --prefix",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add this group's commands to the ``lamina`` parser's subcommands."""
     views = sub.add_parser("views", help="list the views defined in the views file")
     views.set_defaults(func=cmd_views)
     query = sub.add_parser("query", help="merged batch + real-time answer for keys of a view")
     query.add_argument("view")
-    query.add_argument("key", nargs="+", help="key value(s); multi-field keys as a,b")
+    query.add_argument("key", nargs="*", help="key value(s); multi-field keys as a,b")
+    query.add_argument(
+        "--top", metavar="AGG", help="rank every key by aggregation AGG instead (no keys)"
+    )
+    query.add_argument("--limit", type=int, metavar="N", help="with --top: keys shown (10)")
     query.add_argument("--from", dest="start", metavar="T", help="ISO-8601 or epoch seconds")
     query.add_argument("--to", dest="end", metavar="T", help="ISO-8601 or epoch seconds")
     query.add_argument("--granularity", metavar="G", help="view bucket or a multiple: day, 6h")
     query.add_argument("--q", type=float, default=0.5, help="quantile to present (default 0.5)")
     query.add_argument("--format", choices=("table", "json"), default="table")
     query.set_defaults(func=cmd_query)
+    keys = sub.add_parser("keys", help="keys of a view with data in a time range")
+    keys.add_argument("view")
+    keys.add_argument("--from", dest="start", metavar="T", help="ISO-8601 or epoch seconds")
+    keys.add_argument("--to", dest="end", metavar="T", help="ISO-8601 or epoch seconds")
+    keys.add_argument("--prefix", help="only keys whose text starts with this")
+    keys.add_argument("--limit", type=int, metavar="N", help="keys shown (100)")
+    keys.add_argument("--format", choices=("table", "json"), default="table")
+    keys.set_defaults(func=cmd_keys)

@@ -91,6 +91,37 @@ def test_many_keys_and_quantile(client: TestClient, world: dict[str, Any], q: fl
     ("path", "params", "status", "message"),
     [
         ("/views/nope", {}, 404, "unknown view 'nope'"),
+        ("/views/nope/top", {"by": "x"}, 404, "unknown view 'nope'"),
+        ("/views/nope/keys", {}, 404, "unknown view 'nope'"),
+        ("/views/web_pageviews/top", RANGE, 400, "no aggregation to rank by"),
+        ("/views/web_pageviews/top", {"by": "clicks", **RANGE}, 400, "no aggregation 'clicks'"),
+        ("/views/web_pageviews/top", {"by": "pageviews", "limit": "0"}, 400, "limit=0"),
+        ("/views/web_pageviews/top", {"by": "pageviews", "limit": "10001"}, 400, "limit=10001"),
+        ("/views/web_pageviews/top", {"by": "pageviews", "limit": "ten"}, 422, "limit"),
+        ("/views/web_pageviews/top", {"by": "pageviews", "q": "2"}, 400, "q=2.0 is out of range"),
+        ("/views/web_pageviews/top", {"by": "pageviews", "from": "nan"}, 400, "from='nan'"),
+        ("/views/web_pageviews/top", {"by": "pageviews", "to": "inf"}, 400, "to='inf'"),
+        (
+            "/views/web_pageviews/top",
+            {"by": "pageviews", "from": "1e20", "to": "0"},
+            400,
+            "outside the times",
+        ),
+        (
+            "/views/web_pageviews/top",
+            {"by": "pageviews", "from": RANGE["to"], "to": RANGE["from"]},
+            400,
+            "empty time range",
+        ),
+        (
+            "/views/web_pageviews/top",
+            {"by": "pageviews", "from": "0", "to": RANGE["to"]},
+            400,
+            "(serving.max_buckets)",
+        ),
+        ("/views/web_pageviews/keys", {"prefix": "x" * 1001}, 400, "too long"),
+        ("/views/web_pageviews/keys", {"limit": "-1"}, 400, "limit=-1"),
+        ("/views/web_pageviews/keys", {"from": "yesterday"}, 400, "from='yesterday'"),
         ("/views/nope/query", {"key": "x"}, 404, "unknown view 'nope'"),
         ("/views/web_pageviews/query", {"key": "/never", **RANGE}, 404, "no data for key"),
         ("/views/web_pageviews/query", {}, 422, "key: Field required"),
@@ -275,3 +306,29 @@ def test_openapi_documents_the_query(client: TestClient) -> None:
     params = {p["name"] for p in spec["paths"]["/views/{view}/query"]["get"]["parameters"]}
     assert {"key", "from", "to", "granularity", "q"} <= params
     assert client.get("/docs").status_code == 200
+
+
+def test_top_and_keys_read_a_bounded_number_of_index_rows(world: dict[str, Any]) -> None:
+    """More key index rows in the range than ``serving.max_index_rows``: a 400 naming it,
+    never an unbounded scan; within it, answered."""
+
+    def with_bound(rows: int) -> Any:
+        s = world["settings"]
+        return s.model_copy(
+            update={"serving": s.serving.model_copy(update={"max_index_rows": rows})}
+        )
+
+    app = create_app(with_bound(5), world["catalog"])
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
+        for path, params in (("top", {"by": "pageviews"}), ("keys", {})):
+            r = c.get(f"/views/web_pageviews/{path}", params={**params, **RANGE})
+            assert r.status_code == 400, r.text
+            assert "(serving.max_index_rows)" in r.json()["error"] and r.json()["hint"]
+    app = create_app(with_bound(1_000_000), world["catalog"])
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        r = c.get("/views/web_pageviews/top", params={"by": "pageviews", **RANGE})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["keys_with_data"] > 5 and len(body["results"]) == min(
+            10, body["keys_with_data"]
+        )

@@ -32,7 +32,12 @@ from tests.conftest import ROOT, isolated, run_lamina
 from tests.integration.conftest import drop_keyspace
 
 VIEW = "web_pageviews"
-STORE_PATHS = (f"/views/{VIEW}", f"/views/{VIEW}/query?key=/p/1")
+STORE_PATHS = (
+    f"/views/{VIEW}",
+    f"/views/{VIEW}/query?key=/p/1",
+    f"/views/{VIEW}/top?by=pageviews",
+    f"/views/{VIEW}/keys",
+)
 """Endpoints whose answer comes from Cassandra."""
 LOCAL = "http://127.0.0.1"
 """The API answers loopback hosts only (serving.allowed_hosts), not TestClient's "testserver"."""
@@ -98,7 +103,16 @@ def test_cassandra_outage_is_503_json_and_the_api_recovers(outage_settings: Sett
         )
         before = statuses(client)
         # Up: described (200), no data for the key (404), healthy, the views listed.
-        assert before == {STORE_PATHS[0]: 200, STORE_PATHS[1]: 404, "/health": 200, "/views": 200}
+        # Up: described (200), no data for the key (404), no top keys and no keys (200),
+        # healthy, the views listed.
+        assert before == {
+            STORE_PATHS[0]: 200,
+            STORE_PATHS[1]: 404,
+            STORE_PATHS[2]: 200,
+            STORE_PATHS[3]: 200,
+            "/health": 200,
+            "/views": 200,
+        }
         try:
             cassandra.down(progress=lambda m: print(f"[outage] {m}"))
             for path in STORE_PATHS:
@@ -123,6 +137,11 @@ def test_cassandra_outage_is_503_json_and_the_api_recovers(outage_settings: Sett
             assert cli.stderr.startswith("lamina: error: the store is unavailable: Cassandra at ")
             assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
             assert "Traceback" not in cli.stdout + cli.stderr
+            for args in (("keys", VIEW), ("query", VIEW, "--top", "pageviews")):
+                cli = run_lamina({"LAMINA_CASSANDRA__KEYSPACE": settings.cassandra.keyspace}, *args)
+                assert cli.returncode == 1, (args, cli.stdout, cli.stderr)
+                assert cli.stderr.startswith("lamina: error: the store is unavailable: ")
+                assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
 
             # An API started during the outage starts, and answers the same.
             late = apis.enter_context(

@@ -150,3 +150,22 @@ def test_batch_run_incremental_and_full_flags() -> None:
     out = run("batch", "run", "--incremental", "--full")
     assert out.returncode == 2 and "not allowed with argument" in out.stderr
     assert "--incremental" in run("batch", "run", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("query", "web_pageviews", "/x", "--top", "pageviews"), "--top ranks every key"),
+        (("query", "web_pageviews", "/x", "--limit", "3"), "--limit goes with --top"),
+    ],
+)
+def test_top_and_keys_misuse_is_one_line_before_any_read(
+    args: tuple[str, ...], message: str
+) -> None:
+    """Misused flags are refused before Cassandra is asked (it is unreachable here): one
+    line, exit 1. (Bad parameters of the query itself: tests/unit/test_top.py and the API's
+    tests, the same code.)"""
+    out = run(*args, env={"LAMINA_CASSANDRA__PORT": "1"})
+    assert out.returncode == 1, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
