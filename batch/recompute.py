@@ -684,22 +684,10 @@ def build_view(
     own_reads = reads is None
     shared = SourceReads(spark, settings, [view]) if reads is None else reads
     try:
-        if plan.base is not None:
-            return build_incremental(
-                spark,
-                settings,
-                store,
-                view,
-                cut,
-                plan,
-                progress=progress,
-                lease=lease,
-                started=t0,
-                reads=shared,
-            )
-        if on:
+        if plan.base is None and on:
             progress(f"{view.name}: full build: {plan.why}")
-        return _build_full(
+        build = _build_full if plan.base is None else build_incremental
+        return build(
             spark,
             settings,
             store,
