@@ -192,3 +192,17 @@ def port_owner(port: int) -> str | None:
                 line = cmdline(int(proc.name)) or "?"
                 return f"pid {proc.name} ({line[:80]})"
     return None
+
+
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_ports(path: Path = EPHEMERAL_PORTS) -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux's default when it
+    cannot be read): a server port in it can be taken by a client connection while the
+    server restarts."""
+    try:
+        low, high = (int(x) for x in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high

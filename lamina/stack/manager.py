@@ -95,8 +95,15 @@ class Stack:
 
     # -- up -----------------------------------------------------------------------------
 
-    def _check_ports(self, svc: Service) -> None:
+    def _check_ports(self, svc: Service, progress: Callable[[str], None] = log.info) -> None:
+        low, high = process.ephemeral_ports()
         for label, port in svc.ports.items():
+            if low <= port <= high:
+                progress(
+                    f"{svc.name}: warning: its {label} port {port} lies in the kernel's range "
+                    f"for outgoing connections ({low}-{high}): a restart can find it taken by "
+                    f"one; pick a port below {low}"
+                )
             if process.port_open(svc.host, port):
                 owner = process.port_owner(port) or "another process"
                 raise PortInUseError(
@@ -119,7 +126,7 @@ class Stack:
                 progress(f"{svc.name}: already running (pid {st.pid})")
                 pending.append(svc)
                 continue
-            self._check_ports(svc)
+            self._check_ports(svc, progress)
             pending.append(svc)
         to_start = [s for s in pending if process.running_pid(s.pid_file, s.marker) is None]
         if to_start:

@@ -99,3 +99,29 @@ def test_a_log_tail_reads_only_the_end_of_a_large_log(tmp_path: Path) -> None:
         f.write("INFO Migrating rows from legacy compaction_history\n\n")
     assert _tail(log, 2) == "INFO line 199999 | INFO Migrating rows from legacy compaction_history"
     assert _tail(tmp_path / "missing.log") == ""
+
+
+def test_a_port_in_the_ephemeral_range_is_warned_about(tmp_path: Path) -> None:
+    """A private stack on ports the kernel hands to outgoing connections lost a port while
+    Cassandra restarted ("Address already in use"): ``stack up`` says so before it starts."""
+    from lamina.process import ephemeral_ports
+    from lamina.stack.manager import Stack
+
+    (tmp_path / "range").write_text("32768\t60999\n")
+    assert ephemeral_ports(tmp_path / "range") == (32768, 60999)
+    assert ephemeral_ports(tmp_path / "missing") == (32768, 60999)
+    low, _ = ephemeral_ports()
+    s = load_settings(ROOT / "conf" / "lamina.toml")
+    s = s.model_copy(update={"stack": s.stack.model_copy(update={"state_dir": tmp_path})})
+    said: list[str] = []
+    ports = {"port": low + 7, "controller_port": low - 8}
+    inside = s.model_copy(update={"kafka": s.kafka.model_copy(update=ports)})
+    stack = Stack(inside, ["kafka"])
+    stack._check_ports(stack.service("kafka"), said.append)
+    assert len(said) == 1 and f"client port {low + 7} lies in the kernel's range" in said[0]
+    said.clear()
+    ports = {"port": low - 7, "controller_port": low - 8}
+    below = s.model_copy(update={"kafka": s.kafka.model_copy(update=ports)})
+    stack = Stack(below, ["kafka"])
+    stack._check_ports(stack.service("kafka"), said.append)
+    assert said == []
