@@ -12,6 +12,7 @@ from pathlib import Path
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from lamina import console
 from lamina.errors import LaminaError
 from lamina.jars import spark_connector_jars
 from lamina.settings import Settings
@@ -20,18 +21,6 @@ log = logging.getLogger(__name__)
 
 POOLS = Path(__file__).with_name("pools.xml")
 """The FAIR scheduler's pools (``views`` before ``archive``; see the file)."""
-
-JVM_LOG: Path | None = None
-"""Where the Spark JVM's own output goes (set by :func:`send_jvm_output_to`): its stdout and
-stderr, hence log4j's console and the JVM's warnings. ``None``: the terminal, inherited."""
-
-
-def send_jvm_output_to(path: Path | None) -> None:
-    """Send the output of the JVM this process starts to ``path`` (appended) instead of the
-    terminal: the CLI keeps its console to Lamina's own lines unless ``--verbose``. Takes
-    effect for the first session only (one JVM per process)."""
-    global JVM_LOG
-    JVM_LOG = path
 
 
 @contextmanager
@@ -106,17 +95,18 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     builder = builder.config("spark.jars", ",".join(str(j) for j in connector))
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
-    if JVM_LOG is None or SparkContext._gateway is not None:
+    jvm_log = console.JVM_LOG
+    if jvm_log is None or SparkContext._gateway is not None:
         session = builder.getOrCreate()
     else:
-        log.info("starting Spark (%s); its own log: %s", sp.master, JVM_LOG)
+        log.info("starting Spark (%s); its own log: %s", sp.master, jvm_log)
         try:
-            with _output_to(JVM_LOG):
+            with _output_to(jvm_log):
                 session = builder.getOrCreate()
         except Exception as exc:
             raise LaminaError(
                 f"Spark did not start ({type(exc).__name__}: {str(exc)[:300]}); the end of "
-                f"its log {JVM_LOG}: {_tail(JVM_LOG)}",
+                f"its log {jvm_log}: {_tail(jvm_log)}",
                 hint="run the command again with --verbose to see Spark's output",
             ) from None
     session.sparkContext.setLogLevel("WARN")

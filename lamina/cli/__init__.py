@@ -13,10 +13,11 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from lamina import __version__
+from lamina import __version__, console
 from lamina.cli import batch, demo, query, serve, stack, stream
 from lamina.cli.common import outage_error
 from lamina.errors import LaminaError
@@ -58,13 +59,30 @@ OWN_MODULES = r"(lamina|batch|speed|serving|engine|dags)(\.|$)"
 """Lamina's own packages: their warnings always show."""
 
 
-def quiet_dependencies() -> None:
-    """Hide the Python warnings of dependencies (a newcomer's console shows Lamina's own
-    lines; ``--verbose`` shows them), also in the processes this one starts (Spark's Python
-    workers), through ``PYTHONWARNINGS``."""
-    warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=OWN_MODULES)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+@contextmanager
+def quiet_output(settings_dir: Path | None) -> Iterator[None]:
+    """For the block: dependencies' Python warnings hidden (a newcomer's console shows
+    Lamina's own lines; ``--verbose`` shows them), also in the processes started meanwhile
+    (Spark's Python workers) through ``PYTHONWARNINGS``, and the output of a JVM started
+    meanwhile sent to ``<settings_dir>/logs/spark.log``. Everything is restored after (the
+    CLI may run inside another program, a test)."""
+    from lamina.console import send_jvm_output_to
+
+    before_env, before_log = os.environ.get("PYTHONWARNINGS"), console.JVM_LOG
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=OWN_MODULES)
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        if settings_dir is not None:
+            send_jvm_output_to(settings_dir / "logs" / "spark.log")
+        try:
+            yield
+        finally:
+            send_jvm_output_to(before_log)
+            if before_env is None:
+                os.environ.pop("PYTHONWARNINGS", None)
+            else:
+                os.environ["PYTHONWARNINGS"] = before_env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,16 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("py4j", logging.WARNING),
     ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else quiet)
-    if not args.verbose:
-        quiet_dependencies()
     settings = None
     try:
         settings = load_settings(args.config)
-        if not args.verbose:
-            from engine.session import send_jvm_output_to
-
-            send_jvm_output_to(settings.stack.state_dir / "logs" / "spark.log")
-        return int(args.func(settings, args))
+        if args.verbose:
+            return int(args.func(settings, args))
+        with quiet_output(settings.stack.state_dir):
+            return int(args.func(settings, args))
     except LaminaError as exc:
         print(f"lamina: error: {exc}", file=sys.stderr)
         return 1

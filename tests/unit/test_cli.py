@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,33 @@ def test_top_and_keys_misuse_is_one_line_before_any_read(
     assert out.returncode == 1, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_quiet_output_is_undone_when_a_command_returns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI hides dependencies' warnings and sends Spark's output to a file while its
+    command runs; a program calling it (a test) gets its own settings back."""
+    import warnings
+
+    from lamina import console
+
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    filters = list(warnings.filters)
+    seen: dict[str, object] = {}
+
+    def probe(settings: object, args: object) -> int:
+        seen["log"] = console.JVM_LOG
+        seen["env"] = os.environ.get("PYTHONWARNINGS")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn_explicit("dep", FutureWarning, "x.py", 1, module="somedep")
+            warnings.warn_explicit("own", FutureWarning, "y.py", 1, module="lamina.views")
+        seen["warned"] = [str(w.message) for w in caught]
+        return 0
+
+    monkeypatch.setattr("lamina.cli.stack.cmd_stack_status", probe)
+    assert main(["-c", str(ROOT / "conf" / "lamina.toml"), "stack", "status"]) == 0
+    assert str(seen["log"]).endswith("/logs/spark.log") and seen["env"] == "ignore"
+    assert seen["warned"] == ["own"]
+    assert console.JVM_LOG is None and "PYTHONWARNINGS" not in os.environ
+    assert warnings.filters == filters
