@@ -229,21 +229,13 @@ def missing_table(view: View, version: int | None, exc: Exception) -> Exception:
     )
 
 
-class QueryService:
-    """Answers merged queries for the views of ``catalog`` from ``store``."""
+class QueryChecks:
+    """Every parameter check of a query, top-N or key listing, without I/O (no store): the
+    CLI checks before it connects, so a bad parameter is named even with Cassandra down."""
 
-    def __init__(self, store: Store, catalog: ViewCatalog, settings: Settings) -> None:
-        self.store = store
+    def __init__(self, catalog: ViewCatalog, settings: Settings) -> None:
         self.catalog = catalog
         self.settings = settings
-        self._job_views_cache: dict[str, tuple[float, list[str] | None]] = {}
-        self._snapshots: dict[str, Snapshot] = {}
-        self._reading: dict[str, tuple[asyncio.AbstractEventLoop, float, asyncio.Task[Snapshot]]]
-        self._reading = {}
-        self.snapshot_reads = 0
-        """How many times :meth:`snapshot` read the catalog (the others reused one)."""
-
-    # -- top-N and key listings: the key indexes, merged like a point query -------------
 
     def plan_index(
         self,
@@ -293,6 +285,98 @@ class QueryService:
             )
         rng = self.resolve_range(view, start, end, None)
         return IndexPlan(view, rng, limit, by, prefix or "", q)
+
+    def resolve_range(
+        self, view: View, start: Any, end: Any, granularity: str | None
+    ) -> QueryRange:
+        gran = view.bucket
+        if granularity:
+            try:
+                gran = Bucket.parse(granularity)
+            except ConfigError as e:
+                raise QueryError(f"granularity: {e.message}", hint=e.hint) from None
+            if not view.bucket.divides(gran):
+                raise QueryError(
+                    f"granularity {gran.label} is not a whole number of view {view.name!r}'s "
+                    f"{view.bucket.label} buckets",
+                    hint=f"use {view.bucket.label} or a multiple of it",
+                )
+        t_end = parse_time(end, "to")
+        t_start = parse_time(start, "from")
+        if t_end is None:
+            t_end = time.time() if t_start is None else t_start + 24 * gran.seconds
+        if t_start is None:
+            t_start = t_end - 24 * gran.seconds
+        if t_end <= t_start:
+            raise QueryError(
+                f"empty time range: from ({_iso(t_start)}) must be before to ({_iso(t_end)})",
+                hint="swap from and to, or widen the range",
+            )
+        # Whole granularity buckets: the range is widened to bucket boundaries.
+        b_start = gran.bucket_of(t_start)
+        b_end = gran.bucket_of(t_end - 1e-3) + gran.seconds
+        n = (b_end - b_start) // view.bucket.seconds
+        if n > self.settings.serving.max_buckets:
+            raise QueryError(
+                f"the range spans {n} {view.bucket.label} buckets, more than the limit of "
+                f"{self.settings.serving.max_buckets} (serving.max_buckets)",
+                hint="narrow from/to or raise serving.max_buckets",
+            )
+        return QueryRange(b_start, b_end, gran)
+
+    def plan(
+        self,
+        name: str,
+        keys: list[str],
+        start: Any = None,
+        end: Any = None,
+        granularity: str | None = None,
+        q: float = 0.5,
+    ) -> QueryPlan:
+        """Check every parameter of a query, without I/O: the view, the keys (typed, each
+        distinct key once, the first spelling naming it), the range and the limits. Raises
+        :class:`QueryError` (400) or :class:`NotFoundError` (404)."""
+        view = self.catalog.view(name)
+        limits = self.settings.serving
+        if not keys:
+            raise QueryError("no key given", hint=f"pass one or more values of {view.keys}")
+        if len(keys) > limits.max_keys:
+            raise QueryError(
+                f"{len(keys)} keys, more than the limit of {limits.max_keys} (serving.max_keys)",
+                hint="ask for fewer keys per request or raise serving.max_keys",
+            )
+        if not 0.0 <= q <= 1.0:
+            raise QueryError(f"q={q} is out of range", hint="use 0 <= q <= 1, e.g. 0.95")
+        # Each distinct key once (the first spelling names it): "true" and "True" are one key.
+        distinct: dict[tuple[Any, ...], str] = {}
+        for raw in keys:
+            distinct.setdefault(parse_key(view, raw), raw)
+        rng = self.resolve_range(view, start, end, granularity)
+        n_buckets = int((rng.end - rng.start) // view.bucket.seconds)
+        cells = len(distinct) * n_buckets
+        if cells > limits.max_cells:
+            raise QueryError(
+                f"{len(distinct)} key(s) x {n_buckets} {view.bucket.label} buckets = {cells} "
+                f"cells, more than the limit of {limits.max_cells} (serving.max_cells)",
+                hint="ask for fewer keys or a narrower from/to, or raise serving.max_cells",
+            )
+        return QueryPlan(view, list(distinct.items()), rng, q)
+
+
+class QueryService(QueryChecks):
+    """Answers merged queries for the views of ``catalog`` from ``store``."""
+
+    def __init__(self, store: Store, catalog: ViewCatalog, settings: Settings) -> None:
+        super().__init__(catalog, settings)
+        self.store = store
+        self._job_views_cache: dict[str, tuple[float, list[str] | None]] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+        self._reading: dict[str, tuple[asyncio.AbstractEventLoop, float, asyncio.Task[Snapshot]]]
+        self._reading = {}
+        self.snapshot_reads = 0
+        """How many times :meth:`snapshot` read the catalog (the others reused one)."""
+
+    # -- top-N and key listings: the key indexes, merged like a point query -------------
 
     async def _read_index(
         self, plan: IndexPlan, columns: list[str]
@@ -485,44 +569,6 @@ class QueryService:
             "not_ready": not_ready,
         }
 
-    def resolve_range(
-        self, view: View, start: Any, end: Any, granularity: str | None
-    ) -> QueryRange:
-        gran = view.bucket
-        if granularity:
-            try:
-                gran = Bucket.parse(granularity)
-            except ConfigError as e:
-                raise QueryError(f"granularity: {e.message}", hint=e.hint) from None
-            if not view.bucket.divides(gran):
-                raise QueryError(
-                    f"granularity {gran.label} is not a whole number of view {view.name!r}'s "
-                    f"{view.bucket.label} buckets",
-                    hint=f"use {view.bucket.label} or a multiple of it",
-                )
-        t_end = parse_time(end, "to")
-        t_start = parse_time(start, "from")
-        if t_end is None:
-            t_end = time.time() if t_start is None else t_start + 24 * gran.seconds
-        if t_start is None:
-            t_start = t_end - 24 * gran.seconds
-        if t_end <= t_start:
-            raise QueryError(
-                f"empty time range: from ({_iso(t_start)}) must be before to ({_iso(t_end)})",
-                hint="swap from and to, or widen the range",
-            )
-        # Whole granularity buckets: the range is widened to bucket boundaries.
-        b_start = gran.bucket_of(t_start)
-        b_end = gran.bucket_of(t_end - 1e-3) + gran.seconds
-        n = (b_end - b_start) // view.bucket.seconds
-        if n > self.settings.serving.max_buckets:
-            raise QueryError(
-                f"the range spans {n} {view.bucket.label} buckets, more than the limit of "
-                f"{self.settings.serving.max_buckets} (serving.max_buckets)",
-                hint="narrow from/to or raise serving.max_buckets",
-            )
-        return QueryRange(b_start, b_end, gran)
-
     def _job_views(self, view: View) -> list[str] | None:
         """The views the source job of ``view``'s source last recorded keeping (its progress
         file in the master dataset; ``None`` when not recorded or not readable from here),
@@ -541,44 +587,6 @@ class QueryService:
         return views
 
     # -- the query: one code path for the CLI (query) and the API (query_async) ----------
-
-    def plan(
-        self,
-        name: str,
-        keys: list[str],
-        start: Any = None,
-        end: Any = None,
-        granularity: str | None = None,
-        q: float = 0.5,
-    ) -> QueryPlan:
-        """Check every parameter of a query, without I/O: the view, the keys (typed, each
-        distinct key once, the first spelling naming it), the range and the limits. Raises
-        :class:`QueryError` (400) or :class:`NotFoundError` (404)."""
-        view = self.catalog.view(name)
-        limits = self.settings.serving
-        if not keys:
-            raise QueryError("no key given", hint=f"pass one or more values of {view.keys}")
-        if len(keys) > limits.max_keys:
-            raise QueryError(
-                f"{len(keys)} keys, more than the limit of {limits.max_keys} (serving.max_keys)",
-                hint="ask for fewer keys per request or raise serving.max_keys",
-            )
-        if not 0.0 <= q <= 1.0:
-            raise QueryError(f"q={q} is out of range", hint="use 0 <= q <= 1, e.g. 0.95")
-        # Each distinct key once (the first spelling names it): "true" and "True" are one key.
-        distinct: dict[tuple[Any, ...], str] = {}
-        for raw in keys:
-            distinct.setdefault(parse_key(view, raw), raw)
-        rng = self.resolve_range(view, start, end, granularity)
-        n_buckets = int((rng.end - rng.start) // view.bucket.seconds)
-        cells = len(distinct) * n_buckets
-        if cells > limits.max_cells:
-            raise QueryError(
-                f"{len(distinct)} key(s) x {n_buckets} {view.bucket.label} buckets = {cells} "
-                f"cells, more than the limit of {limits.max_cells} (serving.max_cells)",
-                hint="ask for fewer keys or a narrower from/to, or raise serving.max_cells",
-            )
-        return QueryPlan(view, list(distinct.items()), rng, q)
 
     async def snapshot(self, view: View, *, fresh: bool = False) -> Snapshot:
         """The catalog row and real-time record of ``view`` that a query merges against: read

@@ -29,12 +29,16 @@ def cmd_views(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(settings: Settings, fn: Any, *args: Any) -> dict[str, Any]:
+def _ask(settings: Settings, check: Any, fn: Any, *args: Any) -> dict[str, Any]:
     """``fn(service, *args)`` (a :class:`~serving.query.QueryService` coroutine) over the API's
-    own connection code: the same answers and the same errors as the HTTP API."""
+    own connection code: the same answers and the same errors as the HTTP API; ``check`` (of
+    a :class:`~serving.query.QueryChecks`) first, before connecting."""
     from serving.connection import StoreConnection
+    from serving.query import QueryChecks
 
     catalog = load_catalog(settings)
+    # Every parameter is checked before connecting: a bad one is named with Cassandra down.
+    check(QueryChecks(catalog, settings))
     # The connection narrates outages for a long-running API; here the one error line says it.
     logging.getLogger("serving.connection").setLevel(logging.ERROR)
     conn = StoreConnection(settings, catalog)
@@ -57,6 +61,9 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
         return _print_top(
             _ask(
                 settings,
+                lambda c: c.plan_index(
+                    args.view, args.start, args.end, args.limit, by=args.top, q=args.q, top=True
+                ),
                 QueryService.top_async,
                 args.view,
                 args.top,
@@ -72,6 +79,7 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     catalog = load_catalog(settings)
     answer = _ask(
         settings,
+        lambda c: c.plan(args.view, args.key, args.start, args.end, args.granularity, args.q),
         QueryService.query_async,
         args.view,
         args.key,
@@ -133,7 +141,16 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     from serving.query import QueryService
 
     answer = _ask(
-        settings, QueryService.keys_async, args.view, args.start, args.end, args.prefix, args.limit
+        settings,
+        lambda c: c.plan_index(
+            args.view, args.start, args.end, args.limit, prefix=args.prefix, top=False
+        ),
+        QueryService.keys_async,
+        args.view,
+        args.start,
+        args.end,
+        args.prefix,
+        args.limit,
     )
     if args.format == "json":
         print(json.dumps(answer, indent=2))

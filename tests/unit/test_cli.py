@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,26 @@ def test_quiet_output_is_undone_when_a_command_returns(
     assert seen["warned"] == ["own"]
     assert console.JVM_LOG is None and "PYTHONWARNINGS" not in os.environ
     assert warnings.filters == filters
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["query", "web_pageviews", "/a", "--from", "nan"], "nan"),
+        (["query", "web_pageviews", "--top", "nope"], "no aggregation 'nope'"),
+        (["query", "web_pageviews", "--top", "pageviews", "--limit", "0"], "limit=0"),
+        (["keys", "web_pageviews", "--limit", "0"], "limit=0"),
+        (["query", "nope", "/a"], "unknown view 'nope'"),
+    ],
+)
+def test_a_bad_query_parameter_is_named_before_connecting(args: list[str], named: str) -> None:
+    """Parameters are checked before the CLI connects: with Cassandra unreachable (a closed
+    port here) a bad one is still the error, not the outage."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    out = run(*args, env={"LAMINA_CASSANDRA__PORT": str(port)})
+    assert out.returncode == 1, out.stderr
+    assert named in out.stderr and "Cassandra" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
