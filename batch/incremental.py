@@ -89,13 +89,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch.reconcile import judge, self_check
@@ -335,11 +335,18 @@ def prune_states(settings: Settings, store: Store, view: View) -> list[int]:
 
 
 def write_version(
-    agg: DataFrame, writer: Callable[[Iterable[Row]], Any], state: Path | None
+    agg: DataFrame, settings: Settings, view: View, version: int, state: Path | None
 ) -> int:
-    """Write the version's rows ``agg`` with ``writer`` (from the Spark tasks); with
-    ``state``, also keep them as Parquet in ``state/rows`` (the rows are computed once:
-    persisted for the two writes). Returns the rows written."""
+    """Write the rows ``agg`` of ``view``'s ``version`` from the Spark tasks, into its table
+    and its key index; with ``state``, also keep them as Parquet in ``state/rows`` (the rows
+    are computed once: persisted for the two writes). Returns the rows written."""
+    writer = partition_writer(
+        settings.cassandra,
+        view,
+        batch_table(view, version),
+        settings.pipeline.write_concurrency,
+        index_table=batch_index_table(view, version),
+    )
     if state is None:
         return int(agg.rdd.mapPartitions(writer).sum())
     drop_state(state)
@@ -459,15 +466,8 @@ def build_incremental(
         tasks = write_tasks(base.events + n_new, parallelism)
         prev = spark.read.parquet(str(state_dir(settings, view, base.version) / ROWS))
         merged = merge_input(prev, events, view, tasks)
-        writer = partition_writer(
-            settings.cassandra,
-            view,
-            batch_table(view, version),
-            settings.pipeline.write_concurrency,
-            index_table=batch_index_table(view, version),
-        )
         t1 = time.monotonic()
-        rows = write_version(merged, writer, state)
+        rows = write_version(merged, settings, view, version, state)
         timings["write_tasks"] = tasks
         timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()

@@ -69,9 +69,8 @@ from lamina.master import (
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import MAX_KEY_BYTES, Source, View, ViewCatalog
-from serving.schema import batch_index_table, batch_table
 from serving.store import BuildLease, Published, Store, Version, open_store, utc
-from serving.writer import partition_writer, state_row
+from serving.writer import state_row
 
 log = logging.getLogger(__name__)
 
@@ -755,15 +754,8 @@ def _build_full(
         )
         tasks = write_tasks(n_events, spark.sparkContext.defaultParallelism)
         agg = write_input(events, view, tasks)
-        writer = partition_writer(
-            settings.cassandra,
-            view,
-            batch_table(view, version),
-            settings.pipeline.write_concurrency,
-            index_table=batch_index_table(view, version),
-        )
         t1 = time.monotonic()
-        rows = write_version(agg, writer, state)
+        rows = write_version(agg, settings, view, version, state)
         timings["write_tasks"] = tasks
         timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()
