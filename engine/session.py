@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 
 from lamina import console
 from lamina.errors import LaminaError
+from lamina.files import tail
 from lamina.jars import spark_connector_jars
 from lamina.settings import Settings
 
@@ -43,15 +44,6 @@ def _output_to(path: Path) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    """The last ``lines`` non-empty lines of ``path``, joined with `` | ``."""
-    try:
-        text = path.read_bytes()[-16384:].decode(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return " | ".join([ln.strip() for ln in text if ln.strip()][-lines:])
 
 
 def spark_session(settings: Settings, app_name: str) -> SparkSession:
@@ -106,7 +98,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         except Exception as exc:
             raise LaminaError(
                 f"Spark did not start ({type(exc).__name__}: {str(exc)[:300]}); the end of "
-                f"its log {jvm_log}: {_tail(jvm_log)}",
+                f"its log {jvm_log}: {tail(jvm_log, 8)}",
                 hint="run the command again with --verbose to see Spark's output",
             ) from None
     session.sparkContext.setLogLevel("WARN")

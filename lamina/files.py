@@ -49,3 +49,17 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def tail(path: Path, lines: int = 5, width: int | None = None, max_bytes: int = 16384) -> str:
+    """The last ``lines`` non-empty lines of ``path`` (read from its last ``max_bytes``:
+    service logs grow large), each cut at ``width`` characters, joined with `` | ``; empty
+    if the file cannot be read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - max_bytes))
+            text = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    kept = [line.strip()[:width] for line in text if line.strip()]
+    return " | ".join(kept[-lines:])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lamina import process
 from lamina.errors import PortInUseError, StackError
+from lamina.files import tail
 from lamina.settings import Settings
 from lamina.stack.services import SERVICES, Service, find_java
 
@@ -42,17 +43,9 @@ STILL_STARTING_S = 30.0
 """How often a service that is not ready yet reports what its log last said."""
 
 
-def _tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> str:
-    """The last ``lines`` lines of ``path`` (read from its end: service logs grow large),
-    joined with `` | ``; empty if the file does not exist."""
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, 2) - max_bytes))
-            text = f.read().decode(errors="replace").splitlines()
-    except FileNotFoundError:
-        return ""
-    kept = [line.strip()[:300] for line in text if line.strip()]
-    return " | ".join(kept[-lines:])
+def _tail(path: Path, lines: int = 5) -> str:
+    """The last ``lines`` lines of a service's log for a one-line error, each cut at 300."""
+    return tail(path, lines, width=300)
 
 
 class Stack:
