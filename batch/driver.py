@@ -1,9 +1,11 @@
-"""spark-submit entry point of a batch build: ``spark-submit batch/driver.py VIEW --cutoff E``.
+"""spark-submit entry point of a batch build: ``spark-submit batch/driver.py VIEW [VIEW ...]
+--cutoff E``.
 
 The Airflow ``spark_submit`` runner (``SparkSubmitOperator``) runs this file; it builds one
-new, unpublished version of ``VIEW`` at ``cutoff`` with :func:`batch.steps.build` and
-prints ``{"view", "cutoff", "version"}`` as one JSON line. The DAG's next task finds the
-version in the store (:func:`batch.steps.built_version`). ``--full``: a full recompute
+new, unpublished version of each ``VIEW`` at ``cutoff`` with :func:`batch.steps.build_views`
+(views of one source share one read of it) and prints ``{"view", "cutoff", "version"}`` as
+one JSON line per view. The DAG's next tasks find the versions in the store
+(:func:`batch.steps.built_version`). ``--full``: a full recompute
 even where ``[batch] incremental`` allows an incremental build (a from-scratch run).
 
 Settings come from ``$LAMINA_CONFIG`` and ``LAMINA_*`` variables like every step, except the
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batch/driver.py", description=__doc__.splitlines()[0])
-    parser.add_argument("view", help="view name from the views file")
+    parser.add_argument("views", nargs="+", metavar="VIEW", help="view name(s) from the views file")
     parser.add_argument("--cutoff", type=int, required=True, help="ingest-epoch cutoff (s)")
     parser.add_argument(
         "--full",
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pyspark.sql import SparkSession
 
-    from batch.steps import build
+    from batch.steps import build_views
     from lamina.errors import LaminaError
 
     # The first session takes spark-submit's configuration; the build's own session
@@ -43,11 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if master:
         os.environ["LAMINA_SPARK__MASTER"] = master
     try:
-        version = build(args.view, args.cutoff, full=args.full)
+        built = build_views(dict.fromkeys(args.views, args.cutoff), full=args.full)
     except LaminaError as exc:
         print(f"lamina: error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"view": args.view, "cutoff": args.cutoff, "version": version}))
+    for view, version in built.items():
+        print(json.dumps({"view": view, "cutoff": args.cutoff, "version": version}))
     return 0
 
 

@@ -5,13 +5,13 @@ Cassandra connection, so an Airflow task (or any scheduler) only passes the view
 small values (cutoff, version) between steps. No aggregation logic lives in the DAGs.
 
 Also here, for every orchestrator: which views a recompute covers (:func:`select_views`,
-:func:`recompute_cutoff`). How stale a view is lives in :mod:`batch.freshness`.
+:func:`recompute_plan`). How stale a view is lives in :mod:`batch.freshness`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,36 +62,75 @@ def select_views(names: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def recompute_cutoff(view_name: str, from_scratch: bool) -> int | None:
-    """The cutoff a recompute of ``view_name`` should build at, or ``None`` to skip it.
+def recompute_plan(view_names: Sequence[str], from_scratch: bool) -> dict[str, int]:
+    """The views of ``view_names`` a recompute should build, each with its cutoff: its
+    source's complete cutoff, read once per source, so the views of a source are built at
+    the same cutoff and share one read of it (:func:`build_views`).
 
-    ``from_scratch=False``: only when the archiver completed epochs past the published cutoff
-    (:func:`pending_cutoff`). ``from_scratch=True``: always rebuild from the whole master
-    dataset at its current complete cutoff, even if nothing new arrived (after a change of
-    the view's definition, or to repair a published version); ``None`` only when the master
-    dataset has no complete epoch of the view's source at all.
-    """
-    if not from_scratch:
-        return pending_cutoff(view_name)
+    ``from_scratch=False``: only the views whose source completed epochs past their
+    published cutoff (:func:`pending_cutoff`'s rule). ``from_scratch=True``: every view
+    whose source has a complete epoch, even if nothing new arrived (after a change of a
+    view's definition, or to repair a published version). Views left out are skipped."""
     settings, catalog = context()
-    return complete_cutoff(settings, catalog.view(view_name).source)
+    views = [catalog.view(n) for n in view_names]
+    cuts: dict[str, int | None] = {}
+    plan: dict[str, int] = {}
+    with open_store(settings.cassandra, catalog) as store:
+        for view in views:
+            if view.source.name not in cuts:
+                cuts[view.source.name] = complete_cutoff(settings, view.source)
+            cut = cuts[view.source.name]
+            if cut is None:
+                continue
+            pub = None if from_scratch else store.published(view)
+            if pub is None or cut > pub.cutoff:
+                plan[view.name] = cut
+    return plan
 
 
 def build(view_name: str, cutoff: int | None = None, *, full: bool = False) -> int:
     """Recompute the view into a new unpublished version; returns its number. Incremental
     where ``[batch] incremental`` allows it (:mod:`batch.incremental`), unless ``full`` (a
     from-scratch recompute)."""
-    from batch.recompute import build_view
+    return build_views({view_name: cutoff}, full=full)[view_name]
+
+
+def build_views(plan: Mapping[str, int | None], *, full: bool = False) -> dict[str, int]:
+    """Recompute each view of ``plan`` (view name -> cutoff; ``None``: its source's complete
+    cutoff, taken once per source before the first build) into a new unpublished version,
+    in one Spark session; returns view name -> version. The views of a source built at the
+    same cutoff read and deduplicate it once (:class:`batch.recompute.SourceReads`). Builds
+    run in ``plan``'s order and the first failure raises: the versions built before it stay
+    unpublished (``ready``) and are collected like any unpublished version."""
+    from batch.recompute import SourceReads, build_view, resolve_cutoff
     from engine.session import spark_session
 
     settings, catalog = context()
-    view = catalog.view(view_name)
-    spark = spark_session(settings, f"lamina-batch-{view_name}")
+    views = [catalog.view(n) for n in plan]
+    names = ", ".join(plan)
+    spark = spark_session(settings, f"lamina-batch-{names}")
     try:
-        with open_store(settings.cassandra, catalog) as store:
-            return build_view(
-                spark, settings, store, view, cutoff=cutoff, incremental=False if full else None
-            ).version
+        cuts: dict[str, int] = {}
+        for view in views:
+            if plan[view.name] is None and view.source.name not in cuts:
+                cuts[view.source.name] = resolve_cutoff(settings, view, None)
+        built: dict[str, int] = {}
+        with (
+            open_store(settings.cassandra, catalog) as store,
+            SourceReads(spark, settings, views) as reads,
+        ):
+            for view in views:
+                cut = plan[view.name]
+                built[view.name] = build_view(
+                    spark,
+                    settings,
+                    store,
+                    view,
+                    cutoff=cuts[view.source.name] if cut is None else cut,
+                    incremental=False if full else None,
+                    reads=reads,
+                ).version
+        return built
     finally:
         spark.stop()
 

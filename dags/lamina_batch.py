@@ -46,9 +46,9 @@ def make_dag(view_name: str, schedule: str, settings: Settings) -> object:
 
             with lamina_endpoints(af):
                 cut = pending_cutoff(view_name)
-            return PokeReturnValue(is_done=cut is not None, xcom_value=cut)
+            return PokeReturnValue(is_done=cut is not None, xcom_value={view_name: cut})
 
-        build_chain(view_name, wait_for_archiver(), settings)
+        build_chain([view_name], wait_for_archiver(), settings)
 
     return pipeline()
 

@@ -13,9 +13,11 @@ Trigger with params ``views`` (view names; default every view) and ``from_scratc
   purge floor recorded in the catalog again, atomically).
 
 ``select_views`` fails the run at once, naming the unknown views and the known ones. Each
-view has a task group ``<view>``: ``plan`` (skips when there is nothing to do) -> the build
-chain of :func:`dags.lamina_tasks.build_chain`. Orchestration only: every step calls
-:mod:`batch.steps`.
+source has a task group ``<source>``: ``plan`` (which of its chosen views have something to
+do, at one cutoff; skips when none) -> ``recompute`` of those views in one Spark
+application, so the views of a source read and deduplicate it once -> a task group
+``<view>`` per view: validate -> publish -> purge + GC (:func:`dags.lamina_tasks.build_chain`).
+Orchestration only: every step calls :mod:`batch.steps`.
 
     airflow dags trigger lamina_recompute -c '{"views": ["web_pageviews"], "from_scratch": true}'
 """
@@ -31,6 +33,9 @@ from dags.lamina_tasks import build_chain, default_args, lamina_endpoints
 
 _settings, _catalog = context()
 _VIEWS = list(_catalog.views)
+_SOURCES: dict[str, list[str]] = {}
+for _view in _catalog.views.values():
+    _SOURCES.setdefault(_view.source.name, []).append(_view.name)
 
 
 @dag(
@@ -64,27 +69,30 @@ def lamina_recompute() -> None:
         return select(get_current_context()["params"]["views"])
 
     selected = select_views()
-    for name in _VIEWS:
-        with TaskGroup(group_id=name):
+    for source, names in _SOURCES.items():
+        with TaskGroup(group_id=source):
 
             @task
-            def plan(selected: list[str], view_name: str = name) -> int:
-                from batch.steps import recompute_cutoff
+            def plan(selected: list[str], names: list[str] = names) -> dict[str, int]:
+                from batch.steps import recompute_plan
 
-                if view_name not in selected:
-                    raise AirflowSkipException(f"{view_name} is not among the chosen views")
+                chosen = [n for n in names if n in selected]
+                if not chosen:
+                    raise AirflowSkipException(
+                        f"no view of this source is among the chosen ({names})"
+                    )
                 from_scratch = bool(get_current_context()["params"]["from_scratch"])
                 with lamina_endpoints(_settings.airflow):
-                    cut = recompute_cutoff(view_name, from_scratch)
-                if cut is None:
+                    todo = recompute_plan(chosen, from_scratch)
+                if not todo:
                     raise AirflowSkipException(
-                        f"{view_name}: no complete epoch past the published cutoff"
+                        f"{', '.join(chosen)}: no complete epoch past the published cutoff"
                         if not from_scratch
-                        else f"{view_name}: the master dataset has no complete epoch yet"
+                        else f"{', '.join(chosen)}: the master dataset has no complete epoch yet"
                     )
-                return cut
+                return todo
 
-            build_chain(name, plan(selected), _settings)
+            build_chain(names, plan(selected), _settings, view_groups=True)
 
 
 lamina_recompute()

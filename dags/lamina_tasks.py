@@ -4,9 +4,9 @@
   ``kafka_conn_id`` (e.g. ``AIRFLOW_CONN_LAMINA_CASSANDRA='cassandra://node1:9042'``), when
   defined, override the settings' endpoints for a task, as ``LAMINA_*`` variables;
 - task defaults: retries with a delay, execution timeouts from ``[airflow]``;
-- :func:`build_chain`: a view's recompute -> validate -> publish -> purge + GC, with the
-  recompute run in the worker (``runner = "taskflow"``) or by ``SparkSubmitOperator``
-  (``runner = "spark_submit"``).
+- :func:`build_chain`: one recompute of some views -> per view validate -> publish ->
+  purge + GC, with the recompute run in the worker (``runner = "taskflow"``) or by
+  ``SparkSubmitOperator`` (``runner = "spark_submit"``).
 
 Orchestration only: every task calls :mod:`batch.steps`.
 """
@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Connection, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk import Connection, TaskGroup, get_current_context, task
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowNotFoundException,
+    AirflowSkipException,
+)
 
 import batch
 from lamina.settings import AirflowSettings, Settings, environment
@@ -115,20 +119,26 @@ def alert_on_failure(context: Any) -> None:
     alert(context["ti"], context.get("exception") or "failed")
 
 
-def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, Any]:
-    """recompute -> validate -> publish -> purge + GC of ``view_name`` at ``cutoff`` (the
-    XCom of an upstream task); returns the chain's (first, last) tasks.
+def build_chain(
+    views: Sequence[str], plan: Any, settings: Settings, *, view_groups: bool = False
+) -> Any:
+    """One recompute of ``views`` -> per view: validate -> publish -> purge + GC, at the
+    cutoffs of ``plan`` (the XCom of an upstream task: view name -> cutoff; a view it
+    leaves out is skipped from ``validate`` on); returns the chain's first task.
+    ``view_groups``: each view's tasks in a task group named after it (several views).
 
-    ``taskflow``: ``recompute`` builds in the worker and returns the version. ``spark_submit``:
-    a ``submission`` task resolves the arguments and the driver's endpoint variables, the
-    ``SparkSubmitOperator`` ``recompute`` runs :mod:`batch.driver`, and ``validate``
-    finds the version built at that cutoff during this run. ``validate`` refuses a batch that
-    fails its self-check against the master dataset (the task fails with an ``ALERT`` line)
-    and alerts, without blocking, when the speed layer diverged beyond ``max_divergence``;
-    the recompute is incremental where ``[batch] incremental`` allows it, and always full in
-    a ``from_scratch`` run; ``validate`` lets an older cutoff through only for a
-    ``from_scratch`` run (see
-    :func:`batch.steps.validate`), and so does ``publish``; a build holds the view's lease
+    The recompute builds every planned view in one Spark application, so the views of a
+    source read and deduplicate it once (:func:`batch.steps.build_views`).
+    ``taskflow``: ``recompute`` builds in the worker and returns the versions.
+    ``spark_submit``: a ``submission`` task resolves the arguments and the driver's
+    endpoint variables, the ``SparkSubmitOperator`` ``recompute`` runs
+    :mod:`batch.driver`, and ``validate`` finds the version built at that cutoff during
+    this run. ``validate`` refuses a batch that fails its self-check against the master
+    dataset (the task fails with an ``ALERT`` line) and alerts, without blocking, when the
+    speed layer diverged beyond ``max_divergence``; the recompute is incremental where
+    ``[batch] incremental`` allows it, and always full in a ``from_scratch`` run;
+    ``validate`` lets an older cutoff through only for a ``from_scratch`` run (see
+    :func:`batch.steps.validate`), and so does ``publish``; a build holds each view's lease
     (one build of a view at a time).
     """
     af = settings.airflow
@@ -139,14 +149,17 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
         from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
         @task(multiple_outputs=True)
-        def submission(cutoff: int) -> dict[str, Any]:
+        def submission(plan: dict[str, int]) -> dict[str, Any]:
             require_spark_connection(af, settings.spark.master)
             python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
             full = ["--full"] if get_current_context()["params"].get("from_scratch") else []
-            args = [view_name, "--cutoff", str(cutoff), *full]
+            cutoffs = set(plan.values())
+            if len(cutoffs) != 1:
+                raise AirflowFailException(f"one cutoff per submission, the plan has {plan}")
+            args = [*plan, "--cutoff", str(cutoffs.pop()), *full]
             return {"args": args, "env": python | endpoint_env(af)}
 
-        first = submission(cutoff)
+        first = submission(plan)
         recompute = SparkSubmitOperator(
             task_id="recompute",
             application=str(BATCH_DRIVER),
@@ -155,33 +168,48 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
             conn_id=af.spark_conn_id,
             conf=dict(settings.spark.conf),
             driver_memory=settings.spark.driver_memory,
-            name=f"lamina-batch-{view_name}",
+            name=f"lamina-batch-{'-'.join(views)}",
             execution_timeout=build_timeout,
         )
         recomputed = None
     else:
 
         @task(execution_timeout=build_timeout)
-        def recompute_in_worker(cutoff: int) -> int:
-            from batch.steps import build
+        def recompute_in_worker(plan: dict[str, int]) -> dict[str, int]:
+            from batch.steps import build_views
 
             full = bool(get_current_context()["params"].get("from_scratch"))
             with lamina_endpoints(af):
-                return build(view_name, cutoff, full=full)
+                return build_views(plan, full=full)
 
-        recompute = first = recompute_in_worker.override(task_id="recompute")(cutoff)
+        recompute = first = recompute_in_worker.override(task_id="recompute")(plan)
         recomputed = recompute
 
+    for view_name in views:
+        with TaskGroup(group_id=view_name) if view_groups else nullcontext():
+            _view_chain(view_name, plan, recompute, recomputed, af)
+    return first
+
+
+def _view_chain(
+    view_name: str, plan: Any, recompute: Any, recomputed: Any, af: AirflowSettings
+) -> None:
+    """validate -> publish -> purge + GC of one view, after the ``recompute`` task."""
+
     @task(retries=0, on_failure_callback=alert_on_failure)
-    def validate(cutoff: int, version: int | None) -> int:
+    def validate(plan: dict[str, int], versions: dict[str, int] | None) -> int:
         from batch.steps import built_version
         from batch.steps import validate as check
 
+        if view_name not in plan:
+            raise AirflowSkipException(f"{view_name}: nothing to build in this run")
         ctx = get_current_context()
         with lamina_endpoints(af):
-            if version is None:
+            if versions is None:
                 started = ctx["dag_run"].start_date
-                version = built_version(view_name, cutoff, since=started.timestamp())
+                version = built_version(view_name, plan[view_name], since=started.timestamp())
+            else:
+                version = versions[view_name]
             report = check(
                 view_name, version, allow_older_cutoff=bool(ctx["params"].get("from_scratch"))
             )
@@ -204,8 +232,7 @@ def build_chain(view_name: str, cutoff: Any, settings: Settings) -> tuple[Any, A
         with lamina_endpoints(af):
             return collect_and_purge(view_name)
 
-    validated = validate(cutoff, recomputed)
+    validated = validate(plan, recomputed)
     recompute >> validated
     last = purge_and_gc()
     publish(validated) >> last
-    return first, last

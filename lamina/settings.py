@@ -468,7 +468,7 @@ class AirflowSettings(_Section):
     """
 
     runner: Literal["taskflow", "spark_submit"] = "taskflow"
-    """``taskflow``: the recompute runs ``batch.steps.build`` inside the Airflow worker
+    """``taskflow``: the recompute runs ``batch.steps.build_views`` inside the Airflow worker
     (Spark per ``[spark] master``). ``spark_submit``: it runs ``batch/driver.py`` through
     the Spark provider's ``SparkSubmitOperator`` on the master of ``spark_conn_id``."""
     spark_conn_id: str = "lamina_spark"

@@ -15,6 +15,7 @@ import pytest
 
 from lamina.master import progress
 from lamina.settings import Settings
+from lamina.views import load_views
 from serving.cassandra import session
 from serving.query import QueryService
 from serving.schema import insert_cql, realtime_table
@@ -23,6 +24,7 @@ from tests import truth
 from tests.integration.airflow_harness import AirflowHarness, newest_run
 from tests.integration.answers import answers
 from tests.integration.conftest import archive_two_epochs
+from tests.integration.test_batch_shared_read import VISITORS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,6 +121,7 @@ def test_smoke_dag_finds_the_settings_from_any_directory(
 
 
 VIEWS = ("web_pageviews", "iot_temperature", "cloud_metering")
+SOURCE = {"web_pageviews": "pageviews", "iot_temperature": "sensors", "cloud_metering": "metering"}
 CHAIN = {"validate": ["publish"], "publish": ["purge_and_gc"], "purge_and_gc": []}
 TASKFLOW_CHAIN = {"recompute": ["validate"], **CHAIN}
 SPARK_CHAIN = {"submission": ["recompute"], "recompute": ["validate"], **CHAIN}
@@ -130,6 +133,22 @@ def chain(first: str, runner: str, prefix: str = "") -> dict[str, list[str]]:
     head = "recompute" if runner == "taskflow" else "submission"
     out = {prefix + first: sorted([prefix + head, prefix + "validate"])}
     return out | {prefix + t: [prefix + d for d in down] for t, down in steps.items()}
+
+
+def source_chain(source: str, views: list[str], runner: str) -> dict[str, list[str]]:
+    """Expected downstream ids of ``lamina_recompute``'s task group of ``source``: ``plan``
+    -> one recompute of ``views`` -> a task group per view (validate -> publish -> GC)."""
+    head = "recompute" if runner == "taskflow" else "submission"
+    validates = [f"{source}.{v}.validate" for v in views]
+    out = {f"{source}.plan": sorted([f"{source}.{head}", *validates])}
+    if runner == "spark_submit":
+        out[f"{source}.submission"] = [f"{source}.recompute"]
+    out[f"{source}.recompute"] = sorted(validates)
+    for v in views:
+        out |= {
+            f"{source}.{v}.{t}": [f"{source}.{v}.{d}" for d in down] for t, down in CHAIN.items()
+        }
+    return out
 
 
 DUMP_DAGS = """
@@ -194,9 +213,9 @@ def test_every_dag_structure(
     recompute = dags["lamina_recompute"]
     assert (recompute["schedule"], recompute["max_active_runs"]) == ("None", 1)
     assert recompute["params"] == {"views": list(VIEWS), "from_scratch": False}
-    want = {"select_views": sorted(f"{v}.plan" for v in VIEWS)}
+    want = {"select_views": sorted(f"{SOURCE[v]}.plan" for v in VIEWS)}
     for view in VIEWS:
-        want |= chain("plan", runner, prefix=f"{view}.")
+        want |= source_chain(SOURCE[view], [view], runner)
     assert down["lamina_recompute"] == want
     fresh = dags["lamina_freshness"]
     assert (fresh["schedule"], fresh["params"]) == ("*/15 * * * *", {})
@@ -400,7 +419,8 @@ def published(world: dict[str, Any]) -> dict[str, Any]:
 
 
 def group_states(states: dict[str, str], view: str) -> set[str]:
-    return {st for t, st in states.items() if t.startswith(f"{view}.")}
+    """The states of the tasks of ``view``'s source group in a ``lamina_recompute`` run."""
+    return {st for t, st in states.items() if t.startswith(f"{SOURCE[view]}.")}
 
 
 def test_recompute_dag_from_scratch_with_connection_endpoints(
@@ -458,8 +478,8 @@ def test_recompute_dag_with_spark_submit(
     before = published(private_world)
     conf = {"views": ["cloud_metering"], "from_scratch": True}
     states, _ = run_dag(harness, "lamina_recompute", env, conf)
-    assert {t: st for t, st in states.items() if t.startswith("cloud_metering.")} == dict.fromkeys(
-        chain("plan", "spark_submit", prefix="cloud_metering."), "success"
+    assert {t: st for t, st in states.items() if t.startswith("metering.")} == dict.fromkeys(
+        source_chain("metering", ["cloud_metering"], "spark_submit"), "success"
     )
     assert group_states(states, "web_pageviews") == group_states(states, "iot_temperature")
     assert group_states(states, "web_pageviews") == {"skipped"}
@@ -487,8 +507,8 @@ def test_spark_submit_without_its_connection_fails_at_once_saying_so(
     before = published(private_world)
     conf = {"views": ["cloud_metering"], "from_scratch": True}
     states, out = run_dag(harness, "lamina_recompute", env, conf, ok=False)
-    assert states["cloud_metering.submission"] == "failed"
-    assert states["cloud_metering.recompute"] == "upstream_failed"
+    assert states["metering.submission"] == "failed"
+    assert states["metering.recompute"] == "upstream_failed"
     assert "needs the Airflow connection 'lamina_spark'" in out
     assert "AIRFLOW_CONN_LAMINA_SPARK=" in out
     assert out.count("needs the Airflow connection") <= 2  # no retries (the log and the error)
@@ -553,3 +573,57 @@ def test_freshness_dag_healthy_and_stale(
         "ALERT lamina lamina_freshness.check_cloud_metering: view 'cloud_metering' version "
     )
     assert "(limit 1s): stale" in alerts[0]
+
+
+@pytest.fixture(scope="module")
+def visitors_views(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The demo's views plus ``web_visitors``, a second view of the pageviews source."""
+    path = tmp_path_factory.mktemp("views") / "views.toml"
+    path.write_text((ROOT / "conf" / "views.toml").read_text() + VISITORS)
+    return str(path)
+
+
+def test_recompute_dag_builds_the_views_of_a_source_in_one_recompute(
+    harness: AirflowHarness, airflow_env: dict[str, str], visitors_views: str
+) -> None:
+    """Two views of one source: one ``plan`` and one ``recompute`` for both, then a task
+    group per view."""
+    env = {**airflow_env, "LAMINA_PIPELINE__VIEWS_FILE": visitors_views}
+    for runner in ("taskflow", "spark_submit"):
+        dags = dump_dags(harness, {**env, "LAMINA_AIRFLOW__RUNNER": runner})
+        down = {t: x["down"] for t, x in dags["lamina_recompute"]["tasks"].items()}
+        pageviews = {t: d for t, d in down.items() if t.startswith("pageviews.")}
+        assert pageviews == source_chain("pageviews", ["web_pageviews", "web_visitors"], runner)
+
+
+def test_recompute_dag_reads_a_source_once_for_its_views(
+    harness: AirflowHarness,
+    world_env: dict[str, str],
+    private_world: dict[str, Any],
+    visitors_views: str,
+) -> None:
+    """A run over two views of one source reads and deduplicates it once (the second
+    build's timings say it took the first one's read), and both are published; the
+    merged answers of web_pageviews still equal the truth."""
+    env = {**world_env, "LAMINA_PIPELINE__VIEWS_FILE": visitors_views}
+    chosen = ["web_pageviews", "web_visitors"]
+    before = published(private_world)
+    states, _ = run_dag(harness, "lamina_recompute", env, {"views": chosen, "from_scratch": True})
+    assert {st for t, st in states.items() if t.startswith("pageviews.")} == {"success"}
+    assert group_states(states, "iot_temperature") == {"skipped"}
+    settings = private_world["settings"]
+    catalog = load_views(Path(visitors_views))
+    with session(settings.cassandra) as s:
+        store = Store(s, settings.cassandra)
+        pubs = {v: store.published(catalog.view(v)) for v in chosen}
+        built = {v: store.version(catalog.view(v), pubs[v].version) for v in chosen}
+    assert pubs["web_pageviews"].version > before["web_pageviews"].version
+    assert pubs["web_visitors"].cutoff == pubs["web_pageviews"].cutoff
+    timings = {v: built[v].timings for v in chosen}
+    assert [timings[v]["read_views"] for v in chosen] == [2, 2], timings
+    assert [timings[v]["read_shared"] for v in chosen] == [0, 1], timings
+    want = truth.truth("web_pageviews", private_world["data"]["web_pageviews"].good)
+    got = answers(settings, private_world["catalog"], "web_pageviews", sorted({k for k, _ in want}))
+    assert {
+        k: p for k in want if (p := truth.check("web_pageviews", got[k]["values"], want[k]))
+    } == {}
