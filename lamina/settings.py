@@ -395,6 +395,11 @@ class ServingSettings(_Section):
     (narrow the range), never an unbounded scan."""
     max_limit: int = Field(default=10_000, ge=1)
     """Largest ``limit`` of a top-N or key listing."""
+    index_cache_keys: int = Field(default=200_000, ge=0)
+    """Most keys (over all entries) each API process keeps in its cache of folded batch key
+    index ranges: a top-N or key listing over a range already asked of the published
+    version reads only the real-time index rows. Exact (a version never changes once
+    published); about 300 bytes a key (200,000 keys: ~60 MB); 0 turns the cache off."""
     timeout_s: float = Field(default=5.0, gt=0)
     """How long the API waits for Cassandra's answer to a read (and to connect) before it
     answers 503 (the store did not answer in time)."""

@@ -188,3 +188,22 @@ def fold_aggregation(
             if counts(r[1], cutoff):
                 rows.setdefault(tuple(r[2 : 2 + n]), []).append(m.from_row(tuple(r[2 + n :])))
     return {key: {name: m.total(states)} for key, states in rows.items()}
+
+
+def add_totals(
+    view: View,
+    name: str,
+    base: Mapping[Key, Mapping[str, Any]],
+    more: Mapping[Key, Mapping[str, Any]],
+) -> dict[Key, dict[str, Any]]:
+    """``base`` and ``more`` (two :func:`fold_aggregation` results of aggregation ``name``
+    over disjoint sets of rows) as one: a key's states added with the monoid's ``plus``.
+    This equals one fold of both sets of rows (the monoid is associative and commutative),
+    so the batch part of a range may be folded once and reused. A new dict; neither
+    argument changes (``base`` may be shared)."""
+    m = view.monoids[name]
+    out: dict[Key, dict[str, Any]] = dict(base)
+    for key, states in more.items():
+        cur = out.get(key)
+        out[key] = dict(states) if cur is None else {name: m.plus(cur[name], states[name])}
+    return out

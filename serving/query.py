@@ -12,6 +12,8 @@ import functools
 import json
 import math
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +34,7 @@ from lamina.settings import Settings
 from lamina.streams import ARCHIVER
 from lamina.views import View, ViewCatalog
 from serving.merge import (
+    add_totals,
     fold_aggregation,
     keys_with_data,
     merge,
@@ -375,32 +378,44 @@ class QueryService(QueryChecks):
         self._reading = {}
         self.snapshot_reads = 0
         """How many times :meth:`snapshot` read the catalog (the others reused one)."""
+        self.batch_folds = BatchFolds(settings.serving.index_cache_keys, store.ks)
 
     # -- top-N and key listings: the key indexes, merged like a point query -------------
 
     async def _read_index(
-        self, plan: IndexPlan, columns: list[str]
-    ) -> tuple[Snapshot, bool, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        self,
+        plan: IndexPlan,
+        columns: list[str],
+        fold_batch: Callable[[list[tuple[Any, ...]]], Any],
+    ) -> tuple[Snapshot, bool, Any, list[tuple[Any, ...]]]:
         """One snapshot, then the key index rows of ``plan``'s range that a merge under its
         cutoff takes, with value ``columns`` (:meth:`Store.read_index`); also whether the
-        real-time view was read (:func:`check_answerable`)."""
+        real-time view was read (:func:`check_answerable`).
+
+        The published version's rows come folded: ``fold_batch(rows)``, from the cache of
+        batch folds when this version and range were folded before (:class:`BatchFolds`: a
+        version's key index never changes once published, so its fold is reused exactly);
+        ``None`` when nothing is published. The real-time rows are read each time."""
         view = plan.view
         snap = await self.snapshot(view)
+        max_rows = self.settings.serving.max_index_rows
         for attempt in range(2):
             read_realtime = check_answerable(
                 view, snap.published, snap.realtime, self._job_views(view)
             )
             pub = snap.published
+            fold_key = None if pub is None else self.batch_folds.key(pub, plan)
+            cached = None if fold_key is None else self.batch_folds.get(fold_key)
             try:
                 got = await self.store.read_index(
                     view,
-                    None if pub is None else pub.version,
+                    None if pub is None or cached is not None else pub.version,
                     int(plan.range.start),
                     int(plan.range.end),
                     realtime=read_realtime,
                     cutoff=None if pub is None else pub.cutoff,
                     columns=columns,
-                    max_rows=self.settings.serving.max_index_rows,
+                    max_rows=max_rows - (0 if cached is None else cached.rows),
                 )
                 break
             except InvalidRequest:
@@ -415,12 +430,19 @@ class QueryService(QueryChecks):
                     ) from None
                 snap = await self.snapshot(view, fresh=True)
         if got is None:
-            limit = self.settings.serving.max_index_rows
             raise QueryError(
-                f"the range holds more than {limit} key index rows (serving.max_index_rows)",
+                f"the range holds more than {max_rows} key index rows (serving.max_index_rows)",
                 hint="narrow from/to or raise serving.max_index_rows",
             )
-        return snap, read_realtime, got[0], got[1]
+        batch_rows, rt_rows = got
+        if fold_key is None:
+            folded = None
+        elif cached is not None:
+            folded = cached.value
+        else:
+            folded = fold_batch(batch_rows)
+            self.batch_folds.put(fold_key, BatchFold(folded, len(batch_rows), len(folded)))
+        return snap, read_realtime, folded, rt_rows
 
     def _index_answer(self, plan: IndexPlan, snap: Snapshot) -> dict[str, Any]:
         pub = snap.published
@@ -466,10 +488,15 @@ class QueryService(QueryChecks):
             if n == plan.by
             for c, _ in view.value_columns[i:j]
         ]
-        snap, read_realtime, batch, realtime = await self._read_index(plan, columns)
+        by = plan.by
+        snap, read_realtime, batch, realtime = await self._read_index(
+            plan, columns, lambda rows: fold_aggregation(view, by, rows, [], None)
+        )
         pub = snap.published
         cutoff = pub.cutoff if pub else None
-        totals = fold_aggregation(view, plan.by, batch, realtime, cutoff)
+        totals = fold_aggregation(view, by, [], realtime, cutoff)
+        if batch is not None:
+            totals = add_totals(view, by, batch, totals)
         ranked = rank(view, totals, plan.by, plan.limit, q=plan.q)
         slices = await self.store.read_slices(
             view,
@@ -514,9 +541,12 @@ class QueryService(QueryChecks):
         bucket), whose text (:func:`key_text`) starts with ``prefix``: the first ``limit`` in
         key order, with how many matched."""
         plan = self.plan_index(name, start, end, limit, prefix=prefix, top=False)
-        snap, _, batch, realtime = await self._read_index(plan, [])
-        view, cutoff = plan.view, (snap.published.cutoff if snap.published else None)
-        found = sorted(keys_with_data(view, batch, realtime, cutoff))
+        view = plan.view
+        snap, _, batch, realtime = await self._read_index(
+            plan, [], lambda rows: frozenset(keys_with_data(view, rows, [], None))
+        )
+        cutoff = snap.published.cutoff if snap.published else None
+        found = sorted(keys_with_data(view, [], realtime, cutoff) | (batch or frozenset()))
         texts = [t for t in (key_text(view, k) for k in found) if t.startswith(plan.prefix)]
         return self._index_answer(plan, snap) | {
             "prefix": plan.prefix,
@@ -767,6 +797,73 @@ class IndexPlan:
     by: str | None
     prefix: str
     q: float
+
+
+@dataclass(frozen=True)
+class BatchFold:
+    """The published version's key index rows of one range, folded (a top-N's
+    :func:`fold_aggregation` of its aggregation, or a listing's set of keys)."""
+
+    value: Any
+    rows: int
+    """Index rows read to fold it (they count against ``serving.max_index_rows``)."""
+    keys: int
+    """Keys it holds (its size in the cache)."""
+
+
+class BatchFolds:
+    """Per process, the latest folds of batch key index ranges (least recently used out),
+    at most ``max_keys`` keys in all (0: nothing kept).
+
+    Exact because what is folded never changes: an entry is keyed by the published
+    version as the request's snapshot names it (keyspace, view, version, cutoff, rows and
+    definition hash: a version's tables are written once, before it is published, and a
+    recreated keyspace's version of the same number differs in its cutoff), by the
+    aggregation and by the range. A request takes one snapshot, so it uses the fold of
+    exactly the version it merges with: after a publish, the next snapshot names the new
+    version, whose fold is not in the cache yet. The real-time part is never cached."""
+
+    def __init__(self, max_keys: int, keyspace: str) -> None:
+        self.max_keys = max_keys
+        self.keyspace = keyspace
+        self._entries: OrderedDict[Hashable, BatchFold] = OrderedDict()
+        self._keys = 0
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, pub: Published, plan: IndexPlan) -> Hashable:
+        return (
+            self.keyspace,
+            pub.view,
+            pub.version,
+            pub.cutoff,
+            pub.rows,
+            pub.definition_hash,
+            plan.by,
+            plan.range.start,
+            plan.range.end,
+        )
+
+    def get(self, key: Hashable) -> BatchFold | None:
+        fold = self._entries.get(key)
+        if fold is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return fold
+
+    def put(self, key: Hashable, fold: BatchFold) -> None:
+        if not self.max_keys or fold.keys > self.max_keys or key in self._entries:
+            return
+        self._entries[key] = fold
+        self._keys += fold.keys
+        while self._keys > self.max_keys and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self._keys -= old.keys
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Publishing is atomic: readers hammering the HTTP API during a publish see the old version's
 answers or the new version's, never a mix and never an error. The API answers from its cached
 catalog snapshot (the fast path: one catalog read per view per
-``serving.store.SNAPSHOT_MAX_AGE_S``, not one per request), and sees the publish by itself."""
+``serving.store.SNAPSHOT_MAX_AGE_S``, not one per request), and sees the publish by itself.
+Top-N answers too, from its cache of folded batch index ranges (``BatchFolds``)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,17 @@ from tests.integration.conftest import drop_world, make_world
 
 VIEW, KEY = "web_pageviews", "/p/5"
 PARAMS = {"key": KEY, "from": str(truth.BASE - 4 * 86400), "to": str(truth.BASE + 3600)}
+TOP = {"by": "pageviews", "limit": "5", "from": PARAMS["from"], "to": PARAMS["to"]}
 
 
 def fingerprint(body: dict[str, Any]) -> str:
     return json.dumps(
         [(b["bucket_start"], b["values"]["pageviews"]) for b in body["results"][0]["buckets"]]
     )
+
+
+def top_print(body: dict[str, Any]) -> str:
+    return json.dumps([(r["key"], r["value"]) for r in body["results"]])
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +68,7 @@ def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_
             time.sleep(0.1)
         old = httpx.get(f"{base}/views/{VIEW}/query", params=PARAMS).json()
         old_version, old_print = old["provenance"]["version"], fingerprint(old)
+        old_top = top_print(httpx.get(f"{base}/views/{VIEW}/top", params=TOP).json())
 
         # New history for the key: the next version's answer must differ from the old one.
         more = truth.pageviews(400, seed=99)
@@ -73,8 +80,19 @@ def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_
         private_world["data"][VIEW].good.extend(more.good)  # its truth stays exact
 
         seen: Counter[tuple[int, str]] = Counter()
+        seen_top: Counter[tuple[int, str]] = Counter()
         errors: list[str] = []
         stop = threading.Event()
+
+        def top_reader() -> None:
+            with httpx.Client(base_url=base, timeout=30) as c:
+                while not stop.is_set():
+                    r = c.get(f"/views/{VIEW}/top", params=TOP)
+                    if r.status_code != 200:
+                        errors.append(f"{r.status_code} {r.text[:200]}")
+                        continue
+                    body = r.json()
+                    seen_top[(body["provenance"]["version"], top_print(body))] += 1
 
         def reader() -> None:
             with httpx.Client(base_url=base, timeout=30) as c:
@@ -86,7 +104,8 @@ def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_
                     body = r.json()
                     seen[(body["provenance"]["version"], fingerprint(body))] += 1
 
-        readers = [threading.Thread(target=reader) for _ in range(4)]
+        readers = [threading.Thread(target=reader) for _ in range(3)]
+        readers.append(threading.Thread(target=top_reader))
         for t in readers:
             t.start()
 
@@ -107,7 +126,9 @@ def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_
             for t in readers:
                 t.join()
         new = httpx.get(f"{base}/views/{VIEW}/query", params=PARAMS).json()
+        new_top = top_print(httpx.get(f"{base}/views/{VIEW}/top", params=TOP).json())
         reads = app.state.store.service().snapshot_reads  # before the server stops
+        folds = app.state.store.service().batch_folds
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -122,7 +143,18 @@ def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_
     assert new_version > old_version and new_print != old_print
     assert set(seen) <= {(old_version, old_print), (new_version, new_print)}
     assert seen[(old_version, old_print)] > 0 and seen[(new_version, new_print)] > 0
+    # Top-N too: only the old version's ranking or the new one's, mostly from cached folds.
+    print(f"[atomicity] {sum(seen_top.values())} top answers, {folds.hits} from cached folds")
+    assert new_top != old_top
+    assert set(seen_top) <= {(old_version, old_top), (new_version, new_top)}, seen_top
+    assert seen_top[(old_version, old_top)] > 0 and seen_top[(new_version, new_top)] > 0
+    assert folds.hits > 0 and folds.misses >= 2  # one fold per version at least
     want = truth.truth(VIEW, private_world["data"][VIEW].good)
     assert json.loads(new_print) == sorted(
         [b, v["pageviews"]] for (k, b), v in want.items() if k == KEY
     )
+    per_key: Counter[str] = Counter()
+    for (k, _), v in want.items():
+        per_key[k] += v["pageviews"]
+    ranked = sorted(sorted(per_key.items()), key=lambda kv: kv[1], reverse=True)
+    assert json.loads(new_top) == [list(kv) for kv in ranked[:5]]

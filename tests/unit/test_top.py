@@ -14,8 +14,18 @@ from hypothesis import strategies as st
 from lamina.errors import QueryError
 from lamina.settings import Settings
 from lamina.views import load_views
-from serving.merge import encode, fold_aggregation, keys_with_data, merge, plus, rank, zero
-from serving.query import QueryService, key_text, parse_key
+from serving.merge import (
+    add_totals,
+    encode,
+    fold_aggregation,
+    keys_with_data,
+    merge,
+    plus,
+    rank,
+    zero,
+)
+from serving.query import BatchFold, BatchFolds, QueryChecks, key_text, parse_key
+from serving.store import Published
 from tests.unit.test_query_keys import CATALOG as KEYED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +92,20 @@ def test_the_index_fold_takes_what_a_point_merge_takes(
             cutoff,
         )
         assert alone == {k: {name: v[name]} for k, v in got.items()}
+        # The batch part folded alone (what the API caches per version and range), the
+        # real-time part added on top: the same states, the cached fold left unchanged.
+        batch_part = fold_aggregation(
+            VIEW, name, [(*r[: 1 + n], *r[1 + n + i : 1 + n + j]) for r in batch], [], None
+        )
+        kept = {k: dict(v) for k, v in batch_part.items()}
+        rt_part = fold_aggregation(
+            VIEW, name, [], [(*r[: 2 + n], *r[2 + n + i : 2 + n + j]) for r in realtime], cutoff
+        )
+        assert add_totals(VIEW, name, batch_part, rt_part) == alone
+        assert batch_part == kept
+        assert keys_with_data(VIEW, batch, [], None) | keys_with_data(
+            VIEW, [], realtime, cutoff
+        ) == set(got)
 
 
 def test_rank_largest_first_ties_in_key_order_empty_last() -> None:
@@ -137,7 +161,7 @@ def test_a_double_key_text_reads_back_exactly(x: float, n: int) -> None:
     assert parse_key(view, key_text(view, (x, n))) == (x, n)
 
 
-SERVICE = QueryService(None, CATALOG, Settings())  # type: ignore[arg-type]  # plan: no I/O
+SERVICE = QueryChecks(CATALOG, Settings())  # the checks alone: no I/O
 RANGE = ("1795000000", "1795086400")
 
 
@@ -173,3 +197,40 @@ def test_defaults() -> None:
     keys = SERVICE.plan_index("cloud_metering", *RANGE, None, top=False)
     assert (top.limit, keys.limit, keys.prefix) == (10, 100, "")
     assert (top.range.start, top.range.end) == (1794999600, 1795089600)  # whole buckets
+
+
+def test_batch_folds_are_keyed_by_the_whole_published_version_and_bounded_by_keys() -> None:
+    folds = BatchFolds(max_keys=10, keyspace="ks")
+    plan = SERVICE.plan_index("cloud_metering", *RANGE, None, by="records", top=True)
+    v1 = Published("cloud_metering", 1, cutoff=600, rows=5, published_at=0.0, definition_hash="h")
+    k1 = folds.key(v1, plan)
+    assert folds.get(k1) is None and folds.misses == 1
+    folds.put(k1, BatchFold({("a",): {"records": 1}}, rows=1, keys=1))
+    assert folds.get(k1) is not None and folds.hits == 1
+    # Anything that names another version's rows is another entry: its number, its cutoff
+    # (a recreated keyspace's version 1), its definition, the keyspace; and another range or
+    # aggregation.
+    other_plan = SERVICE.plan_index(
+        "cloud_metering", RANGE[0], "1795090000", None, by="records", top=True
+    )
+    keys_plan = SERVICE.plan_index("cloud_metering", *RANGE, None, top=False)
+    for other in (
+        folds.key(Published("cloud_metering", 2, 600, 5, 0.0, "h"), plan),
+        folds.key(Published("cloud_metering", 1, 1200, 5, 0.0, "h"), plan),
+        folds.key(Published("cloud_metering", 1, 600, 5, 0.0, "h2"), plan),
+        BatchFolds(10, "other").key(v1, plan),
+        folds.key(v1, other_plan),
+        folds.key(v1, keys_plan),
+    ):
+        assert other != k1 and folds.get(other) is None
+    # At most max_keys keys in all, least recently used out; a fold larger than that is
+    # not kept; 0 keeps nothing.
+    folds.put("b", BatchFold(None, rows=0, keys=6))
+    folds.get(k1)
+    folds.put("c", BatchFold(None, rows=0, keys=4))  # 1 + 6 + 4 > 10: "b" goes
+    assert folds.get("b") is None and folds.get(k1) is not None and folds.get("c") is not None
+    folds.put("d", BatchFold(None, rows=0, keys=11))
+    assert folds.get("d") is None and len(folds) == 2
+    off = BatchFolds(max_keys=0, keyspace="ks")
+    off.put(k1, BatchFold({}, rows=0, keys=0))
+    assert off.get(k1) is None
