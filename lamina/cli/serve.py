@@ -59,14 +59,19 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.config is not None:
         os.environ[CONFIG_ENV] = str(args.config.resolve())
     os.environ[HOST_ENV] = host
-    say(f"serving on http://{host}:{port} with {workers} worker processes (OpenAPI at /docs)")
+    say(
+        f"serving on http://{host}:{port} with {workers} worker processes: console at /, "
+        "OpenAPI docs at /docs"
+    )
     uvicorn.run("lamina.cli.serve:app", factory=True, host=host, port=port, workers=workers, **fast)
     return 0
 
 
 def register(sub: Any) -> None:
     """Add this group's commands to the ``lamina`` parser's subcommands."""
-    serve = sub.add_parser("serve", help="run the HTTP query API (OpenAPI at /docs)")
+    serve = sub.add_parser(
+        "serve", help="run the HTTP query API and its console (console at /, OpenAPI at /docs)"
+    )
     serve.add_argument("--host", help="default: serving.host")
     serve.add_argument("--port", type=int, help="default: serving.port")
     serve.add_argument(
