@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help prereqs setup demo test test-unit lint format typecheck stack-up stack-down \
-        stack-status bench constraints clean mutate
+        stack-status bench constraints clean mutate browser
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,8 +31,16 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: setup ## start the local stack and run the demo pipeline (add ARGS=--stop to stop it after)
 	$(BIN)/lamina demo $(ARGS)
 
-test: setup lint ## lint, then run every test tier against the real local stack
+test: setup lint browser ## lint, then run every test tier against the real local stack
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The console's browser tests drive Debian's headless Chromium through its chromedriver.
+browser: ## install Debian's chromium and chromium-driver if missing (as root, or via sudo)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver (the console's browser tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test-unit: setup ## only the fast tests (no JVM, no services)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)

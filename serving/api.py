@@ -22,13 +22,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from lamina import __version__
 from lamina.errors import LaminaError, StoreUnavailableError
@@ -43,6 +46,12 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
 """``Retry-After`` of a 503: when a client may try again."""
+
+CONSOLE_DIR = Path(__file__).parent / "console"
+"""The console's files (package data): ``index.html``, its script and style, ``vendor/``."""
+
+SWAGGER_UI = "/console/vendor/swagger-ui-5.35.0"
+"""The vendored Swagger UI of ``/docs`` (npm ``swagger-ui-dist`` 5.35.0), without extension."""
 
 
 def create_app(
@@ -77,6 +86,7 @@ def create_app(
         version=__version__,
         description="Merged batch + real-time answers of Lamina views.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the vendored Swagger UI, not from a CDN
     )
     app.state.store = store  # for tests and operators: its service's snapshot counters
     app.add_middleware(
@@ -210,6 +220,21 @@ def create_app(
         answer = await store.acall(QueryService.keys_async, view, start, end, prefix, limit)
         return Response(msgspec.json.encode(answer), media_type="application/json")
 
+    @app.get("/", include_in_schema=False)
+    async def console() -> FileResponse:
+        return FileResponse(CONSOLE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{SWAGGER_UI}-bundle.js",
+            swagger_css_url=f"{SWAGGER_UI}.css",
+            swagger_favicon_url="/console/favicon.svg",
+        )
+
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR), name="console")
     for router in routers:
         app.include_router(router)
     return app

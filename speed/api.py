@@ -30,10 +30,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from lamina.errors import ConfigError, ForbiddenError, UnauthorizedError
+from lamina.events import reason_kind
 from lamina.settings import Settings
 from lamina.views import ViewCatalog
 from serving.auth import bearer, host_allowed, read_guard, token_matches
 from speed import launcher
+from speed.deadletters import read_deadletters, summarize
 
 REDACTED = "***"
 
@@ -184,3 +186,51 @@ def jobs_router(settings: Settings, catalog: ViewCatalog) -> APIRouter:
         return redact(job.as_dict())
 
     return router
+
+
+def status_router(settings: Settings, catalog: ViewCatalog) -> APIRouter:
+    """Read-only routes for the console and ops tooling, guarded like the query routes
+    (``serving.read_token``):
+
+    - ``GET /streams``: each source job as ``lamina stream status`` shows it
+      (:func:`speed.launcher.source_statuses`: who runs it, lag, caught up, archived-until
+      epoch, each query's rates and last micro-batch duration), plus ``epoch_seconds``;
+    - ``GET /deadletters``: per source, its dead letters' count, their kinds with examples
+      (:func:`speed.deadletters.summarize`, as ``lamina deadletters`` prints them) and the
+      ``latest`` letters (newest first, at most ``limit``); a source whose topic cannot be
+      read has ``error`` set instead (Kafka down), never a 500.
+    """
+    router = APIRouter(tags=["status"])
+    reads = [Depends(read_guard(settings))]
+
+    @router.get("/streams", summary="Each source job's state, lag and rates", dependencies=reads)
+    async def streams() -> list[dict[str, Any]]:
+        found = await run_in_threadpool(launcher.source_statuses, settings)
+        es = settings.pipeline.epoch_seconds
+        return [{**s, "epoch_seconds": es} for s in found]
+
+    @router.get(
+        "/deadletters",
+        summary="Dead letters per source: counts by kind, latest reasons with their origin",
+        dependencies=reads,
+    )
+    async def deadletters(
+        limit: int = Query(default=10, ge=0, le=1000, description="latest letters per source"),
+    ) -> list[dict[str, Any]]:
+        return await run_in_threadpool(_deadletters, settings, catalog, limit)
+
+    return router
+
+
+def _deadletters(settings: Settings, catalog: ViewCatalog, limit: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for source in catalog.sources.values():
+        entry: dict[str, Any] = {"source": source.name, "topic": source.topic}
+        try:
+            letters = read_deadletters(settings, source, timeout_s=3)
+        except Exception as exc:  # Kafka unreachable: say so for this source
+            out.append({**entry, "error": f"cannot read dead letters: {exc}"})
+            continue
+        latest = [{**d, "kind": reason_kind(d["reason"])} for d in reversed(letters)][:limit]
+        out.append({**entry, "count": len(letters), "kinds": summarize(letters), "latest": latest})
+    return out

@@ -14,6 +14,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from lamina.events import reason_kind
 from lamina.settings import Settings
 from lamina.streams import deadletter_topic, duplicates_topic
 from lamina.views import Source
@@ -93,3 +94,26 @@ def read_duplicates(
     """Every duplicate the source job listed (counted by the speed layer, or possibly twice
     in the merged answer until the next batch: see :mod:`speed.dedup`), oldest first."""
     return read_deadletters(settings, source, timeout_s, topic=duplicates_topic(source))
+
+
+EXAMPLES = 2
+"""Distinct reasons shown per kind of problem in a dead-letter summary (newest first)."""
+
+
+def summarize(letters: list[dict[str, Any]], examples: int = EXAMPLES) -> list[dict[str, Any]]:
+    """``letters`` (oldest first, as :func:`read_deadletters` returns them) grouped by the
+    kind of problem (:func:`lamina.events.reason_kind`), most frequent kind first: each
+    ``{"kind", "count", "examples"}``, where ``examples`` are up to ``examples`` letters with
+    distinct reasons other than the kind itself, newest first (a kind whose reasons name no
+    value has none). ``lamina deadletters`` and ``GET /deadletters`` both show this."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for d in letters:
+        kinds.setdefault(reason_kind(d["reason"]), []).append(d)
+    out = []
+    for kind, ds in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        shown: dict[str, dict[str, Any]] = {}
+        for d in reversed(ds):
+            if d["reason"] != kind and len(shown) < examples:
+                shown.setdefault(d["reason"], d)
+        out.append({"kind": kind, "count": len(ds), "examples": list(shown.values())})
+    return out

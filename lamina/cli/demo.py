@@ -254,7 +254,7 @@ def run_demo(
             "  .venv/bin/lamina query iot_temperature sensor-1 --q 0.95 --format json\n"
             "  .venv/bin/lamina batch versions web_pageviews\n"
             "  .venv/bin/lamina stream run            # keep streaming (Ctrl-C stops)\n"
-            "  .venv/bin/lamina serve &               # then open http://127.0.0.1:8000/docs\n"
+            "  .venv/bin/lamina serve &               # the console: http://127.0.0.1:8000/\n"
             "  curl '127.0.0.1:8000/views/web_pageviews/query?key=/pricing&granularity=hour'\n"
             "  .venv/bin/lamina stack down            # stop Kafka and Cassandra"
         )

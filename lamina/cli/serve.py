@@ -1,4 +1,6 @@
-"""``lamina serve``: the HTTP API (serving's query routes plus the speed layer's ``/jobs``)."""
+"""``lamina serve``: the HTTP API and its console (serving's query routes and console, the
+speed layer's ``/jobs``, ``/streams`` and ``/deadletters``, the batch layer's
+``/batch/versions``)."""
 
 from __future__ import annotations
 
@@ -21,11 +23,17 @@ def app() -> Any:
 
 
 def _app(settings: Settings) -> Any:
+    from batch.api import versions_router
     from serving.api import create_app
-    from speed.api import jobs_router
+    from speed.api import jobs_router, status_router
 
     catalog = load_catalog(settings)
-    return create_app(settings, catalog, routers=[jobs_router(settings, catalog)])
+    routers = [
+        jobs_router(settings, catalog),
+        status_router(settings, catalog),
+        versions_router(settings, catalog),
+    ]
+    return create_app(settings, catalog, routers=routers)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -42,7 +50,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     fast: dict[str, Any] = {"loop": "uvloop", "http": "httptools", "log_level": "warning"}
     if workers == 1:
         application = _app(settings)
-        say(f"serving on http://{host}:{port} (OpenAPI docs at /docs)")
+        say(f"serving on http://{host}:{port}: console at /, OpenAPI docs at /docs")
         uvicorn.run(application, host=host, port=port, **fast)
         return 0
     # Each worker is a new process that builds its own app (own Cassandra session): it
@@ -51,14 +59,19 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if args.config is not None:
         os.environ[CONFIG_ENV] = str(args.config.resolve())
     os.environ[HOST_ENV] = host
-    say(f"serving on http://{host}:{port} with {workers} worker processes (OpenAPI at /docs)")
+    say(
+        f"serving on http://{host}:{port} with {workers} worker processes: console at /, "
+        "OpenAPI docs at /docs"
+    )
     uvicorn.run("lamina.cli.serve:app", factory=True, host=host, port=port, workers=workers, **fast)
     return 0
 
 
 def register(sub: Any) -> None:
     """Add this group's commands to the ``lamina`` parser's subcommands."""
-    serve = sub.add_parser("serve", help="run the HTTP query API (OpenAPI at /docs)")
+    serve = sub.add_parser(
+        "serve", help="run the HTTP query API and its console (console at /, OpenAPI at /docs)"
+    )
     serve.add_argument("--host", help="default: serving.host")
     serve.add_argument("--port", type=int, help="default: serving.port")
     serve.add_argument(

@@ -147,7 +147,7 @@ def cmd_stream_restart(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     from lamina.events import reason_kind
-    from speed.deadletters import read_deadletters, read_duplicates
+    from speed.deadletters import read_deadletters, read_duplicates, summarize
 
     read = read_duplicates if args.what == "duplicates" else read_deadletters
     letters = read(settings, find_source(settings, args.source))
@@ -158,28 +158,17 @@ def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     for d in newest:
         print(f"{d['topic']}[{d['partition']}]@{d['offset']}  {d['reason']}  raw={d['raw'][:80]!r}")
     noun = "listed duplicates" if args.what == "duplicates" else "dead letters"
-    kinds: dict[str, list[dict[str, Any]]] = {}
-    for d in letters:
-        kinds.setdefault(reason_kind(d["reason"]), []).append(d)
-    ranked = sorted(kinds.items(), key=lambda kv: -len(kv[1]))
-    summary = ", ".join(f"{len(ds)} {kind}" for kind, ds in ranked)
+    kinds = summarize(letters)
+    summary = ", ".join(f"{k['count']} {k['kind']}" for k in kinds)
     say(f"{len(letters)} {noun} for source {args.source}" + (f": {summary}" if summary else ""))
-    for kind, ds in ranked:  # the kinds whose letters say more: their newest distinct reasons
-        examples: dict[str, dict[str, Any]] = {}
-        for d in reversed(ds):
-            if d["reason"] != kind and len(examples) < EXAMPLES:
-                examples.setdefault(d["reason"], d)
-        if examples:
+    for k in kinds:  # the kinds whose letters say more: their newest distinct reasons
+        if k["examples"]:
             shown = ", ".join(
-                f"{reason!r} ({d['topic']}[{d['partition']}]@{d['offset']})"
-                for reason, d in examples.items()
+                f"{d['reason']!r} ({d['topic']}[{d['partition']}]@{d['offset']})"
+                for d in k["examples"]
             )
-            say(f"  {kind}, e.g. {shown}")
+            say(f"  {k['kind']}, e.g. {shown}")
     return 0
-
-
-EXAMPLES = 2
-"""Distinct reasons shown per kind of problem in the dead-letter summary (newest first)."""
 
 
 def register(sub: Any) -> None:

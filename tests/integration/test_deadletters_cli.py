@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from kafka import KafkaProducer
 
 from lamina.settings import Settings
@@ -21,7 +22,9 @@ from lamina.streams import (
     ensure_topics,
 )
 from lamina.views import load_views
+from serving.api import create_app
 from serving.store import open_store
+from speed.api import status_router
 from speed.deadletters import read_deadletters
 from speed.queries import start_source
 from tests.conftest import run_lamina
@@ -289,3 +292,32 @@ def test_a_tombstone_is_a_dead_letter_of_its_origin(
         assert all(d["reason"] for d in letters)
     finally:
         drop_private_world(settings)
+
+
+def test_the_consoles_route_summarizes_like_the_cli(
+    env: dict[str, str], letters: list[dict[str, Any]]
+) -> None:
+    """``GET /deadletters`` (the console's dead-letter page): per source the count, the kinds
+    with their examples as the CLI's summary shows them, and the newest letters first."""
+    settings = private_settings(env)
+    catalog = load_views(settings.pipeline.views_file)
+    app = create_app(settings, catalog, routers=[status_router(settings, catalog)])
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        answer = client.get("/deadletters", params={"limit": 2})
+        bad = client.get("/deadletters", params={"limit": -1})
+    assert answer.status_code == 200, answer.text
+    [pageviews] = [s for s in answer.json() if s["source"] == "pageviews"]
+    kinded = [{**d, "kind": KIND[d["reason"]]} for d in letters]
+    assert pageviews["count"] == 7 and pageviews["latest"] == kinded[::-1][:2]
+    assert [(k["kind"], k["count"]) for k in pageviews["kinds"]] == [
+        ("not valid JSON", 4),
+        ("not a JSON object but list", 2),
+        ("missing field 'event_id'", 1),
+    ]
+    shown = ", ".join(
+        f"{d['reason']!r} ({d['topic']}[{d['partition']}]@{d['offset']})"
+        for d in pageviews["kinds"][0]["examples"]
+    )
+    assert f"  not valid JSON, e.g. {shown}" == examples(letters)
+    assert all(k["examples"] == [] for k in pageviews["kinds"][1:])
+    assert bad.status_code == 422 and "limit" in bad.json()["error"]

@@ -1,6 +1,6 @@
 """``lamina stream status`` and ``list`` see every source job, also one run in the
 foreground (``lamina stream run``): who runs it, its lag, whether it caught up, and how far
-its source is archived."""
+its source is archived; so does the console's ``GET /streams``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from fastapi.testclient import TestClient
+
 from lamina.settings import Settings
 from lamina.streams import ensure_topics
 from lamina.views import load_views
+from serving.api import create_app
+from speed.api import status_router
 from speed.launcher import source_statuses
 from tests import truth
 from tests.conftest import ROOT, run_lamina
@@ -27,7 +31,8 @@ def test_status_and_list_see_a_foreground_run(stack: Settings, tmp_path: Path) -
     env = private_env(tmp_path, "fg", 5)
     with settings_under(env) as settings:
         try:
-            topic = load_views(settings.pipeline.views_file).sources[JOB].topic
+            catalog = load_views(settings.pipeline.views_file)
+            topic = catalog.sources[JOB].topic
             ensure_topics(settings, [topic, f"{topic}.deadletters"])
             produce(settings, topic, truth.metering(200, seed=41).raw)
             [before] = source_statuses(settings, [JOB])
@@ -58,6 +63,13 @@ def test_status_and_list_see_a_foreground_run(stack: Settings, tmp_path: Path) -
                 out = run_lamina(env, "stream", "status", JOB, "--format", "json", timeout=120)
                 [js] = json.loads(out.stdout)
                 assert js["source"] == JOB and js["caught_up"] is True
+                # The console's route answers the same (one code path: source_statuses).
+                app = create_app(settings, catalog, routers=[status_router(settings, catalog)])
+                with TestClient(app, base_url="http://127.0.0.1") as client:
+                    routed = client.get("/streams").json()
+                [web] = [x for x in routed if x["source"] == JOB]
+                assert web["run_by"].startswith(f"pid {proc.pid} ") and web["caught_up"] is True
+                assert web["epoch_seconds"] == 5 and web["events_behind"] == 0
                 listed = run_lamina(env, "stream", "list", timeout=120)
                 assert "(foreground)" in listed.stdout and f"pid {proc.pid}" in listed.stdout
             finally:

@@ -7,7 +7,7 @@ import base64
 import json
 from typing import NamedTuple
 
-from speed.deadletters import _letter
+from speed.deadletters import _letter, summarize
 
 
 class Record(NamedTuple):
@@ -52,3 +52,29 @@ def test_foreign_records_are_kept_with_their_own_origin() -> None:
         assert d["reason"].startswith("not a Lamina dead letter")
         assert (d["topic"], d["partition"], d["offset"]) == ("pageviews.deadletters", 1, 9)
         assert d["raw"] == value.decode()
+
+
+def letter(reason: str, offset: int) -> dict[str, object]:
+    return {"reason": reason, "topic": "pageviews", "partition": 0, "offset": offset}
+
+
+def test_summarize_counts_kinds_and_shows_the_newest_distinct_reasons() -> None:
+    """``lamina deadletters`` and ``GET /deadletters`` both group this way: by kind (the
+    reason without its value), most frequent first, with up to two newest distinct reasons
+    that say more than the kind."""
+    bad = "field 'load_ms' should be double, got str"
+    letters = [
+        letter(f"{bad} 'a'", 1),
+        letter("not valid JSON", 2),
+        letter(f"{bad} 'b'", 3),
+        letter(f"{bad} 'b'", 4),
+        letter(f"{bad} 'c'", 5),
+    ]
+    [values, json_] = summarize(letters)
+    assert (values["kind"], values["count"]) == (bad, 4)
+    assert [(d["reason"], d["offset"]) for d in values["examples"]] == [
+        (f"{bad} 'c'", 5),
+        (f"{bad} 'b'", 4),
+    ]
+    assert json_ == {"kind": "not valid JSON", "count": 1, "examples": []}
+    assert summarize([]) == []
