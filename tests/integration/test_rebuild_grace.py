@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cassandra import InvalidRequest
 from cassandra.cluster import NoHostAvailable
+from cassandra.protocol import ServerError
 
 from lamina.settings import Settings
 from lamina.views import load_views
@@ -51,8 +52,8 @@ def test_a_rebuild_keeps_the_table_for_a_snapshot_s_lifetime_after_recording_reb
                     at = time.time()
                     try:
                         readable = store.session.execute(read).one() is not None
-                    except (InvalidRequest, NoHostAvailable):  # the table is being dropped
-                        readable = False
+                    except (InvalidRequest, NoHostAvailable, ServerError):
+                        readable = False  # the table is being dropped ("Unknown CF")
                     seen.append((at, readable))
                     rec = store.session.execute(record, (view.name,)).one()
                     if rec is not None and rec.state == "rebuilding" and not rebuilding_at:
