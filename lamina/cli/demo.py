@@ -16,10 +16,14 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lamina.cli.common import say
+from lamina.cli.common import progress as cli_progress
+from lamina.progress import Progress, as_progress
 from lamina.settings import KafkaSettings, Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 URLS = ("/", "/pricing", "/docs", "/blog/lambda", "/signup", "/checkout")
 SENSORS = tuple(f"sensor-{i}" for i in range(4))
@@ -144,11 +148,17 @@ def wait_complete(settings: Settings, catalog: Any, epoch: int, timeout_s: float
 
 
 def run_demo(
-    settings: Settings, *, events: int, stop: bool, progress: Callable[[str], None]
+    settings: Settings,
+    *,
+    events: int,
+    stop: bool,
+    progress: Callable[[str], None] | Progress,
+    console: Console | None = None,
 ) -> int:
-    """Run the demo end to end; returns the process exit status."""
+    """Run the demo end to end, reporting through ``progress`` and printing the answer
+    tables on ``console`` (default: stdout's, as wide as the terminal); returns the
+    process exit status."""
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
     from batch.recompute import run_batch
@@ -160,7 +170,8 @@ def run_demo(
     from speed.queries import start_all
 
     es = settings.pipeline.epoch_seconds
-    console = Console()
+    progress = as_progress(progress)
+    console = console or Console()
     stack = Stack(settings)
     stack.up(progress=progress)
     catalog = load_catalog(settings)
@@ -171,33 +182,24 @@ def run_demo(
         + ") keeping the master dataset and the views "
         + ", ".join(catalog.views)
     )
-    spark = spark_session(settings, "lamina-demo")
+    spark = spark_session(settings, "lamina-demo", progress)
     queries = start_all(spark, settings, catalog, trigger_s=2)
     rng = random.Random()
     try:
         for phase, n in (("history", events), ("fresh", max(events // 4, 1))):
             batch_evs = sample_events(rng, n, time.time())
             total = sum(len(v) for v in batch_evs.values())
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task(f"producing {phase} events", total=total)
-
-                def advance(k: int, t: Any = task, b: Progress = bar) -> None:
-                    b.advance(t, k)
-
-                produce(
-                    settings.kafka,
-                    topics,
-                    batch_evs,
-                    advance,
-                )
+            with progress.task(f"producing {phase} events", total=total) as task:
+                produce(settings.kafka, topics, batch_evs, task.advance)
             progress(f"produced {total} {phase} events (incl. late, redelivered and malformed)")
             t0 = time.monotonic()
-            with console.status("streams catching up ..."):
+            with progress.task("source jobs catching up", total=len(queries)) as task:
                 for q in queries:
                     q.processAllAvailable()
+                    task.advance()
             progress(f"source jobs caught up in {time.monotonic() - t0:.1f}s")
             if phase == "history":
-                with console.status("letting the current ingest epoch close ..."):
+                with progress.task("letting the current ingest epoch close"):
                     wait_complete(settings, catalog, ingest_epoch(int(time.time() * 1000), es))
                 for r in run_batch(spark, settings, catalog, progress=progress):
                     progress(
@@ -262,7 +264,7 @@ def run_demo(
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    return run_demo(settings, events=args.events, stop=args.stop, progress=say)
+    return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
 
 
 def register(sub: Any) -> None:
