@@ -24,6 +24,7 @@ from lamina.settings import KafkaSettings, Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 URLS = ("/", "/pricing", "/docs", "/blog/lambda", "/signup", "/checkout")
 SENSORS = tuple(f"sensor-{i}" for i in range(4))
@@ -127,6 +128,57 @@ def contributions(store: Any, view: Any, key: str, b0: int, b1: int) -> list[dic
     return rows
 
 
+def _cell(row: dict[str, Any], part: str, agg: str) -> str:
+    v = row[part][agg] if row[part] else None
+    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+PARTS = (("batch", "batch"), ("realtime", "rt"), ("merged", "merged"))
+"""The parts of an answer: key in a :func:`contributions` row, short column label."""
+
+
+def answer_table(
+    console: Console, view: str, key: str, aggs: list[str], rows: list[dict[str, Any]]
+) -> Table:
+    """The demo's answer for ``key`` of ``view``: per bucket, each aggregation's batch part,
+    real-time part and merged value (:func:`contributions` rows), as a rich table that fits
+    ``console``'s width without cutting a number: one column per aggregation and part where
+    that fits (headers may wrap), else one row per bucket and aggregation with the three
+    parts as columns (fits 80 columns)."""
+    from rich.table import Table
+
+    labels = {a: "p95" if a == "temp_q" else a for a in aggs}
+    title = f"{view} for {key!r}: batch | real-time | merged"
+    headers = ["bucket (UTC)", *(f"{labels[a]} {short}" for a in aggs for _, short in PARTS)]
+    body = [[r["bucket"], *(_cell(r, part, a) for a in aggs for part, _ in PARTS)] for r in rows]
+    # Wide enough when each column holds its longest header word and cell (3: borders, padding).
+    widths = [
+        max([len(w) for w in h.split()] + [len(line[i]) for line in body])
+        for i, h in enumerate(headers)
+    ]
+    if 1 + sum(3 + w for w in widths) <= console.width:
+        wide = Table(title=title, title_justify="left")
+        for i, h in enumerate(headers):
+            wide.add_column(h, justify="right" if i else "left", min_width=widths[i])
+        for line in body:
+            wide.add_row(*line)
+        return wide
+    long = Table(title=title, title_justify="left")
+    long.add_column("bucket (UTC)", no_wrap=True)
+    long.add_column("aggregation", no_wrap=True)
+    for _, short in PARTS:
+        long.add_column("real-time" if short == "rt" else short, justify="right", no_wrap=True)
+    for row in rows:
+        for i, a in enumerate(aggs):
+            long.add_row(
+                row["bucket"] if i == 0 else "",
+                labels[a],
+                *(_cell(row, part, a) for part, _ in PARTS),
+                end_section=i == len(aggs) - 1,
+            )
+    return long
+
+
 def wait_complete(settings: Settings, catalog: Any, epoch: int, timeout_s: float = 180) -> None:
     """Until the master dataset of every source a view reads is complete past ``epoch``
     (its source job records it once each partition has a later record or epoch mark)."""
@@ -159,7 +211,6 @@ def run_demo(
     tables on ``console`` (default: stdout's, as wide as the terminal); returns the
     process exit status."""
     from rich.console import Console
-    from rich.table import Table
 
     from batch.recompute import run_batch
     from engine.session import spark_session
@@ -218,22 +269,7 @@ def run_demo(
                 view = catalog.view(view_name)
                 b0 = view.bucket.bucket_of(now - span)
                 rows = contributions(store, view, key, b0, now + view.bucket.seconds)
-                table = Table(title=f"{view_name} for {key!r} — batch | real-time | merged")
-                table.add_column("bucket (UTC)")
-                for a in aggs:
-                    label = "p95" if a == "temp_q" else a
-                    for part in ("batch", "rt", "merged"):
-                        table.add_column(f"{label} {part}", justify="right")
-                for row in rows[-8:]:
-                    cells = [row["bucket"]]
-                    for a in aggs:
-                        for part in ("batch", "realtime", "merged"):
-                            v = row[part][a] if row[part] else None
-                            cells.append(
-                                "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
-                            )
-                    table.add_row(*cells)
-                console.print(table)
+                console.print(answer_table(console, view_name, key, aggs, rows[-8:]))
             for src in catalog.sources.values():
                 from speed.deadletters import read_deadletters
 
@@ -250,14 +286,15 @@ def run_demo(
         if stop:
             stack.down(progress=progress)
     if not stop:
+        web = f"{settings.serving.host}:{settings.serving.port}"
         console.print(
             "\n[bold]The stack is still running.[/] Try:\n"
             "  .venv/bin/lamina query web_pageviews /pricing --granularity day\n"
             "  .venv/bin/lamina query iot_temperature sensor-1 --q 0.95 --format json\n"
             "  .venv/bin/lamina batch versions web_pageviews\n"
             "  .venv/bin/lamina stream run            # keep streaming (Ctrl-C stops)\n"
-            "  .venv/bin/lamina serve &               # then open http://127.0.0.1:8000/docs\n"
-            "  curl '127.0.0.1:8000/views/web_pageviews/query?key=/pricing&granularity=hour'\n"
+            f"  .venv/bin/lamina serve &               # then open http://{web}/docs\n"
+            f"  curl '{web}/views/web_pageviews/query?key=/pricing&granularity=hour'\n"
             "  .venv/bin/lamina stack down            # stop Kafka and Cassandra"
         )
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -111,3 +112,33 @@ def test_quiet_flag_hides_status_lines(
     assert "kafka: not running" in said and "cassandra: not running" in said
     assert main(["-q", "stack", "down"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def demo_rows(n: int) -> list[dict[str, Any]]:
+    parts = {"readings": 12345, "temp_mean": 21.034, "temp_q": 26.512}
+    return [
+        {
+            "bucket": f"11-29 13:{m:02d}",
+            "batch": parts if m < 30 else None,
+            "realtime": {"readings": 56, "temp_mean": 20.5, "temp_q": 25.99},
+            "merged": {"readings": 12401, "temp_mean": 21.01, "temp_q": 26.4},
+        }
+        for m in range(0, 10 * n, 10)
+    ]
+
+
+@pytest.mark.parametrize("width", [80, 100, 120, 200])
+def test_demo_answer_tables_fit_the_terminal_and_cut_no_number(width: int) -> None:
+    from lamina.cli.demo import answer_table
+
+    for aggs in (["readings", "temp_mean", "temp_q"], ["readings"]):
+        out = StringIO()
+        console = Console(file=out, width=width, force_terminal=False)
+        console.print(answer_table(console, "iot_temperature", "sensor-1", aggs, demo_rows(6)))
+        text = out.getvalue()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "…" not in text
+        shown = ["12345", "56", "12401", "11-29 13:50"]
+        if len(aggs) > 1:
+            shown += ["21.03", "20.50", "26.51", "25.99"]
+        assert all(value in text for value in shown), text
