@@ -20,7 +20,7 @@ from pathlib import Path
 from lamina import __version__, console
 from lamina.cli import batch, demo, query, serve, stack, stream
 from lamina.cli.common import outage_error, use_progress
-from lamina.cli.progress import cli_progress
+from lamina.cli.progress import StderrNowHandler, cli_progress
 from lamina.errors import LaminaError
 from lamina.settings import load_settings
 
@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[StderrNowHandler()],
     )
     # Client libraries narrate every connection at INFO; operators want Lamina's own lines.
     # The driver logs each refused connection of a readiness poll as an ERROR with a traceback.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import time
 import uuid
@@ -228,7 +229,7 @@ def run_demo(
     catalog = load_catalog(settings)
     topics = {s.topic: s.topic for s in catalog.sources.values()}
     progress(
-        "starting Spark: one job per source ("
+        "streaming: one job per source ("
         + ", ".join(sorted({v.source.name for v in catalog.views.values()}))
         + ") keeping the master dataset and the views "
         + ", ".join(catalog.views)
@@ -300,8 +301,24 @@ def run_demo(
     return 0
 
 
+OWN_LOGGERS = ("lamina", "batch", "speed", "serving", "engine")
+"""Lamina's packages: their operator log records (INFO) are not the demo's story."""
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
+    """The demo prints its own lines and the answers: Lamina's INFO log records (tables
+    created, dedup indexes loaded) show with ``--verbose`` only."""
+    if args.verbose:
+        return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
+    loggers = [logging.getLogger(name) for name in OWN_LOGGERS]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
+    finally:
+        for lg, level in zip(loggers, before, strict=True):
+            lg.setLevel(level)
 
 
 def register(sub: Any) -> None:

@@ -5,6 +5,8 @@ timestamped lines above them; otherwise (CI logs, a pipe) timestamped plain line
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,16 @@ from rich.progress import Task as BarTask
 from rich.text import Text
 
 from lamina.progress import Progress, Task
+
+
+class StderrNowHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A log handler writing to whatever ``sys.stderr`` is when a record comes: while a live
+    display runs (rich redirects ``sys.stderr``), a record prints above it instead of
+    through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def stamp(message: str) -> str:

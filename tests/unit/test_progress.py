@@ -142,3 +142,25 @@ def test_demo_answer_tables_fit_the_terminal_and_cut_no_number(width: int) -> No
         if len(aggs) > 1:
             shown += ["21.03", "20.50", "26.51", "25.99"]
         assert all(value in text for value in shown), text
+
+
+def test_a_log_record_during_a_live_task_prints_above_it() -> None:
+    """The CLI's log handler writes to ``sys.stderr`` as it is when a record comes: during a
+    live display that is rich's redirect, so the record goes through the console (above the
+    spinner) rather than through the display."""
+    import logging
+
+    from lamina.cli.progress import StderrNowHandler
+
+    out = StringIO()
+    p = cli_progress(console=Console(file=out, force_terminal=True, width=100))
+    logger = logging.getLogger("tests.progress.live")
+    handler = StderrNowHandler()
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with p.task("a long wait"):
+            logger.warning("a warning while waiting")
+    finally:
+        logger.removeHandler(handler)
+    assert "a warning while waiting" in out.getvalue()
