@@ -253,12 +253,7 @@ def run_demo(
             if phase == "history":
                 with progress.task("letting the current ingest epoch close"):
                     wait_complete(settings, catalog, ingest_epoch(int(time.time() * 1000), es))
-                for r in run_batch(spark, settings, catalog, progress=progress):
-                    progress(
-                        f"batch {r.view}: v{r.version} published, cutoff "
-                        f"{datetime.fromtimestamp(r.cutoff, UTC):%H:%M:%S} UTC, "
-                        f"{r.events} events -> {r.rows} rows"
-                    )
+                run_batch(spark, settings, catalog, progress=progress)  # says what it published
         now = int(time.time())
         with open_store(settings.cassandra) as store:
             shows = [
