@@ -157,10 +157,12 @@ def answer_table(
         max([len(w) for w in h.split()] + [len(line[i]) for line in body])
         for i, h in enumerate(headers)
     ]
+    natural = [max([len(h)] + [len(line[i]) for line in body]) for i, h in enumerate(headers)]
+    fixed = 1 + sum(3 + w for w in natural) > console.width  # headers wrap in `widths`
     if 1 + sum(3 + w for w in widths) <= console.width:
         wide = Table(title=title, title_justify="left")
         for i, h in enumerate(headers):
-            wide.add_column(h, justify="right" if i else "left", min_width=widths[i])
+            wide.add_column(h, justify="right" if i else "left", width=widths[i] if fixed else None)
         for line in body:
             wide.add_row(*line)
         return wide

@@ -127,7 +127,7 @@ def demo_rows(n: int) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("width", [80, 100, 120, 200])
+@pytest.mark.parametrize("width", [80, 100, 109, 110, 120, 200])
 def test_demo_answer_tables_fit_the_terminal_and_cut_no_number(width: int) -> None:
     from lamina.cli.demo import answer_table
 
@@ -136,7 +136,10 @@ def test_demo_answer_tables_fit_the_terminal_and_cut_no_number(width: int) -> No
         console = Console(file=out, width=width, force_terminal=False)
         console.print(answer_table(console, "iot_temperature", "sensor-1", aggs, demo_rows(6)))
         text = out.getvalue()
-        assert max(len(line) for line in text.splitlines()) <= width
+        lines = text.splitlines()
+        assert max(len(line) for line in lines) <= width
+        # No table cropped at the edge: each of its lines ends with its right border.
+        assert all(line.rstrip()[-1] in "┓┃┩│┤┘" for line in lines[1:]), text
         assert "…" not in text
         shown = ["12345", "56", "12401", "11-29 13:50"]
         if len(aggs) > 1:
