@@ -139,9 +139,13 @@ class Stack:
                     argv, log_file=svc.stdout_file, pid_file=svc.pid_file, env=svc.env()
                 )
                 progress(f"{svc.name}: started pid {pid}, log {svc.log_file}")
-        return [self._wait_ready(svc, progress) for svc in pending]
+        return [self._wait_ready(svc, progress, svc in to_start) for svc in pending]
 
-    def _wait_ready(self, svc: Service, progress: Progress) -> ServiceStatus:
+    def _wait_ready(self, svc: Service, progress: Progress, started: bool) -> ServiceStatus:
+        """Wait for ``svc``: a task of ``progress`` when this call ``started`` it (an
+        already running one is usually ready at once: no task, its lines as notes)."""
+        if not started:
+            return self._wait(svc, progress, lambda m: progress.note(f"{svc.name}: {m}"))
         with progress.task(f"{svc.name}: waiting until it is ready") as task:
             return self._wait(svc, progress, task.status)
 
