@@ -221,7 +221,7 @@ def run_demo(
     from lamina.context import load_catalog
     from lamina.stack.manager import Stack
     from serving.store import open_store
-    from speed.queries import start_all
+    from speed.queries import start_all, stop_gracefully
 
     es = settings.pipeline.epoch_seconds
     progress = as_progress(progress)
@@ -278,8 +278,11 @@ def run_demo(
                         f"(e.g. {dead[-1]['reason']!r}) — `lamina deadletters {src.name}`"
                     )
     finally:
-        for q in queries:
-            q.stop()
+        # Between micro-batches: a query stopped in one interrupts its Spark job, and py4j
+        # logs the interrupted callback's traceback (harmless: that batch is not committed).
+        with progress.task("stopping the streaming jobs between micro-batches"):
+            for q in queries:
+                stop_gracefully(q, settings.spark.stop_timeout_s)
         spark.stop()
         if stop:
             stack.down(progress=progress)
@@ -304,13 +307,18 @@ OWN_LOGGERS = ("lamina", "batch", "speed", "serving", "engine")
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """The demo prints its own lines and the answers: Lamina's INFO log records (tables
-    created, dedup indexes loaded) show with ``--verbose`` only."""
+    created, dedup indexes loaded) and py4j's callback tracebacks show with ``--verbose``
+    only."""
     if args.verbose:
         return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
     loggers = [logging.getLogger(name) for name in OWN_LOGGERS]
+    # py4j logs a failed micro-batch callback's traceback; the query fails with it too,
+    # which the demo reports (and stopping the queries can interrupt one, harmlessly).
+    callbacks = logging.getLogger("py4j.clientserver")
+    loggers.append(callbacks)
     before = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(logging.CRITICAL if lg is callbacks else logging.WARNING)
     try:
         return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
     finally:
