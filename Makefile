@@ -29,7 +29,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@touch $@
 
 demo: setup ## start the local stack and run the demo pipeline (add ARGS=--stop to stop it after)
-	$(BIN)/lamina demo $(ARGS)
+	@$(BIN)/lamina demo $(ARGS)
 
 test: setup lint browser ## lint, then run every test tier against the real local stack
 	$(BIN)/pytest $(PYTEST_ARGS)

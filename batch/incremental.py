@@ -89,7 +89,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +99,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch.reconcile import judge, self_check
+from engine.progress import watched
 from engine.translate import aggregate, key_fits, merge_states, mergeable
 from lamina.files import read_json, write_json_atomic
 from lamina.master import (
@@ -109,6 +110,7 @@ from lamina.master import (
     source_dir,
     stream_dir,
 )
+from lamina.progress import Progress, as_progress
 from lamina.settings import Settings
 from lamina.views import Source, View
 from serving.schema import batch_index_table, batch_table
@@ -335,11 +337,20 @@ def prune_states(settings: Settings, store: Store, view: View) -> list[int]:
 
 
 def write_version(
-    agg: DataFrame, settings: Settings, view: View, version: int, state: Path | None
+    agg: DataFrame,
+    settings: Settings,
+    view: View,
+    version: int,
+    state: Path | None,
+    progress: Progress | None = None,
 ) -> int:
     """Write the rows ``agg`` of ``view``'s ``version`` from the Spark tasks, into its table
     and its key index; with ``state``, also keep them as Parquet in ``state/rows`` (the rows
-    are computed once: persisted for the two writes). Returns the rows written."""
+    are computed once: persisted for the two writes). Returns the rows written.
+
+    ``progress``: the write is one task of it, counting the Spark tasks of the write done
+    of all, with the rows written so far as its status (live output only)."""
+    p = as_progress(progress)
     writer = partition_writer(
         settings.cassandra,
         view,
@@ -347,15 +358,27 @@ def write_version(
         settings.pipeline.write_concurrency,
         index_table=batch_index_table(view, version),
     )
-    if state is None:
-        return int(agg.rdd.mapPartitions(writer).sum())
-    drop_state(state)
-    agg.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        agg.write.parquet(str(state / ROWS))
-        return int(agg.rdd.mapPartitions(writer).sum())
-    finally:
-        agg.unpersist()
+    spark = agg.sparkSession
+    written = spark.sparkContext.accumulator(0)
+
+    def counted(rows: Iterable[Any]) -> Iterator[int]:
+        for n in writer(rows):
+            written.add(n)
+            yield n
+
+    def write() -> int:
+        return int(agg.rdd.mapPartitions(counted).sum())
+
+    with p.task(f"{view.name} v{version}: aggregating and writing rows") as task:
+        if state is None:
+            return watched(spark, task, write, lambda: f"{written.value} rows written", live=p.live)
+        drop_state(state)
+        agg.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            agg.write.parquet(str(state / ROWS))
+            return watched(spark, task, write, lambda: f"{written.value} rows written", live=p.live)
+        finally:
+            agg.unpersist()
 
 
 def drop_state(state: Path) -> None:
@@ -402,7 +425,7 @@ def build_incremental(
     cutoff: int,
     plan: Plan,
     *,
-    progress: Callable[[str], None],
+    progress: Progress,
     lease: BuildLease,
     started: float,
     reads: SourceReads,
@@ -424,7 +447,11 @@ def build_incremental(
     progress(f"{view.name} v{version}: incremental build: {plan.why}")
     events: DataFrame | None = None
     try:
-        deduped, used = reads.dedup(view, cutoff, since=base.cutoff)
+        with progress.task(
+            f"{view.name} v{version}: reading the epochs since version "
+            f"{base.version} and deduplicating"
+        ):
+            deduped, used = reads.dedup(view, cutoff, since=base.cutoff)
         timings["read_shared"] = float(used > 0)
         timings["read_views"] = len(deduped.oversize)
         n_fresh = deduped.count
@@ -467,13 +494,14 @@ def build_incremental(
         prev = spark.read.parquet(str(state_dir(settings, view, base.version) / ROWS))
         merged = merge_input(prev, events, view, tasks)
         t1 = time.monotonic()
-        rows = write_version(merged, settings, view, version, state)
+        rows = write_version(merged, settings, view, version, state, progress)
         timings["write_tasks"] = tasks
         timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()
-        report: Reconciliation = reconcile_version(
-            store, view, version, cutoff, events, from_epoch=base.cutoff
-        )
+        with progress.task(f"{view.name} v{version}: reconciling with the real-time view"):
+            report: Reconciliation = reconcile_version(
+                store, view, version, cutoff, events, from_epoch=base.cutoff
+            )
         timings["reconcile_s"] = round(time.monotonic() - t2, 3)
         footers = {
             e: f for e, f in footer_rows(settings, view.source, cutoff).items() if e >= base.cutoff

@@ -66,6 +66,7 @@ from lamina.master import (
     not_covered,
     stream_dir,
 )
+from lamina.progress import Progress, as_progress
 from lamina.schema import EVENT_TIME, INGEST_EPOCH
 from lamina.settings import Settings
 from lamina.views import MAX_KEY_BYTES, Source, View, ViewCatalog
@@ -652,6 +653,7 @@ def build_view(
 
     Raises; a failed build is marked ``failed`` and the published version stays as it was.
     """
+    progress = as_progress(progress)
     if lease is None:
         with store.build_lease(view) as own:
             return build_view(
@@ -712,7 +714,7 @@ def _build_full(
     cut: int,
     plan: Plan,
     *,
-    progress: Callable[[str], None],
+    progress: Progress,
     lease: BuildLease,
     started: float,
     reads: SourceReads,
@@ -722,7 +724,11 @@ def _build_full(
     state = state_dir(settings, view, version) if plan.keep_state else None
     timings: dict[str, float] = {"incremental": 0.0}
     try:
-        deduped, used = reads.dedup(view, cut)
+        with progress.task(
+            f"{view.name} v{version}: reading the master dataset of "
+            f"{view.source.name!r} and deduplicating"
+        ):
+            deduped, used = reads.dedup(view, cut)
         events = deduped.events_of(view)
         n_events, oversize = deduped.count, deduped.oversize[view.name]
         timings["oversize_keys"] = oversize
@@ -749,17 +755,16 @@ def _build_full(
             if len(deduped.oversize) > 1
             else ""
         )
-        progress(
-            f"{view.name} v{version}: {n_events} events before cutoff {cut}{shared}; aggregating"
-        )
+        progress(f"{view.name} v{version}: {n_events} events before cutoff {cut}{shared}")
         tasks = write_tasks(n_events, spark.sparkContext.defaultParallelism)
         agg = write_input(events, view, tasks)
         t1 = time.monotonic()
-        rows = write_version(agg, settings, view, version, state)
+        rows = write_version(agg, settings, view, version, state, progress)
         timings["write_tasks"] = tasks
         timings["aggregate_write_s"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()
-        report = reconcile_version(store, view, version, cut, events)
+        with progress.task(f"{view.name} v{version}: reconciling with the real-time view"):
+            report = reconcile_version(store, view, version, cut, events)
         timings["reconcile_s"] = round(time.monotonic() - t2, 3)
         # Listed now, at the end: a file that changed while the build ran shows.
         check = self_check(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from lamina import console
 from lamina.errors import LaminaError
 from lamina.files import tail
 from lamina.jars import spark_connector_jars
+from lamina.progress import Progress, as_progress
 from lamina.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def spark_session(settings: Settings, app_name: str) -> SparkSession:
-    """Get or create the process's session, configured from ``settings.spark``.
+def spark_session(
+    settings: Settings, app_name: str, progress: Callable[[str], None] | Progress | None = None
+) -> SparkSession:
+    """Get or create the process's session, configured from ``settings.spark``
+    (``progress``: where a first fetch of the connector jars reports).
 
     The Kafka connector jars (fetched once into the jar cache, for the installed pyspark
     version) are always on the classpath through ``spark.jars``: a JVM's classpath is fixed
@@ -83,7 +87,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
         # epoch completeness, follow an epoch's end by about that (speed.completeness).
         .config("spark.sql.streaming.noDataProgressEventInterval", "1000")
     )
-    connector = spark_connector_jars(settings.stack.cache_dir)
+    connector = spark_connector_jars(settings.stack.cache_dir, progress)
     builder = builder.config("spark.jars", ",".join(str(j) for j in connector))
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
@@ -91,7 +95,7 @@ def spark_session(settings: Settings, app_name: str) -> SparkSession:
     if jvm_log is None or SparkContext._gateway is not None:
         session = builder.getOrCreate()
     else:
-        log.info("starting Spark (%s); its own log: %s", sp.master, jvm_log)
+        as_progress(progress).note(f"starting Spark ({sp.master}); its own log: {jvm_log}")
         try:
             with _output_to(jvm_log):
                 session = builder.getOrCreate()

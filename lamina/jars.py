@@ -14,12 +14,13 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from lamina.errors import FetchError, PrerequisiteError
+from lamina.progress import Progress, as_progress
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ def is_fetched(bundle: Bundle, cache_dir: Path) -> bool:
     return (bundle.directory(cache_dir) / MARKER).exists()
 
 
-def ensure_bundle(bundle: Bundle, cache_dir: Path) -> Path:
-    """Return the directory holding the bundle's jars, downloading them first if needed.
+def ensure_bundle(
+    bundle: Bundle, cache_dir: Path, progress: Callable[[str], None] | Progress | None = None
+) -> Path:
+    """Return the directory holding the bundle's jars, downloading them first if needed
+    (one task of ``progress`` while Maven runs; default: lines to this module's log).
 
     Runs ``mvn dependency:copy-dependencies`` (runtime scope) into a temporary directory and
     moves it into place only when complete, so an interrupted fetch is retried, never used.
@@ -86,7 +90,6 @@ def ensure_bundle(bundle: Bundle, cache_dir: Path) -> Path:
             hint="install Maven 3.8+ (apt-get install maven)",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("fetching %s %s from Maven Central into %s", bundle.name, bundle.version, target)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{bundle.name}-") as tmp:
         work = Path(tmp)
         (work / "pom.xml").write_text(_pom(bundle))
@@ -101,7 +104,10 @@ def ensure_bundle(bundle: Bundle, cache_dir: Path) -> Path:
             f"-DoutputDirectory={lib}",
             "-DincludeScope=runtime",
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with as_progress(progress).task(
+            f"fetching {bundle.name} {bundle.version} jars from Maven Central (first run only)"
+        ):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             out = (proc.stdout + proc.stderr).strip().splitlines()
             errors = [line for line in out if "ERROR" in line][:3] or out[-3:]
@@ -151,6 +157,9 @@ def spark_connector_bundle() -> Bundle:
     )
 
 
-def spark_connector_jars(cache_dir: Path) -> list[Path]:
-    """The Kafka connector's jars for the installed pyspark, fetched into ``cache_dir`` once."""
-    return jars(ensure_bundle(spark_connector_bundle(), cache_dir))
+def spark_connector_jars(
+    cache_dir: Path, progress: Callable[[str], None] | Progress | None = None
+) -> list[Path]:
+    """The Kafka connector's jars for the installed pyspark, fetched into ``cache_dir`` once
+    (see :func:`ensure_bundle` for ``progress``)."""
+    return jars(ensure_bundle(spark_connector_bundle(), cache_dir, progress))

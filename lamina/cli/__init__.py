@@ -19,7 +19,8 @@ from pathlib import Path
 
 from lamina import __version__, console
 from lamina.cli import batch, demo, query, serve, stack, stream
-from lamina.cli.common import outage_error
+from lamina.cli.common import outage_error, use_progress
+from lamina.cli.progress import StderrNowHandler, cli_progress
 from lamina.errors import LaminaError
 from lamina.settings import load_settings
 
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log debug details, and show Spark's output and dependencies' warnings (by "
         "default Spark's output goes to <state dir>/logs/spark.log)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only results and errors: no status lines, no progress",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -89,9 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[StderrNowHandler()],
     )
     # Client libraries narrate every connection at INFO; operators want Lamina's own lines.
     # The driver logs each refused connection of a readiness poll as an ERROR with a traceback.
@@ -101,25 +109,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("py4j", logging.WARNING),
     ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else quiet)
-    settings = None
+    before = use_progress(cli_progress(quiet=args.quiet))
     try:
-        settings = load_settings(args.config)
-        if args.verbose:
-            return int(args.func(settings, args))
-        with quiet_output(settings.stack.state_dir):
-            return int(args.func(settings, args))
-    except LaminaError as exc:
-        print(f"lamina: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        outage = None if settings is None else outage_error(settings, exc)
-        if outage is None:
-            raise  # a bug: its traceback is what a report needs
-        print(f"lamina: error: {outage}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("lamina: interrupted", file=sys.stderr)
-        return 130
+        settings = None
+        try:
+            settings = load_settings(args.config)
+            if args.verbose:
+                return int(args.func(settings, args))
+            with quiet_output(settings.stack.state_dir):
+                return int(args.func(settings, args))
+        except LaminaError as exc:
+            print(f"lamina: error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            outage = None if settings is None else outage_error(settings, exc)
+            if outage is None:
+                raise  # a bug: its traceback is what a report needs
+            print(f"lamina: error: {outage}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("lamina: interrupted", file=sys.stderr)
+            return 130
+    finally:
+        use_progress(before)  # the CLI may run inside another program, a test
 
 
 if __name__ == "__main__":

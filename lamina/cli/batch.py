@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lamina.cli.common import connect_store, find_source, positive, say
+from lamina.cli.common import connect_store, find_source, positive, progress, say
 from lamina.context import load_catalog
 from lamina.settings import Settings
 
@@ -63,7 +63,7 @@ def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
     with open_store(settings.cassandra, catalog) as store:
         for view in chosen:
             check_cutoff(settings, store, view, args.cutoff)
-    spark = spark_session(settings, "lamina-batch")
+    spark = spark_session(settings, "lamina-batch", progress())
     try:
         results = run_batch(
             spark,
@@ -71,7 +71,7 @@ def cmd_batch_run(settings: Settings, args: argparse.Namespace) -> int:
             catalog,
             args.view,
             cutoff=args.cutoff,
-            progress=say,
+            progress=progress(),
             incremental=args.incremental,
         )
     finally:

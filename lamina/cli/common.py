@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from lamina.context import load_catalog
 from lamina.errors import ConfigError, LaminaError, PrerequisiteError
+from lamina.progress import Progress
 from lamina.settings import Settings
 
 if TYPE_CHECKING:
@@ -16,8 +17,26 @@ if TYPE_CHECKING:
     from serving.store import Store
 
 
+_PROGRESS = Progress(lambda message: print(f"{time.strftime('%H:%M:%S')} {message}", flush=True))
+
+
+def use_progress(progress: Progress) -> Progress:
+    """Where :func:`say` and :func:`progress` report from now on (set by
+    :func:`lamina.cli.main` for a command from ``--quiet`` and the terminal:
+    :func:`lamina.cli.progress.cli_progress`); returns the one before."""
+    global _PROGRESS
+    before, _PROGRESS = _PROGRESS, progress
+    return before
+
+
+def progress() -> Progress:
+    """The command's progress: live on a terminal, plain lines otherwise, nothing quiet."""
+    return _PROGRESS
+
+
 def say(message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+    """A status line of the command (a timestamped line; nothing with ``--quiet``)."""
+    _PROGRESS.note(message)
 
 
 def find_source(settings: Settings, name: str) -> Source:

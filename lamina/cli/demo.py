@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lamina.cli.common import say
+from lamina.cli.common import progress as cli_progress
+from lamina.progress import Progress, as_progress
 from lamina.settings import KafkaSettings, Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 URLS = ("/", "/pricing", "/docs", "/blog/lambda", "/signup", "/checkout")
 SENSORS = tuple(f"sensor-{i}" for i in range(4))
@@ -123,6 +129,59 @@ def contributions(store: Any, view: Any, key: str, b0: int, b1: int) -> list[dic
     return rows
 
 
+def _cell(row: dict[str, Any], part: str, agg: str) -> str:
+    v = row[part][agg] if row[part] else None
+    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+PARTS = (("batch", "batch"), ("realtime", "rt"), ("merged", "merged"))
+"""The parts of an answer: key in a :func:`contributions` row, short column label."""
+
+
+def answer_table(
+    console: Console, view: str, key: str, aggs: list[str], rows: list[dict[str, Any]]
+) -> Table:
+    """The demo's answer for ``key`` of ``view``: per bucket, each aggregation's batch part,
+    real-time part and merged value (:func:`contributions` rows), as a rich table that fits
+    ``console``'s width without cutting a number: one column per aggregation and part where
+    that fits (headers may wrap), else one row per bucket and aggregation with the three
+    parts as columns (fits 80 columns)."""
+    from rich.table import Table
+
+    labels = {a: "p95" if a == "temp_q" else a for a in aggs}
+    title = f"{view} for {key!r}: batch | real-time | merged"
+    headers = ["bucket (UTC)", *(f"{labels[a]} {short}" for a in aggs for _, short in PARTS)]
+    body = [[r["bucket"], *(_cell(r, part, a) for a in aggs for part, _ in PARTS)] for r in rows]
+    # Wide enough when each column holds its longest header word and cell (3: borders, padding).
+    widths = [
+        max([len(w) for w in h.split()] + [len(line[i]) for line in body])
+        for i, h in enumerate(headers)
+    ]
+    natural = [max([len(h)] + [len(line[i]) for line in body]) for i, h in enumerate(headers)]
+    fixed = 1 + sum(3 + w for w in natural) > console.width  # headers wrap in `widths`
+    if 1 + sum(3 + w for w in widths) <= console.width:
+        wide = Table(title=title, title_justify="left")
+        for i, h in enumerate(headers):
+            wide.add_column(h, justify="right" if i else "left", width=widths[i] if fixed else None)
+        for line in body:
+            wide.add_row(*line)
+        return wide
+    long = Table(title=title, title_justify="left")
+    long.add_column("bucket (UTC)", no_wrap=True)
+    long.add_column("aggregation", no_wrap=True)
+    for _, short in PARTS:
+        long.add_column("real-time" if short == "rt" else short, justify="right", no_wrap=True)
+    for row in rows:
+        for i, a in enumerate(aggs):
+            long.add_row(
+                row["bucket"] if i == 0 else "",
+                labels[a],
+                *(_cell(row, part, a) for part, _ in PARTS),
+                end_section=i == len(aggs) - 1,
+            )
+    return long
+
+
 def wait_complete(settings: Settings, catalog: Any, epoch: int, timeout_s: float = 180) -> None:
     """Until the master dataset of every source a view reads is complete past ``epoch``
     (its source job records it once each partition has a later record or epoch mark)."""
@@ -144,12 +203,17 @@ def wait_complete(settings: Settings, catalog: Any, epoch: int, timeout_s: float
 
 
 def run_demo(
-    settings: Settings, *, events: int, stop: bool, progress: Callable[[str], None]
+    settings: Settings,
+    *,
+    events: int,
+    stop: bool,
+    progress: Callable[[str], None] | Progress,
+    console: Console | None = None,
 ) -> int:
-    """Run the demo end to end; returns the process exit status."""
+    """Run the demo end to end, reporting through ``progress`` and printing the answer
+    tables on ``console`` (default: stdout's, as wide as the terminal); returns the
+    process exit status."""
     from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
 
     from batch.recompute import run_batch
     from engine.session import spark_session
@@ -157,54 +221,41 @@ def run_demo(
     from lamina.context import load_catalog
     from lamina.stack.manager import Stack
     from serving.store import open_store
-    from speed.queries import start_all
+    from speed.queries import start_all, stop_gracefully
 
     es = settings.pipeline.epoch_seconds
-    console = Console()
+    progress = as_progress(progress)
+    console = console or Console()
     stack = Stack(settings)
     stack.up(progress=progress)
     catalog = load_catalog(settings)
     topics = {s.topic: s.topic for s in catalog.sources.values()}
     progress(
-        "starting Spark: one job per source ("
+        "streaming: one job per source ("
         + ", ".join(sorted({v.source.name for v in catalog.views.values()}))
         + ") keeping the master dataset and the views "
         + ", ".join(catalog.views)
     )
-    spark = spark_session(settings, "lamina-demo")
+    spark = spark_session(settings, "lamina-demo", progress)
     queries = start_all(spark, settings, catalog, trigger_s=2)
     rng = random.Random()
     try:
         for phase, n in (("history", events), ("fresh", max(events // 4, 1))):
             batch_evs = sample_events(rng, n, time.time())
             total = sum(len(v) for v in batch_evs.values())
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task(f"producing {phase} events", total=total)
-
-                def advance(k: int, t: Any = task, b: Progress = bar) -> None:
-                    b.advance(t, k)
-
-                produce(
-                    settings.kafka,
-                    topics,
-                    batch_evs,
-                    advance,
-                )
+            with progress.task(f"producing {phase} events", total=total) as task:
+                produce(settings.kafka, topics, batch_evs, task.advance)
             progress(f"produced {total} {phase} events (incl. late, redelivered and malformed)")
             t0 = time.monotonic()
-            with console.status("streams catching up ..."):
+            with progress.task("source jobs catching up", total=len(queries)) as task:
                 for q in queries:
                     q.processAllAvailable()
+                    task.advance()
             progress(f"source jobs caught up in {time.monotonic() - t0:.1f}s")
             if phase == "history":
-                with console.status("letting the current ingest epoch close ..."):
+                with progress.task("letting the current ingest epoch close"):
                     wait_complete(settings, catalog, ingest_epoch(int(time.time() * 1000), es))
-                for r in run_batch(spark, settings, catalog, progress=progress):
-                    progress(
-                        f"batch {r.view}: v{r.version} published, cutoff "
-                        f"{datetime.fromtimestamp(r.cutoff, UTC):%H:%M:%S} UTC, "
-                        f"{r.events} events -> {r.rows} rows"
-                    )
+                run_batch(spark, settings, catalog, progress=progress)  # says what it published
         now = int(time.time())
         with open_store(settings.cassandra) as store:
             shows = [
@@ -216,22 +267,7 @@ def run_demo(
                 view = catalog.view(view_name)
                 b0 = view.bucket.bucket_of(now - span)
                 rows = contributions(store, view, key, b0, now + view.bucket.seconds)
-                table = Table(title=f"{view_name} for {key!r} — batch | real-time | merged")
-                table.add_column("bucket (UTC)")
-                for a in aggs:
-                    label = "p95" if a == "temp_q" else a
-                    for part in ("batch", "rt", "merged"):
-                        table.add_column(f"{label} {part}", justify="right")
-                for row in rows[-8:]:
-                    cells = [row["bucket"]]
-                    for a in aggs:
-                        for part in ("batch", "realtime", "merged"):
-                            v = row[part][a] if row[part] else None
-                            cells.append(
-                                "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
-                            )
-                    table.add_row(*cells)
-                console.print(table)
+                console.print(answer_table(console, view_name, key, aggs, rows[-8:]))
             for src in catalog.sources.values():
                 from speed.deadletters import read_deadletters
 
@@ -242,27 +278,52 @@ def run_demo(
                         f"(e.g. {dead[-1]['reason']!r}) — `lamina deadletters {src.name}`"
                     )
     finally:
-        for q in queries:
-            q.stop()
+        # Between micro-batches: a query stopped in one interrupts its Spark job, and py4j
+        # logs the interrupted callback's traceback (harmless: that batch is not committed).
+        with progress.task("stopping the streaming jobs between micro-batches"):
+            for q in queries:
+                stop_gracefully(q, settings.spark.stop_timeout_s)
         spark.stop()
         if stop:
             stack.down(progress=progress)
     if not stop:
+        web = f"{settings.serving.host}:{settings.serving.port}"
         console.print(
             "\n[bold]The stack is still running.[/] Try:\n"
             "  .venv/bin/lamina query web_pageviews /pricing --granularity day\n"
             "  .venv/bin/lamina query iot_temperature sensor-1 --q 0.95 --format json\n"
             "  .venv/bin/lamina batch versions web_pageviews\n"
             "  .venv/bin/lamina stream run            # keep streaming (Ctrl-C stops)\n"
-            "  .venv/bin/lamina serve &               # the console: http://127.0.0.1:8000/\n"
-            "  curl '127.0.0.1:8000/views/web_pageviews/query?key=/pricing&granularity=hour'\n"
+            f"  .venv/bin/lamina serve &               # the console: http://{web}/\n"
+            f"  curl '{web}/views/web_pageviews/query?key=/pricing&granularity=hour'\n"
             "  .venv/bin/lamina stack down            # stop Kafka and Cassandra"
         )
     return 0
 
 
+OWN_LOGGERS = ("lamina", "batch", "speed", "serving", "engine")
+"""Lamina's packages: their operator log records (INFO) are not the demo's story."""
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    return run_demo(settings, events=args.events, stop=args.stop, progress=say)
+    """The demo prints its own lines and the answers: Lamina's INFO log records (tables
+    created, dedup indexes loaded) and py4j's callback tracebacks show with ``--verbose``
+    only."""
+    if args.verbose:
+        return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
+    loggers = [logging.getLogger(name) for name in OWN_LOGGERS]
+    # py4j logs a failed micro-batch callback's traceback; the query fails with it too,
+    # which the demo reports (and stopping the queries can interrupt one, harmlessly).
+    callbacks = logging.getLogger("py4j.clientserver")
+    loggers.append(callbacks)
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL if lg is callbacks else logging.WARNING)
+    try:
+        return run_demo(settings, events=args.events, stop=args.stop, progress=cli_progress())
+    finally:
+        for lg, level in zip(loggers, before, strict=True):
+            lg.setLevel(level)
 
 
 def register(sub: Any) -> None:

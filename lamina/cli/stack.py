@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from lamina.cli.common import say
+from lamina.cli.common import progress, say
 from lamina.settings import Settings
 
 
@@ -16,11 +16,11 @@ def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
 
     stack = Stack(settings, args.services)
     t0 = time.monotonic()
-    statuses = stack.up(progress=say)
+    statuses = stack.up(progress=progress())
     if args.with_spark:
         from lamina.jars import ensure_bundle, spark_connector_bundle
 
-        ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir)
+        ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir, progress())
     say(f"stack up in {time.monotonic() - t0:.1f}s; logs under {settings.stack.state_dir}")
     for st in statuses:
         say(f"  {st.name:<10} {st.host}:{st.port}  pid {st.pid}  log {st.log}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from lamina import process
 from lamina.errors import PortInUseError, StackError
 from lamina.files import tail
+from lamina.progress import Progress, as_progress
 from lamina.settings import Settings
 from lamina.stack.services import SERVICES, Service, find_java
 
@@ -110,8 +111,11 @@ class Stack:
         """Start every service that is not running; wait until all are healthy.
 
         Raises :class:`StackError` (with the log path) if a service dies or does not
-        become ready within ``stack.start_timeout_s``.
+        become ready within ``stack.start_timeout_s``. ``progress``: a line per service
+        started and ready; jar fetches and each wait are tasks of it (a live spinner with
+        the elapsed time; plain output says every 30 s what the service's log says).
         """
+        progress = as_progress(progress)
         pending: list[Service] = []
         for svc in self.services:
             st = self.status_of(svc)
@@ -125,10 +129,8 @@ class Stack:
         if to_start:
             java = find_java()
             for svc in to_start:
-                if not svc.fetched():
-                    progress(f"{svc.name}: fetching jars (first run only) ...")
                 t0 = time.monotonic()
-                dirs = svc.fetch()
+                dirs = svc.fetch(progress)
                 if time.monotonic() - t0 > 1:
                     progress(f"{svc.name}: jars fetched in {time.monotonic() - t0:.0f}s")
                 svc.make_private()
@@ -137,9 +139,19 @@ class Stack:
                     argv, log_file=svc.stdout_file, pid_file=svc.pid_file, env=svc.env()
                 )
                 progress(f"{svc.name}: started pid {pid}, log {svc.log_file}")
-        return [self._wait_ready(svc, progress) for svc in pending]
+        return [self._wait_ready(svc, progress, svc in to_start) for svc in pending]
 
-    def _wait_ready(self, svc: Service, progress: Callable[[str], None]) -> ServiceStatus:
+    def _wait_ready(self, svc: Service, progress: Progress, started: bool) -> ServiceStatus:
+        """Wait for ``svc``: a task of ``progress`` when this call ``started`` it (an
+        already running one is usually ready at once: no task, its lines as notes)."""
+        if not started:
+            return self._wait(svc, progress, lambda m: progress.note(f"{svc.name}: {m}"))
+        with progress.task(f"{svc.name}: waiting until it is ready") as task:
+            return self._wait(svc, progress, task.status)
+
+    def _wait(
+        self, svc: Service, progress: Progress, status: Callable[[str], None]
+    ) -> ServiceStatus:
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
         t0 = time.monotonic()
         next_note = t0 + STILL_STARTING_S
@@ -147,8 +159,8 @@ class Stack:
         while time.monotonic() < deadline:
             if time.monotonic() >= next_note:  # a slow start says what it is doing
                 next_note += STILL_STARTING_S
-                progress(
-                    f"{svc.name}: still starting after {time.monotonic() - t0:.0f}s;"
+                status(
+                    f"still starting after {time.monotonic() - t0:.0f}s;"
                     f" its log says: {_tail(svc.log_file, 1)}"
                 )
             pid = process.running_pid(svc.pid_file, svc.marker)

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from lamina.errors import ConfigError, PrerequisiteError, StackError, StoreUnavailableError
 from lamina.jars import Bundle, classpath, ensure_bundle, is_fetched
 from lamina.process import port_open as process_port_open
+from lamina.progress import Progress
 from lamina.settings import Settings, jaas_quote
 
 DEFAULT_SUPERUSER = "cassandra"
@@ -159,8 +160,9 @@ class Service(ABC):
     def fetched(self) -> bool:
         return all(is_fetched(b, self.settings.stack.cache_dir) for b in self.bundles())
 
-    def fetch(self) -> list[Path]:
-        return [ensure_bundle(b, self.settings.stack.cache_dir) for b in self.bundles()]
+    def fetch(self, progress: Progress | None = None) -> list[Path]:
+        """The directories of the service's jars, fetched first where missing."""
+        return [ensure_bundle(b, self.settings.stack.cache_dir, progress) for b in self.bundles()]
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)

@@ -49,19 +49,23 @@ def _lost_a_port(stack: Stack) -> bool:
 
 
 def up_on_free_ports(
-    stack: Settings, tmp: Path, attempts: int = 5
+    stack: Settings, tmp: Path, attempts: int = 5, said: list[str] | None = None
 ) -> tuple[Stack, Settings, ServiceStatus]:
     """Start a private Kafka on ports nobody holds. A port taken before the start is
     refused by the stack manager (:class:`PortInUseError`); one taken between that check
     and Kafka's bind makes Kafka exit with "Address already in use": both move on to
     another pair, each attempt in a fresh state directory (storage is formatted for its
-    controller port)."""
+    controller port). ``said``: the lines of the successful start, appended."""
     ports = port_pairs()
     for attempt in range(attempts):
         settings = kafka_settings(stack, tmp / f"state{attempt}", *next(ports))
         private = Stack(settings, ["kafka"])
+        lines: list[str] = []
         try:
-            [status] = private.up(progress=print)
+            [status] = private.up(progress=lines.append)
+            print("\n".join(lines))
+            if said is not None:
+                said += lines
             return private, settings, status
         except PortInUseError as exc:
             print(f"attempt {attempt}: {exc}")
@@ -74,11 +78,20 @@ def up_on_free_ports(
 
 
 def test_up_is_idempotent_and_down_leaves_nothing(stack: Settings, tmp_path: Path) -> None:
-    private, settings, first = up_on_free_ports(stack, tmp_path)
+    said: list[str] = []
+    private, settings, first = up_on_free_ports(stack, tmp_path, said=said)
     try:
         assert first.healthy and first.pid is not None
-        [again] = private.up(progress=print)
+        # Plain progress: the wait of a service it started is one line when it begins.
+        assert "kafka: waiting until it is ready ..." in said, said
+        assert said[-1].startswith("kafka: ready in"), said
+        again_said: list[str] = []
+        [again] = private.up(progress=again_said.append)
         assert again.pid == first.pid  # already up: a no-op
+        assert [line.split(" (")[0].split(" in ")[0] for line in again_said] == [
+            "kafka: already running",
+            "kafka: ready",
+        ], again_said  # no wait announced for a service already running
         [status] = private.status()
         assert status.healthy and status.version == settings.kafka.version
         assert status.port == settings.kafka.port
