@@ -39,8 +39,9 @@ def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
 
         ensure_bundle(spark_connector_bundle(), settings.stack.cache_dir)
     say(f"stack up in {time.monotonic() - t0:.1f}s; logs under {settings.stack.state_dir}")
+    width = max((len(st.name) for st in statuses), default=0)
     for st in statuses:
-        say(f"  {st.name:<10} {st.host}:{st.port}  pid {st.pid}  log {st.log}")
+        say(f"  {st.name:<{width}}  {st.host}:{st.port}  pid {st.pid}  log {st.log}")
     if any(s.optional for s in stack.services):
         from lamina.stack.airflow_services import ADMIN, api_url, password_file
 
