@@ -149,6 +149,26 @@ def terminate(pid: int, timeout_s: float) -> bool:
     return False
 
 
+def kill_group(pgid: int) -> int:
+    """SIGKILL what is left of the process group ``pgid`` (a process :func:`spawn` started
+    leads its own group); returns how many processes were in it (0: none left)."""
+    members = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == pgid:
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members += 1
+    if members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    return members
+
+
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
     """True if something accepts TCP connections on ``host:port``."""
     try:

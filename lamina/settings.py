@@ -62,6 +62,10 @@ class StackSettings(_Section):
     """How long ``stack up`` waits for a service to become ready, in seconds."""
     stop_timeout_s: float = Field(default=60.0, gt=0)
     """How long ``stack down`` waits after SIGTERM before it sends SIGKILL, in seconds."""
+    airflow: bool = False
+    """Whether ``stack up`` also starts the local Airflow (API server, scheduler, DAG
+    processor; see ``[airflow]``), as ``stack up --with-airflow`` does. Off by default: the
+    default stack is Kafka and Cassandra only."""
 
     @field_validator("state_dir", "cache_dir")
     @classmethod
@@ -465,13 +469,19 @@ class ServingSettings(_Section):
 
 
 class AirflowSettings(_Section):
-    """How the Airflow DAGs in ``dags/`` run the batch pipeline and watch freshness.
+    """How the Airflow DAGs in ``dags/`` run the batch pipeline and watch freshness, and
+    where the dev stack's Airflow listens (``lamina stack up --with-airflow``).
 
     Endpoints: when an Airflow connection named by ``*_conn_id`` exists, its host and port
     override this file's ``[spark] master``, ``[cassandra]`` and ``[kafka]`` endpoints for
     the DAGs' tasks (e.g. ``AIRFLOW_CONN_LAMINA_CASSANDRA='cassandra://node1:9042'``).
     """
 
+    host: str = "127.0.0.1"
+    """Where the dev stack's Airflow API server (UI, REST and execution API) listens."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """Its port; the scheduler's tasks reach the execution API at
+    ``http://<host>:<port>/execution/``, which the stack configures."""
     runner: Literal["taskflow", "spark_submit"] = "taskflow"
     """``taskflow``: the recompute runs ``batch.steps.build_views`` inside the Airflow worker
     (Spark per ``[spark] master``). ``spark_submit``: it runs ``batch/driver.py`` through

@@ -2,7 +2,10 @@
 
 ``up`` fetches jars (first run only), starts every service that is not already healthy,
 and waits until each answers a real request. ``down`` stops exactly the processes ``up``
-started, by pid file. Both are idempotent.
+started, by pid file, and whatever they left in their process group. Both are idempotent.
+
+The stack is Kafka and Cassandra; its Airflow part (:mod:`lamina.stack.airflow_services`)
+only when asked for.
 """
 
 from __future__ import annotations
@@ -18,9 +21,27 @@ from lamina.errors import PortInUseError, StackError
 from lamina.files import tail
 from lamina.progress import Progress, as_progress
 from lamina.settings import Settings
-from lamina.stack.services import SERVICES, Service, find_java
+from lamina.stack.airflow_services import AIRFLOW_SERVICES
+from lamina.stack.services import CassandraService, KafkaService, Service, find_java
 
 log = logging.getLogger(__name__)
+
+SERVICES: dict[str, type[Service]] = {
+    "kafka": KafkaService,
+    "cassandra": CassandraService,
+    **AIRFLOW_SERVICES,
+}
+"""The services ``lamina stack`` manages, in start order (stopped in reverse)."""
+
+GROUPS: dict[str, list[str]] = {"airflow": list(AIRFLOW_SERVICES)}
+"""Names that stand for several services."""
+
+CHOICES = (
+    ", ".join(n for n, cls in SERVICES.items() if not cls.optional)
+    + ", airflow ("
+    + (", ".join(AIRFLOW_SERVICES))
+    + ")"
+)
 
 
 @dataclass(frozen=True)
@@ -49,25 +70,45 @@ def _tail(path: Path, lines: int = 5) -> str:
     return tail(path, lines, width=300)
 
 
-class Stack:
-    """The set of local services named in ``names`` (default: all of :data:`SERVICES`)."""
+def optional_running(settings: Settings) -> bool:
+    """Whether a process of an optional part (Airflow) of this state dir's stack runs."""
+    return any(
+        process.running_pid(svc.pid_file, svc.marker) is not None
+        for cls in SERVICES.values()
+        if cls.optional
+        for svc in [cls(settings)]
+    )
 
-    def __init__(self, settings: Settings, names: Iterable[str] | None = None) -> None:
+
+class Stack:
+    """The local services named in ``names`` (a service, or ``airflow`` for its three
+    processes); by default Kafka and Cassandra, plus the Airflow part when ``airflow`` is
+    true (``None``: ``[stack] airflow``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        names: Iterable[str] | None = None,
+        *,
+        airflow: bool | None = None,
+    ) -> None:
         self.settings = settings
-        chosen = list(names) if names else list(SERVICES)
+        if names:
+            chosen = [m for n in names for m in GROUPS.get(n, [n])]
+        else:
+            optional = settings.stack.airflow if airflow is None else airflow
+            chosen = [n for n, cls in SERVICES.items() if optional or not cls.optional]
         unknown = [n for n in chosen if n not in SERVICES]
         if unknown:
-            raise StackError(
-                f"unknown service {', '.join(unknown)}",
-                hint=f"choose from {', '.join(SERVICES)}",
-            )
+            raise StackError(f"unknown service {', '.join(unknown)}", hint=f"choose from {CHOICES}")
+        chosen = list(dict.fromkeys(chosen))  # named twice: once
         self.services: list[Service] = [SERVICES[n](settings) for n in chosen]
 
     def service(self, name: str) -> Service:
         for svc in self.services:
             if svc.name == name:
                 return svc
-        raise StackError(f"unknown service {name}", hint=f"choose from {', '.join(SERVICES)}")
+        raise StackError(f"unknown service {name}", hint=f"choose from {CHOICES}")
 
     # -- status -------------------------------------------------------------------------
 
@@ -103,8 +144,7 @@ class Stack:
                 raise PortInUseError(
                     f"cannot start {svc.name}: its {label} port {svc.host}:{port} is taken by"
                     f" {owner}",
-                    hint=f"stop that process or set LAMINA_{svc.name.upper()}__"
-                    f"{'PORT' if label in ('client', 'native') else label.upper() + '_PORT'}",
+                    hint=f"stop that process or set {svc.port_setting(label)}",
                 )
 
     def up(self, progress: Callable[[str], None] = log.info) -> list[ServiceStatus]:
@@ -127,7 +167,7 @@ class Stack:
             pending.append(svc)
         to_start = [s for s in pending if process.running_pid(s.pid_file, s.marker) is None]
         if to_start:
-            java = find_java()
+            java = find_java() if any(s.uses_java for s in to_start) else ""
             for svc in to_start:
                 t0 = time.monotonic()
                 dirs = svc.fetch(progress)
@@ -197,6 +237,9 @@ class Stack:
                 continue
             t0 = time.monotonic()
             graceful = process.terminate(pid, self.settings.stack.stop_timeout_s)
+            left = process.kill_group(pid)  # children that outlived it (Airflow's tasks)
             svc.pid_file.unlink(missing_ok=True)
             how = "stopped" if graceful else "killed (did not stop after SIGTERM)"
+            if left:
+                how += f", and killed {left} process(es) it left behind"
             progress(f"{svc.name}: {how} pid {pid} in {time.monotonic() - t0:.1f}s")

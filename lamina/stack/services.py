@@ -1,7 +1,8 @@
 """The local services Lamina's stack manager runs: how to fetch, configure, start and probe each.
 
 Each service lives in ``<state_dir>/<name>/`` (``conf/``, ``data/``, ``logs/``, ``pid``).
-Services are picked from :data:`SERVICES`, a table, not an if-chain.
+The stack picks them from :data:`lamina.stack.manager.SERVICES`, a table, not an if-chain;
+the optional Airflow part is in :mod:`lamina.stack.airflow_services`.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class Service(ABC):
     """One local service. Subclasses say what to fetch, how to start it and how to probe it."""
 
     name: ClassVar[str]
+    optional: ClassVar[bool] = False
+    """Started only when asked for (by name, or the Airflow part by ``--with-airflow``)."""
+    uses_java: ClassVar[bool] = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -141,6 +145,12 @@ class Service(ABC):
     def client_port(self) -> int:
         """The port clients use: the first of :attr:`ports`."""
         return next(iter(self.ports.values()))
+
+    def port_setting(self, label: str) -> str:
+        """The ``LAMINA_*`` variable that sets the port named ``label``."""
+        key = "PORT" if label in ("client", "native", "api") else f"{label.upper()}_PORT"
+        section = self.name.split("-")[0].upper()
+        return f"LAMINA_{section}__{key}"
 
     def probe(self) -> str:
         """Ask the running service a real question; return its version, raise if not ready.
@@ -546,7 +556,3 @@ class CassandraService(Service):
             # The default superuser is locked already (or not set up yet on a new node).
             raise refused from None
         return release_version(c)
-
-
-SERVICES: dict[str, type[Service]] = {"kafka": KafkaService, "cassandra": CassandraService}
-"""The services ``lamina stack`` manages, in start order."""
