@@ -81,7 +81,7 @@ stack-down: setup ## stop them
 stack-status: setup
 	$(BIN)/lamina stack status
 
-constraints: prereqs ## regenerate constraints/py3.X.txt for $(PYTHON)'s version from a fresh resolve of setup.cfg
+constraints: prereqs ## refreeze constraints/py3.X.txt for PYTHON's version from a fresh resolve of setup.cfg
 	rm -rf .venv-freeze && $(PYTHON) -m venv .venv-freeze
 	.venv-freeze/bin/pip install -q '.[airflow,dev,mutate]'
 	{ echo "# Frozen constraints for Python $(PYVER): the whole dependency tree (Airflow included), from"; \
