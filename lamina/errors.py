@@ -25,7 +25,7 @@ class ConfigError(LaminaError, ValueError):
 
 
 class PrerequisiteError(LaminaError, RuntimeError):
-    """Something the machine must provide (Java 17, Maven, Python 3.11) is missing."""
+    """Something the machine must provide (Java 17, Maven, Python 3.11-3.13) is missing."""
 
 
 class FetchError(LaminaError, RuntimeError):
