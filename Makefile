@@ -39,7 +39,8 @@ setup: prereqs $(STAMP) ## create .venv and install Lamina with pinned dependenc
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(VENV_CHECK)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[airflow,dev]'
+	@echo "installing Lamina and its pinned dependencies ($(CONSTRAINTS)) into $(VENV)"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[airflow,dev]'
 	@touch $@
 
 demo: setup ## start the local stack and run the demo pipeline (add ARGS=--stop to stop it after)

@@ -210,7 +210,7 @@ def prepare_home(settings: Settings) -> None:
         raise PrerequisiteError(
             "Airflow is not installed in this Python environment",
             hint="install Lamina with its airflow extra: "
-            "pip install -c constraints.txt -e '.[airflow]' (make install does)",
+            "pip install -c constraints/py3.X.txt -e '.[airflow]' (make setup does)",
         )
     write_config(settings)
     home = airflow_home(settings)
