@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from lamina import process
 from lamina.errors import PortInUseError, StackError
@@ -159,7 +159,11 @@ def test_stack_smoke_kafka_round_trip(stack: Settings) -> None:
         producer.flush()
         partitions = {f.get(timeout=30).partition for f in acks}
         assert len(partitions) == stack.kafka.partitions  # the broker's default, auto-created
-        consumer.subscribe([topic])
+        # Assigned, not subscribed: a subscription learns the topic's partitions only at
+        # the consumer's next metadata refresh (minutes away when its first metadata
+        # predates the topic's auto-creation), so it could read nothing for 15 s.
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
         got: dict[bytes, bytes] = {}
         seen: set[int] = set()
         for record in consumer:
