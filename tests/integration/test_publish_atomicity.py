@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,28 +84,26 @@ def test_readers_never_see_a_mix(private_world: dict[str, Any], spark: Any, tmp_
         errors: list[str] = []
         stop = threading.Event()
 
-        def top_reader() -> None:
+        def reader(
+            path: str,
+            params: Any,
+            print_of: Callable[[dict[str, Any]], str],
+            counts: Counter[tuple[int, str]],
+        ) -> None:
+            """Ask ``path`` until stopped; count each answer by (version, print)."""
             with httpx.Client(base_url=base, timeout=30) as c:
                 while not stop.is_set():
-                    r = c.get(f"/views/{VIEW}/top", params=TOP)
+                    r = c.get(path, params=params)
                     if r.status_code != 200:
                         errors.append(f"{r.status_code} {r.text[:200]}")
                         continue
                     body = r.json()
-                    seen_top[(body["provenance"]["version"], top_print(body))] += 1
+                    counts[(body["provenance"]["version"], print_of(body))] += 1
 
-        def reader() -> None:
-            with httpx.Client(base_url=base, timeout=30) as c:
-                while not stop.is_set():
-                    r = c.get(f"/views/{VIEW}/query", params=PARAMS)
-                    if r.status_code != 200:
-                        errors.append(f"{r.status_code} {r.text[:200]}")
-                        continue
-                    body = r.json()
-                    seen[(body["provenance"]["version"], fingerprint(body))] += 1
-
-        readers = [threading.Thread(target=reader) for _ in range(3)]
-        readers.append(threading.Thread(target=top_reader))
+        query = (f"/views/{VIEW}/query", PARAMS, fingerprint, seen)
+        readers = [threading.Thread(target=reader, args=query) for _ in range(3)]
+        top = (f"/views/{VIEW}/top", TOP, top_print, seen_top)
+        readers.append(threading.Thread(target=reader, args=top))
         for t in readers:
             t.start()
 
