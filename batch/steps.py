@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,9 @@ def context() -> tuple[Settings, ViewCatalog]:
 
 def pending_cutoff(view_name: str) -> int | None:
     """The cutoff a new batch would use, if the archiver completed epochs past the
-    published version's cutoff; ``None`` while there is nothing new to cover."""
-    settings, catalog = context()
-    view = catalog.view(view_name)
-    cut = complete_cutoff(settings, view.source)
-    with open_store(settings.cassandra, catalog) as store:
-        pub = store.published(view)
-    if cut is None or (pub is not None and cut <= pub.cutoff):
-        return None
-    return cut
+    published version's cutoff; ``None`` while there is nothing new to cover
+    (:func:`recompute_plan` of the one view)."""
+    return recompute_plan([view_name], from_scratch=False).get(view_name)
 
 
 def select_views(names: Sequence[str] | None) -> list[str]:
@@ -68,21 +63,22 @@ def recompute_plan(view_names: Sequence[str], from_scratch: bool) -> dict[str, i
     the same cutoff and share one read of it (:func:`build_views`).
 
     ``from_scratch=False``: only the views whose source completed epochs past their
-    published cutoff (:func:`pending_cutoff`'s rule). ``from_scratch=True``: every view
+    published cutoff. ``from_scratch=True``: every view
     whose source has a complete epoch, even if nothing new arrived (after a change of a
     view's definition, or to repair a published version). Views left out are skipped."""
     settings, catalog = context()
     views = [catalog.view(n) for n in view_names]
     cuts: dict[str, int | None] = {}
     plan: dict[str, int] = {}
-    with open_store(settings.cassandra, catalog) as store:
+    # A from-scratch plan does not look at the published versions: no Cassandra.
+    with nullcontext() if from_scratch else open_store(settings.cassandra, catalog) as store:
         for view in views:
             if view.source.name not in cuts:
                 cuts[view.source.name] = complete_cutoff(settings, view.source)
             cut = cuts[view.source.name]
             if cut is None:
                 continue
-            pub = None if from_scratch else store.published(view)
+            pub = None if store is None else store.published(view)
             if pub is None or cut > pub.cutoff:
                 plan[view.name] = cut
     return plan
