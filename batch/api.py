@@ -51,7 +51,7 @@ def versions_of(
                     "state": v.state,
                     "cutoff": v.cutoff,
                     "rows": v.rows,
-                    "build": "incremental" if v.timings.get("incremental") else "full",
+                    "build": v.build,
                     "seconds": v.timings.get("total_s"),
                     "definition_hash": v.definition_hash,
                     "published": pub is not None and pub.version == v.version,

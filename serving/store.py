@@ -129,6 +129,11 @@ class Version:
     definition_hash: str
     timings: dict[str, float]
 
+    @property
+    def build(self) -> str:
+        """``incremental`` or ``full``: how the version was built (its timings say)."""
+        return "incremental" if self.timings.get("incremental") else "full"
+
 
 @dataclass(frozen=True)
 class RealtimeTable:

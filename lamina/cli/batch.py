@@ -103,10 +103,9 @@ def cmd_batch_versions(settings: Settings, args: argparse.Namespace) -> int:
         mark = "*" if pub and pub.version == v.version else " "
         cut = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.cutoff))
         secs = v.timings.get("total_s", 0.0)
-        built = "incremental" if v.timings.get("incremental") else "full"
         print(
             f"{v.version:>6}{mark}  {v.state:<10} {cut:<20} {v.rows:>9} {secs:>8.1f}  "
-            f"{built:<11}  {v.definition_hash}"
+            f"{v.build:<11}  {v.definition_hash}"
         )
     return 0
 
